@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define STORE_SCHEMA_VERSION 1 /* the version this build writes; older files are migrated */
+#define STORE_SCHEMA_VERSION 2 /* the version this build writes; older files are migrated */
 #define STORE_BATCH_ID_LEN 36
 
 enum store_state {
@@ -50,12 +50,20 @@ struct store_options {
 /*
  * Open (creating when absent and not readonly), run quick_check, migrate forward. A corrupt or
  * foreign file is -EBADMSG and is never modified; a file written by a newer build is -EPROTO.
- * ret_error (may be NULL) receives a message for the log on failure.
+ * Readonly: a missing file is -ENOENT, a file with an older schema (or none) is -ESTALE (start
+ * azs-usaged once to migrate it). ret_error (may be NULL) receives a message for the log on failure.
  */
 int store_open(const struct store_options *options, struct store **ret, char **ret_error);
 struct store *store_free(struct store *s); /* accepts NULL, returns NULL */
 const char *store_errmsg(struct store *s);
 int store_schema_version(struct store *s, int *ret);
+
+/* Cap the database size in bytes (0: no cap): growing past it fails with -ENOSPC like a full
+ * disk. For tests of the full-disk path and for operators who want a quota. */
+int store_set_size_limit(struct store *s, uint64_t max_bytes);
+
+/* The SQL text of every statement the daemon's loop runs (for the query-plan test). */
+const char *const *store_loop_queries(size_t *ret_n);
 
 /* One usage record. */
 struct store_record {
@@ -211,7 +219,7 @@ int store_reset_inflight(struct store *s, size_t *ret_n);
 /* Held records back to pending (after the registration changed), charge cleared. */
 int store_unhold_all(struct store *s, int64_t now, size_t *ret_n);
 
-/* Counts by state, kept incrementally (no scan). */
+/* Counts by state, kept incrementally (no scan). Discarded records are not counted. */
 struct store_counts {
 	uint64_t by_state[_STORE_STATE_MAX];
 };
