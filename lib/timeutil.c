@@ -126,6 +126,7 @@ days_from_civil(int64_t y, unsigned m, unsigned d)
 	return era * 146097 + (int64_t)doe - 719468;
 }
 
+/* Read exactly n decimal digits at *p and move *p past them. */
 static int
 parse_digits(const char **p, int n, int *ret)
 {
