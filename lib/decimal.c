@@ -199,7 +199,8 @@ decimal_cmp(const struct decimal *a, const struct decimal *b)
 	if (a_lead != b_lead)
 		mag = a_lead > b_lead ? 1 : -1;
 	else {
-		/* same leading position: aligning adds at most 38 - digits, so this cannot overflow */
+		/* same leading digit position: the aligned coefficient has the other's digit
+		 * count (at most 38), so this cannot overflow */
 		decimal_u128 ac = a->coefficient, bc = b->coefficient;
 
 		if (a->scale < b->scale)

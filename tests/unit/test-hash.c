@@ -40,17 +40,19 @@ static size_t read_key_rows(struct key_row rows[static KEY_ROWS_MAX]);
 static void
 test_hash_sha256_hex_known_vectors(void **state)
 {
-	static const char two_blocks[] =
-		"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+	static const char two_blocks[] = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
 	char out[HASH_SHA256_HEX_LEN + 1];
 
 	(void)state;
 	hash_sha256_hex("", 0, out);
-	assert_string_equal(out, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+	assert_string_equal(out,
+			    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
 	hash_sha256_hex("abc", 3, out);
-	assert_string_equal(out, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+	assert_string_equal(out,
+			    "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 	hash_sha256_hex(two_blocks, strlen(two_blocks), out);
-	assert_string_equal(out, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+	assert_string_equal(out,
+			    "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
 	/* size is honoured: "abc" with its terminator is a different message */
 	hash_sha256_hex("abc", 4, out);
 	assert_string_not_equal(out,
@@ -125,13 +127,14 @@ test_hash_record_key_text_shape(void **state)
 	text = record_key_text("2026-11-01T10:00:00Z",
 			       json_object_get(json_array_get(json_object_get(page, "value"), 0),
 					       "properties"));
-	assert_string_equal(text, "2026-11-01T10:00:00Z\n"
-				  "c79389af-4480-48cc-8fa2-ee8ced8e843d\n"
-				  "fab6eb84500b4a09a8ca7358f8bbaea5\n"
-				  "2026-11-01T09:00:00Z\n"
-				  "2026-11-01T10:00:00Z\n"
-				  "/subscriptions/c79389af-4480-48cc-8fa2-ee8ced8e843d/resourcegroups/"
-				  "web/providers/microsoft.compute/virtualmachines/web01");
+	assert_string_equal(text,
+			    "2026-11-01T10:00:00Z\n"
+			    "c79389af-4480-48cc-8fa2-ee8ced8e843d\n"
+			    "fab6eb84500b4a09a8ca7358f8bbaea5\n"
+			    "2026-11-01T09:00:00Z\n"
+			    "2026-11-01T10:00:00Z\n"
+			    "/subscriptions/c79389af-4480-48cc-8fa2-ee8ced8e843d/resourcegroups/"
+			    "web/providers/microsoft.compute/virtualmachines/web01");
 }
 
 /* Every record of the two usage pages hashes to its key in record-keys.tsv. */
@@ -160,16 +163,17 @@ test_hash_sha256_hex_record_keys_match_testdata(void **state)
 		assert_true(json_is_array(value));
 		json_array_foreach(value, i, record) {
 			json_t *props = json_object_get(record, "properties");
-			const char *sub = json_string_value(json_object_get(props, "subscriptionId"));
-			const char *meter = json_string_value(json_object_get(props, "meterId"));
+			const char *sub, *meter;
 			struct key_row *row = NULL;
 			char key[HASH_SHA256_HEX_LEN + 1], other[HASH_SHA256_HEX_LEN + 1];
 
+			sub = json_string_value(json_object_get(props, "subscriptionId"));
+			meter = json_string_value(json_object_get(props, "meterId"));
 			assert_non_null(sub);
 			assert_non_null(meter);
 			for (size_t r = 0; r < nrows; r++)
-				if (streq(rows[r].file, pages[p]) && streq(rows[r].subscription, sub) &&
-				    streq(rows[r].meter, meter))
+				if (streq(rows[r].file, pages[p]) &&
+				    streq(rows[r].subscription, sub) && streq(rows[r].meter, meter))
 					row = &rows[r];
 			if (!row)
 				fail_msg("%s: no key row for %s %s", pages[p], sub, meter);
@@ -177,8 +181,8 @@ test_hash_sha256_hex_record_keys_match_testdata(void **state)
 			_cleanup_free_ char *text = record_key_text(row->hour, props);
 			hash_sha256_hex(text, strlen(text), key);
 			if (!streq(key, row->key))
-				fail_msg("%s %s %s: key %s, expected %s\n%s", pages[p], sub, meter, key,
-					 row->key, text);
+				fail_msg("%s %s %s: key %s, expected %s\n%s", pages[p], sub, meter,
+					 key, row->key, text);
 			row->seen = true;
 			nrecords++;
 
