@@ -23,7 +23,7 @@
 #include "log.h"
 #include "xmalloc.h"
 
-#define LOG_REDACTED "[redacted]"
+#define LOG_REDACTED   "[redacted]"
 #define LOG_SECRET_MIN 4
 #define LOG_IDENTIFIER "azs-usaged"
 
@@ -40,6 +40,7 @@ static FILE *log_stream;
 static char **log_secrets;
 static size_t log_n_secrets;
 
+/* clang-format off */
 static const char *const log_level_names[] = {
 	[LOG_EMERG] = "emerg",
 	[LOG_ALERT] = "alert",
@@ -50,13 +51,14 @@ static const char *const log_level_names[] = {
 	[LOG_INFO] = "info",
 	[LOG_DEBUG] = "debug",
 };
+/* clang-format on */
 
 static enum log_target log_resolve(enum log_target target);
 static void log_write_stderr(int level, int error, const char *module, const char *message,
-			     const char *const *fields, char **values);
-static int log_write_journal(int level, int error, const char *module, const char *file,
-			     int line, const char *func, const char *message,
-			     const char *const *fields, char **values);
+                             const char *const *fields, char **values);
+static int log_write_journal(int level, int error, const char *module, const char *file, int line,
+                             const char *func, const char *message, const char *const *fields,
+                             char **values);
 static void buf_append(struct log_buf *b, const char *s, size_t n);
 static void buf_puts(struct log_buf *b, const char *s);
 static void buf_put_key(struct log_buf *b, const char *key);
@@ -147,7 +149,7 @@ char *
 log_redact(const char *s)
 {
 	_cleanup_free_ bool *mark = NULL;
-	struct log_buf b = { NULL, 0, 0 };
+	struct log_buf b = {NULL, 0, 0};
 	size_t len, i;
 	bool any = false;
 
@@ -198,8 +200,8 @@ log_set_stream(FILE *f)
 
 /* Write one entry (varargs form). */
 int
-log_internal(int level, int error, const char *module, const char *file, int line,
-	     const char *func, const char *const *fields, const char *format, ...)
+log_internal(int level, int error, const char *module, const char *file, int line, const char *func,
+             const char *const *fields, const char *format, ...)
 {
 	va_list ap;
 	int r;
@@ -213,7 +215,7 @@ log_internal(int level, int error, const char *module, const char *file, int lin
 /* Write one entry: format, redact, hand to the target; errno is preserved for the caller. */
 int
 log_internalv(int level, int error, const char *module, const char *file, int line,
-	      const char *func, const char *const *fields, const char *format, va_list ap)
+              const char *func, const char *const *fields, const char *format, va_list ap)
 {
 	_cleanup_free_ char *raw = NULL, *message = NULL;
 	_cleanup_free_ char **values = NULL;
@@ -260,10 +262,10 @@ log_resolve(enum log_target target)
 /* Format one logfmt line and write it with a single call. */
 static void
 log_write_stderr(int level, int error, const char *module, const char *message,
-		 const char *const *fields, char **values)
+                 const char *const *fields, char **values)
 {
 	_cleanup_free_ char *data = NULL;
-	struct log_buf b = { NULL, 0, 0 };
+	struct log_buf b = {NULL, 0, 0};
 	struct timespec ts;
 	struct tm tm;
 	char stamp[64];
@@ -272,8 +274,7 @@ log_write_stderr(int level, int error, const char *module, const char *message,
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
 	snprintf(stamp, sizeof(stamp), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
-		 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-		 ts.tv_nsec / 1000000);
+	         tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
 
 	buf_puts(&b, "ts=");
 	buf_puts(&b, stamp);
@@ -307,8 +308,7 @@ log_write_stderr(int level, int error, const char *module, const char *message,
 /* Send one entry to the journal with the caller's location; returns < 0 when it cannot. */
 static int
 log_write_journal(int level, int error, const char *module, const char *file, int line,
-		  const char *func, const char *message, const char *const *fields,
-		  char **values)
+                  const char *func, const char *message, const char *const *fields, char **values)
 {
 	_cleanup_free_ struct iovec *iov = NULL;
 	_cleanup_free_ char **owned = NULL;
@@ -331,12 +331,11 @@ log_write_journal(int level, int error, const char *module, const char *file, in
 		if (values[i])
 			owned[n_owned++] = xasprintf("%s=%s", fields[2 * i], values[i]);
 	for (size_t i = 0; i < n_owned; i++)
-		iov[n_iov++] = (struct iovec){ .iov_base = owned[i], .iov_len = strlen(owned[i]) };
+		iov[n_iov++] = (struct iovec){.iov_base = owned[i], .iov_len = strlen(owned[i])};
 
 	code_file = xasprintf("CODE_FILE=%s", file ? file : "");
 	code_line = xasprintf("CODE_LINE=%d", line);
-	r = sd_journal_sendv_with_location(code_file, code_line, func ? func : "", iov,
-					   (int)n_iov);
+	r = sd_journal_sendv_with_location(code_file, code_line, func ? func : "", iov, (int)n_iov);
 
 	for (size_t i = 0; i < n_owned; i++)
 		free(owned[i]);

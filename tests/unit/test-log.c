@@ -25,7 +25,7 @@ static FILE *capture;
 
 /* Capture stderr-target output in memory, at the default level, with no secrets. */
 static int
-setup(void **state)
+setup(_unused_ void **state)
 {
 	capture = open_memstream(&captured, &captured_size);
 	assert_non_null(capture);
@@ -38,7 +38,7 @@ setup(void **state)
 
 /* Release the capture and the secrets. */
 static int
-teardown(void **state)
+teardown(_unused_ void **state)
 {
 	log_set_stream(NULL);
 	fclose(capture);
@@ -82,7 +82,7 @@ count_newlines(const char *s)
 
 /* A plain entry: ts with milliseconds in UTC, level, module, quoted message, one line. */
 static void
-test_log_internal_logfmt_shape(void **state)
+test_log_internal_logfmt_shape(_unused_ void **state)
 {
 	const char *s;
 	int year, mon, day, h, m, sec, ms;
@@ -91,18 +91,18 @@ test_log_internal_logfmt_shape(void **state)
 	log_info("collector started with %d pages", 3);
 	s = output();
 	assert_int_equal(sscanf(s, "ts=%4d-%2d-%2dT%2d:%2d:%2d.%3d%c ", &year, &mon, &day, &h, &m,
-				&sec, &ms, &z),
-			 8);
+	                        &sec, &ms, &z),
+	                 8);
 	assert_int_equal(z, 'Z');
 	assert_true(year >= 2024);
 	assert_int_equal(strlen("ts=2026-11-01T10:00:00.123Z "), strstr(s, " level=") - s + 1);
 	assert_string_equal(output_after_ts(),
-			    "level=info module=test msg=\"collector started with 3 pages\"\n");
+	                    "level=info module=test msg=\"collector started with 3 pages\"\n");
 }
 
 /* A single-word message is not quoted. */
 static void
-test_log_internal_plain_value_unquoted(void **state)
+test_log_internal_plain_value_unquoted(_unused_ void **state)
 {
 	log_warning("ready");
 	assert_string_equal(output_after_ts(), "level=warning module=test msg=ready\n");
@@ -110,31 +110,32 @@ test_log_internal_plain_value_unquoted(void **state)
 
 /* Empty values and values with '=', '"', '\' are quoted; quotes and backslashes escaped. */
 static void
-test_log_internal_quotes_and_escapes(void **state)
+test_log_internal_quotes_and_escapes(_unused_ void **state)
 {
 	log_fields(LOG_NOTICE,
-		   LOG_FIELDS("AZS_EMPTY", "", "AZS_EQ", "a=b", "AZS_QUOTE", "say \"hi\"",
-			      "AZS_BACKSLASH", "c:\\dir", "AZS_PLAIN", "x"),
-		   "%s", "");
+	           LOG_FIELDS("AZS_EMPTY", "", "AZS_EQ", "a=b", "AZS_QUOTE", "say \"hi\"",
+	                      "AZS_BACKSLASH", "c:\\dir", "AZS_PLAIN", "x"),
+	           "%s", "");
 	assert_string_equal(output_after_ts(),
-			    "level=notice module=test msg=\"\" empty=\"\" eq=\"a=b\" "
-			    "quote=\"say \\\"hi\\\"\" backslash=\"c:\\\\dir\" plain=x\n");
+	                    "level=notice module=test msg=\"\" empty=\"\" eq=\"a=b\" "
+	                    "quote=\"say \\\"hi\\\"\" backslash=\"c:\\\\dir\" plain=x\n");
 }
 
 /* Line breaks in the message or a field never start a second physical line. */
 static void
-test_log_internal_one_line_per_entry(void **state)
+test_log_internal_one_line_per_entry(_unused_ void **state)
 {
-	log_fields(LOG_ERR, LOG_FIELDS("AZS_ARM_ERROR", "two\nlines\r\n"), "first\nsecond\n\tthird");
+	log_fields(LOG_ERR, LOG_FIELDS("AZS_ARM_ERROR", "two\nlines\r\n"),
+	           "first\nsecond\n\tthird");
 	assert_int_equal(count_newlines(output()), 1);
 	assert_string_equal(output_after_ts(),
-			    "level=error module=test msg=\"first\\nsecond\\n\\tthird\" "
-			    "arm_error=\"two\\nlines\\r\\n\"\n");
+	                    "level=error module=test msg=\"first\\nsecond\\n\\tthird\" "
+	                    "arm_error=\"two\\nlines\\r\\n\"\n");
 }
 
 /* Other control characters are written as \xNN. */
 static void
-test_log_internal_control_characters_escaped(void **state)
+test_log_internal_control_characters_escaped(_unused_ void **state)
 {
 	log_info("bell\a");
 	assert_string_equal(output_after_ts(), "level=info module=test msg=\"bell\\x07\"\n");
@@ -142,15 +143,15 @@ test_log_internal_control_characters_escaped(void **state)
 
 /* Entries above the maximum level are dropped, the rest are written. */
 static void
-test_log_internal_filters_by_level(void **state)
+test_log_internal_filters_by_level(_unused_ void **state)
 {
 	log_set_max_level(LOG_WARNING);
 	assert_int_equal(log_get_max_level(), LOG_WARNING);
 	log_info("not shown");
 	log_debug("not shown either");
 	assert_int_equal(log_internal(LOG_NOTICE, 0, "x", __FILE__, __LINE__, __func__, NULL,
-				      "direct call, filtered"),
-			 0);
+	                              "direct call, filtered"),
+	                 0);
 	assert_string_equal(output(), "");
 	log_warning("shown");
 	log_error("shown too");
@@ -162,7 +163,7 @@ test_log_internal_filters_by_level(void **state)
 
 /* At debug level everything is written. */
 static void
-test_log_internal_debug_level_writes_debug(void **state)
+test_log_internal_debug_level_writes_debug(_unused_ void **state)
 {
 	log_set_max_level(LOG_DEBUG);
 	log_debug("detail");
@@ -171,41 +172,41 @@ test_log_internal_debug_level_writes_debug(void **state)
 
 /* Fields appear lower-cased without "AZS_", in order; a NULL value skips its pair. */
 static void
-test_log_internal_fields(void **state)
+test_log_internal_fields(_unused_ void **state)
 {
 	log_fields(LOG_INFO,
-		   LOG_FIELDS("AZS_BATCH_ID", "b-17", "AZS_TENANT", NULL, "AZS_RECORDS", "500",
-			      "MESSAGE_ID", LOG_MESSAGE_ID_READY),
-		   "batch sent");
+	           LOG_FIELDS("AZS_BATCH_ID", "b-17", "AZS_TENANT", NULL, "AZS_RECORDS", "500",
+	                      "MESSAGE_ID", LOG_MESSAGE_ID_READY),
+	           "batch sent");
 	assert_string_equal(output_after_ts(),
-			    "level=info module=test msg=\"batch sent\" batch_id=b-17 records=500 "
-			    "message_id=" LOG_MESSAGE_ID_READY "\n");
+	                    "level=info module=test msg=\"batch sent\" batch_id=b-17 records=500 "
+	                    "message_id=" LOG_MESSAGE_ID_READY "\n");
 }
 
 /* An error adds err="<strerror>" and "%m" in the format names that error. */
 static void
-test_log_internal_errno_text(void **state)
+test_log_internal_errno_text(_unused_ void **state)
 {
 	int r;
 
 	r = log_error_errno(-ENOSPC, "cannot write %s: %m", "batch");
 	assert_int_equal(r, -ENOSPC);
 	assert_string_equal(output_after_ts(),
-			    "level=error module=test msg=\"cannot write batch: No space left on "
-			    "device\" err=\"No space left on device\"\n");
+	                    "level=error module=test msg=\"cannot write batch: No space left on "
+	                    "device\" err=\"No space left on device\"\n");
 }
 
 /* log_*_errno return -abs(error), also when the entry is filtered out; 0 stays 0. */
 static void
-test_log_error_errno_returns_negative_errno(void **state)
+test_log_error_errno_returns_negative_errno(_unused_ void **state)
 {
 	assert_int_equal(log_error_errno(EIO, "positive errno"), -EIO);
 	assert_int_equal(log_warning_errno(-EAGAIN, "negative errno"), -EAGAIN);
 	assert_int_equal(log_debug_errno(-ENOENT, "filtered out"), -ENOENT);
 	assert_int_equal(log_info_errno(0, "no error"), 0);
 	assert_int_equal(log_fields_errno(LOG_ERR, -EPERM, LOG_FIELDS("AZS_HTTP_STATUS", "403"),
-					  "forbidden"),
-			 -EPERM);
+	                                  "forbidden"),
+	                 -EPERM);
 	assert_null(strstr(output(), "filtered out"));
 	assert_non_null(strstr(output(), "msg=\"no error\"\n"));
 	assert_non_null(strstr(output(), "http_status=403\n"));
@@ -213,7 +214,7 @@ test_log_error_errno_returns_negative_errno(void **state)
 
 /* Logging leaves errno as it was. */
 static void
-test_log_internal_preserves_errno(void **state)
+test_log_internal_preserves_errno(_unused_ void **state)
 {
 	errno = ETIMEDOUT;
 	(void)log_error_errno(-ENOSPC, "x %m");
@@ -222,30 +223,29 @@ test_log_internal_preserves_errno(void **state)
 
 /* A secret inside a longer message is replaced and no part of it remains. */
 static void
-test_log_redact_secret_in_message(void **state)
+test_log_redact_secret_in_message(_unused_ void **state)
 {
 	log_add_secret("s3cr3t-Value");
 	log_info("token=%s;tail", "xxs3cr3t-Valueyy");
 	assert_string_equal(output_after_ts(),
-			    "level=info module=test msg=\"token=xx[redacted]yy;tail\"\n");
+	                    "level=info module=test msg=\"token=xx[redacted]yy;tail\"\n");
 	assert_null(strstr(output(), "s3cr3t"));
 }
 
 /* A secret inside a field value is replaced. */
 static void
-test_log_redact_secret_in_field(void **state)
+test_log_redact_secret_in_field(_unused_ void **state)
 {
 	log_add_secret("hunter2hunter2");
 	log_fields(LOG_WARNING, LOG_FIELDS("AZS_ARM_ERROR", "bad client_secret=hunter2hunter2"),
-		   "rejected");
-	assert_string_equal(output_after_ts(),
-			    "level=warning module=test msg=rejected "
-			    "arm_error=\"bad client_secret=[redacted]\"\n");
+	           "rejected");
+	assert_string_equal(output_after_ts(), "level=warning module=test msg=rejected "
+	                                       "arm_error=\"bad client_secret=[redacted]\"\n");
 }
 
 /* Two different secrets, each occurring twice, are all replaced. */
 static void
-test_log_redact_two_secrets(void **state)
+test_log_redact_two_secrets(_unused_ void **state)
 {
 	_cleanup_free_ char *r = NULL;
 
@@ -257,7 +257,7 @@ test_log_redact_two_secrets(void **state)
 
 /* Overlapping secrets (and overlapping occurrences of one) collapse into one marker. */
 static void
-test_log_redact_overlapping_secrets(void **state)
+test_log_redact_overlapping_secrets(_unused_ void **state)
 {
 	_cleanup_free_ char *r1 = NULL, *r2 = NULL, *r3 = NULL;
 
@@ -281,7 +281,7 @@ test_log_redact_overlapping_secrets(void **state)
 
 /* Values shorter than four bytes are not registered; clearing forgets secrets. */
 static void
-test_log_add_secret_short_ignored_and_clear(void **state)
+test_log_add_secret_short_ignored_and_clear(_unused_ void **state)
 {
 	_cleanup_free_ char *r1 = NULL, *r2 = NULL, *r3 = NULL;
 
@@ -302,7 +302,7 @@ test_log_add_secret_short_ignored_and_clear(void **state)
 
 /* Level names round-trip; unknown names are -EINVAL. */
 static void
-test_log_level_from_string_names(void **state)
+test_log_level_from_string_names(_unused_ void **state)
 {
 	assert_int_equal(log_level_from_string("error"), LOG_ERR);
 	assert_int_equal(log_level_from_string("warning"), LOG_WARNING);
@@ -319,7 +319,7 @@ test_log_level_from_string_names(void **state)
 
 /* AUTO resolves to the journal only when $JOURNAL_STREAM is set. */
 static void
-test_log_open_auto_follows_journal_stream(void **state)
+test_log_open_auto_follows_journal_stream(_unused_ void **state)
 {
 	setenv("JOURNAL_STREAM", "8:12345", 1);
 	log_open(LOG_TARGET_AUTO);
@@ -337,33 +337,34 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_log_internal_logfmt_shape, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_log_internal_plain_value_unquoted, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_log_internal_quotes_and_escapes, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_log_internal_one_line_per_entry, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_log_internal_control_characters_escaped,
-						setup, teardown),
-		cmocka_unit_test_setup_teardown(test_log_internal_filters_by_level, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_log_internal_debug_level_writes_debug, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_log_internal_fields, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_log_internal_errno_text, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_log_error_errno_returns_negative_errno, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_log_internal_preserves_errno, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_log_redact_secret_in_message, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_log_redact_secret_in_field, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_log_redact_two_secrets, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_log_redact_overlapping_secrets, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_log_add_secret_short_ignored_and_clear, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_log_level_from_string_names, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_log_open_auto_follows_journal_stream, setup,
-						teardown),
+	        cmocka_unit_test_setup_teardown(test_log_internal_logfmt_shape, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_log_internal_plain_value_unquoted, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_log_internal_quotes_and_escapes, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_log_internal_one_line_per_entry, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_log_internal_control_characters_escaped, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_log_internal_filters_by_level, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_log_internal_debug_level_writes_debug, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_log_internal_fields, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_log_internal_errno_text, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_log_error_errno_returns_negative_errno, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_log_internal_preserves_errno, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_log_redact_secret_in_message, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_log_redact_secret_in_field, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_log_redact_two_secrets, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_log_redact_overlapping_secrets, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_log_add_secret_short_ignored_and_clear, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_log_level_from_string_names, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_log_open_auto_follows_journal_stream, setup,
+	                                        teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
