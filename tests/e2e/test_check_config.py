@@ -1,0 +1,108 @@
+"""azs-usaged --check-config and the informational options: a valid file is reported OK; every
+mistake of a broken file is reported with its file and line (not just the first), a secret never
+shows in the output even beside a mistake; --help and --version succeed; usage errors exit 2.
+"""
+import re
+
+from conftest import AZURE_SECRET, STACK_SECRET
+
+
+def test_check_config_valid_file_prints_ok(run_daemon, config):
+    r = run_daemon("--check-config", "-c", config.path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "configuration OK\n"
+    assert r.stderr == ""
+
+
+def test_check_config_short_option_n_is_the_same(run_daemon, config):
+    r = run_daemon("-n", "-c", config.path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "configuration OK\n"
+
+
+def test_check_config_reports_all_three_mistakes_with_file_and_line(run_daemon, config):
+    config.write(changes={
+        ("stack", "poll_interval"): "soon",
+        ("commerce", "batch_size"): "5000",
+        ("store", "colour"): "blue",
+    })
+    r = run_daemon("--check-config", "-c", config.path)
+    assert r.returncode == 1
+    assert "configuration OK" not in r.stdout
+    lines = r.stderr.splitlines()
+    for section, key in (("stack", "poll_interval"), ("commerce", "batch_size"),
+                         ("store", "colour")):
+        prefix = f"{config.path}:{config.line_of(section, key)}: {section}.{key}:"
+        assert any(line.startswith(prefix) for line in lines), (prefix, r.stderr)
+
+
+def test_check_config_missing_required_key_names_file_and_key(run_daemon, config):
+    config.write(changes={("commerce", "url"): None})
+    r = run_daemon("--check-config", "-c", config.path)
+    assert r.returncode == 1
+    assert f"{config.path}: commerce.url: required" in r.stderr.splitlines(), r.stderr
+
+
+def test_check_config_never_prints_a_secret_beside_a_mistake(run_daemon, config):
+    # The mistakes sit right next to the secrets: an invalid identity on the line after
+    # client_secret_file (whose file holds STACK_SECRET), and a secret written inline in the
+    # file, which is not allowed, on the line before the azure client_secret_file.
+    text = config.render(changes={("stack", "identity"): None})
+    text = text.replace("client_secret_file = stack-secret\n",
+                        "client_secret_file = stack-secret\nidentity = kerberos\n", 1)
+    text = text.replace("client_secret_file = azure-secret\n",
+                        f"client_secret = {AZURE_SECRET}\nclient_secret_file = azure-secret\n", 1)
+    config.write_text(text)
+    assert AZURE_SECRET in config.path.read_text()
+    r = run_daemon("--check-config", "-c", config.path)
+    assert r.returncode == 1
+    lines = r.stderr.splitlines()
+    assert any(line.startswith(f"{config.path}:{config.line_of('stack', 'identity')}: ")
+               for line in lines), r.stderr
+    assert any(line.startswith(f"{config.path}:{config.line_of('azure', 'client_secret')}: ")
+               for line in lines), r.stderr
+    for secret in (STACK_SECRET, AZURE_SECRET):
+        assert secret not in r.stdout
+        assert secret not in r.stderr
+        # not even a recognisable part of it
+        assert secret[-12:] not in r.stderr
+
+
+def test_check_config_unreadable_file_exits_1_naming_it(run_daemon, tmp_path):
+    missing = tmp_path / "nowhere.conf"
+    r = run_daemon("--check-config", "-c", missing)
+    assert r.returncode == 1
+    assert str(missing) in r.stderr
+    assert "configuration OK" not in r.stdout
+
+
+def test_help_describes_every_option_and_exits_0(run_daemon):
+    r = run_daemon("--help")
+    assert r.returncode == 0
+    for heading in ("SYNOPSIS", "DESCRIPTION", "OPTIONS", "SIGNALS", "FILES", "EXIT STATUS"):
+        assert re.search(rf"^{heading}$", r.stdout, re.M), heading
+    for option in ("-c, --config FILE", "--check-config", "--foreground", "--help", "--version",
+                   "SIGHUP", "SIGTERM", "/etc/azs-usaged/azs-usaged.conf"):
+        assert option in r.stdout, option
+    assert re.search(r"^ +2 +usage error", r.stdout, re.M)
+
+
+def test_version_prints_the_project_version_and_exits_0(run_daemon, source_dir):
+    version = re.search(r"version: '([^']+)'", (source_dir / "meson.build").read_text()).group(1)
+    r = run_daemon("--version")
+    assert r.returncode == 0
+    assert r.stdout == f"azs-usaged {version}\n"
+
+
+def test_unknown_option_is_a_usage_error(run_daemon, config):
+    r = run_daemon("--no-such-option", "-c", config.path)
+    assert r.returncode == 2
+    assert "--no-such-option" in r.stderr
+    assert "--help" in r.stderr
+    assert r.stdout == ""
+
+
+def test_unexpected_argument_is_a_usage_error(run_daemon, config):
+    r = run_daemon("-c", config.path, "surplus")
+    assert r.returncode == 2
+    assert "surplus" in r.stderr

@@ -1,0 +1,135 @@
+"""The daemon's life cycle as systemd and an operator see it: it logs started and ready and
+notifies READY=1; SIGHUP with a broken file is refused (errors logged, old configuration kept,
+still running); SIGHUP with a good file reloads it and names the keys that need a restart;
+SIGTERM and SIGINT stop it with status 0 within a second, after STOPPING=1; the watchdog pings.
+"""
+import signal
+import time
+
+import pytest
+
+STARTED = "4f0b7c1d2a6e4e1b9c3d8a5f6b2e7c01"
+READY = "4f0b7c1d2a6e4e1b9c3d8a5f6b2e7c02"
+STOPPING = "4f0b7c1d2a6e4e1b9c3d8a5f6b2e7c08"
+RELOADED = "4f0b7c1d2a6e4e1b9c3d8a5f6b2e7c09"
+
+
+def with_id(message_id):
+    """A log-line predicate: the entry carries message_id."""
+    return lambda fields, line: fields.get("message_id") == message_id
+
+
+def start_ready(start_daemon, notify_socket):
+    """Start the daemon and wait until it says it is ready, in the log and to systemd."""
+    d = start_daemon()
+    _, started = d.wait_for_line(with_id(STARTED))
+    assert started["level"] == "info"
+    assert started["module"] == "main"
+    d.wait_for_line(with_id(READY))
+    notify_socket.wait_for("READY=1")
+    return d
+
+
+def test_start_logs_started_and_ready_and_notifies(start_daemon, notify_socket, config):
+    d = start_daemon()
+    i, started = d.wait_for_line(with_id(STARTED))
+    assert str(config.path) in started["msg"]
+    j, _ = d.wait_for_line(with_id(READY))
+    assert j > i
+    message = notify_socket.wait_for("READY=1")
+    assert any(line.startswith("STATUS=") for line in message.split("\n")), message
+    assert d.alive()
+    # every line on stderr is one logfmt entry
+    for line in d.log().splitlines():
+        assert line.startswith("ts=") and " level=" in line, line
+
+
+def test_sighup_with_broken_file_keeps_running_config(start_daemon, notify_socket, config):
+    d = start_ready(start_daemon, notify_socket)
+
+    # The broken file also changes an endpoint: if any of it were applied, the good reload
+    # below would report stack.arm_endpoint as changed.
+    config.write(changes={("commerce", "batch_size"): "0",
+                          ("stack", "arm_endpoint"): "https://elsewhere.example"})
+    bad_line = config.line_of("commerce", "batch_size")
+    mark = len(d.lines)
+    d.kill(signal.SIGHUP)
+    notify_socket.wait_for("RELOADING=1")
+    _, error = d.wait_for_line(
+        lambda f, line: f.get("level") == "error"
+        and f.get("msg", "").startswith(f"{config.path}:{bad_line}: commerce.batch_size:"),
+        after=mark)
+    _, kept = d.wait_for_line(lambda f, line: "keeping the running configuration" in
+                              f.get("msg", ""), after=mark)
+    assert kept["level"] == "error"
+    notify_socket.wait_for("READY=1")
+    time.sleep(0.2)
+    assert d.alive()
+
+    # the original file with one live setting changed reloads cleanly
+    config.write(changes={("commerce", "batch_size"): "250"})
+    mark = len(d.lines)
+    d.kill(signal.SIGHUP)
+    notify_socket.wait_for("RELOADING=1")
+    _, reloaded = d.wait_for_line(with_id(RELOADED), after=mark)
+    assert str(config.path) in reloaded["msg"]
+    notify_socket.wait_for("READY=1")
+    assert "restart" not in "\n".join(d.lines[mark:]), d.log()
+    assert d.alive()
+
+
+def test_sighup_with_changed_restart_keys_names_them(start_daemon, notify_socket, config):
+    d = start_ready(start_daemon, notify_socket)
+
+    config.write(changes={("store", "path"): f"{config.dir}/other.db",
+                          ("commerce", "max_inflight"): "2"})
+    mark = len(d.lines)
+    d.kill(signal.SIGHUP)
+    _, warning = d.wait_for_line(lambda f, line: "restart" in f.get("msg", ""), after=mark)
+    assert warning["level"] == "warning"
+    assert "store.path" in warning["msg"]
+    assert "commerce.max_inflight" not in warning["msg"]
+    d.wait_for_line(with_id(RELOADED), after=mark)
+    notify_socket.wait_for("RELOADING=1")
+    notify_socket.wait_for("READY=1")
+    assert d.alive()
+
+
+@pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stop_signal_exits_0_within_one_second(start_daemon, notify_socket, signo):
+    d = start_ready(start_daemon, notify_socket)
+
+    t0 = time.monotonic()
+    d.kill(signo)
+    rc = d.wait(timeout=5)
+    elapsed = time.monotonic() - t0
+    assert rc == 0, d.log()
+    assert elapsed < 1.0, elapsed
+    notify_socket.wait_for("STOPPING=1", timeout=1)
+    _, stopping = d.wait_for_line(with_id(STOPPING))
+    assert signo.name in stopping["msg"]
+
+
+def test_start_with_invalid_config_logs_each_error_and_exits_1(start_daemon, notify_socket,
+                                                                config):
+    config.write(changes={("commerce", "compress"): "brotli", ("health", "listen"): "nowhere"})
+    d = start_daemon()
+    rc = d.wait(timeout=10)
+    assert rc == 1
+    for section, key in (("commerce", "compress"), ("health", "listen")):
+        prefix = f"{config.path}:{config.line_of(section, key)}: {section}.{key}:"
+        d.wait_for_line(lambda f, line, p=prefix: f.get("level") == "error"
+                        and f.get("msg", "").startswith(p))
+    assert not any("READY=1" in m.split("\n") for m in notify_socket.drain())
+
+
+def test_watchdog_pings_at_half_the_interval(start_daemon, notify_socket):
+    d = start_daemon(env={"WATCHDOG_USEC": "400000"})
+    notify_socket.wait_for("READY=1")
+    t0 = time.monotonic()
+    notify_socket.wait_for("WATCHDOG=1", timeout=1)
+    notify_socket.wait_for("WATCHDOG=1", timeout=1)
+    # two pings at 200 ms each: well inside the 400 ms interval, not a busy loop
+    elapsed = time.monotonic() - t0
+    assert 0.2 < elapsed < 0.9, elapsed
+    assert d.alive()
