@@ -50,13 +50,13 @@
 #define AZS_VERSION "0"
 #endif
 
-#define CONFIG_MAX_FILE_SIZE (1024 * 1024)   /* the configuration file itself */
+#define CONFIG_MAX_FILE_SIZE   (1024 * 1024) /* the configuration file itself */
 #define CONFIG_MAX_SECRET_SIZE (1024 * 1024) /* a secret or certificate file */
-#define CONFIG_MAX_NAME 64                    /* longest key or section name we echo */
-#define USEC_PER_MINUTE (60 * USEC_PER_SEC)
-#define USEC_PER_HOUR (60 * USEC_PER_MINUTE)
-#define USEC_PER_DAY (24 * USEC_PER_HOUR)
-#define CONFIG_MAX_DURATION (3650 * USEC_PER_DAY)
+#define CONFIG_MAX_NAME        64            /* longest key or section name we echo */
+#define USEC_PER_MINUTE        (60 * USEC_PER_SEC)
+#define USEC_PER_HOUR          (60 * USEC_PER_MINUTE)
+#define USEC_PER_DAY           (24 * USEC_PER_HOUR)
+#define CONFIG_MAX_DURATION    (3650 * USEC_PER_DAY)
 
 enum key_type {
 	KEY_ENDPOINT,       /* https:// URL without query; trailing slashes removed */
@@ -88,17 +88,20 @@ struct key {
 	const char *section;
 	const char *name;
 	enum key_type type;
-	size_t offset; /* into struct config */
+	size_t offset;   /* into struct config */
 	const char *def; /* NULL: none (the field stays NULL/0 unless required) */
 	bool required;
-	bool restart; /* a change needs a restart (config_restart_needed) */
+	bool restart;      /* a change needs a restart (config_restart_needed) */
 	uint64_t min, max; /* numbers, durations, sizes */
 };
 
-#define K(sec, key, t, field, ...) \
-	{ .section = sec, .name = key, .type = t, .offset = offsetof(struct config, field), \
-	  __VA_ARGS__ }
+#define K(sec, key, t, field, ...)                                                                \
+	{                                                                                         \
+		.section = sec, .name = key, .type = t, .offset = offsetof(struct config, field), \
+		__VA_ARGS__                                                                       \
+	}
 
+/* clang-format off */
 static const struct key keys[] = {
 	K("stack", "arm_endpoint", KEY_ENDPOINT, stack.arm_endpoint, .required = true,
 	  .restart = true),
@@ -177,11 +180,12 @@ static const struct key keys[] = {
 
 	K("health", "listen", KEY_LISTEN, health, .def = "127.0.0.1:9480", .restart = true),
 };
+/* clang-format on */
 
 #define N_KEYS ARRAY_SIZE(keys)
 
 static const char *const sections[] = {"stack", "registration", "azure", "commerce",
-				       "store", "http", "health"};
+                                       "store", "http",         "health"};
 
 struct problem {
 	unsigned line; /* 0: none (missing key) */
@@ -200,8 +204,8 @@ struct parse {
 	char *dir;        /* its directory, for relative names */
 	const char *p, *end;
 	unsigned line;
-	int section;               /* index into sections[]; -1: none or unknown */
-	bool in_unknown_section;   /* the current section was reported unknown */
+	int section;             /* index into sections[]; -1: none or unknown */
+	bool in_unknown_section; /* the current section was reported unknown */
 	struct slot slots[N_KEYS];
 	struct problem *problems;
 	size_t n_problems;
@@ -209,9 +213,9 @@ struct parse {
 };
 
 static void problem_add(struct parse *ps, unsigned line, bool warning, const char *format, ...)
-	_printf_(4, 5);
+        _printf_(4, 5);
 static void key_problem(struct parse *ps, const struct key *k, unsigned line, bool warning,
-			const char *format, ...) _printf_(5, 6);
+                        const char *format, ...) _printf_(5, 6);
 static char *reader(char *str, int num, void *stream);
 static int handler(void *user, const char *section, const char *name, const char *value);
 static void apply_keys(struct parse *ps, struct config *c);
@@ -260,11 +264,11 @@ config_load(const char *path, struct config **ret, struct config_problems *probl
 
 fail:
 	if (problems) {
-		problems->errors = xreallocarray(problems->errors, problems->n_errors + 1,
-						 sizeof(char *));
+		problems->errors =
+		        xreallocarray(problems->errors, problems->n_errors + 1, sizeof(char *));
 		problems->errors[problems->n_errors++] =
-			r == -EINVAL ? xasprintf("%s: not a regular file", path)
-				     : xasprintf("%s: %s", path, strerror(-r));
+		        r == -EINVAL ? xasprintf("%s: not a regular file", path)
+		                     : xasprintf("%s: %s", path, strerror(-r));
 	}
 	return r;
 }
@@ -272,13 +276,13 @@ fail:
 /* Parse and validate a configuration held in memory; name stands for the file. */
 int
 config_load_buffer(const char *name, const char *text, size_t size, struct config **ret,
-		   struct config_problems *problems)
+                   struct config_problems *problems)
 {
 	struct parse ps = {
-		.name = name,
-		.p = text,
-		.end = text + size,
-		.section = -1,
+	        .name = name,
+	        .p = text,
+	        .end = text + size,
+	        .section = -1,
 	};
 	struct config *c;
 	int r;
@@ -473,7 +477,7 @@ config_restart_needed(const struct config *old, const struct config *new, char *
 		if (!keys[i].restart || !key_differs(&keys[i], old, new))
 			continue;
 		n = list ? xasprintf("%s, %s.%s", list, keys[i].section, keys[i].name)
-			 : xasprintf("%s.%s", keys[i].section, keys[i].name);
+		         : xasprintf("%s.%s", keys[i].section, keys[i].name);
 		free(list);
 		list = n;
 	}
@@ -493,11 +497,11 @@ problem_add(struct parse *ps, unsigned line, bool warning, const char *format, .
 
 	ps->problems = xreallocarray(ps->problems, ps->n_problems + 1, sizeof(struct problem));
 	ps->problems[ps->n_problems] = (struct problem){
-		.line = line,
-		.seq = ps->n_problems,
-		.warning = warning,
-		.text = line > 0 ? xasprintf("%s:%u: %s", ps->name, line, text)
-				 : xasprintf("%s: %s", ps->name, text),
+	        .line = line,
+	        .seq = ps->n_problems,
+	        .warning = warning,
+	        .text = line > 0 ? xasprintf("%s:%u: %s", ps->name, line, text)
+	                         : xasprintf("%s: %s", ps->name, text),
 	};
 	ps->n_problems++;
 	if (!warning)
@@ -506,8 +510,8 @@ problem_add(struct parse *ps, unsigned line, bool warning, const char *format, .
 
 /* Append a problem about key k: "NAME:LINE: section.key: text". */
 static void
-key_problem(struct parse *ps, const struct key *k, unsigned line, bool warning,
-	    const char *format, ...)
+key_problem(struct parse *ps, const struct key *k, unsigned line, bool warning, const char *format,
+            ...)
 {
 	_cleanup_free_ char *text = NULL;
 	va_list ap;
@@ -542,12 +546,12 @@ parse_done(struct parse *ps, struct config_problems *problems)
 		if (!problems) {
 			free(pr->text);
 		} else if (pr->warning) {
-			problems->warnings = xreallocarray(problems->warnings,
-							   problems->n_warnings + 1, sizeof(char *));
+			problems->warnings = xreallocarray(
+			        problems->warnings, problems->n_warnings + 1, sizeof(char *));
 			problems->warnings[problems->n_warnings++] = pr->text;
 		} else {
 			problems->errors = xreallocarray(problems->errors, problems->n_errors + 1,
-							 sizeof(char *));
+			                                 sizeof(char *));
 			problems->errors[problems->n_errors++] = pr->text;
 		}
 	}
@@ -718,16 +722,16 @@ handler(void *user, const char *section, const char *name, const char *value)
 	if (i == SIZE_MAX) {
 		if (strstr(name, "secret") || strstr(name, "password") || strstr(name, "key"))
 			problem_add(ps, ps->line, false,
-				    "%s.%s: unknown key (secrets are only read from files: "
-				    "client_secret_file, client_certificate_file)",
-				    sec, name);
+			            "%s.%s: unknown key (secrets are only read from files: "
+			            "client_secret_file, client_certificate_file)",
+			            sec, name);
 		else
 			problem_add(ps, ps->line, false, "%s.%s: unknown key", sec, name);
 		return 1;
 	}
 	if (ps->slots[i].value) {
 		key_problem(ps, &keys[i], ps->line, false, "given twice (first on line %u)",
-			    ps->slots[i].line);
+		            ps->slots[i].line);
 		return 1;
 	}
 	ps->slots[i].value = xstrdup(value);
@@ -1205,8 +1209,7 @@ file_problem(struct parse *ps, const struct key *k, unsigned line, const char *p
  * Problems are reported; returns 0 or a negative errno.
  */
 static int
-secret_file_read(struct parse *ps, const struct key *k, unsigned line, const char *path,
-		 char **ret)
+secret_file_read(struct parse *ps, const struct key *k, unsigned line, const char *path, char **ret)
 {
 	_cleanup_close_ int fd = -1;
 	struct stat st;
@@ -1239,7 +1242,7 @@ secret_file_read(struct parse *ps, const struct key *k, unsigned line, const cha
 	}
 	if (st.st_mode & (S_IRGRP | S_IROTH))
 		key_problem(ps, k, line, true, "%s: readable by group or others (chmod 0600 it)",
-			    path);
+		            path);
 	*ret = buf;
 	return 0;
 }
@@ -1293,7 +1296,7 @@ key_apply(struct parse *ps, const struct key *k, const char *v, unsigned line, s
 	char *field = (char *)c + k->offset;
 	char **str = (char **)field;
 	const char *reason = NULL;
-	uint64_t u;
+	uint64_t u = 0;
 	int r;
 
 	switch (k->type) {
@@ -1352,15 +1355,22 @@ key_apply(struct parse *ps, const struct key *k, const char *v, unsigned line, s
 	case KEY_SECRET_FILE:
 	case KEY_CERT_FILE: {
 		struct config_client *cl = (struct config_client *)field;
-		_cleanup_free_ char *path = file_resolve(ps, v);
+		_cleanup_free_ char *path = NULL;
 		char *content = NULL;
 
+		/* the path is named in messages: no control characters may reach a terminal */
+		if (!printable(v, true)) {
+			reason = "not a file path";
+			break;
+		}
+		path = file_resolve(ps, v);
 		if (secret_file_read(ps, k, line, path, &content) < 0)
 			return;
 		if (k->type == KEY_SECRET_FILE) {
 			if (strpbrk(content, "\r\n")) {
 				free_secret(content);
-				key_problem(ps, k, line, false, "%s: holds more than one line", path);
+				key_problem(ps, k, line, false, "%s: holds more than one line",
+				            path);
 				return;
 			}
 			cl->secret = content;
@@ -1379,10 +1389,15 @@ key_apply(struct parse *ps, const struct key *k, const char *v, unsigned line, s
 		return;
 	}
 	case KEY_CA_FILE: {
-		_cleanup_free_ char *path = file_resolve(ps, v);
+		_cleanup_free_ char *path = NULL;
 		_cleanup_close_ int fd = -1;
 		struct stat st;
 
+		if (!printable(v, true)) {
+			reason = "not a file path";
+			break;
+		}
+		path = file_resolve(ps, v);
 		fd = file_open_regular(path, &st);
 		if (fd < 0) {
 			file_problem(ps, k, line, path, fd);
@@ -1413,10 +1428,10 @@ key_apply(struct parse *ps, const struct key *k, const char *v, unsigned line, s
 		else if (r < 0)
 			reason = "not a duration (a number with ms, s, m, h or d, e.g. 5m)";
 		else if (u < k->min || u > k->max)
-			reason = k->min == 0 ? "duration out of range"
-			       : k->min >= USEC_PER_HOUR ? "duration out of range (at least 1h)"
-			       : k->min >= USEC_PER_SEC ? "duration out of range (at least 1s)"
-						       : "duration out of range (at least 1ms)";
+			reason = k->min == 0               ? "duration out of range"
+			         : k->min >= USEC_PER_HOUR ? "duration out of range (at least 1h)"
+			         : k->min >= USEC_PER_SEC  ? "duration out of range (at least 1s)"
+			                                   : "duration out of range (at least 1ms)";
 		else
 			*(uint64_t *)field = u;
 		break;
@@ -1435,8 +1450,8 @@ key_apply(struct parse *ps, const struct key *k, const char *v, unsigned line, s
 		if (r < 0)
 			reason = "not a whole number";
 		else if (u < k->min || u > k->max) {
-			key_problem(ps, k, line, false,
-				    "out of range (%" PRIu64 "..%" PRIu64 ")", k->min, k->max);
+			key_problem(ps, k, line, false, "out of range (%" PRIu64 "..%" PRIu64 ")",
+			            k->min, k->max);
 			return;
 		} else if (k->type == KEY_UINT)
 			*(unsigned *)field = (unsigned)u;
@@ -1580,13 +1595,15 @@ check_client(struct parse *ps, const char *section)
 		unsigned ls = key_line(ps, section, "client_secret_file");
 		unsigned lc = key_line(ps, section, "client_certificate_file");
 
-		key_problem(ps, key_find(section, lc > ls ? "client_certificate_file"
-							  : "client_secret_file"),
-			    MAX(ls, lc), false,
-			    "only one of client_secret_file and client_certificate_file may be set");
+		key_problem(ps,
+		            key_find(section,
+		                     lc > ls ? "client_certificate_file" : "client_secret_file"),
+		            MAX(ls, lc), false,
+		            "only one of client_secret_file and client_certificate_file "
+		            "may be set");
 	} else if (!secret && !cert) {
 		key_problem(ps, key_find(section, "client_secret_file"), 0, false,
-			    "required (or %s.client_certificate_file)", section);
+		            "required (or %s.client_certificate_file)", section);
 	}
 }
 
@@ -1602,10 +1619,10 @@ check_combinations(struct parse *ps, struct config *c)
 	if (c->stack.identity == CONFIG_IDENTITY_AAD) {
 		if (!key_given(ps, "stack", "tenant"))
 			key_problem(ps, key_find("stack", "tenant"), 0, false,
-				    "required (with identity = aad)");
+			            "required (with identity = aad)");
 	} else if (c->stack.tenant) {
 		key_problem(ps, key_find("stack", "tenant"), key_line(ps, "stack", "tenant"), true,
-			    "ignored with identity = adfs");
+		            "ignored with identity = adfs");
 		free(c->stack.tenant);
 		c->stack.tenant = NULL;
 	}
@@ -1615,11 +1632,11 @@ check_combinations(struct parse *ps, struct config *c)
 		line = key_line(ps, "commerce", "retry_max");
 		if (line > 0)
 			key_problem(ps, key_find("commerce", "retry_max"), line, false,
-				    "shorter than commerce.retry_initial");
+			            "shorter than commerce.retry_initial");
 		else
 			key_problem(ps, key_find("commerce", "retry_initial"),
-				    key_line(ps, "commerce", "retry_initial"), false,
-				    "longer than commerce.retry_max");
+			            key_line(ps, "commerce", "retry_initial"), false,
+			            "longer than commerce.retry_max");
 	}
 
 	if (c->registration.max_staleness_usec > 0 &&
@@ -1627,11 +1644,11 @@ check_combinations(struct parse *ps, struct config *c)
 		line = key_line(ps, "registration", "max_staleness");
 		if (line > 0)
 			key_problem(ps, key_find("registration", "max_staleness"), line, false,
-				    "must be longer than registration.refresh_interval");
+			            "must be longer than registration.refresh_interval");
 		else
 			key_problem(ps, key_find("registration", "refresh_interval"),
-				    key_line(ps, "registration", "refresh_interval"), false,
-				    "must be shorter than registration.max_staleness");
+			            key_line(ps, "registration", "refresh_interval"), false,
+			            "must be shorter than registration.max_staleness");
 	}
 }
 

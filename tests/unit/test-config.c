@@ -36,24 +36,24 @@
 #define T_2026_11_01 INT64_C(1793491200) /* 2026-11-01T00:00:00Z, computed outside this code */
 
 /* The keys every valid file needs, with secret files named relative to the file. */
-#define REQUIRED_STACK                                                                          \
-	"[stack]\n"                                                                             \
-	"arm_endpoint = https://adminmanagement.local.azurestack.external\n"                    \
-	"provider_subscription = 11111111-2222-3333-4444-555555555555\n"                        \
-	"tenant = contoso.onmicrosoft.com\n"                                                    \
-	"client_id = aaaaaaaa-0000-0000-0000-000000000001\n"                                    \
+#define REQUIRED_STACK                                                       \
+	"[stack]\n"                                                          \
+	"arm_endpoint = https://adminmanagement.local.azurestack.external\n" \
+	"provider_subscription = 11111111-2222-3333-4444-555555555555\n"     \
+	"tenant = contoso.onmicrosoft.com\n"                                 \
+	"client_id = aaaaaaaa-0000-0000-0000-000000000001\n"                 \
 	"client_secret_file = stack-secret\n"
-#define REQUIRED_REST                                                                           \
-	"[registration]\n"                                                                      \
-	"subscription_id = 22222222-2222-2222-2222-222222222222\n"                              \
-	"resource_group = azurestack\n"                                                         \
-	"name = azurestack-cloud1\n"                                                            \
-	"[azure]\n"                                                                             \
-	"tenant = 33333333-3333-3333-3333-333333333333\n"                                       \
-	"client_id = aaaaaaaa-0000-0000-0000-000000000002\n"                                    \
-	"client_secret_file = azure-secret\n"                                                   \
-	"[commerce]\n"                                                                          \
-	"url = https://commerce.example/api/usageEvents/batch\n"                                \
+#define REQUIRED_REST                                              \
+	"[registration]\n"                                         \
+	"subscription_id = 22222222-2222-2222-2222-222222222222\n" \
+	"resource_group = azurestack\n"                            \
+	"name = azurestack-cloud1\n"                               \
+	"[azure]\n"                                                \
+	"tenant = 33333333-3333-3333-3333-333333333333\n"          \
+	"client_id = aaaaaaaa-0000-0000-0000-000000000002\n"       \
+	"client_secret_file = azure-secret\n"                      \
+	"[commerce]\n"                                             \
+	"url = https://commerce.example/api/usageEvents/batch\n"   \
 	"audience = https://commerce.example/\n"
 #define REQUIRED REQUIRED_STACK REQUIRED_REST
 
@@ -65,8 +65,8 @@ struct fixture {
 	int r;
 };
 
-static char *cert_pem;       /* a self-signed certificate and its key, made once */
-static char *other_key_pem;  /* a key that does not match cert_pem */
+static char *cert_pem;      /* a self-signed certificate and its key, made once */
+static char *other_key_pem; /* a key that does not match cert_pem */
 
 /* Remove one entry of the test directory tree. */
 static int
@@ -234,8 +234,7 @@ pem_of(EVP_PKEY *key, X509 *x)
 	if (x)
 		assert_int_equal(PEM_write_bio_X509(b, x), 1);
 	if (key)
-		assert_int_equal(
-			PEM_write_bio_PrivateKey(b, key, NULL, NULL, 0, NULL, NULL), 1);
+		assert_int_equal(PEM_write_bio_PrivateKey(b, key, NULL, NULL, 0, NULL, NULL), 1);
 	n = BIO_get_mem_data(b, &data);
 	data = xstrndup(data, (size_t)n);
 	BIO_free(b);
@@ -259,7 +258,7 @@ group_setup(void **state)
 	X509_gmtime_adj(X509_getm_notAfter(x), 3600);
 	X509_set_pubkey(x, key);
 	X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
-				   (const unsigned char *)"azs-usaged test", -1, -1, 0);
+	                           (const unsigned char *)"azs-usaged test", -1, -1, 0);
 	X509_set_issuer_name(x, X509_get_subject_name(x));
 	if (!X509_sign(x, key, EVP_sha256()))
 		return -1;
@@ -306,66 +305,66 @@ test_config_load_full_file(void **state)
 	_cleanup_free_ char *secret_path = xasprintf("%s/stack-secret", f->dir);
 	_cleanup_free_ char *db = xasprintf("%s/state/usage.db", f->dir);
 	const char *text =
-		"; a comment\n"
-		"# another comment\n"
-		"[stack]\n"
-		"arm_endpoint = https://adminmanagement.local.azurestack.external/  ; trailing slash\n"
-		"provider_subscription = 11111111-2222-3333-4444-55555555AAAA\n"
-		"identity = aad\n"
-		"tenant = Contoso.onmicrosoft.com\n"
-		"client_id = AAAAAAAA-0000-0000-0000-000000000001\n"
-		"client_secret_file = stack-secret\n"
-		"login_endpoint = https://login.local/adfs/\n"
-		"audience = https://adminmanagement.local/5ba3b7f2-4f0b-4a1a-9b1d-1a2b3c4d5e6f\n"
-		"collect_from = 2026-11-01T00:00:00Z\n"
-		"poll_interval = 1m30s\n"
-		"settle = 0\n"
-		"lookback = 2h\n"
-		"per_subscriber = true\n"
-		"refresh_interval = 2m\n"
-		"\n"
-		"[registration]\n"
-		"arm_endpoint = https://management.local\n"
-		"subscription_id = 22222222-2222-2222-2222-22222222BBBB\n"
-		"resource_group = azs-rg_1.(x)\n"
-		"name = azurestack-cloud1\n"
-		"api_version = 2020-06-01-preview\n"
-		"audience = https://management.local/\n"
-		"refresh_interval = 10m\n"
-		"max_staleness = 2d\n"
-		"[azure]\n"
-		"tenant = 33333333-3333-3333-3333-33333333CCCC\n"
-		"client_id = aaaaaaaa-0000-0000-0000-000000000002\n"
-		"client_certificate_file = azure.pem\n"
-		"login_endpoint = https://login.example\n"
-		"[commerce]\n"
-		"url = https://commerce.example:8443/api/usageEvents/batch?x=1\n"
-		"audience = https://commerce.example/\n"
-		"batch_size = 1000\n"
-		"batch_bytes = 2048K\n"
-		"max_inflight = 1\n"
-		"compress = none\n"
-		"timeout = 10s\n"
-		"retry_initial = 500ms\n"
-		"retry_max = 1h\n"
-		"[store]\n"
-		"path = state/usage.db\n"
-		"retention = 7d\n"
-		"max_pending = 1000\n"
-		"[http]\n"
-		"ca_file = ca.pem\n"
-		"proxy = http://proxy.local:3128\n"
-		"user_agent = azs-usaged/test (stamp 1)\n"
-		"max_response = 1G\n"
-		"[health]\n"
-		"listen = [::1]:9999\n";
+	        "; a comment\n"
+	        "# another comment\n"
+	        "[stack]\n"
+	        "arm_endpoint = https://adminmanagement.local.azurestack.external/ ; slash\n"
+	        "provider_subscription = 11111111-2222-3333-4444-55555555AAAA\n"
+	        "identity = aad\n"
+	        "tenant = Contoso.onmicrosoft.com\n"
+	        "client_id = AAAAAAAA-0000-0000-0000-000000000001\n"
+	        "client_secret_file = stack-secret\n"
+	        "login_endpoint = https://login.local/adfs/\n"
+	        "audience = https://adminmanagement.local/5ba3b7f2-4f0b-4a1a-9b1d-1a2b3c4d5e6f\n"
+	        "collect_from = 2026-11-01T00:00:00Z\n"
+	        "poll_interval = 1m30s\n"
+	        "settle = 0\n"
+	        "lookback = 2h\n"
+	        "per_subscriber = true\n"
+	        "refresh_interval = 2m\n"
+	        "\n"
+	        "[registration]\n"
+	        "arm_endpoint = https://management.local\n"
+	        "subscription_id = 22222222-2222-2222-2222-22222222BBBB\n"
+	        "resource_group = azs-rg_1.(x)\n"
+	        "name = azurestack-cloud1\n"
+	        "api_version = 2020-06-01-preview\n"
+	        "audience = https://management.local/\n"
+	        "refresh_interval = 10m\n"
+	        "max_staleness = 2d\n"
+	        "[azure]\n"
+	        "tenant = 33333333-3333-3333-3333-33333333CCCC\n"
+	        "client_id = aaaaaaaa-0000-0000-0000-000000000002\n"
+	        "client_certificate_file = azure.pem\n"
+	        "login_endpoint = https://login.example\n"
+	        "[commerce]\n"
+	        "url = https://commerce.example:8443/api/usageEvents/batch?x=1\n"
+	        "audience = https://commerce.example/\n"
+	        "batch_size = 1000\n"
+	        "batch_bytes = 2048K\n"
+	        "max_inflight = 1\n"
+	        "compress = none\n"
+	        "timeout = 10s\n"
+	        "retry_initial = 500ms\n"
+	        "retry_max = 1h\n"
+	        "[store]\n"
+	        "path = state/usage.db\n"
+	        "retention = 7d\n"
+	        "max_pending = 1000\n"
+	        "[http]\n"
+	        "ca_file = ca.pem\n"
+	        "proxy = http://proxy.local:3128\n"
+	        "user_agent = azs-usaged/test (stamp 1)\n"
+	        "max_response = 1G\n"
+	        "[health]\n"
+	        "listen = [::1]:9999\n";
 	struct config *c;
 
 	load_ok(f, text);
 	c = f->config;
 	assert_string_equal(c->path, f->conf);
 	assert_string_equal(c->stack.arm_endpoint,
-			    "https://adminmanagement.local.azurestack.external");
+	                    "https://adminmanagement.local.azurestack.external");
 	assert_string_equal(c->stack.provider_subscription, "11111111-2222-3333-4444-55555555aaaa");
 	assert_int_equal(c->stack.identity, CONFIG_IDENTITY_AAD);
 	assert_string_equal(c->stack.tenant, "contoso.onmicrosoft.com");
@@ -375,7 +374,7 @@ test_config_load_full_file(void **state)
 	assert_null(c->stack.client.certificate);
 	assert_string_equal(c->stack.login_endpoint, "https://login.local/adfs");
 	assert_string_equal(c->stack.audience,
-			    "https://adminmanagement.local/5ba3b7f2-4f0b-4a1a-9b1d-1a2b3c4d5e6f");
+	                    "https://adminmanagement.local/5ba3b7f2-4f0b-4a1a-9b1d-1a2b3c4d5e6f");
 	assert_int_equal(c->stack.collect_from, T_2026_11_01);
 	assert_int_equal(c->stack.poll_interval_usec, UINT64_C(90000000));
 	assert_int_equal(c->stack.settle_usec, 0);
@@ -385,7 +384,7 @@ test_config_load_full_file(void **state)
 
 	assert_string_equal(c->registration.arm_endpoint, "https://management.local");
 	assert_string_equal(c->registration.subscription_id,
-			    "22222222-2222-2222-2222-22222222bbbb");
+	                    "22222222-2222-2222-2222-22222222bbbb");
 	assert_string_equal(c->registration.resource_group, "azs-rg_1.(x)");
 	assert_string_equal(c->registration.name, "azurestack-cloud1");
 	assert_string_equal(c->registration.api_version, "2020-06-01-preview");
@@ -403,7 +402,7 @@ test_config_load_full_file(void **state)
 	assert_string_equal(c->azure.login_endpoint, "https://login.example");
 
 	assert_string_equal(c->commerce.url,
-			    "https://commerce.example:8443/api/usageEvents/batch?x=1");
+	                    "https://commerce.example:8443/api/usageEvents/batch?x=1");
 	assert_string_equal(c->commerce.audience, "https://commerce.example/");
 	assert_int_equal(c->commerce.batch_size, 1000);
 	assert_int_equal(c->commerce.batch_bytes, 2048 * 1024);
@@ -476,11 +475,19 @@ test_config_load_missing_required(void **state)
 {
 	struct fixture *f = *state;
 	static const char *const required[] = {
-		"stack.arm_endpoint", "stack.provider_subscription", "stack.client_id",
-		"registration.subscription_id", "registration.resource_group",
-		"registration.name", "azure.tenant", "azure.client_id", "commerce.url",
-		"commerce.audience", "stack.client_secret_file", "azure.client_secret_file",
-		"stack.tenant",
+	        "stack.arm_endpoint",
+	        "stack.provider_subscription",
+	        "stack.client_id",
+	        "registration.subscription_id",
+	        "registration.resource_group",
+	        "registration.name",
+	        "azure.tenant",
+	        "azure.client_id",
+	        "commerce.url",
+	        "commerce.audience",
+	        "stack.client_secret_file",
+	        "azure.client_secret_file",
+	        "stack.tenant",
 	};
 
 	load(f, "");
@@ -502,12 +509,12 @@ static void
 test_config_load_bad_duration(void **state)
 {
 	struct fixture *f = *state;
-	static const char *const bad[] = {"5",  "5x", "m", "-5m", "5 m", "1.5h",
-					  "99999999999999999999d", "5mm", "0s"};
+	static const char *const bad[] = {
+	        "5", "5x", "m", "-5m", "5 m", "1.5h", "99999999999999999999d", "5mm", "0s"};
 
 	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
 		_cleanup_free_ char *text =
-			xasprintf(REQUIRED_STACK "poll_interval = %s\n" REQUIRED_REST, bad[i]);
+		        xasprintf(REQUIRED_STACK "poll_interval = %s\n" REQUIRED_REST, bad[i]);
 		_cleanup_free_ char *rest = NULL;
 
 		load(f, text);
@@ -521,7 +528,7 @@ test_config_load_bad_duration(void **state)
 	load(f, REQUIRED "[commerce]\ntimeout = 1d2h3m4s5ms\n");
 	assert_int_equal(f->r, 0);
 	assert_int_equal(f->config->commerce.timeout_usec,
-			 ((((UINT64_C(1) * 24 + 2) * 60 + 3) * 60 + 4) * 1000 + 5) * 1000);
+	                 ((((UINT64_C(1) * 24 + 2) * 60 + 3) * 60 + 4) * 1000 + 5) * 1000);
 	load(f, REQUIRED "[commerce]\ntimeout = 5x\n");
 	assert_error(f, ":19: commerce.timeout: not a duration");
 }
@@ -554,14 +561,14 @@ test_config_load_bad_guid(void **state)
 {
 	struct fixture *f = *state;
 	static const char *const bad[] = {
-		"11111111-2222-3333-4444-55555555555",   "11111111-2222-3333-4444-5555555555555",
-		"1111111122223333444455555555555555",    "{11111111-2222-3333-4444-555555555555}",
-		"g1111111-2222-3333-4444-555555555555", "11111111_2222-3333-4444-555555555555",
+	        "11111111-2222-3333-4444-55555555555",  "11111111-2222-3333-4444-5555555555555",
+	        "1111111122223333444455555555555555",   "{11111111-2222-3333-4444-555555555555}",
+	        "g1111111-2222-3333-4444-555555555555", "11111111_2222-3333-4444-555555555555",
 	};
 
 	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
-		_cleanup_free_ char *text = xasprintf(REQUIRED "[registration]\nsubscription_id = %s\n",
-						      bad[i]);
+		_cleanup_free_ char *text =
+		        xasprintf(REQUIRED "[registration]\nsubscription_id = %s\n", bad[i]);
 
 		load(f, text);
 		/* the key is given twice now: the second line is a duplicate, not parsed */
@@ -569,8 +576,8 @@ test_config_load_bad_guid(void **state)
 		assert_error(f, ":19: registration.subscription_id: given twice (first on line 8)");
 	}
 	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
-		_cleanup_free_ char *text = xasprintf(
-			"[stack]\nprovider_subscription = %s\n" REQUIRED_REST, bad[i]);
+		_cleanup_free_ char *text =
+		        xasprintf("[stack]\nprovider_subscription = %s\n" REQUIRED_REST, bad[i]);
 
 		load(f, text);
 		assert_error(f, ":2: stack.provider_subscription: not a GUID");
@@ -591,26 +598,26 @@ test_config_load_bad_url(void **state)
 	static const struct {
 		const char *url, *reason;
 	} bad[] = {
-		{"http://commerce.example/x", "not an https:// URL"},
-		{"commerce.example/x", "not an https:// URL"},
-		{"https://", "has no host"},
-		{"https:///x", "has no host"},
-		{"https://user:pw@commerce.example/x", "must not contain user credentials"},
-		{"https://commerce.example:0/x", "has an invalid port"},
-		{"https://commerce.example:99999/x", "has an invalid port"},
-		{"https://commerce example/x", "contains spaces or control characters"},
-		{"https://commerce.example/x#frag", "must not contain a fragment"},
-		{"https://[::1/x", "has an invalid IPv6 host"},
+	        {"http://commerce.example/x", "not an https:// URL"},
+	        {"commerce.example/x", "not an https:// URL"},
+	        {"https://", "has no host"},
+	        {"https:///x", "has no host"},
+	        {"https://user:pw@commerce.example/x", "must not contain user credentials"},
+	        {"https://commerce.example:0/x", "has an invalid port"},
+	        {"https://commerce.example:99999/x", "has an invalid port"},
+	        {"https://commerce example/x", "contains spaces or control characters"},
+	        {"https://commerce.example/x#frag", "must not contain a fragment"},
+	        {"https://[::1/x", "has an invalid IPv6 host"},
 	};
 
 	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
-		_cleanup_free_ char *text = xasprintf(REQUIRED_STACK
-						      "[commerce]\nurl = %s\n"
-						      "[registration]\narm_endpoint = %s\n",
-						      bad[i].url, bad[i].url);
+		_cleanup_free_ char *text =
+		        xasprintf(REQUIRED_STACK "[commerce]\nurl = %s\n"
+		                                 "[registration]\narm_endpoint = %s\n",
+		                  bad[i].url, bad[i].url);
 		_cleanup_free_ char *e1 = xasprintf(":8: commerce.url: %s", bad[i].reason);
 		_cleanup_free_ char *e2 =
-			xasprintf(":10: registration.arm_endpoint: %s", bad[i].reason);
+		        xasprintf(":10: registration.arm_endpoint: %s", bad[i].reason);
 
 		load(f, text);
 		assert_error(f, e1);
@@ -684,15 +691,15 @@ test_config_load_secret_and_certificate(void **state)
 	load(f, REQUIRED "[stack]\nclient_certificate_file = stack.pem\n");
 	assert_failed_with(f, 1);
 	assert_error(f, ":19: stack.client_certificate_file: only one of client_secret_file and "
-			"client_certificate_file may be set");
+	                "client_certificate_file may be set");
 
 	/* the certificate alone is fine */
 	load(f, "[stack]\n"
-		"arm_endpoint = https://adminmanagement.local.azurestack.external\n"
-		"provider_subscription = 11111111-2222-3333-4444-555555555555\n"
-		"identity = adfs\n"
-		"client_id = aaaaaaaa-0000-0000-0000-000000000001\n"
-		"client_certificate_file = stack.pem\n" REQUIRED_REST);
+	        "arm_endpoint = https://adminmanagement.local.azurestack.external\n"
+	        "provider_subscription = 11111111-2222-3333-4444-555555555555\n"
+	        "identity = adfs\n"
+	        "client_id = aaaaaaaa-0000-0000-0000-000000000001\n"
+	        "client_certificate_file = stack.pem\n" REQUIRED_REST);
 	assert_int_equal(f->r, 0);
 	assert_string_equal(f->config->stack.client.certificate_file, cert);
 	assert_int_equal(f->config->stack.identity, CONFIG_IDENTITY_ADFS);
@@ -706,10 +713,10 @@ test_config_load_no_secret_nor_certificate(void **state)
 	struct fixture *f = *state;
 
 	load(f, "[stack]\n"
-		"arm_endpoint = https://adminmanagement.local.azurestack.external\n"
-		"provider_subscription = 11111111-2222-3333-4444-555555555555\n"
-		"tenant = contoso.onmicrosoft.com\n"
-		"client_id = aaaaaaaa-0000-0000-0000-000000000001\n" REQUIRED_REST);
+	        "arm_endpoint = https://adminmanagement.local.azurestack.external\n"
+	        "provider_subscription = 11111111-2222-3333-4444-555555555555\n"
+	        "tenant = contoso.onmicrosoft.com\n"
+	        "client_id = aaaaaaaa-0000-0000-0000-000000000001\n" REQUIRED_REST);
 	assert_failed_with(f, 1);
 	assert_error(f, ": stack.client_secret_file: required (or stack.client_certificate_file)");
 }
@@ -730,7 +737,8 @@ test_config_load_unreadable_secret_file(void **state)
 		assert_int_equal(unlink(path), 0);
 		assert_int_equal(symlink(path, path), 0);
 		rest = xasprintf(":6: stack.client_secret_file: %s: Too many levels of symbolic "
-				 "links", path);
+		                 "links",
+		                 path);
 	}
 	load(f, REQUIRED);
 	assert_failed_with(f, 1);
@@ -767,7 +775,7 @@ test_config_load_missing_secret_file(void **state)
 	struct fixture *f = *state;
 	_cleanup_free_ char *path = xasprintf("%s/azure-secret", f->dir);
 	_cleanup_free_ char *rest =
-		xasprintf(":14: azure.client_secret_file: %s: No such file or directory", path);
+	        xasprintf(":14: azure.client_secret_file: %s: No such file or directory", path);
 
 	assert_int_equal(unlink(path), 0);
 	load(f, REQUIRED);
@@ -807,7 +815,7 @@ test_config_load_credentials_directory(void **state)
 	assert_failed_with(f, 1);
 	{
 		_cleanup_free_ char *rest = xasprintf(
-			":14: azure.client_secret_file: %s: No such file or directory", beside);
+		        ":14: azure.client_secret_file: %s: No such file or directory", beside);
 		assert_error(f, rest);
 	}
 }
@@ -892,17 +900,17 @@ test_config_load_three_mistakes(void **state)
 {
 	struct fixture *f = *state;
 	_cleanup_free_ char *e1 = NULL, *e2 = NULL, *e3 = NULL;
-	const char *text = REQUIRED_STACK "poll_interval = often\n" REQUIRED_REST
-					  "batch_size = 1001\n"
-					  "[health]\n"
-					  "listen = localhost:9480\n";
+	const char *text =
+	        REQUIRED_STACK "poll_interval = often\n" REQUIRED_REST "batch_size = 1001\n"
+	                       "[health]\n"
+	                       "listen = localhost:9480\n";
 
 	load(f, text);
 	assert_failed_with(f, 3);
 	e1 = xasprintf("%s:%u: stack.poll_interval: not a duration", f->conf,
-		       line_of(text, "poll_interval"));
+	               line_of(text, "poll_interval"));
 	e2 = xasprintf("%s:%u: commerce.batch_size: out of range (1..1000)", f->conf,
-		       line_of(text, "batch_size"));
+	               line_of(text, "batch_size"));
 	e3 = xasprintf("%s:%u: health.listen: not ip:port", f->conf, line_of(text, "listen"));
 	assert_true(strncmp(f->problems.errors[0], e1, strlen(e1)) == 0);
 	assert_true(strncmp(f->problems.errors[1], e2, strlen(e2)) == 0);
@@ -915,19 +923,19 @@ test_config_load_no_secret_in_messages(void **state)
 {
 	struct fixture *f = *state;
 	static const char *const texts[] = {
-		REQUIRED "[stack]\nclient_secret = " STACK_SECRET "\n",
-		REQUIRED "[stack]\nclient_secret=" STACK_SECRET " ; comment\n",
-		REQUIRED "[stack]\n" STACK_SECRET "\n",
-		REQUIRED "[stack]\n  " STACK_SECRET "==\n",
-		REQUIRED "[stack]\n" STACK_SECRET ": x\n",
-		REQUIRED "[" STACK_SECRET "]\n",
-		REQUIRED "[" STACK_SECRET "\n",
-		REQUIRED "[stack] " STACK_SECRET "\n",
-		REQUIRED "[stack]\nsecret" STACK_SECRET " = 1\n",
-		REQUIRED "[stack]\npassword = " STACK_SECRET "\n",
-		REQUIRED "[stack]\naudience = " STACK_SECRET " x\n",
-		REQUIRED "[stack]\npoll_interval = " STACK_SECRET "\n",
-		REQUIRED "[http]\nproxy = http://u:" STACK_SECRET "@p:1\n",
+	        REQUIRED "[stack]\nclient_secret = " STACK_SECRET "\n",
+	        REQUIRED "[stack]\nclient_secret=" STACK_SECRET " ; comment\n",
+	        REQUIRED "[stack]\n" STACK_SECRET "\n",
+	        REQUIRED "[stack]\n  " STACK_SECRET "==\n",
+	        REQUIRED "[stack]\n" STACK_SECRET ": x\n",
+	        REQUIRED "[" STACK_SECRET "]\n",
+	        REQUIRED "[" STACK_SECRET "\n",
+	        REQUIRED "[stack] " STACK_SECRET "\n",
+	        REQUIRED "[stack]\nsecret" STACK_SECRET " = 1\n",
+	        REQUIRED "[stack]\npassword = " STACK_SECRET "\n",
+	        REQUIRED "[stack]\naudience = " STACK_SECRET " x\n",
+	        REQUIRED "[stack]\npoll_interval = " STACK_SECRET "\n",
+	        REQUIRED "[http]\nproxy = http://u:" STACK_SECRET "@p:1\n",
 	};
 
 	for (size_t i = 0; i < ARRAY_SIZE(texts); i++) {
@@ -955,18 +963,19 @@ test_config_load_bad_certificate(void **state)
 {
 	struct fixture *f = *state;
 	const char *text = "[stack]\n"
-			   "arm_endpoint = https://adminmanagement.local.azurestack.external\n"
-			   "provider_subscription = 11111111-2222-3333-4444-555555555555\n"
-			   "tenant = contoso.onmicrosoft.com\n"
-			   "client_id = aaaaaaaa-0000-0000-0000-000000000001\n"
-			   "client_certificate_file = stack.pem\n" REQUIRED_REST;
+	                   "arm_endpoint = https://adminmanagement.local.azurestack.external\n"
+	                   "provider_subscription = 11111111-2222-3333-4444-555555555555\n"
+	                   "tenant = contoso.onmicrosoft.com\n"
+	                   "client_id = aaaaaaaa-0000-0000-0000-000000000001\n"
+	                   "client_certificate_file = stack.pem\n" REQUIRED_REST;
 	_cleanup_free_ char *path = write_file(f, "stack.pem", other_key_pem, 0600);
 	_cleanup_free_ char *rest = NULL;
 
 	load(f, text);
 	assert_failed_with(f, 1);
 	rest = xasprintf(":6: stack.client_certificate_file: %s: private key does not match the "
-			 "certificate", path);
+	                 "certificate",
+	                 path);
 	assert_error(f, rest);
 
 	free(write_file(f, "stack.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n", 0600));
@@ -984,31 +993,32 @@ test_config_load_bad_values(void **state)
 	static const struct {
 		const char *line, *error;
 	} cases[] = {
-		{"[commerce]\nbatch_size = 0", ":19: commerce.batch_size: out of range (1..1000)"},
-		{"[commerce]\nbatch_size = -1", ":19: commerce.batch_size: not a whole number"},
-		{"[commerce]\nmax_inflight = 0", ":19: commerce.max_inflight: out of range"},
-		{"[commerce]\ncompress = zstd", ":19: commerce.compress: must be gzip or none"},
-		{"[commerce]\nretry_max = 500ms",
-		 ":19: commerce.retry_max: shorter than commerce.retry_initial"},
-		{"[stack]\nidentity = ldap", ":19: stack.identity: must be aad or adfs"},
-		{"[stack]\nper_subscriber = maybe", ":19: stack.per_subscriber: not a boolean"},
-		{"[stack]\ncollect_from = 2026-11-01T00:30:00Z",
-		 ":19: stack.collect_from: not on the hour"},
-		{"[stack]\ncollect_from = yesterday", ":19: stack.collect_from: not an RFC 3339"},
-		{"[registration]\nmax_staleness = 10m",
-		 ":19: registration.max_staleness: must be longer than registration.refresh_interval"},
-		{"[registration]\napi_version = latest",
-		 ":19: registration.api_version: not an api-version"},
-		{"[health]\nlisten = 127.0.0.1", ":19: health.listen: not ip:port"},
-		{"[health]\nlisten = ::1:80", ":19: health.listen: not ip:port"},
-		{"[health]\nlisten = 127.0.0.1:0", ":19: health.listen: invalid port"},
-		{"[health]\nlisten = 127.0.0.1:65536", ":19: health.listen: invalid port"},
-		{"[store]\nretention = 10m", ":19: store.retention: duration out of range"},
-		{"[store]\nmax_pending = 1e6", ":19: store.max_pending: not a whole number"},
-		{"[http]\nca_file = nothere.pem", ":19: http.ca_file: "},
-		{"[stack]\naudience = a b", ":19: stack.audience: contains spaces"},
-		{"[stack]\nidentity = aad\nidentity = adfs",
-		 ":20: stack.identity: given twice (first on line 19)"},
+	        {"[commerce]\nbatch_size = 0", ":19: commerce.batch_size: out of range (1..1000)"},
+	        {"[commerce]\nbatch_size = -1", ":19: commerce.batch_size: not a whole number"},
+	        {"[commerce]\nmax_inflight = 0", ":19: commerce.max_inflight: out of range"},
+	        {"[commerce]\ncompress = zstd", ":19: commerce.compress: must be gzip or none"},
+	        {"[commerce]\nretry_max = 500ms",
+	         ":19: commerce.retry_max: shorter than commerce.retry_initial"},
+	        {"[stack]\nidentity = ldap", ":19: stack.identity: must be aad or adfs"},
+	        {"[stack]\nper_subscriber = maybe", ":19: stack.per_subscriber: not a boolean"},
+	        {"[stack]\ncollect_from = 2026-11-01T00:30:00Z",
+	         ":19: stack.collect_from: not on the hour"},
+	        {"[stack]\ncollect_from = yesterday", ":19: stack.collect_from: not an RFC 3339"},
+	        {"[registration]\nmax_staleness = 10m",
+	         ":19: registration.max_staleness: must be longer than "
+	         "registration.refresh_interval"},
+	        {"[registration]\napi_version = latest",
+	         ":19: registration.api_version: not an api-version"},
+	        {"[health]\nlisten = 127.0.0.1", ":19: health.listen: not ip:port"},
+	        {"[health]\nlisten = ::1:80", ":19: health.listen: not ip:port"},
+	        {"[health]\nlisten = 127.0.0.1:0", ":19: health.listen: invalid port"},
+	        {"[health]\nlisten = 127.0.0.1:65536", ":19: health.listen: invalid port"},
+	        {"[store]\nretention = 10m", ":19: store.retention: duration out of range"},
+	        {"[store]\nmax_pending = 1e6", ":19: store.max_pending: not a whole number"},
+	        {"[http]\nca_file = nothere.pem", ":19: http.ca_file: "},
+	        {"[stack]\naudience = a b", ":19: stack.audience: contains spaces"},
+	        {"[stack]\nidentity = aad\nidentity = adfs",
+	         ":20: stack.identity: given twice (first on line 19)"},
 	};
 
 	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
@@ -1081,24 +1091,24 @@ test_config_restart_needed_detects_changes(void **state)
 
 	free(write_file(f, "stack-secret", "a-new-secret-value\n", 0600));
 	load_ok(f, REQUIRED "[commerce]\nbatch_size = 10\ntimeout = 5s\n[stack]\n"
-			    "poll_interval = 1m\n");
+	                    "poll_interval = 1m\n");
 	config_restart_needed(old, f->config, &list);
 	assert_null(list);
 
 	load_ok(f, REQUIRED "[store]\npath = /tmp/other.db\n[health]\nlisten = 127.0.0.1:1\n"
-			    "[commerce]\nbatch_size = 10\n");
+	                    "[commerce]\nbatch_size = 10\n");
 	config_restart_needed(old, f->config, &list);
 	assert_non_null(list);
 	assert_string_equal(list, "store.path, health.listen");
 	free(list);
 
 	load_ok(f, "[stack]\n"
-		   "arm_endpoint = https://adminmanagement.other.example\n"
-		   "provider_subscription = 11111111-2222-3333-4444-555555555555\n"
-		   "tenant = contoso.onmicrosoft.com\n"
-		   "client_id = aaaaaaaa-0000-0000-0000-000000000001\n"
-		   "client_secret_file = stack-secret\n" REQUIRED_REST
-		   "[http]\nproxy = http://proxy:3128\n");
+	           "arm_endpoint = https://adminmanagement.other.example\n"
+	           "provider_subscription = 11111111-2222-3333-4444-555555555555\n"
+	           "tenant = contoso.onmicrosoft.com\n"
+	           "client_id = aaaaaaaa-0000-0000-0000-000000000001\n"
+	           "client_secret_file = stack-secret\n" REQUIRED_REST
+	           "[http]\nproxy = http://proxy:3128\n");
 	config_restart_needed(old, f->config, &list);
 	assert_non_null(list);
 	assert_string_equal(list, "stack.arm_endpoint, http.proxy");
@@ -1116,16 +1126,16 @@ test_config_register_secrets_redacts(void **state)
 	const char *k;
 
 	load_ok(f, REQUIRED_STACK "[registration]\n"
-				  "subscription_id = 22222222-2222-2222-2222-222222222222\n"
-				  "resource_group = azurestack\n"
-				  "name = azurestack-cloud1\n"
-				  "[azure]\n"
-				  "tenant = 33333333-3333-3333-3333-333333333333\n"
-				  "client_id = aaaaaaaa-0000-0000-0000-000000000002\n"
-				  "client_certificate_file = azure.pem\n"
-				  "[commerce]\n"
-				  "url = https://commerce.example/api/usageEvents/batch\n"
-				  "audience = https://commerce.example/\n");
+	                          "subscription_id = 22222222-2222-2222-2222-222222222222\n"
+	                          "resource_group = azurestack\n"
+	                          "name = azurestack-cloud1\n"
+	                          "[azure]\n"
+	                          "tenant = 33333333-3333-3333-3333-333333333333\n"
+	                          "client_id = aaaaaaaa-0000-0000-0000-000000000002\n"
+	                          "client_certificate_file = azure.pem\n"
+	                          "[commerce]\n"
+	                          "url = https://commerce.example/api/usageEvents/batch\n"
+	                          "audience = https://commerce.example/\n");
 	assert_string_equal(f->config->azure.client.certificate_file, cert);
 	/* one line of the private key, as it might leak on its own */
 	k = strstr(cert_pem, "PRIVATE KEY-----\n");
@@ -1187,43 +1197,43 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_config_load_full_file, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_config_load_defaults, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_config_load_missing_required, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_config_load_bad_duration, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_config_load_bad_size, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_config_load_bad_guid, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_config_load_bad_url, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_config_load_unknown_key, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_config_load_unknown_section, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_config_load_secret_and_certificate, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_config_load_no_secret_nor_certificate, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_config_load_unreadable_secret_file, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_config_load_missing_secret_file, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_config_load_credentials_directory, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_config_load_world_readable_secret_warning,
-						setup, teardown),
-		cmocka_unit_test_setup_teardown(test_config_load_line_over_limit, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_config_load_indented_line_not_continuation,
-						setup, teardown),
-		cmocka_unit_test_setup_teardown(test_config_load_three_mistakes, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_config_load_no_secret_in_messages, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_config_load_bad_certificate, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_config_load_bad_values, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_config_load_missing_file, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_config_load_buffer_nul_byte, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_config_restart_needed_detects_changes, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_config_register_secrets_redacts, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_config_free_accepts_null, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_config_load_shipped_file, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_full_file, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_defaults, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_missing_required, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_bad_duration, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_bad_size, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_bad_guid, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_bad_url, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_unknown_key, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_unknown_section, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_secret_and_certificate, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_no_secret_nor_certificate, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_unreadable_secret_file, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_missing_secret_file, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_credentials_directory, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_world_readable_secret_warning,
+	                                        setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_line_over_limit, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_indented_line_not_continuation,
+	                                        setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_three_mistakes, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_no_secret_in_messages, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_bad_certificate, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_bad_values, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_missing_file, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_buffer_nul_byte, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_config_restart_needed_detects_changes, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_config_register_secrets_redacts, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_config_free_accepts_null, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_shipped_file, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
