@@ -1,0 +1,801 @@
+/*
+ * The simulated Commerce ingestion endpoint (ARCHITECTURE.md section 6) and its ledger. A batch
+ * is checked as a whole (size limits → 413, not JSON → 400, a poison event of the fault plan →
+ * 400), then every event is validated and either answered with a per-event status or written to
+ * the ledger, a SQLite file in the state directory with usageEventId as primary key, in one
+ * transaction per batch: a key already there is answered Duplicate. The summary compares the
+ * ledger with the charges the scenario implies, exactly (quantities as scaled 128-bit integers,
+ * never floating point).
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <zlib.h>
+
+#include "sim.h"
+#include "timeutil.h"
+#include "xmalloc.h"
+
+#define QTY_DECIMALS 18 /* ledger totals: integers of 10^-18 */
+#define LIST_MAX 1000   /* entries per list in the summary */
+#define INFLATE_FACTOR 16
+
+/* A small string → index map (open addressing). */
+struct smap {
+	char **keys;
+	size_t *vals;
+	size_t cap;
+	size_t n;
+};
+
+struct expected {
+	char key[SIM_KEY_LEN + 1];
+	const char *charged;
+	const char *meter;
+	sim_u128 quantity;
+	bool seen;
+};
+
+struct total {
+	char *sub;
+	char *meter;
+	sim_u128 expected;
+	sim_u128 actual;
+	uint64_t n_expected;
+	uint64_t n_actual;
+};
+
+static int validate_event(struct sim *s, json_t *e, const char **ret_status,
+			  const char **ret_message);
+static int qty_parse(const char *text, sim_u128 *ret);
+static void qty_format(sim_u128 v, char out[static 64]);
+static bool is_utc_time(const char *s);
+static int inflate_body(const unsigned char *in, size_t n, size_t limit, unsigned char **ret,
+			size_t *ret_size);
+static void message_time(char out[static 40]);
+static int db_exec(sqlite3 *db, const char *sql);
+static void smap_free(struct smap *m);
+static size_t *smap_get(struct smap *m, const char *key, bool create);
+static void collect_expected(struct sim *s, int64_t from, int64_t until, struct expected **ret,
+			     size_t *ret_n);
+static size_t total_slot(struct smap *m, struct total **totals, size_t *n, const char *sub,
+			 const char *meter);
+
+/* Open (or create) the ledger in the state directory. */
+int
+commerce_open(struct sim *s)
+{
+	_cleanup_free_ char *path = xasprintf("%s/ledger.db", s->state_dir);
+
+	if (sqlite3_open(path, &s->db) != SQLITE_OK) {
+		fprintf(stderr, "azs-sim: %s: %s\n", path, sqlite3_errmsg(s->db));
+		return -EIO;
+	}
+	if (db_exec(s->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+			   "CREATE TABLE IF NOT EXISTS events ("
+			   " usage_event_id TEXT PRIMARY KEY, subscription_id TEXT NOT NULL,"
+			   " charge_reason TEXT NOT NULL, tenant_id TEXT,"
+			   " source_subscription_id TEXT NOT NULL, meter_id TEXT NOT NULL,"
+			   " quantity TEXT NOT NULL, usage_start TEXT NOT NULL,"
+			   " usage_end TEXT NOT NULL, reported_start TEXT NOT NULL,"
+			   " resource_uri TEXT NOT NULL, correlation_id TEXT,"
+			   " accepted_at INTEGER NOT NULL) WITHOUT ROWID;") < 0)
+		return -EIO;
+	if (sqlite3_prepare_v2(s->db,
+			       "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", -1,
+			       &s->insert, NULL) != SQLITE_OK) {
+		fprintf(stderr, "azs-sim: ledger: %s\n", sqlite3_errmsg(s->db));
+		return -EIO;
+	}
+	return 0;
+}
+
+/* Close the ledger. */
+void
+commerce_close(struct sim *s)
+{
+	sqlite3_finalize(s->insert);
+	sqlite3_close(s->db);
+	s->insert = NULL;
+	s->db = NULL;
+}
+
+/* Empty the ledger and the counters (POST /_sim/reset). */
+int
+commerce_reset(struct sim *s)
+{
+	s->duplicates = s->rejected = s->batches = s->events_seen = 0;
+	return db_exec(s->db, "DELETE FROM events;");
+}
+
+/* Handle one batch POST. */
+void
+commerce_batch(struct sim *s, struct evhttp_request *req, struct sim_response *r)
+{
+	struct evkeyvalq *hdr = evhttp_request_get_input_headers(req);
+	struct evbuffer *in = evhttp_request_get_input_buffer(req);
+	const char *enc = evhttp_find_header(hdr, "Content-Encoding");
+	const char *corr = evhttp_find_header(hdr, "x-ms-correlationid");
+	size_t n = evbuffer_get_length(in), size = n;
+	_cleanup_free_ unsigned char *inflated = NULL;
+	const unsigned char *body;
+	json_t *doc = NULL, *events;
+	char now_text[40];
+	size_t count;
+
+	if (n > s->world.max_bytes) {
+		sim_arm_error(r, 413, "RequestEntityTooLarge",
+			      "The request body is larger than the batch limit.");
+		return;
+	}
+	body = evbuffer_pullup(in, -1);
+	if (enc && strcasecmp(enc, "gzip") == 0) {
+		int k = inflate_body(body, n, s->world.max_bytes * INFLATE_FACTOR, &inflated, &size);
+
+		if (k == -EFBIG) {
+			sim_arm_error(r, 413, "RequestEntityTooLarge",
+				      "The decompressed request body is too large.");
+			return;
+		}
+		if (k < 0) {
+			sim_arm_error(r, 400, "BadRequest", "The gzip body cannot be decompressed.");
+			return;
+		}
+		body = inflated;
+	} else if (enc && strcasecmp(enc, "identity") != 0) {
+		sim_arm_error(r, 415, "UnsupportedMediaType",
+			      "Only gzip and identity content encodings are supported.");
+		return;
+	}
+	doc = json_loadb((const char *)body, size, JSON_REJECT_DUPLICATES, NULL);
+	events = json_object_get(doc, "request");
+	if (!json_is_array(events) || json_array_size(events) == 0) {
+		sim_arm_error(r, 400, "BadRequest",
+			      "The request body must be a JSON object with a non-empty 'request' "
+			      "array.");
+		goto out;
+	}
+	count = json_array_size(events);
+	r->events = (unsigned)count;
+	if (count > s->world.max_events) {
+		sim_arm_error(r, 413, "RequestEntityTooLarge",
+			      "The batch holds more usage events than allowed.");
+		goto out;
+	}
+	for (size_t i = 0; i < count; i++) {
+		const char *id = json_string_value(json_object_get(json_array_get(events, i),
+								   "usageEventId"));
+
+		if (id && sim_fault_take(s, SIM_EP_COMMERCE, SIM_ACT_POISON, id, -1)) {
+			sim_arm_error(r, 400, "BadArgument",
+				      "The request contains an invalid usage event.");
+			goto out;
+		}
+	}
+
+	s->batches++;
+	s->events_seen += count;
+	message_time(now_text);
+	if (db_exec(s->db, "BEGIN") < 0) {
+		sim_arm_error(r, 500, "InternalServerError", "The ledger cannot be written.");
+		goto out;
+	}
+	r->status = 200;
+	evbuffer_add_printf(r->body, "{\"count\":%zu,\"result\":[", count);
+	for (size_t i = 0; i < count; i++) {
+		json_t *e = json_array_get(events, i);
+		const char *id = json_string_value(json_object_get(e, "usageEventId"));
+		const char *status = NULL, *message = NULL;
+		struct sim_rule *rule;
+
+		if (i > 0)
+			evbuffer_add(r->body, ",", 1);
+		evbuffer_add_printf(r->body, "{\"usageEventId\":");
+		if (id)
+			sim_json_str(r->body, id);
+		else
+			evbuffer_add_printf(r->body, "null");
+		if (validate_event(s, e, &status, &message) < 0) {
+			s->rejected++;
+		} else if ((rule = sim_fault_take(s, SIM_EP_COMMERCE, SIM_ACT_EVENTS, id, -1))) {
+			status = rule->code ? rule->code : "Error";
+			message = rule->message ? rule->message : "Simulated per-event fault.";
+			s->rejected++;
+		} else {
+			static const char *const keys[] = {
+				"usageEventId", "subscriptionId", "chargeReason",
+				"tenantId", "sourceSubscriptionId", "meterId",
+				"quantity", "usageStartTime", "usageEndTime",
+				"reportedStartTime", "resourceUri",
+			};
+			int k;
+
+			sqlite3_reset(s->insert);
+			for (size_t j = 0; j < ARRAY_SIZE(keys); j++)
+				sqlite3_bind_text(s->insert, (int)j + 1,
+						  json_string_value(json_object_get(e, keys[j])), -1,
+						  SQLITE_STATIC);
+			sqlite3_bind_text(s->insert, 12, corr, -1, SQLITE_TRANSIENT);
+			sqlite3_bind_int64(s->insert, 13, (sqlite3_int64)time(NULL));
+			k = sqlite3_step(s->insert);
+			sqlite3_reset(s->insert);
+			if (k != SQLITE_DONE) {
+				status = "Error";
+				message = "The ledger cannot be written.";
+			} else if (sqlite3_changes(s->db) == 0) {
+				s->duplicates++;
+				evbuffer_add_printf(r->body,
+						    ",\"status\":\"Duplicate\",\"messageTime\":"
+						    "\"0001-01-01T00:00:00\",\"error\":{\"code\":"
+						    "\"Conflict\",\"message\":\"This usage event "
+						    "already exist.\"}}");
+				continue;
+			} else {
+				evbuffer_add_printf(r->body,
+						    ",\"status\":\"Accepted\",\"messageTime\":\"%s\"}",
+						    now_text);
+				continue;
+			}
+		}
+		evbuffer_add_printf(r->body, ",\"status\":");
+		sim_json_str(r->body, status);
+		evbuffer_add_printf(r->body, ",\"error\":{\"code\":");
+		sim_json_str(r->body, status);
+		evbuffer_add_printf(r->body, ",\"message\":");
+		sim_json_str(r->body, message);
+		evbuffer_add_printf(r->body, "}}");
+	}
+	evbuffer_add_printf(r->body, "]}");
+	if (db_exec(s->db, "COMMIT") < 0) {
+		db_exec(s->db, "ROLLBACK");
+		evbuffer_drain(r->body, evbuffer_get_length(r->body));
+		sim_arm_error(r, 500, "InternalServerError", "The ledger cannot be written.");
+	}
+out:
+	json_decref(doc);
+}
+
+/* Write the ledger summary and its comparison with the expected charges. */
+void
+commerce_summary(struct sim *s, int64_t from, int64_t until, struct evbuffer *out)
+{
+	_cleanup_free_ struct expected *exp = NULL;
+	_cleanup_free_ struct total *totals = NULL;
+	struct smap keys = {0}, tmap = {0};
+	size_t n_exp = 0, n_tot = 0, n_missing = 0, n_extra = 0, n_wsub = 0, n_wqty = 0;
+	size_t n_bad = 0, n_tmis = 0, accepted = 0, listed;
+	struct evbuffer *extra = evbuffer_new(), *wsub = evbuffer_new(), *wqty = evbuffer_new();
+	sqlite3_stmt *q = NULL;
+	char tf[32], tu[32];
+	uint64_t total_ns = 0;
+	struct timespec ts;
+
+	if (!extra || !wsub || !wqty)
+		abort();
+	collect_expected(s, from, until, &exp, &n_exp);
+	for (size_t i = 0; i < n_exp; i++) {
+		size_t t = total_slot(&tmap, &totals, &n_tot, exp[i].charged, exp[i].meter);
+
+		*smap_get(&keys, exp[i].key, true) = i;
+		totals[t].expected += exp[i].quantity;
+		totals[t].n_expected++;
+	}
+	time_format_rfc3339(from, tf);
+	time_format_rfc3339(until, tu);
+	if (sqlite3_prepare_v2(s->db,
+			       "SELECT usage_event_id, subscription_id, meter_id, quantity FROM events"
+			       " WHERE reported_start >= ? AND reported_start < ?",
+			       -1, &q, NULL) != SQLITE_OK)
+		abort();
+	sqlite3_bind_text(q, 1, tf, -1, SQLITE_STATIC);
+	sqlite3_bind_text(q, 2, tu, -1, SQLITE_STATIC);
+	while (sqlite3_step(q) == SQLITE_ROW) {
+		const char *id = (const char *)sqlite3_column_text(q, 0);
+		const char *sub = (const char *)sqlite3_column_text(q, 1);
+		const char *meter = (const char *)sqlite3_column_text(q, 2);
+		const char *qty = (const char *)sqlite3_column_text(q, 3);
+		size_t *idx = smap_get(&keys, id, false), t;
+		sim_u128 v = 0;
+
+		accepted++;
+		if (qty_parse(qty, &v) < 0)
+			n_bad++;
+		t = total_slot(&tmap, &totals, &n_tot, sub, meter);
+		totals[t].actual += v;
+		totals[t].n_actual++;
+		if (!idx) {
+			if (n_extra++ < LIST_MAX) {
+				evbuffer_add_printf(extra, "%s", n_extra > 1 ? "," : "");
+				sim_json_str(extra, id);
+			}
+			continue;
+		}
+		exp[*idx].seen = true;
+		if (strcasecmp(exp[*idx].charged, sub) != 0 && n_wsub++ < LIST_MAX) {
+			evbuffer_add_printf(wsub, "%s{\"usageEventId\":", n_wsub > 1 ? "," : "");
+			sim_json_str(wsub, id);
+			evbuffer_add_printf(wsub, ",\"expected\":\"%s\",\"actual\":", exp[*idx].charged);
+			sim_json_str(wsub, sub);
+			evbuffer_add_printf(wsub, "}");
+		}
+		if (v != exp[*idx].quantity && n_wqty++ < LIST_MAX) {
+			char e[64];
+
+			qty_format(exp[*idx].quantity, e);
+			evbuffer_add_printf(wqty, "%s{\"usageEventId\":", n_wqty > 1 ? "," : "");
+			sim_json_str(wqty, id);
+			evbuffer_add_printf(wqty, ",\"expected\":\"%s\",\"actual\":", e);
+			sim_json_str(wqty, qty);
+			evbuffer_add_printf(wqty, "}");
+		}
+	}
+	sqlite3_finalize(q);
+
+	evbuffer_add_printf(out, "{\"from\":\"%s\",\"until\":\"%s\",\"accepted\":%zu,"
+				 "\"duplicates\":%llu,\"rejected\":%llu,\"batches\":%llu,"
+				 "\"eventsReceived\":%llu,\"unparsableQuantities\":%zu,\"totals\":[",
+			    tf, tu, accepted, (unsigned long long)s->duplicates,
+			    (unsigned long long)s->rejected, (unsigned long long)s->batches,
+			    (unsigned long long)s->events_seen, n_bad);
+	for (size_t i = 0; i < n_tot; i++) {
+		char e[64], a[64];
+
+		qty_format(totals[i].expected, e);
+		qty_format(totals[i].actual, a);
+		evbuffer_add_printf(out,
+				    "%s{\"subscriptionId\":\"%s\",\"meterId\":\"%s\","
+				    "\"expected\":\"%s\",\"actual\":\"%s\",\"expectedEvents\":%llu,"
+				    "\"actualEvents\":%llu}",
+				    i ? "," : "", totals[i].sub, totals[i].meter, e, a,
+				    (unsigned long long)totals[i].n_expected,
+				    (unsigned long long)totals[i].n_actual);
+		if (totals[i].expected != totals[i].actual)
+			n_tmis++;
+	}
+	evbuffer_add_printf(out, "],\"expected\":{\"events\":%zu},\"comparison\":{\"missing\":[",
+			    n_exp);
+	listed = 0;
+	for (size_t i = 0; i < n_exp; i++) {
+		if (exp[i].seen)
+			continue;
+		if (n_missing++ < LIST_MAX)
+			evbuffer_add_printf(out, "%s\"%s\"", listed++ ? "," : "", exp[i].key);
+	}
+	evbuffer_add_printf(out, "],\"missingCount\":%zu,\"extra\":[", n_missing);
+	evbuffer_add_buffer(out, extra);
+	evbuffer_add_printf(out, "],\"extraCount\":%zu,\"wrongSubscription\":[", n_extra);
+	evbuffer_add_buffer(out, wsub);
+	evbuffer_add_printf(out, "],\"wrongSubscriptionCount\":%zu,\"wrongQuantity\":[", n_wsub);
+	evbuffer_add_buffer(out, wqty);
+	evbuffer_add_printf(out,
+			    "],\"wrongQuantityCount\":%zu,\"totalMismatches\":%zu,\"ok\":%s},",
+			    n_wqty, n_tmis,
+			    n_missing + n_extra + n_wsub + n_wqty + n_tmis + n_bad == 0 ? "true"
+											 : "false");
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+	total_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec - s->cpu_start_ns;
+	evbuffer_add_printf(
+		out,
+		"\"sim\":{\"pagesServed\":%llu,\"recordsServed\":%llu,\"eventsReceived\":%llu,"
+		"\"cpuUs\":%llu,\"usageCpuUs\":%llu,\"commerceCpuUs\":%llu,"
+		"\"usageCpuUsPerRecord\":%.3f,\"commerceCpuUsPerEvent\":%.3f,"
+		"\"cpuUsPerRecord\":%.3f}}",
+		(unsigned long long)s->pages_served, (unsigned long long)s->records_served,
+		(unsigned long long)s->events_seen, (unsigned long long)(total_ns / 1000),
+		(unsigned long long)(s->cpu_ns[SIM_EP_USAGE] / 1000),
+		(unsigned long long)(s->cpu_ns[SIM_EP_COMMERCE] / 1000),
+		s->records_served ? (double)s->cpu_ns[SIM_EP_USAGE] / 1000.0 / (double)s->records_served
+				  : 0.0,
+		s->events_seen ? (double)s->cpu_ns[SIM_EP_COMMERCE] / 1000.0 / (double)s->events_seen
+			       : 0.0,
+		s->records_served + s->events_seen
+			? (double)total_ns / 1000.0 / (double)(s->records_served + s->events_seen)
+			: 0.0);
+	for (size_t i = 0; i < n_tot; i++) {
+		free(totals[i].sub);
+		free(totals[i].meter);
+	}
+	smap_free(&keys);
+	smap_free(&tmap);
+	evbuffer_free(extra);
+	evbuffer_free(wsub);
+	evbuffer_free(wqty);
+}
+
+/* Write the events a correct forwarder would send for the expected records (a JSON array). */
+void
+commerce_expected_events(struct sim *s, int64_t from, int64_t until, size_t limit,
+			 struct evbuffer *out)
+{
+	struct sim_world *w = &s->world;
+	int64_t first = MAX(from, w->hour_from);
+	int64_t end = MIN(until, w->hour_from + (int64_t)w->hour_count * 3600);
+	size_t n = 0;
+
+	end = MIN(end, sim_now(s) - 3600 + 1);
+	evbuffer_add(out, "[", 1);
+	for (int64_t h = first; h < end && n < limit; h += 3600) {
+		const struct sim_hour *hr = world_hour(w, h);
+		char th[32];
+
+		if (!hr)
+			continue;
+		time_format_rfc3339(h, th);
+		for (size_t i = 0; i < hr->n && n < limit; i++, n++) {
+			const struct sim_record *rec = &hr->recs[i];
+			const struct sim_resource *res = &w->res[rec->resource];
+			const struct sim_usersub *u = &w->subs[res->usersub];
+			char key[SIM_KEY_LEN + 1], q[32], ts[32], te[32];
+			const char *reason, *charged = world_charged(w, res->usersub, &reason);
+
+			world_record_key(w, h, rec, key);
+			world_quantity_text(rec->quantity, rec->style, q);
+			time_format_rfc3339(rec->usage_start, ts);
+			time_format_rfc3339(rec->usage_start + 3600, te);
+			evbuffer_add_printf(out,
+					    "%s{\"usageEventId\":\"%s\",\"subscriptionId\":\"%s\","
+					    "\"chargeReason\":\"%s\",\"tenantId\":\"%s\","
+					    "\"sourceSubscriptionId\":\"%s\",\"registration\":",
+					    n ? "," : "", key, charged, reason, w->tenants[u->tenant].id,
+					    u->id);
+			sim_json_str(out, w->reg_id);
+			evbuffer_add_printf(out,
+					    ",\"meterId\":\"%s\",\"quantity\":\"%s\","
+					    "\"usageStartTime\":\"%s\",\"usageEndTime\":\"%s\","
+					    "\"reportedStartTime\":\"%s\",\"resourceUri\":",
+					    w->meters[rec->meter], q, ts, te, th);
+			sim_json_str(out, res->uri);
+			evbuffer_add_printf(out, ",\"location\":\"local\",\"tags\":%s,"
+						 "\"additionalInfo\":%s}",
+					    res->tags, res->info);
+		}
+	}
+	evbuffer_add(out, "]", 1);
+}
+
+/* Check one event against the contract; the per-event status and message when it fails. */
+static int
+validate_event(struct sim *s, json_t *e, const char **ret_status, const char **ret_message)
+{
+	static const char *const times[] = {"usageStartTime", "usageEndTime", "reportedStartTime"};
+	static const char *const strings[] = {"resourceUri", "location", "meterId"};
+	const struct sim_world *w = &s->world;
+	const char *id = json_string_value(json_object_get(e, "usageEventId"));
+	const char *sub = json_string_value(json_object_get(e, "subscriptionId"));
+	const char *reason = json_string_value(json_object_get(e, "chargeReason"));
+	const char *src = json_string_value(json_object_get(e, "sourceSubscriptionId"));
+	const char *reg = json_string_value(json_object_get(e, "registration"));
+	const char *qty = json_string_value(json_object_get(e, "quantity"));
+	json_t *tenant = json_object_get(e, "tenantId");
+	int64_t t[3];
+	sim_u128 v;
+	bool known = false;
+	int k;
+
+	*ret_status = "BadArgument";
+	if (!json_is_object(e) || isempty(id) || strlen(id) > 128) {
+		*ret_message = "usageEventId is missing or malformed.";
+		return -EINVAL;
+	}
+	if (!world_is_guid(sub, true) || !world_is_guid(src, true)) {
+		*ret_message = "subscriptionId and sourceSubscriptionId must be lower-case GUIDs.";
+		return -EINVAL;
+	}
+	if (!reason || (!streq(reason, "registered") && !streq(reason, "default") &&
+			!streq(reason, "unknown-subscription"))) {
+		*ret_message = "chargeReason must be registered, default or unknown-subscription.";
+		return -EINVAL;
+	}
+	if (!tenant || (!json_is_null(tenant) && !world_is_guid(json_string_value(tenant), true))) {
+		*ret_message = "tenantId must be a lower-case GUID or null.";
+		return -EINVAL;
+	}
+	if (!reg || strcasecmp(reg, w->reg_id) != 0) {
+		*ret_message = "registration does not name this registration.";
+		return -EINVAL;
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(strings); i++)
+		if (isempty(json_string_value(json_object_get(e, strings[i])))) {
+			*ret_message = "resourceUri, location and meterId must be non-empty strings.";
+			return -EINVAL;
+		}
+	for (size_t i = 0; i < ARRAY_SIZE(times); i++) {
+		const char *tx = json_string_value(json_object_get(e, times[i]));
+
+		if (!tx || !is_utc_time(tx) || time_parse_rfc3339(tx, &t[i]) < 0) {
+			*ret_message = "usageStartTime, usageEndTime and reportedStartTime must be "
+				       "YYYY-MM-DDTHH:MM:SSZ.";
+			return -EINVAL;
+		}
+	}
+	if (t[1] <= t[0]) {
+		*ret_message = "usageEndTime must be after usageStartTime.";
+		return -EINVAL;
+	}
+	for (const char *m = "tags"; m; m = streq(m, "tags") ? "additionalInfo" : NULL) {
+		json_t *o = json_object_get(e, m);
+
+		if (!o || (!json_is_null(o) && !json_is_object(o))) {
+			*ret_message = "tags and additionalInfo must be objects or null.";
+			return -EINVAL;
+		}
+	}
+	*ret_status = "InvalidQuantity";
+	if (!qty) {
+		*ret_message = "The quantity must be a decimal string.";
+		return -EINVAL;
+	}
+	k = qty_parse(qty, &v);
+	if (k == -EDOM) {
+		*ret_message = "The quantity passed is lower than 0.";
+		return -EINVAL;
+	}
+	if (k < 0) {
+		*ret_message = "The quantity passed is not a decimal number with at most 18 decimals.";
+		return -EINVAL;
+	}
+	known = strcmp(sub, w->reg_sub) == 0;
+	for (size_t i = 0; i < w->n_tenants && !known; i++)
+		known = strcasecmp(sub, w->tenants[i].customer) == 0;
+	if (!known) {
+		*ret_status = "ResourceNotFound";
+		*ret_message = "The subscription is neither the default subscription nor a customer "
+			       "subscription of the registration.";
+		return -ENOENT;
+	}
+	return 0;
+}
+
+/*
+ * Parse a plain decimal string ("2.4000000000", "3") into integers of 10^-18. -EDOM for a
+ * negative value, -EINVAL for anything else that is not a decimal, -ERANGE when it does not fit.
+ */
+static int
+qty_parse(const char *text, sim_u128 *ret)
+{
+	sim_u128 v = 0;
+	const char *p = text;
+	int ip = 0, fp = 0;
+
+	if (*p == '-')
+		return (p[1] >= '0' && p[1] <= '9' && strspn(p + 1, "0.") != strlen(p + 1)) ? -EDOM
+											: -EINVAL;
+	for (; *p >= '0' && *p <= '9'; p++, ip++) {
+		if (ip >= 20)
+			return -ERANGE;
+		v = v * 10 + (sim_u128)(*p - '0');
+	}
+	if (*p == '.') {
+		for (p++; *p >= '0' && *p <= '9'; p++, fp++) {
+			if (fp >= QTY_DECIMALS) {
+				if (*p != '0')
+					return -ERANGE;
+				continue;
+			}
+			v = v * 10 + (sim_u128)(*p - '0');
+		}
+		if (fp == 0)
+			return -EINVAL;
+	}
+	if (*p || ip == 0)
+		return -EINVAL;
+	for (int i = MIN(fp, QTY_DECIMALS); i < QTY_DECIMALS; i++)
+		v *= 10;
+	*ret = v;
+	return 0;
+}
+
+/* Write integers of 10^-18 as plain decimal text without trailing zeros ("2.4", "0"). */
+static void
+qty_format(sim_u128 v, char out[static 64])
+{
+	char digits[48];
+	int n = 0, k = 0;
+
+	do {
+		digits[n++] = (char)('0' + (int)(v % 10));
+		v /= 10;
+	} while (v > 0 || n <= QTY_DECIMALS);
+	for (int i = n - 1; i >= QTY_DECIMALS; i--)
+		out[k++] = digits[i];
+	out[k++] = '.';
+	for (int i = QTY_DECIMALS - 1; i >= 0; i--)
+		out[k++] = digits[i];
+	while (out[k - 1] == '0')
+		k--;
+	if (out[k - 1] == '.')
+		k--;
+	out[k] = '\0';
+}
+
+/* Tell whether s is written exactly as YYYY-MM-DDTHH:MM:SSZ. */
+static bool
+is_utc_time(const char *s)
+{
+	static const char pat[] = "dddd-dd-ddTdd:dd:ddZ";
+
+	if (strlen(s) != sizeof(pat) - 1)
+		return false;
+	for (size_t i = 0; pat[i]; i++)
+		if (pat[i] == 'd' ? !isdigit((unsigned char)s[i]) : s[i] != pat[i])
+			return false;
+	return true;
+}
+
+/* Inflate a gzip body, refusing more than limit bytes (-EFBIG). */
+static int
+inflate_body(const unsigned char *in, size_t n, size_t limit, unsigned char **ret,
+	     size_t *ret_size)
+{
+	z_stream z = {0};
+	size_t cap = MAX(n * 4, (size_t)4096), used = 0;
+	unsigned char *out;
+	int k;
+
+	if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK)
+		return -ENOMEM;
+	out = xmalloc(cap);
+	z.next_in = (unsigned char *)in;
+	z.avail_in = (uInt)n;
+	for (;;) {
+		if (used == cap) {
+			if (cap >= limit) {
+				k = -EFBIG;
+				goto fail;
+			}
+			cap = MIN(cap * 2, limit);
+			out = xrealloc(out, cap);
+		}
+		z.next_out = out + used;
+		z.avail_out = (uInt)(cap - used);
+		k = inflate(&z, Z_NO_FLUSH);
+		used = cap - z.avail_out;
+		if (k == Z_STREAM_END)
+			break;
+		if (k != Z_OK && !(k == Z_BUF_ERROR && used == cap)) {
+			k = -EBADMSG;
+			goto fail;
+		}
+	}
+	inflateEnd(&z);
+	*ret = out;
+	*ret_size = used;
+	return 0;
+fail:
+	inflateEnd(&z);
+	free(out);
+	return k;
+}
+
+/* The current time as Commerce writes messageTime (seven decimals). */
+static void
+message_time(char out[static 40])
+{
+	struct timespec ts;
+	char base[TIME_RFC3339_LEN + 1];
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	time_format_rfc3339(ts.tv_sec, base);
+	base[TIME_RFC3339_LEN - 1] = '\0';
+	snprintf(out, 40, "%.19s.%07dZ", base, (int)(ts.tv_nsec / 100) % 10000000);
+}
+
+/* Run SQL without results. */
+static int
+db_exec(sqlite3 *db, const char *sql)
+{
+	char *err = NULL;
+
+	if (sqlite3_exec(db, sql, NULL, NULL, &err) != SQLITE_OK) {
+		fprintf(stderr, "azs-sim: ledger: %s\n", err ? err : "error");
+		sqlite3_free(err);
+		return -EIO;
+	}
+	return 0;
+}
+
+/* Free a map's keys and tables. */
+static void
+smap_free(struct smap *m)
+{
+	for (size_t i = 0; i < m->cap; i++)
+		free(m->keys[i]);
+	free(m->keys);
+	free(m->vals);
+	memset(m, 0, sizeof(*m));
+}
+
+/* Find a key's value slot; with create, add it (value 0) when missing. NULL when absent. */
+static size_t *
+smap_get(struct smap *m, const char *key, bool create)
+{
+	uint64_t h = UINT64_C(14695981039346656037);
+	size_t i;
+
+	if (create && (m->n + 1) * 2 > m->cap) {
+		struct smap bigger = {0};
+
+		bigger.cap = m->cap ? m->cap * 2 : 64;
+		bigger.keys = xcalloc(bigger.cap, sizeof(char *));
+		bigger.vals = xcalloc(bigger.cap, sizeof(size_t));
+		for (size_t j = 0; j < m->cap; j++)
+			if (m->keys[j]) {
+				*smap_get(&bigger, m->keys[j], true) = m->vals[j];
+				free(m->keys[j]);
+			}
+		free(m->keys);
+		free(m->vals);
+		*m = bigger;
+	}
+	if (m->cap == 0)
+		return NULL;
+	for (const char *p = key; *p; p++)
+		h = (h ^ (unsigned char)*p) * UINT64_C(1099511628211);
+	for (i = h & (m->cap - 1); m->keys[i]; i = (i + 1) & (m->cap - 1))
+		if (streq(m->keys[i], key))
+			return &m->vals[i];
+	if (!create)
+		return NULL;
+	m->keys[i] = xstrdup(key);
+	m->vals[i] = 0;
+	m->n++;
+	return &m->vals[i];
+}
+
+/* Gather every record of the scenario's reported hours in [from, until) that have ended. */
+static void
+collect_expected(struct sim *s, int64_t from, int64_t until, struct expected **ret,
+		 size_t *ret_n)
+{
+	struct sim_world *w = &s->world;
+	int64_t first = MAX(from, w->hour_from);
+	int64_t end = MIN(until, w->hour_from + (int64_t)w->hour_count * 3600);
+	struct expected *e = NULL;
+	size_t n = 0;
+
+	end = MIN(end, sim_now(s) - 3600 + 1);
+	for (int64_t h = first; h < end; h += 3600) {
+		const struct sim_hour *hr = world_hour(w, h);
+
+		if (!hr)
+			continue;
+		e = xreallocarray(e, n + hr->n + 1, sizeof(*e));
+		for (size_t i = 0; i < hr->n; i++) {
+			const struct sim_record *rec = &hr->recs[i];
+			const char *reason;
+
+			world_record_key(w, h, rec, e[n].key);
+			e[n].charged = world_charged(w, w->res[rec->resource].usersub, &reason);
+			e[n].meter = w->meters[rec->meter];
+			e[n].quantity = (sim_u128)rec->quantity * 100000000u;
+			e[n].seen = false;
+			n++;
+		}
+	}
+	*ret = e;
+	*ret_n = n;
+}
+
+/* The totals slot of (subscription, meter), both compared lower-case; created when new. */
+static size_t
+total_slot(struct smap *m, struct total **totals, size_t *n, const char *sub, const char *meter)
+{
+	_cleanup_free_ char *key = xasprintf("%s|%s", sub, meter);
+	size_t *v;
+
+	for (char *p = key; *p; p++)
+		*p = (char)tolower((unsigned char)*p);
+	v = smap_get(m, key, false);
+	if (v)
+		return *v;
+	*totals = xreallocarray(*totals, *n + 1, sizeof(**totals));
+	memset(&(*totals)[*n], 0, sizeof(**totals));
+	(*totals)[*n].sub = xstrdup(key);
+	(*totals)[*n].sub[strlen(sub)] = '\0';
+	(*totals)[*n].meter = xstrdup(key + strlen(sub) + 1);
+	*smap_get(m, key, true) = *n;
+	return (*n)++;
+}

@@ -1,0 +1,407 @@
+/*
+ * The simulated identity provider: Azure AD (POST /{tenant}/oauth2/token) and AD FS
+ * (POST /adfs/oauth2/token), client credentials with a client secret or a certificate
+ * assertion (an RS256 JWT checked against the scenario's certificate: signature, x5t, aud, iss,
+ * sub, exp, nbf). Issued tokens are random opaque strings remembered with their audience and
+ * expiry; the other endpoints check them here. Token times use the real clock (the daemon's
+ * refresh logic runs on it), never the simulated one.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/keyvalq_struct.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include "hash.h"
+#include "sim.h"
+#include "xmalloc.h"
+
+#define TOKENS_MAX 4096
+#define JWT_SKEW 60
+#define ASSERTION_TYPE "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+static void token_error(struct sim_response *r, int status, const char *error, unsigned code,
+			const char *description);
+static int check_assertion(const struct sim_client *c, const char *jwt, const char *aud,
+			   const char **ret_desc, unsigned *ret_code);
+static unsigned char *b64_decode(const char *s, size_t n, size_t *ret_size);
+static bool audience_eq(const char *a, const char *b);
+static const struct sim_client *find_client(const struct sim *s, const char *id);
+
+/* Answer a token request like Azure AD / AD FS do. */
+void
+identity_token(struct sim *s, struct evhttp_request *req, const char *path,
+	       struct sim_response *r)
+{
+	struct sim_world *w = &s->world;
+	struct evkeyvalq form = {0};
+	struct evbuffer *in = evhttp_request_get_input_buffer(req);
+	size_t n = evbuffer_get_length(in);
+	_cleanup_free_ char *body = xmalloc(n + 1), *endpoint = NULL;
+	const char *host = evhttp_find_header(evhttp_request_get_input_headers(req), "Host");
+	const char *grant, *client_id, *resource, *secret, *assertion, *atype;
+	const struct sim_client *c;
+	unsigned char raw[24];
+	struct sim_token *t;
+	time_t now = time(NULL);
+
+	evbuffer_copyout(in, body, n);
+	body[n] = '\0';
+	if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+		token_error(r, 405, "invalid_request", 900561,
+			    "AADSTS900561: The endpoint only accepts POST requests.");
+		return;
+	}
+	if (!streq(path, "/adfs/oauth2/token") && !isempty(w->aad_tenant)) {
+		size_t tl = strlen(w->aad_tenant);
+
+		if (strncasecmp(path + 1, w->aad_tenant, tl) != 0 || path[1 + tl] != '/') {
+			token_error(r, 400, "invalid_request", 90002,
+				    "AADSTS90002: Tenant not found. Check to make sure you have the "
+				    "correct tenant ID.");
+			return;
+		}
+	}
+	if (evhttp_parse_query_str(body, &form) < 0) {
+		token_error(r, 400, "invalid_request", 900144,
+			    "AADSTS900144: The request body must be form-encoded.");
+		return;
+	}
+	grant = evhttp_find_header(&form, "grant_type");
+	client_id = evhttp_find_header(&form, "client_id");
+	resource = evhttp_find_header(&form, "resource");
+	secret = evhttp_find_header(&form, "client_secret");
+	assertion = evhttp_find_header(&form, "client_assertion");
+	atype = evhttp_find_header(&form, "client_assertion_type");
+	if (!grant || !streq(grant, "client_credentials")) {
+		token_error(r, 400, "unsupported_grant_type", 70003,
+			    "AADSTS70003: The app requested an unsupported grant type.");
+		goto out;
+	}
+	c = client_id ? find_client(s, client_id) : NULL;
+	if (!c) {
+		token_error(r, 400, "unauthorized_client", 700016,
+			    "AADSTS700016: Application with the given identifier was not found in "
+			    "the directory.");
+		goto out;
+	}
+	if (!resource || (!audience_eq(resource, w->aud_stack) &&
+			  !audience_eq(resource, w->aud_arm) && !audience_eq(resource, w->aud_commerce))) {
+		token_error(r, 400, "invalid_resource", 500011,
+			    "AADSTS500011: The resource principal was not found in the tenant.");
+		goto out;
+	}
+	if (secret) {
+		if (!c->secret || strlen(secret) != strlen(c->secret) ||
+		    CRYPTO_memcmp(secret, c->secret, strlen(secret)) != 0) {
+			token_error(r, 401, "invalid_client", 7000215,
+				    "AADSTS7000215: Invalid client secret provided.");
+			goto out;
+		}
+	} else if (assertion) {
+		const char *desc = NULL;
+		unsigned code = 0;
+
+		if (!atype || !streq(atype, ASSERTION_TYPE)) {
+			token_error(r, 400, "invalid_request", 700025,
+				    "AADSTS700025: client_assertion_type must be " ASSERTION_TYPE ".");
+			goto out;
+		}
+		endpoint = xasprintf("https://%s%s", host ? host : "", path);
+		if (!c->pubkey || check_assertion(c, assertion, endpoint, &desc, &code) < 0) {
+			token_error(r, 401, "invalid_client", c->pubkey ? code : 700027,
+				    c->pubkey ? desc
+					      : "AADSTS700027: No certificate is registered for the "
+						"client.");
+			goto out;
+		}
+	} else {
+		token_error(r, 400, "invalid_client", 7000218,
+			    "AADSTS7000218: The request body must contain the following parameter: "
+			    "'client_assertion' or 'client_secret'.");
+		goto out;
+	}
+
+	/* issue */
+	if (s->n_tokens >= TOKENS_MAX) {
+		size_t k = 0;
+
+		for (size_t i = 0; i < s->n_tokens; i++) {
+			if (s->tokens[i].expires > (int64_t)now && k < TOKENS_MAX / 2)
+				s->tokens[k++] = s->tokens[i];
+			else
+				free(s->tokens[i].audience);
+		}
+		s->n_tokens = k;
+	}
+	s->tokens = xreallocarray(s->tokens, s->n_tokens + 1, sizeof(*s->tokens));
+	t = &s->tokens[s->n_tokens++];
+	if (RAND_bytes(raw, sizeof(raw)) != 1)
+		abort();
+	{
+		_cleanup_free_ char *b = identity_b64(raw, sizeof(raw), true);
+
+		snprintf(t->value, sizeof(t->value), "azsim.%s", b);
+	}
+	t->audience = xstrdup(resource);
+	t->expires = (int64_t)now + w->token_lifetime;
+	r->status = 200;
+	evbuffer_add_printf(r->body,
+			    "{\"token_type\":\"Bearer\",\"expires_in\":\"%u\",\"expires_on\":\"%lld\","
+			    "\"not_before\":\"%lld\",\"resource\":",
+			    w->token_lifetime, (long long)t->expires, (long long)now);
+	sim_json_str(r->body, resource);
+	evbuffer_add_printf(r->body, ",\"access_token\":\"%s\"}", t->value);
+out:
+	evhttp_clear_headers(&form);
+}
+
+/* Check the bearer token of a request for an audience; false with a 401 in r when it fails. */
+bool
+identity_check(struct sim *s, struct evhttp_request *req, const char *audience,
+	       struct sim_response *r)
+{
+	const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+	int64_t now = (int64_t)time(NULL);
+
+	if (!s->world.require_auth)
+		return true;
+	r->www_authenticate = "Bearer authorization_uri=\"https://login.windows.net/\", "
+			      "error=\"invalid_token\"";
+	if (!h || strncasecmp(h, "Bearer ", 7) != 0) {
+		sim_arm_error(r, 401, "AuthenticationFailed",
+			      "Authentication failed. The 'Authorization' header is missing.");
+		return false;
+	}
+	for (size_t i = 0; i < s->n_tokens; i++) {
+		struct sim_token *t = &s->tokens[i];
+
+		if (!streq(t->value, h + 7))
+			continue;
+		if (t->expires <= now) {
+			sim_arm_error(r, 401, "ExpiredAuthenticationToken",
+				      "The access token expiry UTC time is earlier than current UTC "
+				      "time.");
+			return false;
+		}
+		if (!audience_eq(t->audience, audience)) {
+			sim_arm_error(r, 401, "InvalidAuthenticationTokenAudience",
+				      "The access token has been obtained for wrong audience or "
+				      "resource.");
+			return false;
+		}
+		r->www_authenticate = NULL;
+		return true;
+	}
+	sim_arm_error(r, 401, "InvalidAuthenticationToken", "The access token is invalid.");
+	return false;
+}
+
+/* Forget every issued token. */
+void
+identity_reset(struct sim *s)
+{
+	for (size_t i = 0; i < s->n_tokens; i++)
+		free(s->tokens[i].audience);
+	free(s->tokens);
+	s->tokens = NULL;
+	s->n_tokens = 0;
+}
+
+/* Base64 (padded) or base64url (unpadded) of data, as a new string. */
+char *
+identity_b64(const unsigned char *data, size_t size, bool url)
+{
+	static const char std[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	static const char urlsafe[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+	const char *a = url ? urlsafe : std;
+	char *out = xmalloc(size / 3 * 4 + 5), *p = out;
+	size_t i = 0;
+
+	for (; i + 2 < size; i += 3) {
+		uint32_t v = (uint32_t)data[i] << 16 | (uint32_t)data[i + 1] << 8 | data[i + 2];
+
+		*p++ = a[v >> 18];
+		*p++ = a[(v >> 12) & 63];
+		*p++ = a[(v >> 6) & 63];
+		*p++ = a[v & 63];
+	}
+	if (i < size) {
+		uint32_t v = (uint32_t)data[i] << 16 | (i + 1 < size ? (uint32_t)data[i + 1] << 8 : 0);
+
+		*p++ = a[v >> 18];
+		*p++ = a[(v >> 12) & 63];
+		if (i + 1 < size)
+			*p++ = a[(v >> 6) & 63];
+		else if (!url)
+			*p++ = '=';
+		if (!url)
+			*p++ = '=';
+	}
+	*p = '\0';
+	return out;
+}
+
+/* Write an OAuth2 error like Azure AD (error, description, codes, timestamp, ids). */
+static void
+token_error(struct sim_response *r, int status, const char *error, unsigned code,
+	    const char *description)
+{
+	char trace[HASH_UUID_LEN + 1], corr[HASH_UUID_LEN + 1], ts[32];
+	time_t now = time(NULL);
+	struct tm tm;
+
+	if (hash_uuid4(trace) < 0 || hash_uuid4(corr) < 0)
+		abort();
+	gmtime_r(&now, &tm);
+	strftime(ts, sizeof(ts), "%Y-%m-%d %H:%M:%SZ", &tm);
+	r->status = status;
+	evbuffer_add_printf(r->body, "{\"error\":\"%s\",\"error_description\":", error);
+	sim_json_str(r->body, description);
+	evbuffer_add_printf(r->body,
+			    ",\"error_codes\":[%u],\"timestamp\":\"%s\",\"trace_id\":\"%s\","
+			    "\"correlation_id\":\"%s\"}",
+			    code, ts, trace, corr);
+}
+
+/* Verify a client assertion JWT; on failure an AADSTS description and code. */
+static int
+check_assertion(const struct sim_client *c, const char *jwt, const char *aud,
+		const char **ret_desc, unsigned *ret_code)
+{
+	const char *d1 = strchr(jwt, '.'), *d2 = d1 ? strchr(d1 + 1, '.') : NULL;
+	_cleanup_free_ unsigned char *hdr = NULL, *pay = NULL, *sig = NULL;
+	size_t hn, pn, sn;
+	json_t *h = NULL, *p = NULL, *a;
+	EVP_MD_CTX *md = NULL;
+	int64_t now = (int64_t)time(NULL);
+	int r = -EINVAL;
+
+	*ret_code = 50027;
+	*ret_desc = "AADSTS50027: JWT token is invalid or malformed.";
+	if (!d2 || strchr(d2 + 1, '.'))
+		return -EINVAL;
+	hdr = b64_decode(jwt, (size_t)(d1 - jwt), &hn);
+	pay = b64_decode(d1 + 1, (size_t)(d2 - d1 - 1), &pn);
+	sig = b64_decode(d2 + 1, strlen(d2 + 1), &sn);
+	if (!hdr || !pay || !sig)
+		return -EINVAL;
+	h = json_loadb((const char *)hdr, hn, 0, NULL);
+	p = json_loadb((const char *)pay, pn, 0, NULL);
+	if (!json_is_object(h) || !json_is_object(p))
+		goto out;
+	if (!streq_ptr(json_string_value(json_object_get(h, "alg")), "RS256")) {
+		*ret_desc = "AADSTS5002730: Invalid JWT token. Unsupported key for the signing "
+			    "algorithm.";
+		goto out;
+	}
+	*ret_code = 700027;
+	if (!streq_ptr(json_string_value(json_object_get(h, "x5t")), c->x5t)) {
+		*ret_desc = "AADSTS700027: Client assertion contains an invalid signature. [Reason - "
+			    "The key was not found.]";
+		goto out;
+	}
+	md = EVP_MD_CTX_new();
+	if (!md || EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, c->pubkey) != 1 ||
+	    EVP_DigestVerify(md, sig, sn, (const unsigned char *)jwt, (size_t)(d2 - jwt)) != 1) {
+		*ret_desc = "AADSTS700027: Client assertion failed signature validation.";
+		goto out;
+	}
+	a = json_object_get(p, "aud");
+	*ret_code = 700016;
+	if (!streq_ptr(json_string_value(a), aud)) {
+		*ret_desc = "AADSTS50027: JWT token is invalid or malformed. [Reason - The audience "
+			    "claim does not match the token endpoint.]";
+		*ret_code = 50027;
+		goto out;
+	}
+	if (!streq_ptr(json_string_value(json_object_get(p, "iss")), c->client_id) ||
+	    !streq_ptr(json_string_value(json_object_get(p, "sub")), c->client_id)) {
+		*ret_desc = "AADSTS700021: Client assertion application identifier doesn't match "
+			    "'client_id' parameter.";
+		*ret_code = 700021;
+		goto out;
+	}
+	*ret_code = 700024;
+	*ret_desc = "AADSTS700024: Client assertion is not within its valid time range.";
+	if (!json_is_integer(json_object_get(p, "exp")) ||
+	    json_integer_value(json_object_get(p, "exp")) + JWT_SKEW <= now)
+		goto out;
+	if (json_is_integer(json_object_get(p, "nbf")) &&
+	    json_integer_value(json_object_get(p, "nbf")) > now + JWT_SKEW)
+		goto out;
+	r = 0;
+out:
+	EVP_MD_CTX_free(md);
+	json_decref(h);
+	json_decref(p);
+	return r;
+}
+
+/* Decode base64 or base64url, padded or not; NULL when malformed. */
+static unsigned char *
+b64_decode(const char *s, size_t n, size_t *ret_size)
+{
+	unsigned char *out = xmalloc(n / 4 * 3 + 4);
+	uint32_t acc = 0;
+	size_t k = 0;
+	int bits = 0;
+
+	while (n > 0 && s[n - 1] == '=')
+		n--;
+	for (size_t i = 0; i < n; i++) {
+		char ch = s[i];
+		int v;
+
+		if (ch >= 'A' && ch <= 'Z')
+			v = ch - 'A';
+		else if (ch >= 'a' && ch <= 'z')
+			v = ch - 'a' + 26;
+		else if (ch >= '0' && ch <= '9')
+			v = ch - '0' + 52;
+		else if (ch == '+' || ch == '-')
+			v = 62;
+		else if (ch == '/' || ch == '_')
+			v = 63;
+		else {
+			free(out);
+			return NULL;
+		}
+		acc = acc << 6 | (uint32_t)v;
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			out[k++] = (unsigned char)(acc >> bits);
+		}
+	}
+	*ret_size = k;
+	return out;
+}
+
+/* Compare two audiences, ignoring one trailing slash and case. */
+static bool
+audience_eq(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+
+	if (la && a[la - 1] == '/')
+		la--;
+	if (lb && b[lb - 1] == '/')
+		lb--;
+	return la == lb && strncasecmp(a, b, la) == 0;
+}
+
+/* The scenario's client with this id, or NULL. */
+static const struct sim_client *
+find_client(const struct sim *s, const char *id)
+{
+	for (size_t i = 0; i < s->world.n_clients; i++)
+		if (strcasecmp(s->world.clients[i].client_id, id) == 0)
+			return &s->world.clients[i];
+	return NULL;
+}

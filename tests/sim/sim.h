@@ -1,0 +1,265 @@
+/*
+ * azs-sim internals shared by its files: the simulated world (scenario, generated usage), the
+ * identity provider, the Commerce ledger and the fault plan. One process, one thread, one
+ * struct sim; nothing here is a library API of the daemon. See sim.c for the overview.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <sqlite3.h>
+
+#define SIM_GUID_LEN 36
+#define SIM_KEY_LEN 64
+#define SIM_HOUR_CACHE 16
+#define SIM_QTY_SCALE UINT64_C(10000000000) /* generated quantities: integers of 10^-10 */
+#define SIM_LOG_MAX 20000                   /* entries kept by /_sim/requests */
+
+__extension__ typedef unsigned __int128 sim_u128;
+
+enum sim_endpoint {
+	SIM_EP_METADATA,
+	SIM_EP_TOKEN,
+	SIM_EP_USAGE,
+	SIM_EP_SUBSCRIPTIONS,
+	SIM_EP_ARM,
+	SIM_EP_COMMERCE,
+	SIM_EP_CONTROL,
+	SIM_EP_UNKNOWN,
+	SIM_EP_MAX,
+};
+
+enum sim_action {
+	SIM_ACT_STATUS,
+	SIM_ACT_TIMEOUT,
+	SIM_ACT_RESET,
+	SIM_ACT_SLOW,
+	SIM_ACT_DELAY,
+	SIM_ACT_MALFORMED,
+	SIM_ACT_EVENTS,
+	SIM_ACT_POISON,
+	SIM_ACT_NEXTLINK_LOOP,
+	SIM_ACT_CHANGE_QUANTITY,
+};
+
+/* One rule of the fault plan (see README.md for the JSON shape). */
+struct sim_rule {
+	int endpoint; /* enum sim_endpoint, -1 for any */
+	enum sim_action action;
+	char *method;        /* NULL: any */
+	char *path_contains; /* NULL: any */
+	int status;
+	char *code;
+	char *message;
+	char *retry_after; /* "2" or "http-date:+5" */
+	double rate;       /* 0: always */
+	long times;        /* -1: unlimited */
+	long after;
+	long seen;
+	long fired;
+	char **events;
+	size_t n_events;
+	int64_t hour; /* -1: any */
+	unsigned count;
+	unsigned delay_ms;
+};
+
+struct sim_tenant {
+	char id[SIM_GUID_LEN + 1];
+	char name[32];
+	char customer[SIM_GUID_LEN + 1];         /* registered customer subscription or "" */
+	char initial_customer[SIM_GUID_LEN + 1]; /* as the scenario made it (reset) */
+};
+
+struct sim_usersub {
+	char id[SIM_GUID_LEN + 1];
+	size_t tenant;
+	bool disabled;
+	char display[64];
+};
+
+struct sim_resource {
+	size_t usersub;
+	char *uri;
+	char *uri_lower;
+	char *instance_escaped; /* instanceData JSON, already escaped to sit inside a JSON string */
+	const char *tags;       /* JSON text of instanceData's tags ("null" or an object) */
+	const char *info;       /* JSON text of additionalInfo */
+	unsigned meter_offset;
+};
+
+struct sim_client {
+	char *client_id;
+	char *secret;     /* NULL: certificate only */
+	char *cert_path;  /* NULL: secret only */
+	EVP_PKEY *pubkey; /* from the certificate */
+	char *x5t;        /* base64url SHA-1 of the certificate DER */
+};
+
+/* One generated usage record; everything else is derived from it and the world. */
+struct sim_record {
+	size_t resource;
+	size_t meter;
+	int64_t usage_start;
+	uint64_t quantity; /* integers of 10^-10 */
+	uint8_t style;     /* how the quantity literal is written */
+};
+
+struct sim_hour {
+	int64_t hour; /* -1: unused slot */
+	size_t n;
+	struct sim_record *recs;
+	char **text; /* pre-formatted JSON of each record */
+	size_t *len;
+	uint64_t last_used;
+};
+
+struct sim_world {
+	uint64_t seed;
+	bool adfs;
+	char *aad_tenant; /* the tenant path segment the AAD token endpoint accepts ("" = any) */
+	char provider_sub[SIM_GUID_LEN + 1];
+	char reg_sub[SIM_GUID_LEN + 1];
+	char cloud_id[SIM_GUID_LEN + 1];
+	char object_id[SIM_GUID_LEN + 1];
+	char *reg_rg;
+	char *reg_name;
+	char *reg_id;
+	char *billing_model;
+	char *aud_stack;
+	char *aud_arm;
+	char *aud_commerce;
+	bool require_auth;
+	struct sim_tenant *tenants;
+	size_t n_tenants;
+	struct sim_usersub *subs;
+	size_t n_subs;
+	struct sim_resource *res;
+	size_t n_res;
+	char **meters;
+	size_t n_meters;
+	int64_t hour_from;
+	size_t hour_count;
+	int64_t *empty_hours;
+	size_t n_empty;
+	unsigned records_per_hour;
+	unsigned late_percent;
+	unsigned page_size;
+	unsigned sub_page_size;
+	unsigned arm_page_size;
+	unsigned token_lifetime;
+	struct sim_client *clients;
+	size_t n_clients;
+	char *commerce_path;
+	unsigned max_events;
+	size_t max_bytes;
+	json_t *faults; /* the scenario's initial fault plan, or NULL */
+	struct sim_hour cache[SIM_HOUR_CACHE];
+	uint64_t cache_tick;
+};
+
+struct sim_token {
+	char value[48];
+	char *audience;
+	int64_t expires;
+};
+
+struct sim_logentry {
+	uint8_t endpoint;
+	uint16_t status;
+	char method[8];
+	char *path;
+	char *action;
+	char *correlation_id;
+	char *request_id;
+	unsigned events;
+};
+
+struct sim {
+	struct event_base *base;
+	struct evhttp *http;
+	struct sim_world world;
+	char *state_dir;
+	int64_t clock_base;    /* simulated now at clock_set_mono (fixed clock) */
+	bool clock_fixed;      /* false: real time */
+	uint64_t prng;         /* fault rates */
+	struct sim_rule *rules;
+	size_t n_rules;
+	struct sim_token *tokens;
+	size_t n_tokens;
+	sqlite3 *db;
+	sqlite3_stmt *insert;
+	json_t *hour_queries; /* "hour|subscriber" -> number of first-page queries */
+	uint64_t duplicates;
+	uint64_t rejected;
+	uint64_t batches;
+	uint64_t events_seen;
+	uint64_t pages_served;
+	uint64_t records_served;
+	uint64_t cpu_ns[SIM_EP_MAX];
+	uint64_t cpu_start_ns;
+	unsigned counts[SIM_EP_MAX][600];
+	struct sim_logentry *log;
+	size_t n_log;
+};
+
+/* A response being built by a handler, sent by the dispatcher (which may apply a fault). */
+struct sim_response {
+	int status;
+	struct evbuffer *body;
+	char *retry_after;
+	const char *www_authenticate;
+	unsigned events;
+};
+
+/* sim.c */
+int64_t sim_now(const struct sim *s);
+const char *sim_endpoint_name(int ep);
+void sim_json_str(struct evbuffer *b, const char *str);
+void sim_arm_error(struct sim_response *r, int status, const char *code, const char *message);
+struct sim_rule *sim_fault_take(struct sim *s, int endpoint, enum sim_action action,
+				const char *event_id, int64_t hour);
+bool sim_rule_has_event(const struct sim_rule *rule, const char *event_id);
+
+/* sim-world.c */
+uint64_t world_splitmix(uint64_t *state);
+void world_guid(uint64_t *state, char out[static SIM_GUID_LEN + 1]);
+int world_load(struct sim_world *w, json_t *scenario, char **ret_error);
+void world_free(struct sim_world *w);
+void world_reset_registrations(struct sim_world *w);
+bool world_hour_has_usage(const struct sim_world *w, int64_t hour);
+const struct sim_hour *world_hour(struct sim_world *w, int64_t hour);
+void world_format_record(const struct sim_world *w, const struct sim_record *rec, uint64_t quantity,
+			 struct evbuffer *out);
+void world_record_key(const struct sim_world *w, int64_t hour, const struct sim_record *rec,
+		      char out[static SIM_KEY_LEN + 1]);
+void world_quantity_text(uint64_t quantity, uint8_t style, char out[static 32]);
+const char *world_charged(const struct sim_world *w, size_t usersub, const char **ret_reason);
+int world_find_tenant(const struct sim_world *w, const char *tenant_id);
+int world_find_usersub(const struct sim_world *w, const char *sub_id);
+void world_describe(const struct sim_world *w, json_t *out);
+bool world_is_guid(const char *s, bool lower_only);
+
+/* sim-identity.c */
+void identity_token(struct sim *s, struct evhttp_request *req, const char *path,
+		    struct sim_response *r);
+bool identity_check(struct sim *s, struct evhttp_request *req, const char *audience,
+		    struct sim_response *r);
+void identity_reset(struct sim *s);
+char *identity_b64(const unsigned char *data, size_t size, bool url);
+
+/* sim-commerce.c */
+int commerce_open(struct sim *s);
+void commerce_close(struct sim *s);
+int commerce_reset(struct sim *s);
+void commerce_batch(struct sim *s, struct evhttp_request *req, struct sim_response *r);
+void commerce_summary(struct sim *s, int64_t from, int64_t until, struct evbuffer *out);
+void commerce_expected_events(struct sim *s, int64_t from, int64_t until, size_t limit,
+			      struct evbuffer *out);

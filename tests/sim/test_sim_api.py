@@ -1,0 +1,399 @@
+"""azs-sim answers like Azure: shapes match ../shared/testdata, paging and nextLink encoding,
+deterministic records per seed, exact quantity literals, record keys, identity (secret and JWT
+assertion), tokens required per audience, the registration and its customer subscriptions."""
+import json
+import re
+import urllib.parse
+
+import pytest
+
+from conftest import load_testdata, TESTDATA
+from azsim import (Sim, scenario, shape, record_key, make_assertion, AZURE_CLIENT_ID,
+                   AZURE_CLIENT_SECRET, CERT_CLIENT_ID, STACK_CLIENT_ID, STACK_CLIENT_SECRET)
+
+NOW = "2026-11-03T00:00:00Z"
+HOUR = "2026-11-01T10:00:00Z"
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with Sim(scenario(), now=NOW) as s:
+        s.world()
+        yield s
+
+
+def stack_token(sim):
+    return sim.token(sim.audiences()["stack"])
+
+
+def arm_token(sim):
+    return sim.token(sim.audiences()["arm"], AZURE_CLIENT_ID, AZURE_CLIENT_SECRET)
+
+
+def test_metadata_matches_testdata_aad(sim):
+    r = sim.get("/metadata/endpoints?api-version=2015-01-01")
+    assert r.status == 200
+    doc = r.json()
+    assert shape(doc) == shape(load_testdata("metadata-endpoints-aad.json"))
+    assert doc["authentication"]["loginEndpoint"] == sim.url + "/"
+    assert doc["authentication"]["audiences"] == [sim.audiences()["stack"]]
+
+
+def test_metadata_adfs_variant():
+    with Sim(scenario(identity="adfs"), now=NOW) as s:
+        doc = s.get("/metadata/endpoints?api-version=2015-01-01").json()
+        assert shape(doc) == shape(load_testdata("metadata-endpoints-adfs.json"))
+        assert doc["authentication"]["loginEndpoint"] == s.url + "/adfs/"
+        r = s.token_request(doc["authentication"]["audiences"][0], secret=STACK_CLIENT_SECRET,
+                            adfs=True)
+        assert r.status == 200
+
+
+def test_token_secret_matches_testdata(sim):
+    r = sim.token_request(sim.audiences()["arm"], AZURE_CLIENT_ID, secret=AZURE_CLIENT_SECRET)
+    assert r.status == 200
+    doc = r.json()
+    assert shape(doc) == shape(load_testdata("token-v1.json"))
+    assert int(doc["expires_on"]) - int(doc["not_before"]) == 3600
+    assert doc["resource"] == sim.audiences()["arm"]
+
+
+def test_token_wrong_secret_answered_like_azure(sim):
+    r = sim.token_request(sim.audiences()["arm"], AZURE_CLIENT_ID, secret="wrong")
+    assert r.status == 401
+    doc = r.json()
+    assert shape(doc) == shape(load_testdata("token-error.json"))
+    assert doc["error"] == "invalid_client"
+    assert doc["error_codes"] == [7000215]
+
+
+def test_token_unknown_resource_rejected(sim):
+    r = sim.token_request("https://nowhere.example/", AZURE_CLIENT_ID, secret=AZURE_CLIENT_SECRET)
+    assert r.status == 400 and r.json()["error"] == "invalid_resource"
+
+
+def test_token_jwt_assertion_accepted(sim):
+    jwt = make_assertion(CERT_CLIENT_ID, sim.token_endpoint())
+    r = sim.token_request(sim.audiences()["commerce"], CERT_CLIENT_ID, assertion=jwt)
+    assert r.status == 200, r.body
+    tok = r.json()["access_token"]
+    # the token works for its audience
+    res = sim.commerce_post(sim.expected_events(limit=1), token=tok)
+    assert res.status == 200
+
+
+def test_token_jwt_bad_signature_rejected(sim):
+    jwt = make_assertion(CERT_CLIENT_ID, sim.token_endpoint())
+    head, body, sig = jwt.split(".")
+    bad = head + "." + body + "." + ("A" if sig[0] != "A" else "B") + sig[1:]
+    r = sim.token_request(sim.audiences()["commerce"], CERT_CLIENT_ID, assertion=bad)
+    assert r.status == 401
+    assert r.json()["error"] == "invalid_client"
+    assert "signature" in r.json()["error_description"]
+
+
+def test_token_jwt_other_key_rejected(sim, tmp_path):
+    import subprocess
+    key = tmp_path / "other.key"
+    subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True,
+                   capture_output=True)
+    jwt = make_assertion(CERT_CLIENT_ID, sim.token_endpoint(), key_file=str(key))
+    r = sim.token_request(sim.audiences()["commerce"], CERT_CLIENT_ID, assertion=jwt)
+    assert r.status == 401 and "signature" in r.json()["error_description"]
+
+
+def test_token_jwt_wrong_aud_rejected(sim):
+    jwt = make_assertion(CERT_CLIENT_ID, "https://login.microsoftonline.com/x/oauth2/token")
+    r = sim.token_request(sim.audiences()["commerce"], CERT_CLIENT_ID, assertion=jwt)
+    assert r.status == 401
+    assert "audience" in r.json()["error_description"]
+
+
+def test_token_jwt_expired_rejected(sim):
+    jwt = make_assertion(CERT_CLIENT_ID, sim.token_endpoint(), exp_in=-3600, nbf_in=-4000)
+    r = sim.token_request(sim.audiences()["commerce"], CERT_CLIENT_ID, assertion=jwt)
+    assert r.status == 401
+    assert r.json()["error_codes"] == [700024]
+
+
+def test_token_jwt_wrong_x5t_rejected(sim):
+    jwt = make_assertion(CERT_CLIENT_ID, sim.token_endpoint(), thumbprint="AAAAAAAAAAAAAAAAAAAAAAAAAAA")
+    r = sim.token_request(sim.audiences()["commerce"], CERT_CLIENT_ID, assertion=jwt)
+    assert r.status == 401 and r.json()["error_codes"] == [700027]
+
+
+def test_token_not_yet_valid_rejected(sim):
+    jwt = make_assertion(CERT_CLIENT_ID, sim.token_endpoint(), nbf_in=3600, exp_in=4000)
+    r = sim.token_request(sim.audiences()["commerce"], CERT_CLIENT_ID, assertion=jwt)
+    assert r.status == 401 and r.json()["error_codes"] == [700024]
+
+
+def test_endpoints_require_token_for_their_audience(sim):
+    path = sim.usage_path(HOUR)
+    r = sim.get(path)
+    assert r.status == 401
+    assert r.json()["error"]["code"] == "AuthenticationFailed"
+    assert "www-authenticate" in r.headers
+    r = sim.get(path, token="azsim.not-issued")
+    assert r.status == 401 and r.json()["error"]["code"] == "InvalidAuthenticationToken"
+    r = sim.get(path, token=arm_token(sim))
+    assert r.status == 401
+    assert r.json()["error"]["code"] == "InvalidAuthenticationTokenAudience"
+
+
+def test_token_expires():
+    import time
+    with Sim(scenario(tokenLifetime=1), now=NOW) as s:
+        tok = s.token(s.audiences()["stack"])
+        assert s.get(s.usage_path(HOUR), token=tok).status == 200
+        time.sleep(1.2)
+        r = s.get(s.usage_path(HOUR), token=tok)
+        assert r.status == 401 and r.json()["error"]["code"] == "ExpiredAuthenticationToken"
+
+
+def test_usage_page_matches_testdata(sim):
+    r = sim.get(sim.usage_path(HOUR), token=stack_token(sim))
+    assert r.status == 200
+    doc = r.json()
+    ref = load_testdata("usage-page-1.json")
+    assert set(doc) == {"value"}  # one page only with 20 records
+    for rec in doc["value"]:
+        assert shape(rec) == shape(ref["value"][0])
+        inst = json.loads(rec["properties"]["instanceData"])
+        assert set(inst["Microsoft.Resources"]) == {"resourceUri", "location", "tags",
+                                                   "additionalInfo"}
+        assert rec["name"] == rec["properties"]["subscriptionId"] + "-" + \
+            rec["properties"]["meterId"]
+    assert len(doc["value"]) == 20
+
+
+def test_usage_empty_hour_matches_testdata(sim):
+    r = sim.get(sim.usage_path("2026-10-01T10:00:00Z"), token=stack_token(sim))
+    assert r.status == 200
+    assert r.json() == load_testdata("usage-page-empty.json")
+
+
+def quantity_literals(body):
+    return re.findall(rb'"quantity":([^,}]*)', body)
+
+
+def test_usage_quantities_are_exact_number_literals():
+    with Sim(scenario(recordsPerHour=200), now=NOW) as s:
+        tok = stack_token(s)
+        lits = []
+        for h in range(0, 6):
+            r = s.get(s.usage_path("2026-11-01T%02d:00:00Z" % h), token=tok)
+            lits += quantity_literals(r.body)
+        assert len(lits) == 1200
+        for lit in lits:
+            assert re.fullmatch(rb"[0-9]+(\.[0-9]{1,10})?", lit), lit
+        digits = [len(lit.replace(b".", b"").lstrip(b"0")) for lit in lits]
+        assert max(digits) == 17
+        assert any(b"." not in lit for lit in lits)           # integer literals occur
+        assert any(re.fullmatch(rb"[0-9]+\.[0-9]{10}", lit) for lit in lits)
+
+
+def test_usage_paging_and_nextlink_encoding():
+    with Sim(scenario(pageSize=7), now=NOW) as s:
+        tok = stack_token(s)
+        ref_link = load_testdata("usage-page-1.json")["nextLink"]
+        r = s.get(s.usage_path(HOUR), token=tok)
+        sizes, names, links = [], [], []
+        while True:
+            assert r.status == 200, r.body
+            doc = r.json()
+            sizes.append(len(doc["value"]))
+            names += [v["name"] + v["properties"]["usageStartTime"] for v in doc["value"]]
+            if "nextLink" not in doc:
+                break
+            link = doc["nextLink"]
+            links.append(link)
+            assert link.startswith(s.url + "/subscriptions/")
+            assert link.endswith("%3d%3d")
+            # same query parameters, in the same order, as the real API's nextLink
+            keys = [kv.split("=")[0] for kv in urllib.parse.urlsplit(link).query.split("&")]
+            ref_keys = [kv.split("=")[0] for kv in urllib.parse.urlsplit(ref_link).query.split("&")]
+            assert keys == ref_keys
+            assert "reportedStartTime=2026-11-01T10%3a00%3a00Z" in link
+            r = s.get(link, token=tok)
+        assert sizes == [7, 7, 6]
+        assert len(set(names)) == 20
+        assert len(set(links)) == 2
+
+
+def test_usage_same_seed_same_records_other_seed_differs():
+    bodies = []
+    for seed in (7, 7, 8):
+        with Sim(scenario(seed=seed), now=NOW) as s:
+            r = s.get(s.usage_path(HOUR), token=stack_token(s))
+            bodies.append(r.body)
+    assert bodies[0] == bodies[1]
+    assert bodies[0] != bodies[2]
+
+
+def test_usage_record_keys_match_expected_events(sim):
+    tok = stack_token(sim)
+    # the Python key function reproduces ../shared/testdata/record-keys.tsv
+    with open(TESTDATA + "/record-keys.tsv") as f:
+        rows = [line.rstrip("\n").split("\t") for line in f][1:]
+    for row in rows:
+        page = load_testdata(row[0])
+        keys = {record_key(row[1], rec) for rec in page["value"]}
+        assert row[4] in keys
+    doc = sim.get(sim.usage_path(HOUR), token=tok).json()
+    keys = sorted(record_key(HOUR, rec) for rec in doc["value"])
+    events = sim.expected_events(since=HOUR, until="2026-11-01T11:00:00Z")
+    assert sorted(e["usageEventId"] for e in events) == keys
+    assert len(set(keys)) == 20
+
+
+def test_usage_late_records_present(sim):
+    tok = stack_token(sim)
+    late = 0
+    for h in range(10, 16):
+        hour = "2026-11-01T%02d:00:00Z" % h
+        for rec in sim.get(sim.usage_path(hour), token=tok).json()["value"]:
+            if rec["properties"]["usageEndTime"] != hour.replace("Z", "+00:00"):
+                late += 1
+    assert 0 < late < 60
+
+
+def test_usage_subscriber_filter(sim):
+    tok = stack_token(sim)
+    sub = sim.world()["tenants"][0]["subscriptions"][0]
+    doc = sim.get(sim.usage_path(HOUR, subscriber=sub), token=tok).json()
+    assert doc["value"]
+    assert all(v["properties"]["subscriptionId"] == sub for v in doc["value"])
+
+
+def test_usage_validates_query(sim):
+    tok = stack_token(sim)
+    w = sim.world()
+    base = "/subscriptions/%s/providers/Microsoft.Commerce.Admin/subscriberUsageAggregates" % \
+        w["providerSubscription"]
+    two_hours = base + "?reportedStartTime=2026-11-01T10%3A00%3A00Z&reportedEndTime=" \
+        "2026-11-01T12%3A00%3A00Z&aggregationGranularity=Hourly&api-version=2015-06-01-preview"
+    r = sim.get(two_hours, token=tok)
+    assert r.status == 400 and shape(r.json()) == shape(load_testdata("usage-error-future.json"))
+    r = sim.get(sim.usage_path(HOUR, api_version="2099-01-01"), token=tok)
+    assert r.status == 400 and r.json()["error"]["code"] == "InvalidApiVersionParameter"
+    r = sim.get(sim.usage_path("2026-11-03T00:00:00Z"), token=tok)
+    assert r.status == 400
+    assert r.json() == load_testdata("usage-error-future.json")
+
+
+def test_clock_moves_future_boundary(sim):
+    tok = stack_token(sim)
+    assert sim.get(sim.usage_path("2026-11-03T00:00:00Z"), token=tok).status == 400
+    sim.set_clock(advance=3600)
+    try:
+        assert sim.get(sim.usage_path("2026-11-03T00:00:00Z"), token=tok).status == 200
+    finally:
+        sim.set_clock(now=NOW)
+
+
+def test_subscriptions_match_testdata(sim):
+    r = sim.get("/subscriptions/%s/providers/Microsoft.Subscriptions.Admin/subscriptions"
+                "?api-version=2015-11-01" % sim.world()["providerSubscription"],
+                token=stack_token(sim))
+    assert r.status == 200
+    doc = r.json()
+    assert shape(doc) == shape(load_testdata("subscriptions.json"))
+    assert len(doc["value"]) == 6
+    tenants = {t["tenantId"]: t["subscriptions"] for t in sim.world()["tenants"]}
+    for v in doc["value"]:
+        assert v["subscriptionId"] in tenants[v["tenantId"]]
+
+
+def test_subscriptions_paged():
+    with Sim(scenario(subscriptionPageSize=4), now=NOW) as s:
+        tok = stack_token(s)
+        doc = s.get("/subscriptions/%s/providers/Microsoft.Subscriptions.Admin/subscriptions"
+                    "?api-version=2015-11-01" % s.world()["providerSubscription"], token=tok).json()
+        assert len(doc["value"]) == 4
+        doc2 = s.get(doc["nextLink"], token=tok).json()
+        assert len(doc2["value"]) == 2 and "nextLink" not in doc2
+
+
+def test_registration_and_customer_subscriptions(sim):
+    tok = arm_token(sim)
+    reg = sim.registration_path()
+    r = sim.get(reg + "?api-version=2017-06-01", token=tok)
+    assert r.status == 200
+    assert shape(r.json()) == shape(load_testdata("registration.json"))
+    assert r.json()["id"] == reg
+    r = sim.get(reg + "/customerSubscriptions?api-version=2017-06-01", token=tok)
+    doc = r.json()
+    assert shape(doc) == shape(load_testdata("customer-subscriptions.json"))
+    assert len(doc["value"]) == 2
+    for v in doc["value"]:
+        assert v["id"].split("/")[-1] == v["id"].split("/")[-1].upper()
+    r = sim.get(reg.replace("azurestack-", "other-") + "?api-version=2017-06-01", token=tok)
+    assert r.status == 404
+    assert r.json() == load_testdata("arm-error-registration-not-found.json")
+
+
+def test_customer_subscription_put_replaces_and_delete():
+    with Sim(scenario(), now=NOW) as s:
+        tok = arm_token(s)
+        w = s.world()
+        reg = w["registration"]["id"]
+        t3 = w["tenants"][2]["tenantId"]
+        new = "0f0e0d0c-0b0a-4909-8807-060504030201"
+        r = s.request("PUT", reg + "/customerSubscriptions/%s?api-version=2017-06-01" % new.upper(),
+                      body={"properties": {"tenantId": t3}}, token=tok)
+        assert r.status == 200, r.body
+        assert r.json()["properties"]["tenantId"] == t3
+        newer = "1f0e0d0c-0b0a-4909-8807-060504030201"
+        r = s.request("PUT", reg + "/customerSubscriptions/%s?api-version=2017-06-01" % newer,
+                      body={"properties": {"tenantId": t3}}, token=tok)
+        assert r.status == 200
+        ids = [v["id"].split("/")[-1].lower() for v in
+               s.get(reg + "/customerSubscriptions?api-version=2017-06-01", token=tok).json()["value"]]
+        assert newer in ids and new not in ids and len(ids) == 3
+        assert s.world()["tenants"][2]["customerSubscription"] == newer
+        r = s.request("DELETE", reg + "/customerSubscriptions/%s?api-version=2017-06-01" % newer,
+                      token=tok)
+        assert r.status == 200
+        r = s.request("DELETE", reg + "/customerSubscriptions/%s?api-version=2017-06-01" % newer,
+                      token=tok)
+        assert r.status == 204
+        assert s.world()["tenants"][2].get("customerSubscription") is None
+
+
+def test_customer_subscriptions_paged():
+    with Sim(scenario(tenants=5, registeredTenants=5, armPageSize=2), now=NOW) as s:
+        tok = arm_token(s)
+        doc = s.get(s.registration_path() + "/customerSubscriptions?api-version=2017-06-01",
+                    token=tok).json()
+        seen = [v["id"] for v in doc["value"]]
+        while "nextLink" in doc:
+            doc = s.get(doc["nextLink"], token=tok).json()
+            seen += [v["id"] for v in doc["value"]]
+        assert len(seen) == 5 == len(set(seen))
+
+
+def test_unknown_path_is_arm_404(sim):
+    r = sim.get("/no/such/thing")
+    assert r.status == 404
+    assert set(r.json()["error"]) == {"code", "message"}
+
+
+def test_scenario_explicit_tenants():
+    sc = scenario(tenants=[
+        {"tenantId": "104edf09-7fc1-459f-8c4e-b062db480b90", "name": "fabrikam",
+         "subscriptions": ["c79389af-4480-48cc-8fa2-ee8ced8e843d"],
+         "registered": "e09a4e93-29a7-4eba-a6d4-76202383f07f"},
+        {"tenantId": "d9b782d5-d098-4374-8f2c-3907cc34611c", "subscriptions": 1},
+    ], registration={"subscriptionId": "dd8597b4-8739-4467-8b10-f8679f62bfbf"})
+    with Sim(sc, now=NOW) as s:
+        w = s.world()
+        assert w["defaultSubscription"] == "dd8597b4-8739-4467-8b10-f8679f62bfbf"
+        assert w["tenants"][0]["customerSubscription"] == "e09a4e93-29a7-4eba-a6d4-76202383f07f"
+        assert w["tenants"][0]["subscriptions"] == ["c79389af-4480-48cc-8fa2-ee8ced8e843d"]
+        assert w["tenants"][1].get("customerSubscription") is None
+
+
+def test_bad_scenario_refused(tmp_path):
+    with pytest.raises(RuntimeError, match="recordsPerHour"):
+        Sim(scenario(recordsPerHour=-1))
