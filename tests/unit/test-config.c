@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <ini.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -866,9 +867,19 @@ test_config_load_line_over_limit(void **state)
 	load_ok(f, crlf);
 	assert_string_equal(f->config->http.user_agent, agent);
 
-	/* 198: refused; the tail "x = y" would otherwise become an unknown key of its own */
+	/* 198: refused (with CRLF it would not fit: the limit does not depend on line endings) */
 	memset(agent, 'a', sizeof(agent));
-	agent[198 - strlen(prefix) - 5] = '\0';
+	agent[198 - strlen(prefix)] = '\0';
+	free(bad);
+	bad = xasprintf(REQUIRED "[http]\n%s%s\nmax_response = 1M\n", prefix, agent);
+	load(f, bad);
+	assert_failed_with(f, 1);
+	assert_error(f, ":19: line longer than 197 characters");
+
+	/* 204: libinih alone would read "x = y" after the first 199 bytes as a key of its own */
+	memset(agent, 'a', sizeof(agent));
+	agent[199 - strlen(prefix)] = '\0';
+	free(bad);
 	bad = xasprintf(REQUIRED "[http]\n%s%sx = y\nmax_response = 1M\n", prefix, agent);
 	load(f, bad);
 	assert_failed_with(f, 1);
@@ -892,6 +903,60 @@ test_config_load_indented_line_not_continuation(void **state)
 	load(f, REQUIRED "[health]\nlisten: 127.0.0.1:80\n");
 	assert_failed_with(f, 1);
 	assert_error(f, ":19: expected \"key = value\"");
+}
+
+/* What libinih hands its handler, recorded by raw_handler. */
+struct raw_calls {
+	unsigned n;
+	char names[8][64];
+	char values[8][256];
+};
+
+/* Record one libinih handler call. */
+static int
+raw_handler(void *user, const char *section, const char *name, const char *value)
+{
+	struct raw_calls *calls = user;
+
+	(void)section;
+	if (calls->n < 8) {
+		snprintf(calls->names[calls->n], sizeof(calls->names[0]), "%s", name);
+		snprintf(calls->values[calls->n], sizeof(calls->values[0]), "%s", value);
+	}
+	calls->n++;
+	return 1;
+}
+
+/*
+ * Debian 12's libinih itself (what the reader protects against): a line over its limit is split
+ * and the tail parsed as a line of its own; an indented line continues the previous value.
+ */
+static void
+test_ini_parse_string_debian_behaviour(void **state)
+{
+	struct raw_calls calls = {0};
+	char text[400];
+	int r;
+
+	(void)state;
+	/* libinih reads 199 bytes at a time: "k = aaa...a" fills them, "x = y" follows */
+	memset(text, 0, sizeof(text));
+	strcpy(text, "[s]\nk = ");
+	memset(text + strlen(text), 'a', 199 - strlen("k = "));
+	strcat(text, "x = y\n");
+	r = ini_parse_string(text, raw_handler, &calls);
+	assert_int_equal(r, 0);
+	assert_int_equal(calls.n, 2);
+	assert_string_equal(calls.names[0], "k");
+	assert_string_equal(calls.names[1], "x"); /* the tail became a key of its own */
+	assert_string_equal(calls.values[1], "y");
+
+	memset(&calls, 0, sizeof(calls));
+	r = ini_parse_string("[s]\nk = v\n  other = w\n", raw_handler, &calls);
+	assert_int_equal(r, 0);
+	assert_int_equal(calls.n, 2);
+	assert_string_equal(calls.names[1], "k"); /* a continuation of k, not a key "other" */
+	assert_string_equal(calls.values[1], "other = w");
 }
 
 /* Three different mistakes are all reported, each with the file and its line, in order. */
@@ -1221,6 +1286,7 @@ main(void)
 	        cmocka_unit_test_setup_teardown(test_config_load_line_over_limit, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_config_load_indented_line_not_continuation,
 	                                        setup, teardown),
+	        cmocka_unit_test(test_ini_parse_string_debian_behaviour),
 	        cmocka_unit_test_setup_teardown(test_config_load_three_mistakes, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_config_load_no_secret_in_messages, setup,
 	                                        teardown),
