@@ -283,8 +283,15 @@ commerce_summary(struct sim *s, int64_t from, int64_t until, struct evbuffer *ou
 		totals[t].expected += exp[i].quantity;
 		totals[t].n_expected++;
 	}
-	time_format_rfc3339(from, tf);
-	time_format_rfc3339(until, tu);
+	/* unbounded ends compare below and above every RFC 3339 text */
+	if (from > INT64_MIN / 4)
+		time_format_rfc3339(from, tf);
+	else
+		snprintf(tf, sizeof(tf), "0000-01-01T00:00:00Z");
+	if (until < INT64_MAX / 4)
+		time_format_rfc3339(until, tu);
+	else
+		snprintf(tu, sizeof(tu), "9999-12-31T23:59:59Z");
 	if (sqlite3_prepare_v2(s->db,
 			       "SELECT usage_event_id, subscription_id, meter_id, quantity FROM events"
 			       " WHERE reported_start >= ? AND reported_start < ?",

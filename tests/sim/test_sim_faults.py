@@ -1,0 +1,243 @@
+"""Every fault kind of azs-sim fires as configured and stops after `times`: status codes with
+Retry-After (seconds and HTTP date), after/times/rate counters, time-outs, connection resets,
+slow and delayed bodies, malformed JSON, 401 for a valid token, usage-API errors, a nextLink
+loop, changed quantities on a second query, ARM error codes on demand, and the Commerce
+per-event and poison-batch faults."""
+import email.utils
+import json
+import socket
+import ssl
+import time
+
+import pytest
+
+from conftest import load_testdata
+from azsim import Sim, scenario, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET
+
+NOW = "2026-11-03T00:00:00Z"
+HOUR = "2026-11-01T10:00:00Z"
+
+
+@pytest.fixture()
+def sim():
+    with Sim(scenario(), now=NOW) as s:
+        s.world()
+        s.tok = s.token(s.audiences()["stack"])
+        yield s
+
+
+def usage(sim, hour=HOUR, **kw):
+    return sim.get(sim.usage_path(hour), token=sim.tok, **kw)
+
+
+def test_status_with_retry_after_seconds_stops_after_times(sim):
+    sim.set_faults([{"endpoint": "usage", "status": 503, "retryAfter": "2", "times": 2}])
+    r1, r2, r3 = usage(sim), usage(sim), usage(sim)
+    assert (r1.status, r2.status, r3.status) == (503, 503, 200)
+    assert r1.headers["retry-after"] == "2"
+    assert r1.json() == load_testdata("usage-error-503.json")
+    assert "retry-after" not in r3.headers
+    rule = sim.faults()[0]
+    assert rule["fired"] == 2 and rule["seen"] == 3
+
+
+def test_status_429_with_http_date(sim):
+    sim.set_faults([{"endpoint": "usage", "status": 429, "retryAfter": "http-date:+5", "times": 1}])
+    r = usage(sim)
+    assert r.status == 429
+    when = email.utils.parsedate_to_datetime(r.headers["retry-after"]).timestamp()
+    assert 3 <= when - time.time() <= 7
+    assert r.json()["error"]["code"] == "TooManyRequests"
+
+
+def test_after_skips_first_requests(sim):
+    sim.set_faults([{"endpoint": "usage", "status": 500, "after": 2, "times": 1}])
+    assert [usage(sim).status for _ in range(4)] == [200, 200, 500, 200]
+
+
+def test_rate_fires_a_fraction(sim):
+    sim.set_faults([{"endpoint": "metadata", "status": 503, "rate": 0.5}])
+    codes = [sim.get("/metadata/endpoints?api-version=2015-01-01").status for _ in range(40)]
+    assert 8 <= codes.count(503) <= 32
+    assert set(codes) == {200, 503}
+
+
+def test_rule_only_for_its_endpoint_and_method(sim):
+    sim.set_faults([{"endpoint": "arm", "method": "PUT", "status": 403,
+                     "code": "UnauthorizedCspRegistration"}])
+    assert usage(sim).status == 200
+    tok = sim.token(sim.audiences()["arm"], AZURE_CLIENT_ID, AZURE_CLIENT_SECRET)
+    reg = sim.registration_path()
+    assert sim.get(reg + "?api-version=2017-06-01", token=tok).status == 200
+    r = sim.request("PUT", reg + "/customerSubscriptions/0f0e0d0c-0b0a-4909-8807-060504030201"
+                    "?api-version=2017-06-01",
+                    body={"properties": {"tenantId": sim.world()["tenants"][2]["tenantId"]}},
+                    token=tok)
+    assert r.status == 403
+    assert r.json() == load_testdata("arm-error-unauthorized-csp.json")
+
+
+@pytest.mark.parametrize("code", ["RegistrationNotFound", "CustomerSubscriptionsNotAllowed",
+                                  "BadCustomerSubscriptionId", "InvalidCSPSubscription",
+                                  "MetadataResolverBadGatewayError"])
+def test_arm_error_codes_on_demand(sim, code):
+    sim.set_faults([{"endpoint": "arm", "status": 400, "code": code, "times": 1}])
+    tok = sim.token(sim.audiences()["arm"], AZURE_CLIENT_ID, AZURE_CLIENT_SECRET)
+    r = sim.get(sim.registration_path() + "?api-version=2017-06-01", token=tok)
+    assert r.status == 400
+    assert r.json()["error"]["code"] == code
+    assert r.json()["error"]["message"]
+    assert sim.get(sim.registration_path() + "?api-version=2017-06-01", token=tok).status == 200
+
+
+def test_timeout_never_answers(sim):
+    sim.set_faults([{"endpoint": "usage", "action": "timeout", "times": 1}])
+    with pytest.raises((socket.timeout, TimeoutError)):
+        usage(sim, timeout=1.0)
+    assert usage(sim).status == 200
+    assert sim.requests()["requests"][-2]["action"] == "timeout"
+
+
+def test_reset_closes_the_connection(sim):
+    sim.set_faults([{"endpoint": "usage", "action": "reset", "times": 1}])
+    with pytest.raises((ConnectionError, ssl.SSLError, OSError)) as e:
+        usage(sim)
+    assert not isinstance(e.value, socket.timeout)
+    assert usage(sim).status == 200
+
+
+def test_slow_body_trickles(sim):
+    sim.set_faults([{"endpoint": "usage", "action": "slow", "delayMs": 100, "times": 1}])
+    t0 = time.monotonic()
+    r = usage(sim)
+    slow = time.monotonic() - t0
+    assert r.status == 200 and len(r.json()["value"]) == 20
+    assert slow >= 0.7
+    t0 = time.monotonic()
+    usage(sim)
+    assert time.monotonic() - t0 < slow
+
+
+def test_delay_answers_late(sim):
+    sim.set_faults([{"endpoint": "metadata", "action": "delay", "delayMs": 600, "times": 1}])
+    t0 = time.monotonic()
+    r = sim.get("/metadata/endpoints?api-version=2015-01-01")
+    assert r.status == 200 and time.monotonic() - t0 >= 0.55
+
+
+def test_malformed_json(sim):
+    sim.set_faults([{"endpoint": "usage", "action": "malformed", "times": 1}])
+    r = usage(sim)
+    assert r.status == 200
+    with pytest.raises(ValueError):
+        json.loads(r.body)
+    assert usage(sim).json()["value"]
+
+
+def test_401_for_a_valid_token(sim):
+    sim.set_faults([{"endpoint": "usage", "status": 401, "times": 1}])
+    r = usage(sim)
+    assert r.status == 401 and "www-authenticate" in r.headers
+    assert r.json()["error"]["code"] == "ExpiredAuthenticationToken"
+    assert usage(sim).status == 200
+
+
+def test_usage_future_and_unavailable_codes(sim):
+    sim.set_faults([{"endpoint": "usage", "status": 400, "code": "RequestEndTimeIsInFuture",
+                     "times": 1},
+                    {"endpoint": "usage", "status": 503, "code": "ServiceUnavailable", "times": 1}])
+    r = usage(sim)
+    assert r.status == 400 and r.json() == load_testdata("usage-error-future.json")
+    r = usage(sim)
+    assert r.status == 503 and r.json() == load_testdata("usage-error-503.json")
+    assert usage(sim).status == 200
+
+
+def test_token_endpoint_fault(sim):
+    sim.set_faults([{"endpoint": "token", "status": 503, "times": 1}])
+    r = sim.token_request(sim.audiences()["stack"], secret="x")
+    assert r.status == 503 and r.json()["error"] == "temporarily_unavailable"
+
+
+def test_nextlink_loop(sim):
+    sim.set_faults([{"endpoint": "usage", "action": "nextLinkLoop", "times": 2}])
+    first = usage(sim).json()
+    link = first["nextLink"]
+    second = sim.get(link, token=sim.tok).json()
+    assert second["nextLink"] == link  # the same nextLink again: a loop
+    third = sim.get(link, token=sim.tok).json()
+    assert "nextLink" not in third
+
+
+def test_changed_quantity_on_second_query(sim):
+    sim.set_faults([{"endpoint": "usage", "action": "changeQuantity", "hour": HOUR, "count": 2}])
+    a = usage(sim).json()["value"]
+    b = usage(sim).json()["value"]
+    other = usage(sim, hour="2026-11-01T11:00:00Z").json()["value"]
+    other2 = usage(sim, hour="2026-11-01T11:00:00Z").json()["value"]
+    qa = [v["properties"]["quantity"] for v in a]
+    qb = [v["properties"]["quantity"] for v in b]
+    assert qa[2:] == qb[2:]
+    assert qa[0] != qb[0] and qa[1] != qb[1]
+    assert [v["name"] for v in a] == [v["name"] for v in b]
+    assert other == other2
+
+
+def events(sim, n):
+    return sim.expected_events(limit=n)
+
+
+def test_commerce_per_event_codes(sim):
+    ev = events(sim, 5)
+    ids = [e["usageEventId"] for e in ev]
+    sim.set_faults([{"endpoint": "commerce", "events": [ids[0]], "code": "Error"},
+                    {"endpoint": "commerce", "events": [ids[1]], "code": "InvalidQuantity"},
+                    {"endpoint": "commerce", "events": [ids[2]], "code": "Expired", "times": 1}])
+    r = sim.commerce_post(ev)
+    assert r.status == 200
+    res = {x["usageEventId"]: x for x in r.json()["result"]}
+    assert res[ids[0]]["status"] == "Error" and res[ids[0]]["error"]["code"] == "Error"
+    assert res[ids[1]]["status"] == "InvalidQuantity"
+    assert res[ids[2]]["status"] == "Expired"
+    assert res[ids[3]]["status"] == "Accepted" and res[ids[4]]["status"] == "Accepted"
+    r = sim.commerce_post(ev)
+    res = {x["usageEventId"]: x["status"] for x in r.json()["result"]}
+    assert res == {ids[0]: "Error", ids[1]: "InvalidQuantity", ids[2]: "Accepted",
+                   ids[3]: "Duplicate", ids[4]: "Duplicate"}
+    assert sim.summary()["accepted"] == 3
+
+
+def test_commerce_poison_event_fails_whole_batch(sim):
+    ev = events(sim, 4)
+    sim.set_faults([{"endpoint": "commerce", "events": [ev[2]["usageEventId"]], "status": 400}])
+    r = sim.commerce_post(ev)
+    assert r.status == 400
+    assert sim.summary()["accepted"] == 0
+    r = sim.commerce_post(ev[:2])  # the halves without the poison pass
+    assert r.status == 200
+    assert sim.commerce_post(ev[2:3]).status == 400
+    assert sim.summary()["accepted"] == 2
+
+
+def test_commerce_status_fault_with_times(sim):
+    ev = events(sim, 2)
+    sim.set_faults([{"endpoint": "commerce", "status": 503, "retryAfter": "1", "times": 1}])
+    r = sim.commerce_post(ev)
+    assert r.status == 503 and r.headers["retry-after"] == "1"
+    assert sim.commerce_post(ev).status == 200
+
+
+def test_faults_from_scenario_and_reset():
+    sc = scenario(faults=[{"endpoint": "metadata", "status": 500, "times": 1}])
+    with Sim(sc, now=NOW) as s:
+        assert s.get("/metadata/endpoints?api-version=2015-01-01").status == 500
+        assert s.get("/metadata/endpoints?api-version=2015-01-01").status == 200
+        s.reset()  # the scenario's plan comes back with fresh counters
+        assert s.get("/metadata/endpoints?api-version=2015-01-01").status == 500
+
+
+def test_bad_fault_plan_refused(sim):
+    r = sim.post("/_sim/faults", [{"endpoint": "nowhere", "status": 500}])
+    assert r.status == 400
+    r = sim.post("/_sim/faults", [{"endpoint": "usage", "status": 42}])
+    assert r.status == 400

@@ -1,0 +1,221 @@
+"""The Commerce endpoint of azs-sim and its ledger: answers shaped like
+../shared/testdata/commerce-batch-response.json, dedupe by usageEventId (Duplicate), gzip
+bodies, batch limits (413), event validation, and the summary's comparison with the expected
+charges (charged once → ok; a missing event, a wrong subscription, a wrong quantity and an
+extra event are each flagged), with totals checked exactly against Python's decimal."""
+import copy
+import decimal
+import os
+import sqlite3
+
+import pytest
+
+from conftest import load_testdata
+from azsim import Sim, scenario, shape
+
+NOW = "2026-11-03T00:00:00Z"
+
+
+@pytest.fixture()
+def sim():
+    with Sim(scenario(hours={"from": "2026-11-01T00:00:00Z", "count": 6}), now=NOW) as s:
+        s.world()
+        yield s
+
+
+def post_all(sim, events, size=500):
+    for i in range(0, len(events), size):
+        r = sim.commerce_post(events[i:i + size])
+        assert r.status == 200, r.body
+
+
+def test_batch_answer_matches_testdata(sim):
+    ev = sim.expected_events(limit=3)
+    bad = dict(ev[2], quantity="-1")
+    r = sim.commerce_post([ev[0], ev[1], ev[0], bad])
+    assert r.status == 200
+    doc = r.json()
+    ref = load_testdata("commerce-batch-response.json")
+    assert set(doc) == set(ref) and doc["count"] == 4
+    by_status = {x["status"]: x for x in doc["result"]}
+    ref_by_status = {x["status"]: x for x in ref["result"]}
+    for status in ("Accepted", "Duplicate", "InvalidQuantity"):
+        assert shape(by_status[status]) == shape(ref_by_status[status]), status
+    assert by_status["InvalidQuantity"]["error"]["message"] == \
+        ref_by_status["InvalidQuantity"]["error"]["message"]
+
+
+def test_dedupe_answers_duplicate(sim):
+    ev = sim.expected_events(limit=10)
+    r1 = sim.commerce_post(ev).json()
+    r2 = sim.commerce_post(ev).json()
+    assert [x["status"] for x in r1["result"]] == ["Accepted"] * 10
+    assert [x["status"] for x in r2["result"]] == ["Duplicate"] * 10
+    assert r2["result"][0]["messageTime"] == "0001-01-01T00:00:00"
+    s = sim.summary()
+    assert s["accepted"] == 10 and s["duplicates"] == 10
+
+
+def test_ledger_is_sqlite_in_state_dir(sim):
+    sim.commerce_post(sim.expected_events(limit=7))
+    db = sqlite3.connect(os.path.join(sim.state_dir, "ledger.db"))
+    try:
+        assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 7
+    finally:
+        db.close()
+
+
+def test_gzip_body_accepted(sim):
+    ev = sim.expected_events(limit=25)
+    r = sim.commerce_post(ev, gzip_body=True)
+    assert r.status == 200
+    assert [x["status"] for x in r.json()["result"]] == ["Accepted"] * 25
+    r = sim.commerce_post(ev, headers={"Content-Encoding": "gzip"})  # claims gzip, is not
+    assert r.status == 400
+
+
+def test_limits_answer_413():
+    sc = scenario(commerce={"path": "/batch", "maxEvents": 5, "maxBytes": 4000})
+    with Sim(sc, now=NOW) as s:
+        ev = s.expected_events(limit=6)
+        r = s.commerce_post(ev)
+        assert r.status == 413 and r.json()["error"]["code"] == "RequestEntityTooLarge"
+        assert s.commerce_post(ev[:5] + [], gzip_body=True).status == 200  # small when gzipped
+        r = s.commerce_post(ev[:5])  # more than 4000 bytes uncompressed
+        assert r.status == 413
+        assert s.summary()["accepted"] == 5
+
+
+@pytest.mark.parametrize("change,status", [
+    ({"quantity": "-1"}, "InvalidQuantity"),
+    ({"quantity": "abc"}, "InvalidQuantity"),
+    ({"quantity": 2.5}, "InvalidQuantity"),
+    ({"quantity": "1.0000000000000000001"}, "InvalidQuantity"),
+    ({"subscriptionId": "ABCDEF00-0000-4000-8000-000000000000"}, "BadArgument"),
+    ({"subscriptionId": "abcdef00-0000-4000-8000-000000000000"}, "ResourceNotFound"),
+    ({"chargeReason": "whatever"}, "BadArgument"),
+    ({"tenantId": None}, "Accepted"),
+    ({"tenantId": "not-a-guid"}, "BadArgument"),
+    ({"registration": "/subscriptions/x/other"}, "BadArgument"),
+    ({"usageStartTime": "2026-11-01T09:00:00+00:00"}, "BadArgument"),
+    ({"usageEndTime": "2026-10-01T09:00:00Z"}, "BadArgument"),
+    ({"tags": "x"}, "BadArgument"),
+    ({"location": ""}, "BadArgument"),
+    ({"usageEventId": None}, "BadArgument"),
+])
+def test_event_validation(sim, change, status):
+    e = copy.deepcopy(sim.expected_events(limit=1)[0])
+    e.update(change)
+    r = sim.commerce_post([e])
+    assert r.status == 200
+    assert r.json()["result"][0]["status"] == status
+
+
+def test_event_missing_member_is_bad_argument(sim):
+    e = sim.expected_events(limit=1)[0]
+    for k in list(e):
+        if k == "usageEventId":
+            continue
+        f = dict(e)
+        del f[k]
+        assert sim.commerce_post([f]).json()["result"][0]["status"] != "Accepted", k
+
+
+def test_not_json_is_400(sim):
+    w = sim.world()
+    tok = sim.token(w["audiences"]["commerce"])
+    r = sim.post(w["commercePath"], b"{not json", token=tok)
+    assert r.status == 400
+    r = sim.post(w["commercePath"], {"request": []}, token=tok)
+    assert r.status == 400
+
+
+def test_summary_everything_charged_once(sim):
+    ev = sim.expected_events()
+    assert len(ev) == 6 * 20
+    post_all(sim, ev, size=37)
+    s = sim.summary()
+    assert s["comparison"]["ok"] is True
+    assert s["accepted"] == 120 and s["expected"]["events"] == 120
+    # totals are exact: compare with Python's decimal
+    want = {}
+    for e in ev:
+        k = (e["subscriptionId"], e["meterId"].lower())
+        want[k] = want.get(k, decimal.Decimal(0)) + decimal.Decimal(e["quantity"])
+    got = {(t["subscriptionId"], t["meterId"]): decimal.Decimal(t["actual"]) for t in s["totals"]}
+    assert got == want
+    assert all(t["expected"] == t["actual"] for t in s["totals"])
+    subs = {t["subscriptionId"] for t in s["totals"]}
+    w = sim.world()
+    registered = {t["customerSubscription"] for t in w["tenants"] if t.get("customerSubscription")}
+    assert subs == registered | {w["defaultSubscription"]}
+
+
+def test_summary_flags_missing_wrong_subscription_quantity_and_extra(sim):
+    ev = sim.expected_events()
+    missing = ev[0]
+    wrong_sub = dict(ev[1], subscriptionId=sim.world()["defaultSubscription"]
+                     if ev[1]["chargeReason"] == "registered"
+                     else sim.world()["tenants"][0]["customerSubscription"])
+    wrong_qty = dict(ev[2], quantity="1" + ev[2]["quantity"])
+    extra = dict(ev[3], usageEventId="f" * 64)
+    post_all(sim, [wrong_sub, wrong_qty, extra] + ev[3:])
+    c = sim.summary()["comparison"]
+    assert c["ok"] is False
+    assert c["missing"] == [missing["usageEventId"]] and c["missingCount"] == 1
+    assert c["wrongSubscription"] == [{"usageEventId": ev[1]["usageEventId"],
+                                       "expected": ev[1]["subscriptionId"],
+                                       "actual": wrong_sub["subscriptionId"]}]
+    assert [x["usageEventId"] for x in c["wrongQuantity"]] == [ev[2]["usageEventId"]]
+    assert decimal.Decimal(c["wrongQuantity"][0]["expected"]) == decimal.Decimal(ev[2]["quantity"])
+    assert c["extra"] == ["f" * 64]
+    assert c["totalMismatches"] > 0
+
+
+def test_summary_follows_registration_changes(sim):
+    ev = sim.expected_events()
+    post_all(sim, ev)
+    assert sim.summary()["comparison"]["ok"]
+    # unregister a tenant: what was charged to its customer subscription is now "wrong"
+    w = sim.world()
+    t = w["tenants"][0]
+    tok = sim.token(w["audiences"]["arm"])
+    r = sim.request("DELETE", w["registration"]["id"] + "/customerSubscriptions/%s"
+                    "?api-version=2017-06-01" % t["customerSubscription"], token=tok)
+    assert r.status == 200
+    c = sim.summary()["comparison"]
+    n = sum(1 for e in ev if e["subscriptionId"] == t["customerSubscription"])
+    assert n > 0 and c["wrongSubscriptionCount"] == n
+
+
+def test_summary_window_and_cpu_report(sim):
+    post_all(sim, sim.expected_events(since="2026-11-01T02:00:00Z", until="2026-11-01T03:00:00Z"))
+    s = sim.summary(since="2026-11-01T02:00:00Z", until="2026-11-01T03:00:00Z")
+    assert s["comparison"]["ok"] and s["accepted"] == 20
+    assert sim.summary()["comparison"]["missingCount"] == 100
+    assert s["sim"]["eventsReceived"] == 20
+    assert s["sim"]["cpuUs"] > 0 and s["sim"]["commerceCpuUsPerEvent"] > 0
+
+
+def test_requests_log_correlation_ids(sim):
+    r = sim.commerce_post(sim.expected_events(limit=2),
+                          headers={"x-ms-correlationid": "batch-1", "x-ms-requestid": "req-1"})
+    assert r.status == 200
+    log = sim.requests()
+    assert log["counts"]["commerce"]["200"] == 1
+    last = [x for x in log["requests"] if x["endpoint"] == "commerce"][-1]
+    assert last["correlationId"] == "batch-1" and last["requestId"] == "req-1"
+    assert last["events"] == 2
+
+
+def test_commerce_requires_commerce_token(sim):
+    tok = sim.token(sim.audiences()["stack"])
+    r = sim.commerce_post(sim.expected_events(limit=1), token=tok)
+    assert r.status == 401
+
+
+def test_reset_empties_ledger(sim):
+    sim.commerce_post(sim.expected_events(limit=3))
+    sim.reset()
+    s = sim.summary()
+    assert s["accepted"] == 0 and s["duplicates"] == 0
