@@ -1,0 +1,1521 @@
+/*
+ * azs-usagectl: the operator command line (ARCHITECTURE.md section 9). It opens the store
+ * directly: read-only for the read verbs, read-write for the few verbs that change records
+ * (these run beside the daemon; WAL and the busy timeout make that safe). Every write records the
+ * operator and the reason in the record's history.
+ *
+ * The whole command line is parsed and checked before anything is opened, so a typo is a usage
+ * error (exit 2) even on a host without a store or a configuration. Listings stream: each row is
+ * printed from the store's callback, tables with fixed column widths and JSON arrays element by
+ * element, so millions of records never sit in memory. Quantities and totals are printed as the
+ * exact decimal text the store holds (JSON strings, never numbers).
+ */
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <netdb.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "config.h"
+#include "log.h"
+#include "macro.h"
+#include "store.h"
+#include "timeutil.h"
+#include "xmalloc.h"
+
+#define CTL_NAME           "azs-usagectl"
+#define CTL_DEFAULT_CONFIG "/etc/azs-usaged/azs-usaged.conf"
+#define CTL_EXIT_FAILURE   1
+#define CTL_EXIT_USAGE     2
+#define CTL_KEY_MIN        8
+#define CTL_KEY_MAX        64
+/* key digits shown in tables: far beyond any collision, enough to paste back */
+#define CTL_KEY_SHOWN          16
+#define CTL_DEFAULT_REASON     "operator"
+#define CTL_HEALTH_TIMEOUT_SEC 2
+#define CTL_NOT_AVAILABLE      "not available yet: needs the registry (azs-usaged registry module)"
+
+enum ctl_verb {
+	CTL_STATUS,
+	CTL_RECORDS,
+	CTL_DEAD_LIST,
+	CTL_DEAD_RETRY,
+	CTL_DEAD_DISCARD,
+	CTL_CONFLICTS_LIST,
+	CTL_CONFLICTS_ACCEPT,
+	CTL_CONFLICTS_REJECT,
+	CTL_QUARANTINE,
+	CTL_REPORT,
+	CTL_RECOLLECT,
+	CTL_LOOKUP,
+	CTL_TENANTS,
+	CTL_TENANT_ADD,
+	CTL_TENANT_REMOVE,
+	CTL_REGISTRATION,
+};
+
+/* Verb options; the table below says which verb takes which. */
+enum {
+	OPT_STATE = 1u << 0,
+	OPT_TENANT = 1u << 1,
+	OPT_SUBSCRIPTION = 1u << 2,
+	OPT_SINCE = 1u << 3,
+	OPT_LIMIT = 1u << 4,
+	OPT_ALL = 1u << 5,
+	OPT_REASON = 1u << 6,
+	OPT_FROM = 1u << 7,
+	OPT_TO = 1u << 8,
+	OPT_BY = 1u << 9,
+	OPT_CSV = 1u << 10,
+	OPT_UNREGISTERED = 1u << 11,
+	OPT_TENANT_ID = 1u << 12,
+};
+
+struct ctl_option {
+	const char *name;
+	unsigned bit;
+	bool has_arg;
+};
+
+static const struct ctl_option ctl_options[] = {
+        {"--state", OPT_STATE, true},
+        {"--tenant", OPT_TENANT, true},
+        {"--subscription", OPT_SUBSCRIPTION, true},
+        {"--since", OPT_SINCE, true},
+        {"--limit", OPT_LIMIT, true},
+        {"--all", OPT_ALL, false},
+        {"--reason", OPT_REASON, true},
+        {"--from", OPT_FROM, true},
+        {"--to", OPT_TO, true},
+        {"--by", OPT_BY, true},
+        {"--csv", OPT_CSV, false},
+        {"--unregistered", OPT_UNREGISTERED, false},
+        {"--tenant-id", OPT_TENANT_ID, true},
+};
+
+struct ctl_verb_def {
+	const char *word;
+	const char *sub; /* second word; NULL: none */
+	enum ctl_verb verb;
+	unsigned options;
+	unsigned min_args;
+	unsigned max_args;
+	bool writes;
+	bool available;
+};
+
+/* The first entry of a word with sub == NULL is what the word alone means. */
+static const struct ctl_verb_def ctl_verbs[] = {
+        {"status", NULL, CTL_STATUS, 0, 0, 0, false, true},
+        {"records", NULL, CTL_RECORDS,
+         OPT_STATE | OPT_TENANT | OPT_SUBSCRIPTION | OPT_SINCE | OPT_LIMIT, 0, 0, false, true},
+        {"dead", NULL, CTL_DEAD_LIST, OPT_LIMIT, 0, 0, false, true},
+        {"dead", "list", CTL_DEAD_LIST, OPT_LIMIT, 0, 0, false, true},
+        {"dead", "retry", CTL_DEAD_RETRY, OPT_ALL | OPT_REASON, 0, UINT_MAX, true, true},
+        {"dead", "discard", CTL_DEAD_DISCARD, OPT_REASON, 1, UINT_MAX, true, true},
+        {"conflicts", NULL, CTL_CONFLICTS_LIST, OPT_LIMIT, 0, 0, false, true},
+        {"conflicts", "list", CTL_CONFLICTS_LIST, OPT_LIMIT, 0, 0, false, true},
+        {"conflicts", "accept", CTL_CONFLICTS_ACCEPT, OPT_REASON, 1, 1, true, true},
+        {"conflicts", "reject", CTL_CONFLICTS_REJECT, OPT_REASON, 1, 1, true, true},
+        {"quarantine", NULL, CTL_QUARANTINE, OPT_LIMIT, 0, 0, false, true},
+        {"report", NULL, CTL_REPORT, OPT_FROM | OPT_TO | OPT_BY | OPT_CSV, 0, 0, false, true},
+        {"recollect", NULL, CTL_RECOLLECT, OPT_FROM | OPT_TO | OPT_REASON, 0, 0, true, true},
+        {"lookup", NULL, CTL_LOOKUP, 0, 1, 1, false, false},
+        {"tenants", NULL, CTL_TENANTS, OPT_UNREGISTERED, 0, 0, false, false},
+        {"tenant", "add", CTL_TENANT_ADD, OPT_TENANT_ID, 1, 1, true, false},
+        {"tenant", "remove", CTL_TENANT_REMOVE, 0, 1, 1, true, false},
+        {"registration", NULL, CTL_REGISTRATION, 0, 0, 0, false, false},
+        {"registration", "show", CTL_REGISTRATION, 0, 0, 0, false, false},
+        {"registration", "refresh", CTL_REGISTRATION, 0, 0, 0, true, false},
+};
+
+/* Everything the command line says, checked. */
+struct ctl {
+	const char *config_path; /* NULL: the default, unless --store is given */
+	const char *store_path;
+	bool json;
+	bool help;
+	bool version;
+
+	const struct ctl_verb_def *verb;
+	char **args; /* arguments after the verb words: the array ours, the strings argv's */
+	size_t n_args;
+	unsigned seen; /* OPT_* given */
+
+	int state; /* -1: any */
+	const char *tenant;
+	const char *subscription;
+	int64_t since;
+	size_t limit;
+	const char *reason;
+	int64_t from;
+	int64_t to;
+	enum store_report_by by;
+
+	/* filled when running */
+	struct config *config;
+	const char *path;
+	struct store *store;
+	char *actor;
+};
+
+static const char *const ctl_help[] = {
+        "NAME\n",
+        "    azs-usagectl - inspect and repair the azs-usaged usage store\n",
+        "\n",
+        "SYNOPSIS\n",
+        "    azs-usagectl [-c FILE | --store PATH] [--json] VERB [ARGUMENTS]\n",
+        "    azs-usagectl --help | --version\n",
+        "\n",
+        "DESCRIPTION\n",
+        "    Reads the store of azs-usaged (one SQLite file) directly. Read verbs open it\n",
+        "    read-only; the verbs marked (writes) open it read-write and may run while the\n",
+        "    daemon runs. Every write is recorded in the history of each record it changes,\n",
+        "    with the operator (azs-usagectl:<login name or uid>) and the reason.\n",
+        "\n",
+        "OPTIONS\n",
+        "    -c FILE, --config FILE\n",
+        "        Configuration file; the store is its [store] path.\n",
+        "        Default: " CTL_DEFAULT_CONFIG ".\n",
+        "    --store PATH\n",
+        "        Open this database file instead of the configured one (no configuration\n",
+        "        is read unless -c is given as well).\n",
+        "    --json\n",
+        "        JSON output instead of tables.\n",
+        "    -h, --help\n",
+        "        Show this help and exit.\n",
+        "    --version\n",
+        "        Show the version and exit.\n",
+        "    Options take their value as the next argument or after '=' (--state=dead).\n",
+        "\n",
+        "VERBS\n",
+        "    status\n",
+        "        Counts by state, backlog, oldest pending record, collection cursor,\n",
+        "        registration and tenant cache age, and the daemon's readiness when its\n",
+        "        health endpoint is reachable (needs the configuration).\n",
+        "    records [--state S] [--tenant T] [--subscription S] [--since TIME] [--limit N]\n",
+        "        List records, newest first. S is one of pending, held, inflight,\n",
+        "        forwarded, dead, quarantined, conflict. --subscription matches the user\n",
+        "        or the charged subscription; --since compares the collection time.\n",
+        "    dead [list] [--limit N]\n",
+        "        Dead letters: records Commerce refused for good, with its error.\n",
+        "    dead retry KEY... | --all [--reason R]                          (writes)\n",
+        "        Send dead records again (back to pending).\n",
+        "    dead discard KEY... --reason R                                  (writes)\n",
+        "        Give up on dead records; they stay for audit but leave the dead list.\n",
+        "    conflicts [list] [--limit N]\n",
+        "        Records collected again with a different quantity, waiting for a\n",
+        "        decision.\n",
+        "    conflicts accept KEY [--reason R]                               (writes)\n",
+        "        Take the new quantity: replaces the original if it was not forwarded\n",
+        "        yet; if it was, a larger quantity forwards the difference as an\n",
+        "        adjustment, a smaller one becomes dead with error credit-required.\n",
+        "    conflicts reject KEY [--reason R]                               (writes)\n",
+        "        Keep the original quantity.\n",
+        "    quarantine [--limit N]\n",
+        "        Records that failed validation, with the reason. Never forwarded.\n",
+        "    report --from TIME --to TIME [--by subscription|tenant|meter] [--csv]\n",
+        "        Exact totals of the forwarded records whose usage started in\n",
+        "        [from, to): by charged subscription and meter (default), by tenant and\n",
+        "        meter, or by meter. --csv prints CSV with a header line.\n",
+        "    recollect --from HOUR --to HOUR [--reason R]                    (writes)\n",
+        "        Collect the reported hours from HOUR to HOUR (both included) again.\n",
+        "        Records seen before are deduplicated by key; changed ones become\n",
+        "        conflicts. Hours after the collection cursor cannot be recollected.\n",
+        "\n",
+        "    Coming with the registry module (now they exit 1 saying \"not available yet\"):\n",
+        "    lookup USER-SUBSCRIPTION, tenants [--unregistered],\n",
+        "    tenant add CUSTOMER-SUBSCRIPTION --tenant-id T,\n",
+        "    tenant remove CUSTOMER-SUBSCRIPTION, registration [show|refresh].\n",
+        "\n",
+        "ARGUMENTS\n",
+        "    KEY     a record key (64 hex digits) or a unique prefix of at least 8.\n",
+        "    TIME    RFC 3339 in UTC or with an offset (2026-11-01T10:00:00Z), or a date\n",
+        "            (2026-11-01, midnight UTC).\n",
+        "    HOUR    a TIME on the hour.\n",
+        "    R       free text stored in the history; default \"" CTL_DEFAULT_REASON "\".\n",
+        "\n",
+        "OUTPUT\n",
+        "    Tables have one line per row under a header. With --json, records, dead,\n",
+        "    conflicts and quarantine print an array of objects with the members key,\n",
+        "    state, reportedHour, sourceSubscriptionId, tenantId, meterId, quantity,\n",
+        "    usageStartTime, usageEndTime, resourceUri, chargedSubscription, chargeReason,\n",
+        "    attempts, batchId, errorCode, errorMessage (null where not set; times RFC 3339\n",
+        "    in UTC; quantity a string); status prints an object; report an array of rows\n",
+        "    whose total is an exact decimal string.\n",
+        "\n",
+        "EXIT STATUS\n",
+        "    0   success\n",
+        "    1   failure (store or configuration cannot be opened, a key matches no record\n",
+        "        or several, the store refused a change, a verb not available yet)\n",
+        "    2   usage error (unknown verb or option, missing or malformed argument)\n",
+        "\n",
+        "FILES\n",
+        "    " CTL_DEFAULT_CONFIG "\n",
+        "    /var/lib/azs-usaged/usage.db (the default [store] path)\n",
+        NULL,
+};
+
+enum ctl_column {
+	COL_KEY,
+	COL_STATE,
+	COL_HOUR,
+	COL_SUBSCRIPTION,
+	COL_METER,
+	COL_QUANTITY,
+	COL_CHARGED,
+	COL_ATTEMPTS,
+	COL_ERROR,
+};
+
+struct ctl_column_def {
+	const char *header;
+	int width; /* 0: the last column, not padded */
+};
+
+static const struct ctl_column_def ctl_columns[] = {
+        [COL_KEY] = {"KEY", CTL_KEY_SHOWN},
+        [COL_STATE] = {"STATE", 11},
+        [COL_HOUR] = {"REPORTED HOUR", TIME_RFC3339_LEN},
+        [COL_SUBSCRIPTION] = {"SUBSCRIPTION", 36},
+        [COL_METER] = {"METER", 36},
+        [COL_QUANTITY] = {"QUANTITY", 24},
+        [COL_CHARGED] = {"CHARGED TO", 0},
+        [COL_ATTEMPTS] = {"ATTEMPTS", 8},
+        [COL_ERROR] = {"ERROR", 0},
+};
+
+static const enum ctl_column ctl_records_columns[] = {
+        COL_KEY, COL_STATE, COL_HOUR, COL_SUBSCRIPTION, COL_METER, COL_QUANTITY, COL_CHARGED,
+};
+static const enum ctl_column ctl_dead_columns[] = {
+        COL_KEY, COL_HOUR, COL_SUBSCRIPTION, COL_METER, COL_QUANTITY, COL_ATTEMPTS, COL_ERROR,
+};
+static const enum ctl_column ctl_conflicts_columns[] = {
+        COL_KEY, COL_HOUR, COL_SUBSCRIPTION, COL_METER, COL_QUANTITY,
+};
+static const enum ctl_column ctl_quarantine_columns[] = {
+        COL_KEY,
+        COL_HOUR,
+        COL_SUBSCRIPTION,
+        COL_ERROR,
+};
+
+/* A listing in progress: how rows are printed and how many were. */
+struct ctl_list {
+	bool json;
+	const enum ctl_column *columns;
+	size_t n_columns;
+	uint64_t n;
+};
+
+/* A report in progress. */
+struct ctl_report {
+	struct ctl *ctl;
+	bool csv;
+	uint64_t n;
+};
+
+static int ctl_usage_error(const char *format, ...) _printf_(1, 2);
+static int ctl_fail(int error, const char *format, ...) _printf_(2, 3);
+static int ctl_parse(struct ctl *c, int argc, char **argv);
+static int ctl_check(struct ctl *c, const char *const *values);
+static int ctl_open(struct ctl *c);
+static void ctl_done(struct ctl *c);
+static int ctl_run(struct ctl *c);
+static int ctl_status(struct ctl *c);
+static int ctl_list(struct ctl *c);
+static int ctl_dead_retry(struct ctl *c);
+static int ctl_dead_discard(struct ctl *c);
+static int ctl_conflict_resolve(struct ctl *c);
+static int ctl_report(struct ctl *c);
+static int ctl_recollect(struct ctl *c);
+static int ctl_parse_time(const char *s, int64_t *ret);
+static bool ctl_key_valid(const char *s);
+static char *ctl_actor(void);
+static int ctl_find(struct ctl *c, const char *prefix, enum store_state state,
+                    struct store_record *ret);
+static int ctl_list_row(void *userdata, const struct store_record *r);
+static int ctl_report_row(void *userdata, const struct store_report_row *row);
+static json_t *ctl_record_json(const struct store_record *r);
+static json_t *ctl_json_string(const char *s);
+static json_t *ctl_json_time(int64_t t);
+static int ctl_print_json(json_t *j);
+static void ctl_put_cell(const char *s, int width, bool last);
+static void ctl_put_csv(const char *s, bool last);
+static const char *ctl_format_time(int64_t t, char buf[static TIME_RFC3339_LEN + 1]);
+static void ctl_health(const struct config *config, json_t *ret);
+
+/* Parse the command line, open the store and run the verb; returns the exit status. */
+int
+main(int argc, char **argv)
+{
+	struct ctl c = {.state = -1};
+	int r;
+
+	r = ctl_parse(&c, argc, argv);
+	if (r == 0)
+		r = ctl_run(&c);
+	if (fflush(stdout) != 0 || ferror(stdout)) {
+		fprintf(stderr, CTL_NAME ": writing the output failed: %s\n", strerror(errno));
+		if (r == 0)
+			r = CTL_EXIT_FAILURE;
+	}
+	ctl_done(&c);
+	return r;
+}
+
+/* Say what is wrong with the command line; returns the usage exit status. */
+static int
+ctl_usage_error(const char *format, ...)
+{
+	va_list ap;
+
+	fputs(CTL_NAME ": ", stderr);
+	va_start(ap, format);
+	vfprintf(stderr, format, ap);
+	va_end(ap);
+	fputs("\nSee '" CTL_NAME " --help'.\n", stderr);
+	return CTL_EXIT_USAGE;
+}
+
+/* Say why the command failed (with the errno text when error is set); returns exit status 1. */
+static int
+ctl_fail(int error, const char *format, ...)
+{
+	va_list ap;
+
+	fputs(CTL_NAME ": ", stderr);
+	va_start(ap, format);
+	vfprintf(stderr, format, ap);
+	va_end(ap);
+	if (error != 0 && error != -EOPNOTSUPP)
+		fprintf(stderr, ": %s", strerror(abs(error)));
+	fputc('\n', stderr);
+	return CTL_EXIT_FAILURE;
+}
+
+/* Read argv into c: global options anywhere, the verb words, its options and arguments. */
+static int
+ctl_parse(struct ctl *c, int argc, char **argv)
+{
+	_cleanup_free_ char **args = xcalloc((size_t)argc + 1, sizeof(char *));
+	const char *values[ARRAY_SIZE(ctl_options)] = {0};
+	size_t n = 0, skip = 0;
+	bool only_args = false, known = false, has_subs = false;
+
+	for (int i = 1; i < argc; i++) {
+		char *a = argv[i];
+		const struct ctl_option *o = NULL;
+		const char *value = NULL;
+		size_t name_len;
+
+		if (only_args || a[0] != '-' || streq(a, "-")) {
+			args[n++] = a;
+			continue;
+		}
+		if (streq(a, "--")) {
+			only_args = true;
+			continue;
+		}
+		if (streq(a, "-h") || streq(a, "--help")) {
+			c->help = true;
+			continue;
+		}
+		if (streq(a, "--version")) {
+			c->version = true;
+			continue;
+		}
+		if (streq(a, "--json")) {
+			c->json = true;
+			continue;
+		}
+		if (strncmp(a, "-c", 2) == 0 && a[2] != '-') {
+			/* -c FILE or -cFILE */
+			if (a[2] != '\0')
+				c->config_path = a + 2;
+			else if (i + 1 < argc)
+				c->config_path = argv[++i];
+			else
+				return ctl_usage_error("option -c needs a value");
+			continue;
+		}
+
+		name_len = strcspn(a, "=");
+		if (a[name_len] == '=')
+			value = a + name_len + 1;
+		if (name_len == strlen("--config") && strncmp(a, "--config", name_len) == 0) {
+			if (!value && i + 1 >= argc)
+				return ctl_usage_error("option --config needs a value");
+			c->config_path = value ? value : argv[++i];
+			continue;
+		}
+		if (name_len == strlen("--store") && strncmp(a, "--store", name_len) == 0) {
+			if (!value && i + 1 >= argc)
+				return ctl_usage_error("option --store needs a value");
+			c->store_path = value ? value : argv[++i];
+			continue;
+		}
+
+		for (size_t k = 0; k < ARRAY_SIZE(ctl_options); k++)
+			if (strlen(ctl_options[k].name) == name_len &&
+			    strncmp(ctl_options[k].name, a, name_len) == 0)
+				o = &ctl_options[k];
+		if (!o)
+			return ctl_usage_error("unknown option '%.*s'", (int)name_len, a);
+		if (c->seen & o->bit)
+			return ctl_usage_error("option %s given twice", o->name);
+		if (o->has_arg) {
+			if (!value) {
+				if (i + 1 >= argc)
+					return ctl_usage_error("option %s needs a value", o->name);
+				value = argv[++i];
+			}
+			values[o - ctl_options] = value;
+		} else if (value) {
+			return ctl_usage_error("option %s takes no value", o->name);
+		}
+		c->seen |= o->bit;
+	}
+
+	if (c->help || c->version)
+		return 0;
+	if (n == 0)
+		return ctl_usage_error("no verb given");
+
+	/* the verb: one word, or a word and a sub-verb */
+	for (size_t k = 0; k < ARRAY_SIZE(ctl_verbs) && !c->verb; k++) {
+		const struct ctl_verb_def *v = &ctl_verbs[k];
+
+		if (streq(v->word, args[0]) && v->sub && n > 1 && streq(v->sub, args[1])) {
+			c->verb = v;
+			skip = 2;
+		}
+	}
+	for (size_t k = 0; k < ARRAY_SIZE(ctl_verbs) && !c->verb; k++) {
+		const struct ctl_verb_def *v = &ctl_verbs[k];
+
+		if (streq(v->word, args[0]) && !v->sub) {
+			c->verb = v;
+			skip = 1;
+		}
+	}
+	for (size_t k = 0; k < ARRAY_SIZE(ctl_verbs); k++) {
+		known = known || streq(ctl_verbs[k].word, args[0]);
+		has_subs = has_subs || (streq(ctl_verbs[k].word, args[0]) && ctl_verbs[k].sub);
+	}
+	if (!known)
+		return ctl_usage_error("unknown verb '%s'", args[0]);
+	if (!c->verb)
+		return n > 1 ? ctl_usage_error("unknown verb '%s %s'", args[0], args[1])
+		             : ctl_usage_error("'%s' needs a sub-verb", args[0]);
+	/* "dead foo": an unknown sub-verb, not an argument of "dead" (which takes none) */
+	if (has_subs && skip == 1 && n > 1 && c->verb->max_args == 0)
+		return ctl_usage_error("unknown verb '%s %s'", args[0], args[1]);
+
+	/* the arguments themselves stay in argv, which outlives c */
+	c->n_args = n - skip;
+	c->args = xcalloc(c->n_args + 1, sizeof(char *));
+	memcpy(c->args, args + skip, c->n_args * sizeof(char *));
+	return ctl_check(c, values);
+}
+
+/* Check what the verb was given: its options, argument count and every value's form. */
+static int
+ctl_check(struct ctl *c, const char *const *values)
+{
+	const struct ctl_verb_def *v = c->verb;
+	const char *verb_name = v->word;
+	_cleanup_free_ char *full_name = NULL;
+
+	if (v->sub) {
+		full_name = xasprintf("%s %s", v->word, v->sub);
+		verb_name = full_name;
+	}
+	for (size_t k = 0; k < ARRAY_SIZE(ctl_options); k++)
+		if ((c->seen & ctl_options[k].bit) && !(v->options & ctl_options[k].bit))
+			return ctl_usage_error("option %s does not apply to '%s'",
+			                       ctl_options[k].name, verb_name);
+	if (c->n_args > v->max_args)
+		return ctl_usage_error("unexpected argument '%s' to '%s'", c->args[v->max_args],
+		                       verb_name);
+	if (c->n_args < v->min_args)
+		return ctl_usage_error("'%s' needs %s", verb_name,
+		                       v->verb == CTL_LOOKUP ? "a USER-SUBSCRIPTION"
+		                       : v->verb == CTL_TENANT_ADD || v->verb == CTL_TENANT_REMOVE
+		                               ? "a CUSTOMER-SUBSCRIPTION"
+		                               : "a KEY");
+	if (c->json && (c->seen & OPT_CSV))
+		return ctl_usage_error("--json and --csv exclude each other");
+
+	switch (v->verb) {
+	case CTL_DEAD_RETRY:
+		if (c->n_args == 0 && !(c->seen & OPT_ALL))
+			return ctl_usage_error("'dead retry' needs KEY... or --all");
+		if (c->n_args > 0 && (c->seen & OPT_ALL))
+			return ctl_usage_error("'dead retry' takes KEY... or --all, not both");
+		break;
+	case CTL_DEAD_DISCARD:
+		if (!(c->seen & OPT_REASON))
+			return ctl_usage_error("'dead discard' needs --reason R");
+		break;
+	case CTL_REPORT:
+	case CTL_RECOLLECT:
+		if (!(c->seen & OPT_FROM))
+			return ctl_usage_error("'%s' needs --from", verb_name);
+		if (!(c->seen & OPT_TO))
+			return ctl_usage_error("'%s' needs --to", verb_name);
+		break;
+	case CTL_TENANT_ADD:
+		if (!(c->seen & OPT_TENANT_ID))
+			return ctl_usage_error("'tenant add' needs --tenant-id T");
+		break;
+	default:
+		break;
+	}
+
+	if (v->verb == CTL_DEAD_RETRY || v->verb == CTL_DEAD_DISCARD ||
+	    v->verb == CTL_CONFLICTS_ACCEPT || v->verb == CTL_CONFLICTS_REJECT)
+		for (size_t i = 0; i < c->n_args; i++)
+			if (!ctl_key_valid(c->args[i]))
+				return ctl_usage_error("KEY '%s': give %d to %d hex digits",
+				                       c->args[i], CTL_KEY_MIN, CTL_KEY_MAX);
+
+	for (size_t k = 0; k < ARRAY_SIZE(ctl_options); k++) {
+		const char *value = values[k];
+		unsigned bit = ctl_options[k].bit;
+		char *end = NULL;
+		int64_t t;
+
+		if (!value)
+			continue;
+		if (bit == OPT_STATE) {
+			c->state = store_state_from_string(value);
+			if (c->state < 0)
+				return ctl_usage_error(
+				        "unknown state '%s' (pending, held, inflight, "
+				        "forwarded, dead, "
+				        "quarantined, conflict)",
+				        value);
+		} else if (bit == OPT_TENANT || bit == OPT_SUBSCRIPTION) {
+			/* stored lower-case; argv is ours to change */
+			char *s = (char *)value;
+
+			if (isempty(s))
+				return ctl_usage_error("option %s needs a value",
+				                       ctl_options[k].name);
+			for (char *p = s; *p; p++)
+				if (*p >= 'A' && *p <= 'Z')
+					*p = (char)(*p - 'A' + 'a');
+			if (bit == OPT_TENANT)
+				c->tenant = s;
+			else
+				c->subscription = s;
+		} else if (bit == OPT_SINCE || bit == OPT_FROM || bit == OPT_TO) {
+			if (ctl_parse_time(value, &t) < 0)
+				return ctl_usage_error("%s '%s': not an RFC 3339 time or a date",
+				                       ctl_options[k].name, value);
+			if (v->verb == CTL_RECOLLECT && !time_on_hour(t))
+				return ctl_usage_error("%s '%s': not on the hour",
+				                       ctl_options[k].name, value);
+			if (bit == OPT_SINCE)
+				c->since = t;
+			else if (bit == OPT_FROM)
+				c->from = t;
+			else
+				c->to = t;
+		} else if (bit == OPT_LIMIT) {
+			unsigned long long l;
+
+			errno = 0;
+			l = strtoull(value, &end, 10);
+			if (errno != 0 || end == value || *end != '\0' || value[0] == '-' ||
+			    l == 0 || l > SIZE_MAX)
+				return ctl_usage_error("--limit '%s': give a positive number",
+				                       value);
+			c->limit = (size_t)l;
+		} else if (bit == OPT_BY) {
+			if (streq(value, "subscription"))
+				c->by = STORE_REPORT_BY_SUBSCRIPTION;
+			else if (streq(value, "tenant"))
+				c->by = STORE_REPORT_BY_TENANT;
+			else if (streq(value, "meter"))
+				c->by = STORE_REPORT_BY_METER;
+			else
+				return ctl_usage_error(
+				        "--by '%s': give subscription, tenant or meter", value);
+		} else if (bit == OPT_REASON) {
+			if (isempty(value))
+				return ctl_usage_error("--reason needs a text");
+			c->reason = value;
+		}
+	}
+
+	if (v->verb == CTL_REPORT && c->from >= c->to)
+		return ctl_usage_error("--from must be before --to");
+	if (v->verb == CTL_RECOLLECT && c->from > c->to)
+		return ctl_usage_error("--from must not be after --to");
+	return 0;
+}
+
+/* Run what the command line asked for; returns the exit status. */
+static int
+ctl_run(struct ctl *c)
+{
+	int r;
+
+	if (c->help) {
+		for (size_t i = 0; ctl_help[i]; i++)
+			fputs(ctl_help[i], stdout);
+		return 0;
+	}
+	if (c->version) {
+		printf("%s %s\n", CTL_NAME, AZS_VERSION);
+		return 0;
+	}
+	if (!c->verb->available)
+		return ctl_fail(-EOPNOTSUPP, "%s: %s", c->verb->word, CTL_NOT_AVAILABLE);
+
+	log_open(LOG_TARGET_STDERR);
+	log_set_max_level(LOG_WARNING);
+
+	r = ctl_open(c);
+	if (r != 0)
+		return r;
+
+	switch (c->verb->verb) {
+	case CTL_STATUS:
+		return ctl_status(c);
+	case CTL_RECORDS:
+	case CTL_DEAD_LIST:
+	case CTL_CONFLICTS_LIST:
+	case CTL_QUARANTINE:
+		return ctl_list(c);
+	case CTL_DEAD_RETRY:
+		return ctl_dead_retry(c);
+	case CTL_DEAD_DISCARD:
+		return ctl_dead_discard(c);
+	case CTL_CONFLICTS_ACCEPT:
+	case CTL_CONFLICTS_REJECT:
+		return ctl_conflict_resolve(c);
+	case CTL_REPORT:
+		return ctl_report(c);
+	case CTL_RECOLLECT:
+		return ctl_recollect(c);
+	default:
+		break;
+	}
+	assert(!"verb without a handler");
+	return CTL_EXIT_FAILURE;
+}
+
+/* Load the configuration when needed and open the store (read-only unless the verb writes). */
+static int
+ctl_open(struct ctl *c)
+{
+	_cleanup_free_ char *error = NULL;
+	struct store_options options = {0};
+	int r;
+
+	if (c->config_path || !c->store_path) {
+		const char *path = c->config_path ? c->config_path : CTL_DEFAULT_CONFIG;
+		struct config_problems problems = {0};
+
+		r = config_load(path, &c->config, &problems);
+		if (r < 0) {
+			for (size_t i = 0; i < problems.n_errors; i++)
+				fprintf(stderr, "%s\n", problems.errors[i]);
+			config_problems_done(&problems);
+			return ctl_fail(r, "cannot use the configuration %s", path);
+		}
+		config_problems_done(&problems);
+	}
+	c->path = c->store_path ? c->store_path : c->config->store.path;
+
+	options.path = c->path;
+	options.readonly = !c->verb->writes;
+	r = store_open(&options, &c->store, &error);
+	if (r < 0) {
+		if (error)
+			return ctl_fail(0, "cannot open the store %s: %s: %s", c->path,
+			                strerror(-r), error);
+		return ctl_fail(r, "cannot open the store %s", c->path);
+	}
+	if (c->verb->writes) {
+		c->actor = ctl_actor();
+		if (!c->reason)
+			c->reason = CTL_DEFAULT_REASON;
+	}
+	return 0;
+}
+
+/* Free what ctl holds. */
+static void
+ctl_done(struct ctl *c)
+{
+	c->store = store_free(c->store);
+	c->config = config_free(c->config);
+	free(c->actor);
+	free(c->args);
+	c->actor = NULL;
+	c->args = NULL;
+}
+
+/* Print counts, ages, the cursor and the daemon's readiness. */
+static int
+ctl_status(struct ctl *c)
+{
+	_cleanup_(json_decrefp) json_t *o = json_object();
+	struct store_counts counts = {0};
+	struct store_registration reg = {0};
+	int64_t now = now_seconds(), t;
+	uint64_t backlog = 0;
+	int version = 0, r;
+	json_t *records, *j;
+
+	if (!o)
+		return ctl_fail(-ENOMEM, "status");
+	r = store_schema_version(c->store, &version);
+	if (r < 0)
+		return ctl_fail(0, "reading the schema version: %s", store_errmsg(c->store));
+	r = store_counts(c->store, &counts);
+	if (r < 0)
+		return ctl_fail(0, "reading the counts: %s", store_errmsg(c->store));
+	r = store_backlog(c->store, &backlog);
+	if (r < 0)
+		return ctl_fail(0, "reading the backlog: %s", store_errmsg(c->store));
+
+	json_object_set_new(o, "store", ctl_json_string(c->path));
+	json_object_set_new(o, "schemaVersion", json_integer(version));
+	records = json_object();
+	for (int s = 0; s < _STORE_STATE_MAX; s++)
+		json_object_set_new(records, store_state_to_string((enum store_state)s),
+		                    json_integer((json_int_t)counts.by_state[s]));
+	json_object_set_new(o, "records", records);
+	json_object_set_new(o, "backlog", json_integer((json_int_t)backlog));
+
+	r = store_oldest_pending(c->store, &t);
+	if (r < 0 && r != -ENOENT)
+		return ctl_fail(0, "reading the oldest pending record: %s", store_errmsg(c->store));
+	json_object_set_new(o, "oldestPending", r < 0 ? json_null() : ctl_json_time(t));
+	json_object_set_new(o, "oldestPendingAgeSeconds",
+	                    r < 0 ? json_null() : json_integer(now - t));
+
+	r = store_cursor_hour(c->store, &t);
+	if (r < 0 && r != -ENOENT)
+		return ctl_fail(0, "reading the cursor: %s", store_errmsg(c->store));
+	json_object_set_new(o, "cursorHour", r < 0 ? json_null() : ctl_json_time(t));
+
+	r = store_registration_get(c->store, &reg);
+	if (r < 0 && r != -ENOENT)
+		return ctl_fail(0, "reading the registration: %s", store_errmsg(c->store));
+	if (r < 0) {
+		json_object_set_new(o, "registration", json_null());
+	} else {
+		j = json_object();
+		json_object_set_new(j, "id", ctl_json_string(reg.id));
+		json_object_set_new(j, "defaultSubscription",
+		                    ctl_json_string(reg.default_subscription));
+		json_object_set_new(j, "refreshedAt", ctl_json_time(reg.refreshed_at));
+		json_object_set_new(j, "ageSeconds", json_integer(now - reg.refreshed_at));
+		json_object_set_new(o, "registration", j);
+		store_registration_done(&reg);
+	}
+
+	r = store_subscriptions_refreshed_at(c->store, &t);
+	if (r < 0 && r != -ENOENT)
+		return ctl_fail(0, "reading the tenant cache: %s", store_errmsg(c->store));
+	json_object_set_new(o, "subscriptionsRefreshedAt", r < 0 ? json_null() : ctl_json_time(t));
+
+	if (c->config) {
+		j = json_object();
+		ctl_health(c->config, j);
+		json_object_set_new(o, "daemon", j);
+	} else {
+		json_object_set_new(o, "daemon", json_null());
+	}
+
+	if (c->json)
+		return ctl_print_json(o) < 0 ? ctl_fail(-ENOMEM, "printing") : 0;
+
+	printf("store:            %s (schema %d)\n", c->path, version);
+	printf("records:         ");
+	for (int s = 0; s < _STORE_STATE_MAX; s++)
+		printf(" %s %" PRIu64 "%s", store_state_to_string((enum store_state)s),
+		       counts.by_state[s], s + 1 < _STORE_STATE_MAX ? "," : "\n");
+	printf("backlog:          %" PRIu64 "\n", backlog);
+	j = json_object_get(o, "oldestPending");
+	if (json_is_string(j))
+		printf("oldest pending:   %s (%" PRId64 " s ago)\n", json_string_value(j),
+		       (int64_t)json_integer_value(json_object_get(o, "oldestPendingAgeSeconds")));
+	else
+		printf("oldest pending:   none\n");
+	j = json_object_get(o, "cursorHour");
+	printf("cursor hour:      %s\n", json_is_string(j) ? json_string_value(j) : "none yet");
+	j = json_object_get(o, "registration");
+	if (json_is_object(j))
+		printf("registration:     refreshed %s (%" PRId64
+		       " s ago), default subscription %s\n",
+		       json_string_value(json_object_get(j, "refreshedAt")),
+		       (int64_t)json_integer_value(json_object_get(j, "ageSeconds")),
+		       json_is_string(json_object_get(j, "defaultSubscription"))
+		               ? json_string_value(json_object_get(j, "defaultSubscription"))
+		               : "-");
+	else
+		printf("registration:     never fetched\n");
+	j = json_object_get(o, "subscriptionsRefreshedAt");
+	printf("tenant cache:     %s%s\n", json_is_string(j) ? "refreshed " : "never fetched",
+	       json_is_string(j) ? json_string_value(j) : "");
+
+	j = json_object_get(o, "daemon");
+	if (!json_is_object(j)) {
+		printf("daemon:           unknown (no configuration, so no health address)\n");
+	} else if (!json_is_true(json_object_get(j, "reachable"))) {
+		printf("daemon:           not reachable at %s\n",
+		       json_string_value(json_object_get(j, "endpoint")));
+	} else if (json_is_true(json_object_get(j, "ready"))) {
+		printf("daemon:           ready\n");
+	} else {
+		json_t *reasons = json_object_get(j, "reasons");
+		size_t i;
+		json_t *reason;
+
+		printf("daemon:           not ready");
+		json_array_foreach(reasons, i, reason)
+		{
+			printf("%s", i == 0 ? ": " : "; ");
+			ctl_put_cell(json_string_value(reason), 0, true);
+		}
+		printf("\n");
+	}
+	return 0;
+}
+
+/* List records of a kind, streaming each row as the store yields it. */
+static int
+ctl_list(struct ctl *c)
+{
+	struct store_query q = {.state = -1, .limit = c->limit};
+	struct ctl_list l = {.json = c->json};
+	int r;
+
+	switch (c->verb->verb) {
+	case CTL_RECORDS:
+		q.state = c->state;
+		q.tenant_id = c->tenant;
+		q.subscription_id = c->subscription;
+		q.since = c->since;
+		q.include_discarded = true;
+		l.columns = ctl_records_columns;
+		l.n_columns = ARRAY_SIZE(ctl_records_columns);
+		break;
+	case CTL_DEAD_LIST:
+		q.state = STORE_DEAD;
+		l.columns = ctl_dead_columns;
+		l.n_columns = ARRAY_SIZE(ctl_dead_columns);
+		break;
+	case CTL_CONFLICTS_LIST:
+		q.state = STORE_CONFLICT;
+		l.columns = ctl_conflicts_columns;
+		l.n_columns = ARRAY_SIZE(ctl_conflicts_columns);
+		break;
+	default:
+		q.state = STORE_QUARANTINED;
+		l.columns = ctl_quarantine_columns;
+		l.n_columns = ARRAY_SIZE(ctl_quarantine_columns);
+		break;
+	}
+
+	if (!l.json) {
+		for (size_t i = 0; i < l.n_columns; i++)
+			ctl_put_cell(ctl_columns[l.columns[i]].header,
+			             ctl_columns[l.columns[i]].width, i + 1 == l.n_columns);
+		putchar('\n');
+	}
+	r = store_records_query(c->store, &q, ctl_list_row, &l);
+	if (l.json)
+		fputs(l.n == 0 ? "[]\n" : "\n]\n", stdout);
+	if (r < 0)
+		return ctl_fail(0, "listing records: %s: %s", strerror(-r),
+		                r == -EPIPE || r == -ENOMEM ? "output" : store_errmsg(c->store));
+	return 0;
+}
+
+/* Send dead records again: each KEY, or every dead record with --all. */
+static int
+ctl_dead_retry(struct ctl *c)
+{
+	_cleanup_free_ int64_t *ids = NULL;
+	int64_t now = now_seconds();
+	size_t n = 0;
+	int r;
+
+	if (c->seen & OPT_ALL) {
+		r = store_dead_retry_all(c->store, c->actor, c->reason, now, &n);
+		if (r < 0)
+			return ctl_fail(0, "dead retry --all: %s: %s", strerror(-r),
+			                store_errmsg(c->store));
+		if (c->json) {
+			_cleanup_(json_decrefp) json_t *o = json_pack(
+			        "{s:s,s:I}", "action", "dead-retry", "records", (json_int_t)n);
+
+			return ctl_print_json(o) < 0 ? ctl_fail(-ENOMEM, "printing") : 0;
+		}
+		printf("%zu dead record%s back to pending\n", n, n == 1 ? "" : "s");
+		return 0;
+	}
+
+	/* resolve every key first: one typo changes nothing */
+	ids = xcalloc(c->n_args, sizeof(int64_t));
+	for (size_t i = 0; i < c->n_args; i++) {
+		struct store_record rec = {0};
+
+		r = ctl_find(c, c->args[i], STORE_DEAD, &rec);
+		if (r < 0)
+			return CTL_EXIT_FAILURE;
+		ids[i] = rec.id;
+		store_record_done(&rec);
+	}
+	for (size_t i = 0; i < c->n_args; i++) {
+		bool again = false;
+
+		for (size_t k = 0; k < i; k++)
+			again = again || ids[k] == ids[i];
+		if (again)
+			continue;
+		r = store_dead_retry(c->store, ids[i], c->actor, c->reason, now);
+		if (r < 0)
+			return ctl_fail(0, "dead retry %s: %s: %s (%zu of %zu done)", c->args[i],
+			                strerror(-r), store_errmsg(c->store), n, c->n_args);
+		n++;
+		if (!c->json)
+			printf("%s: back to pending\n", c->args[i]);
+	}
+	if (c->json) {
+		_cleanup_(json_decrefp) json_t *o =
+		        json_pack("{s:s,s:I}", "action", "dead-retry", "records", (json_int_t)n);
+
+		return ctl_print_json(o) < 0 ? ctl_fail(-ENOMEM, "printing") : 0;
+	}
+	return 0;
+}
+
+/* Give up on dead records, with the operator's reason. */
+static int
+ctl_dead_discard(struct ctl *c)
+{
+	_cleanup_free_ int64_t *ids = xcalloc(c->n_args, sizeof(int64_t));
+	int64_t now = now_seconds();
+	size_t n = 0;
+	int r;
+
+	for (size_t i = 0; i < c->n_args; i++) {
+		struct store_record rec = {0};
+
+		r = ctl_find(c, c->args[i], STORE_DEAD, &rec);
+		if (r < 0)
+			return CTL_EXIT_FAILURE;
+		ids[i] = rec.id;
+		store_record_done(&rec);
+	}
+	for (size_t i = 0; i < c->n_args; i++) {
+		bool again = false;
+
+		for (size_t k = 0; k < i; k++)
+			again = again || ids[k] == ids[i];
+		if (again)
+			continue;
+		r = store_dead_discard(c->store, ids[i], c->actor, c->reason, now);
+		if (r < 0)
+			return ctl_fail(0, "dead discard %s: %s: %s (%zu of %zu done)", c->args[i],
+			                strerror(-r), store_errmsg(c->store), n, c->n_args);
+		n++;
+		if (!c->json)
+			printf("%s: discarded\n", c->args[i]);
+	}
+	if (c->json) {
+		_cleanup_(json_decrefp) json_t *o =
+		        json_pack("{s:s,s:I}", "action", "dead-discard", "records", (json_int_t)n);
+
+		return ctl_print_json(o) < 0 ? ctl_fail(-ENOMEM, "printing") : 0;
+	}
+	return 0;
+}
+
+/* Accept or reject one conflict. */
+static int
+ctl_conflict_resolve(struct ctl *c)
+{
+	bool accept = c->verb->verb == CTL_CONFLICTS_ACCEPT;
+	struct store_record rec = {0};
+	int r;
+
+	r = ctl_find(c, c->args[0], STORE_CONFLICT, &rec);
+	if (r < 0)
+		return CTL_EXIT_FAILURE;
+	if (accept)
+		r = store_conflict_accept(c->store, rec.id, c->actor, c->reason, now_seconds());
+	else
+		r = store_conflict_reject(c->store, rec.id, c->actor, c->reason, now_seconds());
+	if (r < 0) {
+		r = ctl_fail(0, "conflicts %s %s: %s: %s", accept ? "accept" : "reject", c->args[0],
+		             strerror(-r), store_errmsg(c->store));
+		store_record_done(&rec);
+		return r;
+	}
+	if (c->json) {
+		_cleanup_(json_decrefp) json_t *o = json_pack(
+		        "{s:s,s:s,s:s}", "action", accept ? "conflict-accept" : "conflict-reject",
+		        "key", rec.key, "quantity", rec.quantity ? rec.quantity : "");
+
+		store_record_done(&rec);
+		return ctl_print_json(o) < 0 ? ctl_fail(-ENOMEM, "printing") : 0;
+	}
+	printf("%s: conflict %s (quantity %s)\n", c->args[0], accept ? "accepted" : "rejected",
+	       rec.quantity ? rec.quantity : "-");
+	store_record_done(&rec);
+	return 0;
+}
+
+/* Print exact totals of what was charged where. */
+static int
+ctl_report(struct ctl *c)
+{
+	struct ctl_report rep = {.ctl = c, .csv = (c->seen & OPT_CSV) != 0};
+	const char *group = c->by == STORE_REPORT_BY_SUBSCRIPTION ? "chargedSubscription"
+	                    : c->by == STORE_REPORT_BY_TENANT     ? "tenantId"
+	                                                          : NULL;
+	int r;
+
+	if (rep.csv) {
+		if (group) {
+			ctl_put_csv(group, false);
+		}
+		ctl_put_csv("meterId", false);
+		ctl_put_csv("records", false);
+		ctl_put_csv("total", true);
+	} else if (!c->json) {
+		if (group)
+			ctl_put_cell(c->by == STORE_REPORT_BY_SUBSCRIPTION ? "CHARGED SUBSCRIPTION"
+			                                                   : "TENANT",
+			             36, false);
+		ctl_put_cell("METER", 36, false);
+		ctl_put_cell("RECORDS", 10, false);
+		ctl_put_cell("TOTAL", 0, true);
+		putchar('\n');
+	}
+	r = store_report(c->store, c->from, c->to, c->by, ctl_report_row, &rep);
+	if (c->json)
+		fputs(rep.n == 0 ? "[]\n" : "\n]\n", stdout);
+	if (r < 0)
+		return ctl_fail(0, "report: %s: %s", strerror(-r), store_errmsg(c->store));
+	return 0;
+}
+
+/* Schedule reported hours to be collected again. */
+static int
+ctl_recollect(struct ctl *c)
+{
+	char from[TIME_RFC3339_LEN + 1], to[TIME_RFC3339_LEN + 1];
+	size_t n = 0;
+	int r;
+
+	r = store_recollect(c->store, c->from, c->to, c->actor, c->reason, now_seconds(), &n);
+	if (r < 0)
+		return ctl_fail(0, "recollect: %s: %s", strerror(-r), store_errmsg(c->store));
+	time_format_rfc3339(c->from, from);
+	time_format_rfc3339(c->to, to);
+	if (c->json) {
+		_cleanup_(json_decrefp) json_t *o =
+		        json_pack("{s:s,s:s,s:s,s:I}", "action", "recollect", "from", from, "to",
+		                  to, "hours", (json_int_t)n);
+
+		return ctl_print_json(o) < 0 ? ctl_fail(-ENOMEM, "printing") : 0;
+	}
+	printf("%zu reported hour%s from %s to %s scheduled for collection\n", n, n == 1 ? "" : "s",
+	       from, to);
+	return 0;
+}
+
+/* Parse an RFC 3339 time or a date (midnight UTC). */
+static int
+ctl_parse_time(const char *s, int64_t *ret)
+{
+	char buf[sizeof("YYYY-MM-DDT00:00:00Z")];
+
+	if (time_parse_rfc3339(s, ret) == 0)
+		return 0;
+	if (strlen(s) != strlen("YYYY-MM-DD"))
+		return -EINVAL;
+	snprintf(buf, sizeof(buf), "%sT00:00:00Z", s);
+	return time_parse_rfc3339(buf, ret);
+}
+
+/* True for 8 to 64 hex digits. */
+static bool
+ctl_key_valid(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n < CTL_KEY_MIN || n > CTL_KEY_MAX)
+		return false;
+	return strspn(s, "0123456789abcdefABCDEF") == n;
+}
+
+/* Who is acting: "azs-usagectl:<login name>", else the user name of the uid, else the uid. */
+static char *
+ctl_actor(void)
+{
+	char login[LOGIN_NAME_MAX + 1];
+	struct passwd *pw;
+
+	if (getlogin_r(login, sizeof(login)) == 0 && login[0])
+		return xasprintf(CTL_NAME ":%s", login);
+	pw = getpwuid(getuid());
+	if (pw && !isempty(pw->pw_name))
+		return xasprintf(CTL_NAME ":%s", pw->pw_name);
+	return xasprintf(CTL_NAME ":%u", (unsigned)getuid());
+}
+
+/* Find the record in state whose key starts with prefix; says why not on failure. */
+static int
+ctl_find(struct ctl *c, const char *prefix, enum store_state state, struct store_record *ret)
+{
+	_cleanup_free_ char *lower = xstrdup(prefix);
+	int r;
+
+	for (char *p = lower; *p; p++)
+		if (*p >= 'A' && *p <= 'F')
+			*p = (char)(*p - 'A' + 'a');
+	r = store_record_find(c->store, lower, (int)state, ret);
+	if (r == -ENOENT)
+		ctl_fail(0, "%s: no %s record has this key", prefix, store_state_to_string(state));
+	else if (r == -ENOTUNIQ)
+		ctl_fail(0, "%s: the prefix matches several %s records; give more digits", prefix,
+		         store_state_to_string(state));
+	else if (r < 0)
+		ctl_fail(0, "%s: looking up the key: %s: %s", prefix, strerror(-r),
+		         store_errmsg(c->store));
+	return r;
+}
+
+/* Print one record of a listing (store callback). */
+static int
+ctl_list_row(void *userdata, const struct store_record *r)
+{
+	struct ctl_list *l = userdata;
+	char buf[64];
+
+	if (l->json) {
+		_cleanup_(json_decrefp) json_t *o = ctl_record_json(r);
+		_cleanup_free_ char *text = NULL;
+
+		text = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+		if (!text)
+			return -ENOMEM;
+		fputs(l->n == 0 ? "[\n" : ",\n", stdout);
+		fputs(text, stdout);
+	} else {
+		for (size_t i = 0; i < l->n_columns; i++) {
+			enum ctl_column col = l->columns[i];
+			bool last = i + 1 == l->n_columns;
+			const char *v = NULL;
+
+			switch (col) {
+			case COL_KEY:
+				snprintf(buf, sizeof(buf), "%.*s", CTL_KEY_SHOWN,
+				         r->key ? r->key : "-");
+				v = buf;
+				break;
+			case COL_STATE:
+				v = store_state_to_string(r->state);
+				break;
+			case COL_HOUR:
+				v = ctl_format_time(r->reported_hour, buf);
+				break;
+			case COL_SUBSCRIPTION:
+				v = r->subscription_id;
+				break;
+			case COL_METER:
+				v = r->meter_id;
+				break;
+			case COL_QUANTITY:
+				v = r->quantity;
+				break;
+			case COL_CHARGED:
+				v = r->charged_subscription;
+				break;
+			case COL_ATTEMPTS:
+				snprintf(buf, sizeof(buf), "%u", r->attempts);
+				v = buf;
+				break;
+			case COL_ERROR:
+				/* code and message, both stored text: printed cleaned */
+				if (r->error_code && r->error_message) {
+					ctl_put_cell(r->error_code, 0, true);
+					fputs(": ", stdout);
+					v = r->error_message;
+				} else {
+					v = r->error_code ? r->error_code : r->error_message;
+				}
+				break;
+			}
+			ctl_put_cell(isempty(v) ? "-" : v,
+			             (size_t)col < ARRAY_SIZE(ctl_columns) ? ctl_columns[col].width
+			                                                   : 0,
+			             last);
+		}
+		putchar('\n');
+	}
+	l->n++;
+	return ferror(stdout) ? -EPIPE : 0;
+}
+
+/* Print one report row (store callback). */
+static int
+ctl_report_row(void *userdata, const struct store_report_row *row)
+{
+	struct ctl_report *rep = userdata;
+	enum store_report_by by = rep->ctl->by;
+	char n[32];
+
+	snprintf(n, sizeof(n), "%" PRIu64, row->records);
+	if (rep->ctl->json) {
+		_cleanup_(json_decrefp) json_t *o = json_object();
+		_cleanup_free_ char *text = NULL;
+
+		if (!o)
+			return -ENOMEM;
+		if (by == STORE_REPORT_BY_SUBSCRIPTION)
+			json_object_set_new(
+			        o, "chargedSubscription",
+			        ctl_json_string(isempty(row->group) ? NULL : row->group));
+		else if (by == STORE_REPORT_BY_TENANT)
+			json_object_set_new(
+			        o, "tenantId",
+			        ctl_json_string(isempty(row->group) ? NULL : row->group));
+		json_object_set_new(o, "meterId", ctl_json_string(row->meter_id));
+		json_object_set_new(o, "records", json_integer((json_int_t)row->records));
+		json_object_set_new(o, "total", ctl_json_string(row->total));
+		text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+		if (!text)
+			return -ENOMEM;
+		fputs(rep->n == 0 ? "[\n" : ",\n", stdout);
+		fputs(text, stdout);
+	} else if (rep->csv) {
+		if (by != STORE_REPORT_BY_METER)
+			ctl_put_csv(row->group ? row->group : "", false);
+		ctl_put_csv(row->meter_id ? row->meter_id : "", false);
+		ctl_put_csv(n, false);
+		ctl_put_csv(row->total ? row->total : "", true);
+	} else {
+		if (by != STORE_REPORT_BY_METER)
+			ctl_put_cell(isempty(row->group) ? "-" : row->group, 36, false);
+		ctl_put_cell(isempty(row->meter_id) ? "-" : row->meter_id, 36, false);
+		ctl_put_cell(n, 10, false);
+		ctl_put_cell(isempty(row->total) ? "-" : row->total, 0, true);
+		putchar('\n');
+	}
+	rep->n++;
+	return ferror(stdout) ? -EPIPE : 0;
+}
+
+/* The JSON object of one record, with exactly the members section 9 names. */
+static json_t *
+ctl_record_json(const struct store_record *r)
+{
+	json_t *o = json_object();
+
+	if (!o)
+		return NULL;
+	json_object_set_new(o, "key", ctl_json_string(r->key));
+	json_object_set_new(o, "state", ctl_json_string(store_state_to_string(r->state)));
+	json_object_set_new(o, "reportedHour", ctl_json_time(r->reported_hour));
+	json_object_set_new(o, "sourceSubscriptionId", ctl_json_string(r->subscription_id));
+	json_object_set_new(o, "tenantId", ctl_json_string(r->tenant_id));
+	json_object_set_new(o, "meterId", ctl_json_string(r->meter_id));
+	json_object_set_new(o, "quantity", ctl_json_string(r->quantity));
+	json_object_set_new(o, "usageStartTime",
+	                    r->usage_start ? ctl_json_time(r->usage_start) : json_null());
+	json_object_set_new(o, "usageEndTime",
+	                    r->usage_end ? ctl_json_time(r->usage_end) : json_null());
+	json_object_set_new(o, "resourceUri", ctl_json_string(r->resource_uri));
+	json_object_set_new(o, "chargedSubscription", ctl_json_string(r->charged_subscription));
+	json_object_set_new(o, "chargeReason", ctl_json_string(r->charge_reason));
+	json_object_set_new(o, "attempts", json_integer(r->attempts));
+	json_object_set_new(o, "batchId", ctl_json_string(r->batch_id));
+	json_object_set_new(o, "errorCode", ctl_json_string(r->error_code));
+	json_object_set_new(o, "errorMessage", ctl_json_string(r->error_message));
+	if (json_object_size(o) != 16) {
+		json_decref(o);
+		return NULL;
+	}
+	return o;
+}
+
+/* A JSON string, null for NULL; text that is not UTF-8 has its non-ASCII bytes made '?'. */
+static json_t *
+ctl_json_string(const char *s)
+{
+	_cleanup_free_ char *clean = NULL;
+	json_t *j;
+
+	if (!s)
+		return json_null();
+	j = json_string(s);
+	if (j)
+		return j;
+	clean = xstrdup(s);
+	for (char *p = clean; *p; p++)
+		if ((unsigned char)*p >= 0x80)
+			*p = '?';
+	return json_string(clean);
+}
+
+/* A time as an RFC 3339 JSON string. */
+static json_t *
+ctl_json_time(int64_t t)
+{
+	char buf[TIME_RFC3339_LEN + 1];
+
+	return json_string(time_format_rfc3339(t, buf));
+}
+
+/* Print a JSON value, indented, with a newline. */
+static int
+ctl_print_json(json_t *j)
+{
+	_cleanup_free_ char *text = NULL;
+
+	if (!j)
+		return -ENOMEM;
+	text = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+	if (!text)
+		return -ENOMEM;
+	puts(text);
+	return 0;
+}
+
+/* Print a table cell padded to width; control characters become '?' so stored text from outside
+ * (error messages, raw records) cannot break the layout or drive the terminal. */
+static void
+ctl_put_cell(const char *s, int width, bool last)
+{
+	int n = 0;
+
+	for (const char *p = s; p && *p; p++, n++)
+		putchar((unsigned char)*p < 0x20 || *p == 0x7f ? '?' : *p);
+	if (!last)
+		printf("%*s", width > n ? width - n + 2 : 2, "");
+}
+
+/* Print one CSV field (RFC 4180 quoting), then a comma or the end of the line. */
+static void
+ctl_put_csv(const char *s, bool last)
+{
+	if (strpbrk(s, ",\"\r\n")) {
+		putchar('"');
+		for (const char *p = s; *p; p++) {
+			if (*p == '"')
+				putchar('"');
+			putchar(*p);
+		}
+		putchar('"');
+	} else {
+		fputs(s, stdout);
+	}
+	putchar(last ? '\n' : ',');
+}
+
+/* Format a time for a table; "-" for none. */
+static const char *
+ctl_format_time(int64_t t, char buf[static TIME_RFC3339_LEN + 1])
+{
+	if (t == 0) {
+		strcpy(buf, "-");
+		return buf;
+	}
+	return time_format_rfc3339(t, buf);
+}
+
+/* Ask the daemon's health endpoint for /readyz (plain HTTP on the configured listen address);
+ * fills ret with endpoint, reachable, ready and reasons. */
+static void
+ctl_health(const struct config *config, json_t *ret)
+{
+	struct addrinfo hints = {
+	        .ai_family = AF_UNSPEC,
+	        .ai_socktype = SOCK_STREAM,
+	        .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV,
+	};
+	struct timeval tv = {.tv_sec = CTL_HEALTH_TIMEOUT_SEC};
+	struct addrinfo *ai = NULL;
+	_cleanup_close_ int fd = -1;
+	_cleanup_free_ char *request = NULL;
+	char *response = NULL, *body;
+	const char *address = config->health.address;
+	char port[8];
+	size_t size = 0, max = 64 * 1024;
+	int status = 0;
+	ssize_t k;
+
+	json_object_set_new(ret, "endpoint", ctl_json_string(config->health.listen));
+	json_object_set_new(ret, "reachable", json_false());
+	json_object_set_new(ret, "ready", json_null());
+	json_object_set_new(ret, "reasons", json_array());
+
+	/* a wildcard listener answers on loopback */
+	if (!address || streq(address, "0.0.0.0"))
+		address = "127.0.0.1";
+	else if (streq(address, "::"))
+		address = "::1";
+	snprintf(port, sizeof(port), "%u", (unsigned)config->health.port);
+	if (getaddrinfo(address, port, &hints, &ai) != 0 || !ai)
+		return;
+	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
+	    connect(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
+		freeaddrinfo(ai);
+		return;
+	}
+	freeaddrinfo(ai);
+
+	request = xasprintf("GET /readyz HTTP/1.0\r\nHost: %s\r\nUser-Agent: " CTL_NAME
+	                    "/" AZS_VERSION "\r\nConnection: close\r\n\r\n",
+	                    config->health.listen);
+	if (write(fd, request, strlen(request)) != (ssize_t)strlen(request))
+		return;
+	response = xmalloc(max + 1);
+	while (size < max && (k = read(fd, response + size, max - size)) > 0)
+		size += (size_t)k;
+	response[size] = '\0';
+	if (sscanf(response, "HTTP/1.%*d %d", &status) != 1) {
+		free(response);
+		return;
+	}
+	json_object_set_new(ret, "reachable", json_true());
+	json_object_set_new(ret, "ready", json_boolean(status == 200));
+	body = strstr(response, "\r\n\r\n");
+	if (status != 200 && body) {
+		json_t *doc = json_loads(body + 4, 0, NULL);
+		json_t *reasons = json_object_get(doc, "reasons");
+
+		if (json_is_array(reasons))
+			json_object_set(ret, "reasons", reasons);
+		json_decref(doc);
+	}
+	free(response);
+}
