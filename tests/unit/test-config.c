@@ -1258,6 +1258,7 @@ test_config_load_shipped_file(void **state)
 	assert_non_null(strstr(f->problems.errors[1], "/conf/azure-secret: No such file"));
 }
 
+/* Run every test, with the certificates made once. */
 int
 main(void)
 {
