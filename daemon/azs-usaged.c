@@ -282,6 +282,7 @@ daemon_load_config(struct daemon *d)
 	if (r < 0)
 		return log_error_errno(r, "configuration %s is invalid, not starting",
 		                       d->config_path);
+	log_set_max_level(d->config->log.level);
 
 	log_fields(LOG_INFO, LOG_FIELDS("MESSAGE_ID", LOG_MESSAGE_ID_STARTED),
 	           "azs-usaged %s started with configuration %s", AZS_VERSION, d->config_path);
@@ -421,6 +422,7 @@ daemon_reload(struct daemon *d)
 	config_restart_needed(d->config, c, &restart);
 	config_free(d->config);
 	d->config = c;
+	log_set_max_level(c->log.level);
 
 	if (restart)
 		log_warning("changed keys need a restart to take effect: %s", restart);

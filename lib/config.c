@@ -66,6 +66,7 @@ enum key_type {
 	KEY_TENANT,         /* GUID or domain name, lower-cased */
 	KEY_IDENTITY,       /* aad | adfs */
 	KEY_COMPRESS,       /* gzip | none */
+	KEY_LOG_LEVEL,      /* int: LOG_ERR .. LOG_DEBUG */
 	KEY_SECRET_FILE,    /* struct config_client: secret, secret_file */
 	KEY_CERT_FILE,      /* struct config_client: certificate, certificate_file */
 	KEY_CA_FILE,        /* resolved path of a readable, non-empty file */
@@ -179,13 +180,15 @@ static const struct key keys[] = {
 	  .max = UINT64_C(1) << 32),
 
 	K("health", "listen", KEY_LISTEN, health, .def = "127.0.0.1:9480", .restart = true),
+
+	K("log", "level", KEY_LOG_LEVEL, log.level, .def = "info"),
 };
 /* clang-format on */
 
 #define N_KEYS ARRAY_SIZE(keys)
 
 static const char *const sections[] = {"stack", "registration", "azure", "commerce",
-                                       "store", "http",         "health"};
+                                       "store", "http",         "health", "log"};
 
 struct problem {
 	unsigned line; /* 0: none (missing key) */
@@ -1352,6 +1355,15 @@ key_apply(struct parse *ps, const struct key *k, const char *v, unsigned line, s
 		else
 			reason = "must be gzip or none";
 		break;
+	case KEY_LOG_LEVEL: {
+		int level = log_level_from_string(v);
+
+		if (level < 0)
+			reason = "must be error, warning, notice, info or debug";
+		else
+			*(int *)field = level;
+		break;
+	}
 	case KEY_SECRET_FILE:
 	case KEY_CERT_FILE: {
 		struct config_client *cl = (struct config_client *)field;

@@ -99,6 +99,10 @@ struct config {
 		char *address; /* the ip part */
 		uint16_t port;
 	} health;
+
+	struct {
+		int level; /* LOG_ERR .. LOG_DEBUG (syslog levels); applies at once on reload */
+	} log;
 };
 
 /* Problems found while loading: errors make the file invalid, warnings do not. */

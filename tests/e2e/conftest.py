@@ -76,6 +76,9 @@ VALID_CONFIG = [
     ("health", [
         ("listen", "127.0.0.1:{port}"),
     ]),
+    ("log", [
+        ("level", "info"),
+    ]),
 ]
 
 

@@ -96,6 +96,25 @@ def test_sighup_with_changed_restart_keys_names_them(start_daemon, notify_socket
     assert d.alive()
 
 
+def test_sighup_applies_the_log_level_at_once(start_daemon, notify_socket, config):
+    d = start_ready(start_daemon, notify_socket)
+
+    # at level warning the info line "reloaded" of this very reload is not written
+    config.write(changes={("log", "level"): "warning"})
+    mark = len(d.lines)
+    d.kill(signal.SIGHUP)
+    notify_socket.wait_for("RELOADING=1")
+    notify_socket.wait_for("READY=1")
+    time.sleep(0.3)
+    assert not [line for line in d.lines[mark:] if RELOADED in line], d.log()
+
+    config.write(changes={("log", "level"): "info"})
+    mark = len(d.lines)
+    d.kill(signal.SIGHUP)
+    d.wait_for_line(with_id(RELOADED), after=mark)
+    assert d.alive()
+
+
 @pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_stop_signal_exits_0_within_one_second(start_daemon, notify_socket, signo):
     d = start_ready(start_daemon, notify_socket)

@@ -468,6 +468,7 @@ test_config_load_defaults(void **state)
 	assert_string_equal(c->health.listen, "127.0.0.1:9480");
 	assert_string_equal(c->health.address, "127.0.0.1");
 	assert_int_equal(c->health.port, 9480);
+	assert_int_equal(c->log.level, LOG_INFO);
 }
 
 /* An empty file names every required key, without a line, and nothing else. */
@@ -1082,6 +1083,8 @@ test_config_load_bad_values(void **state)
 	        {"[store]\nmax_pending = 1e6", ":19: store.max_pending: not a whole number"},
 	        {"[http]\nca_file = nothere.pem", ":19: http.ca_file: "},
 	        {"[stack]\naudience = a b", ":19: stack.audience: contains spaces"},
+	        {"[log]\nlevel = verbose",
+	         ":19: log.level: must be error, warning, notice, info or debug"},
 	        {"[stack]\nidentity = aad\nidentity = adfs",
 	         ":20: stack.identity: given twice (first on line 19)"},
 	};
@@ -1093,6 +1096,9 @@ test_config_load_bad_values(void **state)
 		assert_failed_with(f, 1);
 		assert_error(f, cases[i].error);
 	}
+	load(f, REQUIRED "[log]\nlevel = debug\n");
+	assert_int_equal(f->r, 0);
+	assert_int_equal(f->config->log.level, LOG_DEBUG);
 	/* adfs needs no tenant; one given is ignored with a warning */
 	load(f, REQUIRED "[stack]\nidentity = adfs\n");
 	assert_int_equal(f->r, 0);
