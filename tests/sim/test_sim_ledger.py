@@ -219,3 +219,30 @@ def test_reset_empties_ledger(sim):
     sim.reset()
     s = sim.summary()
     assert s["accepted"] == 0 and s["duplicates"] == 0
+
+
+def test_batch_parser_handles_escapes_nesting_and_whitespace(sim):
+    import json
+    e = dict(sim.expected_events(limit=1)[0])
+    e["tags"] = {"a": [1, 2.5e3, {"b": None}], "q\"uote": "x\\y", "u": "\u00e9\u4e2d"}
+    e["additionalInfo"] = {}
+    e["extra"] = [True, False, None, -1]
+    body = json.dumps({"first": {"x": [1]}, "request": [e, 42, "s"]}, indent=3,
+                      ensure_ascii=True).replace('"resourceUri": "/', '"resourceUri": "\\/')
+    w = sim.world()
+    tok = sim.token(w["audiences"]["commerce"])
+    r = sim.post(w["commercePath"], body, token=tok,
+                 headers={"Content-Type": "application/json"})
+    assert r.status == 200, r.body
+    res = r.json()["result"]
+    assert [x["status"] for x in res] == ["Accepted", "BadArgument", "BadArgument"]
+    assert res[1]["usageEventId"] is None
+
+
+@pytest.mark.parametrize("body", [b'{"request":[{"a":1}]} x', b'{"request":[{"a":"\x01"}]}',
+                                  b'{"request":[{"a":tru}]}', b'{"request":[{"a":"\\q"}]}',
+                                  b'{"request":{}}', b'[{"request":[]}]', b'{"request":[{"a":1}'])
+def test_batch_parser_rejects_malformed(sim, body):
+    w = sim.world()
+    r = sim.post(w["commercePath"], body, token=sim.token(w["audiences"]["commerce"]))
+    assert r.status == 400
