@@ -511,3 +511,45 @@ def test_status_through_the_config_asks_the_daemon(seeded, tmp_path):
     r = subprocess.run([CTL, "-c", str(conf), "--json", "status"], capture_output=True,
                        text=True, timeout=60)
     assert json.loads(r.stdout)["daemon"]["reachable"] is False
+
+
+# --- streaming ---------------------------------------------------------------------------------
+
+# Run in a fresh interpreter: a child's peak RSS includes the image it was started from, and
+# this process has just parsed megabytes of JSON.
+_MEASURE = """
+import os, subprocess, sys
+with open(os.devnull, "w") as devnull:
+    p = subprocess.Popen(sys.argv[1:], stdout=devnull, stderr=devnull)
+    _, status, usage = os.wait4(p.pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+"""
+
+
+def _peak_rss_kib(args, store):
+    """Run azs-usagectl, discard its output; (exit status, its peak RSS in KiB)."""
+    r = subprocess.run(["/usr/bin/python3", "-c", _MEASURE, CTL, "--store", str(store)] + args,
+                       capture_output=True, text=True, timeout=120)
+    rc, rss = r.stdout.split()
+    return int(rc), int(rss)
+
+
+def test_listings_stream_memory_does_not_grow_with_the_records(tmp_path):
+    # both stores are larger than SQLite's page cache (32 MiB), which is the one bounded cost
+    sizes = {}
+    rss = {}
+    for pages in (600, 1800):
+        db = tmp_path / f"usage-{pages}.db"
+        r = subprocess.run([TORTURE, "run", str(db), "--records", "50", "--pages", str(pages)],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-500:]
+        out = ok("--json", "records", store=db)
+        assert out.count('"key":') == pages * 50
+        sizes[pages] = len(out)
+        for args in (("--json", "records"), ("records",), ("dead",)):
+            code, rss[(pages, args)] = _peak_rss_kib(list(args), db)
+            assert code == 0
+    grown = {a: rss[(1800, a)] - rss[(600, a)] for (p, a) in rss if p == 600}
+    # some 38 MB more JSON: collecting it would show; streaming stays flat
+    assert sizes[1800] - sizes[600] > 30 * 1024 * 1024
+    assert all(g < 8 * 1024 for g in grown.values()), (grown, rss)
