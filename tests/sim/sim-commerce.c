@@ -478,10 +478,12 @@ commerce_expected_events(struct sim *s, int64_t from, int64_t until, size_t limi
 			time_format_rfc3339(rec->usage_start + 3600, te);
 			evbuffer_add_printf(out,
 					    "%s{\"usageEventId\":\"%s\",\"subscriptionId\":\"%s\","
-					    "\"chargeReason\":\"%s\",\"tenantId\":\"%s\","
+					    "\"chargeReason\":\"%s\",\"tenantId\":%s%s%s,"
 					    "\"sourceSubscriptionId\":\"%s\",\"registration\":",
-					    n ? "," : "", key, charged, reason, w->tenants[u->tenant].id,
-					    u->id);
+					    n ? "," : "", key, charged, reason,
+					    w->tenants[u->tenant].unlisted ? "" : "\"",
+					    w->tenants[u->tenant].unlisted ? "null" : w->tenants[u->tenant].id,
+					    w->tenants[u->tenant].unlisted ? "" : "\"", u->id);
 			sim_json_str(out, w->reg_id);
 			evbuffer_add_printf(out,
 					    ",\"meterId\":\"%s\",\"quantity\":\"%s\","

@@ -434,6 +434,10 @@ world_charged(const struct sim_world *w, size_t usersub, const char **ret_reason
 {
 	const struct sim_tenant *t = &w->tenants[w->subs[usersub].tenant];
 
+	if (t->unlisted) {
+		*ret_reason = "unknown-subscription";
+		return w->reg_sub;
+	}
 	if (t->customer[0]) {
 		*ret_reason = "registered";
 		return t->customer;
@@ -476,11 +480,12 @@ world_describe(const struct sim_world *w, json_t *out)
 			if (w->subs[j].tenant == i)
 				json_array_append_new(subs, json_string(w->subs[j].id));
 		json_array_append_new(tenants,
-				      json_pack("{s:s, s:s, s:o, s:s?}", "tenantId", w->tenants[i].id,
-						"name", w->tenants[i].name, "subscriptions", subs,
-						"customerSubscription",
+				      json_pack("{s:s, s:s, s:o, s:s?, s:b}", "tenantId",
+						w->tenants[i].id, "name", w->tenants[i].name,
+						"subscriptions", subs, "customerSubscription",
 						w->tenants[i].customer[0] ? w->tenants[i].customer
-									  : NULL));
+									  : NULL,
+						"listed", !w->tenants[i].unlisted));
 	}
 	for (size_t i = 0; i < w->n_meters; i++)
 		json_array_append_new(meters, json_string(w->meters[i]));
@@ -553,6 +558,7 @@ load_tenants(struct sim_world *w, json_t *sc, uint64_t *rng, char **ret_error)
 			return -EINVAL;
 		}
 		memcpy(t->initial_customer, t->customer, sizeof(t->customer));
+		t->unlisted = json_is_false(json_object_get(o, "listed"));
 		w->subs = xreallocarray(w->subs, w->n_subs + nsubs + 1, sizeof(*w->subs));
 		for (size_t j = 0; j < nsubs; j++) {
 			struct sim_usersub *u = &w->subs[w->n_subs++];
@@ -569,6 +575,7 @@ load_tenants(struct sim_world *w, json_t *sc, uint64_t *rng, char **ret_error)
 				return -EINVAL;
 			}
 			u->tenant = i;
+			u->disabled = streq(get_str(o, "state", "Enabled"), "Disabled");
 			snprintf(u->display, sizeof(u->display), "%.31s sub%zu", t->name, j + 1);
 		}
 	}

@@ -1110,6 +1110,7 @@ handle_subscriptions(struct sim *s, struct evhttp_request *req, struct evkeyvalq
 	const char *version = evhttp_find_header(q, "api-version");
 	const char *skip = evhttp_find_header(q, "$skipToken");
 	size_t from = skip ? (size_t)strtoul(skip, NULL, 10) : 0, to;
+	bool more = false;
 
 	if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
 		sim_arm_error(r, 405, "MethodNotAllowed", "Use GET.");
@@ -1122,17 +1123,23 @@ handle_subscriptions(struct sim *s, struct evhttp_request *req, struct evkeyvalq
 			      "The api-version must be " SUBS_API_VERSION ".");
 		return;
 	}
-	to = MIN(w->n_subs, from + w->sub_page_size);
 	evbuffer_add_printf(r->body, "{\"value\":[");
-	for (size_t i = from; i < to; i++) {
+	to = from;
+	for (size_t i = from, emitted = 0; i < w->n_subs; i++) {
 		const struct sim_usersub *u = &w->subs[i];
 
+		if (w->tenants[u->tenant].unlisted)
+			continue;
+		if (emitted == w->sub_page_size) {
+			more = true;
+			break;
+		}
 		evbuffer_add_printf(r->body,
 				    "%s{\"id\":\"/subscriptions/%s/providers/"
 				    "Microsoft.Subscriptions.Admin/subscriptions/%s\","
 				    "\"subscriptionId\":\"%s\",\"delegatedProviderSubscriptionId\":"
 				    "\"%s\",\"displayName\":",
-				    i > from ? "," : "", w->provider_sub, u->id, u->id,
+				    emitted++ ? "," : "", w->provider_sub, u->id, u->id,
 				    w->provider_sub);
 		sim_json_str(r->body, u->display);
 		evbuffer_add_printf(r->body,
@@ -1142,9 +1149,10 @@ handle_subscriptions(struct sim *s, struct evhttp_request *req, struct evkeyvalq
 				    "Microsoft.Subscriptions.Admin/offers/standard\",\"state\":\"%s\"}",
 				    w->tenants[u->tenant].name, w->tenants[u->tenant].id,
 				    w->provider_sub, u->disabled ? "Disabled" : "Enabled");
+		to = i + 1;
 	}
 	evbuffer_add_printf(r->body, "]");
-	if (to < w->n_subs)
+	if (more)
 		evbuffer_add_printf(r->body,
 				    ",\"nextLink\":\"https://%s%s?api-version=" SUBS_API_VERSION
 				    "&$skipToken=%zu\"",

@@ -76,6 +76,7 @@ struct sim_tenant {
 	char name[32];
 	char customer[SIM_GUID_LEN + 1];         /* registered customer subscription or "" */
 	char initial_customer[SIM_GUID_LEN + 1]; /* as the scenario made it (reset) */
+	bool unlisted; /* its subscriptions have usage but are missing from the subscriptions API */
 };
 
 struct sim_usersub {

@@ -397,3 +397,33 @@ def test_scenario_explicit_tenants():
 def test_bad_scenario_refused(tmp_path):
     with pytest.raises(RuntimeError, match="recordsPerHour"):
         Sim(scenario(recordsPerHour=-1))
+
+
+def test_unlisted_and_disabled_tenants():
+    sc = scenario(tenants=[{"registered": True}, {"state": "Disabled"}, {"listed": False}])
+    with Sim(sc, now=NOW) as s:
+        w = s.world()
+        doc = s.get("/subscriptions/%s/providers/Microsoft.Subscriptions.Admin/subscriptions"
+                    "?api-version=2015-11-01" % w["providerSubscription"],
+                    token=stack_token(s)).json()
+        listed = {v["subscriptionId"]: v["state"] for v in doc["value"]}
+        assert set(listed) == set(w["tenants"][0]["subscriptions"] + w["tenants"][1]["subscriptions"])
+        assert {listed[x] for x in w["tenants"][1]["subscriptions"]} == {"Disabled"}
+        hidden = set(w["tenants"][2]["subscriptions"])
+        ev = s.expected_events()
+        mine = [e for e in ev if e["sourceSubscriptionId"] in hidden]
+        assert mine and all(e["chargeReason"] == "unknown-subscription" and e["tenantId"] is None
+                            and e["subscriptionId"] == w["defaultSubscription"] for e in mine)
+        others = [e for e in ev if e["sourceSubscriptionId"] not in hidden]
+        assert {e["chargeReason"] for e in others} == {"registered", "default"}
+
+
+def test_help_and_version():
+    import subprocess
+    from azsim import sim_binary
+    out = subprocess.run([sim_binary(), "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("azs-sim ")
+    out = subprocess.run([sim_binary(), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--scenario" in out.stdout
+    out = subprocess.run([sim_binary(), "--bogus"], capture_output=True, text=True)
+    assert out.returncode == 2
