@@ -19,8 +19,8 @@
 #include "timeutil.h"
 #include "xmalloc.h"
 
-#define QTY_DECIMALS 18 /* ledger totals: integers of 10^-18 */
-#define LIST_MAX 1000   /* entries per list in the summary */
+#define QTY_DECIMALS   18   /* ledger totals: integers of 10^-18 */
+#define LIST_MAX       1000 /* entries per list in the summary */
 #define INFLATE_FACTOR 16
 
 /* A small string → index map (open addressing). */
@@ -74,7 +74,7 @@ struct total {
 };
 
 static int validate_event(struct sim *s, const struct jevent *e, const char **ret_status,
-			  const char **ret_message);
+                          const char **ret_message);
 static int parse_batch(char *p, char *end, struct jevent **ret, size_t *ret_n);
 static int parse_event(char **pp, char *end, struct jevent *e);
 static int parse_string(char **pp, char *end, char **ret);
@@ -86,15 +86,15 @@ static int qty_parse(const char *text, sim_u128 *ret);
 static void qty_format(sim_u128 v, char out[static 64]);
 static bool is_utc_time(const char *s);
 static int inflate_body(const unsigned char *in, size_t n, size_t limit, unsigned char **ret,
-			size_t *ret_size);
+                        size_t *ret_size);
 static void message_time(char out[static 40]);
 static int db_exec(sqlite3 *db, const char *sql);
 static void smap_free(struct smap *m);
 static size_t *smap_get(struct smap *m, const char *key, bool create);
 static void collect_expected(struct sim *s, int64_t from, int64_t until, struct expected **ret,
-			     size_t *ret_n);
+                             size_t *ret_n);
 static size_t total_slot(struct smap *m, struct total **totals, size_t *n, const char *sub,
-			 const char *meter);
+                         const char *meter);
 
 /* Open (or create) the ledger in the state directory. */
 int
@@ -112,19 +112,19 @@ commerce_open(struct sim *s)
 	 * with the random usageEventId only in the unique index (smaller random writes).
 	 */
 	if (db_exec(s->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF;"
-			   "PRAGMA cache_size=-131072; PRAGMA temp_store=MEMORY;"
-			   "CREATE TABLE IF NOT EXISTS events ("
-			   " usage_event_id TEXT NOT NULL UNIQUE, subscription_id TEXT NOT NULL,"
-			   " charge_reason TEXT NOT NULL, tenant_id TEXT,"
-			   " source_subscription_id TEXT NOT NULL, meter_id TEXT NOT NULL,"
-			   " quantity TEXT NOT NULL, usage_start TEXT NOT NULL,"
-			   " usage_end TEXT NOT NULL, reported_start TEXT NOT NULL,"
-			   " resource_uri TEXT NOT NULL, correlation_id TEXT,"
-			   " accepted_at INTEGER NOT NULL);") < 0)
+	                   "PRAGMA cache_size=-131072; PRAGMA temp_store=MEMORY;"
+	                   "CREATE TABLE IF NOT EXISTS events ("
+	                   " usage_event_id TEXT NOT NULL UNIQUE, subscription_id TEXT NOT NULL,"
+	                   " charge_reason TEXT NOT NULL, tenant_id TEXT,"
+	                   " source_subscription_id TEXT NOT NULL, meter_id TEXT NOT NULL,"
+	                   " quantity TEXT NOT NULL, usage_start TEXT NOT NULL,"
+	                   " usage_end TEXT NOT NULL, reported_start TEXT NOT NULL,"
+	                   " resource_uri TEXT NOT NULL, correlation_id TEXT,"
+	                   " accepted_at INTEGER NOT NULL);") < 0)
 		return -EIO;
 	if (sqlite3_prepare_v2(s->db,
-			       "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", -1,
-			       &s->insert, NULL) != SQLITE_OK) {
+	                       "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+	                       -1, &s->insert, NULL) != SQLITE_OK) {
 		fprintf(stderr, "azs-sim: ledger: %s\n", sqlite3_errmsg(s->db));
 		return -EIO;
 	}
@@ -166,38 +166,40 @@ commerce_batch(struct sim *s, struct evhttp_request *req, struct sim_response *r
 
 	if (n > s->world.max_bytes) {
 		sim_arm_error(r, 413, "RequestEntityTooLarge",
-			      "The request body is larger than the batch limit.");
+		              "The request body is larger than the batch limit.");
 		return;
 	}
 	body = evbuffer_pullup(in, -1);
 	if (enc && strcasecmp(enc, "gzip") == 0) {
-		int k = inflate_body(body, n, s->world.max_bytes * INFLATE_FACTOR, &inflated, &size);
+		int k = inflate_body(body, n, s->world.max_bytes * INFLATE_FACTOR, &inflated,
+		                     &size);
 
 		if (k == -EFBIG) {
 			sim_arm_error(r, 413, "RequestEntityTooLarge",
-				      "The decompressed request body is too large.");
+			              "The decompressed request body is too large.");
 			return;
 		}
 		if (k < 0) {
-			sim_arm_error(r, 400, "BadRequest", "The gzip body cannot be decompressed.");
+			sim_arm_error(r, 400, "BadRequest",
+			              "The gzip body cannot be decompressed.");
 			return;
 		}
 		body = inflated;
 	} else if (enc && strcasecmp(enc, "identity") != 0) {
 		sim_arm_error(r, 415, "UnsupportedMediaType",
-			      "Only gzip and identity content encodings are supported.");
+		              "Only gzip and identity content encodings are supported.");
 		return;
 	}
 	if (parse_batch((char *)body, (char *)body + size, &events, &count) < 0 || count == 0) {
 		sim_arm_error(r, 400, "BadRequest",
-			      "The request body must be a JSON object with a non-empty 'request' "
-			      "array.");
+		              "The request body must be a JSON object with a non-empty 'request' "
+		              "array.");
 		goto out;
 	}
 	r->events = (unsigned)count;
 	if (count > s->world.max_events) {
 		sim_arm_error(r, 413, "RequestEntityTooLarge",
-			      "The batch holds more usage events than allowed.");
+		              "The batch holds more usage events than allowed.");
 		goto out;
 	}
 	for (size_t i = 0; i < count; i++) {
@@ -205,7 +207,7 @@ commerce_batch(struct sim *s, struct evhttp_request *req, struct sim_response *r
 
 		if (id && sim_fault_take(s, SIM_EP_COMMERCE, SIM_ACT_POISON, id, -1)) {
 			sim_arm_error(r, 400, "BadArgument",
-				      "The request contains an invalid usage event.");
+			              "The request contains an invalid usage event.");
 			goto out;
 		}
 	}
@@ -240,18 +242,17 @@ commerce_batch(struct sim *s, struct evhttp_request *req, struct sim_response *r
 			s->rejected++;
 		} else {
 			static const char *const keys[] = {
-				"usageEventId", "subscriptionId", "chargeReason",
-				"tenantId", "sourceSubscriptionId", "meterId",
-				"quantity", "usageStartTime", "usageEndTime",
-				"reportedStartTime", "resourceUri",
+			        "usageEventId",      "subscriptionId",       "chargeReason",
+			        "tenantId",          "sourceSubscriptionId", "meterId",
+			        "quantity",          "usageStartTime",       "usageEndTime",
+			        "reportedStartTime", "resourceUri",
 			};
 			int k;
 
 			sqlite3_reset(s->insert);
 			for (size_t j = 0; j < ARRAY_SIZE(keys); j++)
-				sqlite3_bind_text(s->insert, (int)j + 1,
-						  ev_str(e, keys[j]), -1,
-						  SQLITE_STATIC);
+				sqlite3_bind_text(s->insert, (int)j + 1, ev_str(e, keys[j]), -1,
+				                  SQLITE_STATIC);
 			sqlite3_bind_text(s->insert, 12, corr, -1, SQLITE_TRANSIENT);
 			sqlite3_bind_int64(s->insert, 13, (sqlite3_int64)time(NULL));
 			k = sqlite3_step(s->insert);
@@ -262,15 +263,15 @@ commerce_batch(struct sim *s, struct evhttp_request *req, struct sim_response *r
 			} else if (sqlite3_changes(s->db) == 0) {
 				s->duplicates++;
 				evbuffer_add_printf(r->body,
-						    ",\"status\":\"Duplicate\",\"messageTime\":"
-						    "\"0001-01-01T00:00:00\",\"error\":{\"code\":"
-						    "\"Conflict\",\"message\":\"This usage event "
-						    "already exist.\"}}");
+				                    ",\"status\":\"Duplicate\",\"messageTime\":"
+				                    "\"0001-01-01T00:00:00\",\"error\":{\"code\":"
+				                    "\"Conflict\",\"message\":\"This usage event "
+				                    "already exist.\"}}");
 				continue;
 			} else {
-				evbuffer_add_printf(r->body,
-						    ",\"status\":\"Accepted\",\"messageTime\":\"%s\"}",
-						    now_text);
+				evbuffer_add_printf(
+				        r->body, ",\"status\":\"Accepted\",\"messageTime\":\"%s\"}",
+				        now_text);
 				continue;
 			}
 		}
@@ -326,10 +327,11 @@ commerce_summary(struct sim *s, int64_t from, int64_t until, struct evbuffer *ou
 		time_format_rfc3339(until, tu);
 	else
 		snprintf(tu, sizeof(tu), "9999-12-31T23:59:59Z");
-	if (sqlite3_prepare_v2(s->db,
-			       "SELECT usage_event_id, subscription_id, meter_id, quantity FROM events"
-			       " WHERE reported_start >= ? AND reported_start < ?",
-			       -1, &q, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(
+	            s->db,
+	            "SELECT usage_event_id, subscription_id, meter_id, quantity FROM events"
+	            " WHERE reported_start >= ? AND reported_start < ?",
+	            -1, &q, NULL) != SQLITE_OK)
 		abort();
 	sqlite3_bind_text(q, 1, tf, -1, SQLITE_STATIC);
 	sqlite3_bind_text(q, 2, tu, -1, SQLITE_STATIC);
@@ -358,7 +360,8 @@ commerce_summary(struct sim *s, int64_t from, int64_t until, struct evbuffer *ou
 		if (strcasecmp(exp[*idx].charged, sub) != 0 && n_wsub++ < LIST_MAX) {
 			evbuffer_add_printf(wsub, "%s{\"usageEventId\":", n_wsub > 1 ? "," : "");
 			sim_json_str(wsub, id);
-			evbuffer_add_printf(wsub, ",\"expected\":\"%s\",\"actual\":", exp[*idx].charged);
+			evbuffer_add_printf(wsub,
+			                    ",\"expected\":\"%s\",\"actual\":", exp[*idx].charged);
 			sim_json_str(wsub, sub);
 			evbuffer_add_printf(wsub, "}");
 		}
@@ -375,29 +378,30 @@ commerce_summary(struct sim *s, int64_t from, int64_t until, struct evbuffer *ou
 	}
 	sqlite3_finalize(q);
 
-	evbuffer_add_printf(out, "{\"from\":\"%s\",\"until\":\"%s\",\"accepted\":%zu,"
-				 "\"duplicates\":%llu,\"rejected\":%llu,\"batches\":%llu,"
-				 "\"eventsReceived\":%llu,\"unparsableQuantities\":%zu,\"totals\":[",
-			    tf, tu, accepted, (unsigned long long)s->duplicates,
-			    (unsigned long long)s->rejected, (unsigned long long)s->batches,
-			    (unsigned long long)s->events_seen, n_bad);
+	evbuffer_add_printf(out,
+	                    "{\"from\":\"%s\",\"until\":\"%s\",\"accepted\":%zu,"
+	                    "\"duplicates\":%llu,\"rejected\":%llu,\"batches\":%llu,"
+	                    "\"eventsReceived\":%llu,\"unparsableQuantities\":%zu,\"totals\":[",
+	                    tf, tu, accepted, (unsigned long long)s->duplicates,
+	                    (unsigned long long)s->rejected, (unsigned long long)s->batches,
+	                    (unsigned long long)s->events_seen, n_bad);
 	for (size_t i = 0; i < n_tot; i++) {
 		char e[64], a[64];
 
 		qty_format(totals[i].expected, e);
 		qty_format(totals[i].actual, a);
 		evbuffer_add_printf(out,
-				    "%s{\"subscriptionId\":\"%s\",\"meterId\":\"%s\","
-				    "\"expected\":\"%s\",\"actual\":\"%s\",\"expectedEvents\":%llu,"
-				    "\"actualEvents\":%llu}",
-				    i ? "," : "", totals[i].sub, totals[i].meter, e, a,
-				    (unsigned long long)totals[i].n_expected,
-				    (unsigned long long)totals[i].n_actual);
+		                    "%s{\"subscriptionId\":\"%s\",\"meterId\":\"%s\","
+		                    "\"expected\":\"%s\",\"actual\":\"%s\",\"expectedEvents\":%llu,"
+		                    "\"actualEvents\":%llu}",
+		                    i ? "," : "", totals[i].sub, totals[i].meter, e, a,
+		                    (unsigned long long)totals[i].n_expected,
+		                    (unsigned long long)totals[i].n_actual);
 		if (totals[i].expected != totals[i].actual)
 			n_tmis++;
 	}
 	evbuffer_add_printf(out, "],\"expected\":{\"events\":%zu},\"comparison\":{\"missing\":[",
-			    n_exp);
+	                    n_exp);
 	listed = 0;
 	for (size_t i = 0; i < n_exp; i++) {
 		if (exp[i].seen)
@@ -411,30 +415,31 @@ commerce_summary(struct sim *s, int64_t from, int64_t until, struct evbuffer *ou
 	evbuffer_add_buffer(out, wsub);
 	evbuffer_add_printf(out, "],\"wrongSubscriptionCount\":%zu,\"wrongQuantity\":[", n_wsub);
 	evbuffer_add_buffer(out, wqty);
-	evbuffer_add_printf(out,
-			    "],\"wrongQuantityCount\":%zu,\"totalMismatches\":%zu,\"ok\":%s},",
-			    n_wqty, n_tmis,
-			    n_missing + n_extra + n_wsub + n_wqty + n_tmis + n_bad == 0 ? "true"
-											 : "false");
+	evbuffer_add_printf(out, "],\"wrongQuantityCount\":%zu,\"totalMismatches\":%zu,\"ok\":%s},",
+	                    n_wqty, n_tmis,
+	                    n_missing + n_extra + n_wsub + n_wqty + n_tmis + n_bad == 0 ? "true"
+	                                                                                : "false");
 	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
 	total_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec - s->cpu_start_ns;
 	evbuffer_add_printf(
-		out,
-		"\"sim\":{\"pagesServed\":%llu,\"recordsServed\":%llu,\"eventsReceived\":%llu,"
-		"\"cpuUs\":%llu,\"usageCpuUs\":%llu,\"commerceCpuUs\":%llu,"
-		"\"usageCpuUsPerRecord\":%.3f,\"commerceCpuUsPerEvent\":%.3f,"
-		"\"cpuUsPerRecord\":%.3f}}",
-		(unsigned long long)s->pages_served, (unsigned long long)s->records_served,
-		(unsigned long long)s->events_seen, (unsigned long long)(total_ns / 1000),
-		(unsigned long long)(s->cpu_ns[SIM_EP_USAGE] / 1000),
-		(unsigned long long)(s->cpu_ns[SIM_EP_COMMERCE] / 1000),
-		s->records_served ? (double)s->cpu_ns[SIM_EP_USAGE] / 1000.0 / (double)s->records_served
-				  : 0.0,
-		s->events_seen ? (double)s->cpu_ns[SIM_EP_COMMERCE] / 1000.0 / (double)s->events_seen
-			       : 0.0,
-		s->records_served + s->events_seen
-			? (double)total_ns / 1000.0 / (double)(s->records_served + s->events_seen)
-			: 0.0);
+	        out,
+	        "\"sim\":{\"pagesServed\":%llu,\"recordsServed\":%llu,\"eventsReceived\":%llu,"
+	        "\"cpuUs\":%llu,\"usageCpuUs\":%llu,\"commerceCpuUs\":%llu,"
+	        "\"usageCpuUsPerRecord\":%.3f,\"commerceCpuUsPerEvent\":%.3f,"
+	        "\"cpuUsPerRecord\":%.3f}}",
+	        (unsigned long long)s->pages_served, (unsigned long long)s->records_served,
+	        (unsigned long long)s->events_seen, (unsigned long long)(total_ns / 1000),
+	        (unsigned long long)(s->cpu_ns[SIM_EP_USAGE] / 1000),
+	        (unsigned long long)(s->cpu_ns[SIM_EP_COMMERCE] / 1000),
+	        s->records_served
+	                ? (double)s->cpu_ns[SIM_EP_USAGE] / 1000.0 / (double)s->records_served
+	                : 0.0,
+	        s->events_seen
+	                ? (double)s->cpu_ns[SIM_EP_COMMERCE] / 1000.0 / (double)s->events_seen
+	                : 0.0,
+	        s->records_served + s->events_seen
+	                ? (double)total_ns / 1000.0 / (double)(s->records_served + s->events_seen)
+	                : 0.0);
 	for (size_t i = 0; i < n_tot; i++) {
 		free(totals[i].sub);
 		free(totals[i].meter);
@@ -449,7 +454,7 @@ commerce_summary(struct sim *s, int64_t from, int64_t until, struct evbuffer *ou
 /* Write the events a correct forwarder would send for the expected records (a JSON array). */
 void
 commerce_expected_events(struct sim *s, int64_t from, int64_t until, size_t limit,
-			 struct evbuffer *out)
+                         struct evbuffer *out)
 {
 	struct sim_world *w = &s->world;
 	int64_t first = MAX(from, w->hour_from);
@@ -476,24 +481,26 @@ commerce_expected_events(struct sim *s, int64_t from, int64_t until, size_t limi
 			world_quantity_text(rec->quantity, rec->style, q);
 			time_format_rfc3339(rec->usage_start, ts);
 			time_format_rfc3339(rec->usage_start + 3600, te);
-			evbuffer_add_printf(out,
-					    "%s{\"usageEventId\":\"%s\",\"subscriptionId\":\"%s\","
-					    "\"chargeReason\":\"%s\",\"tenantId\":%s%s%s,"
-					    "\"sourceSubscriptionId\":\"%s\",\"registration\":",
-					    n ? "," : "", key, charged, reason,
-					    w->tenants[u->tenant].unlisted ? "" : "\"",
-					    w->tenants[u->tenant].unlisted ? "null" : w->tenants[u->tenant].id,
-					    w->tenants[u->tenant].unlisted ? "" : "\"", u->id);
+			evbuffer_add_printf(
+			        out,
+			        "%s{\"usageEventId\":\"%s\",\"subscriptionId\":\"%s\","
+			        "\"chargeReason\":\"%s\",\"tenantId\":%s%s%s,"
+			        "\"sourceSubscriptionId\":\"%s\",\"registration\":",
+			        n ? "," : "", key, charged, reason,
+			        w->tenants[u->tenant].unlisted ? "" : "\"",
+			        w->tenants[u->tenant].unlisted ? "null" : w->tenants[u->tenant].id,
+			        w->tenants[u->tenant].unlisted ? "" : "\"", u->id);
 			sim_json_str(out, w->reg_id);
 			evbuffer_add_printf(out,
-					    ",\"meterId\":\"%s\",\"quantity\":\"%s\","
-					    "\"usageStartTime\":\"%s\",\"usageEndTime\":\"%s\","
-					    "\"reportedStartTime\":\"%s\",\"resourceUri\":",
-					    w->meters[rec->meter], q, ts, te, th);
+			                    ",\"meterId\":\"%s\",\"quantity\":\"%s\","
+			                    "\"usageStartTime\":\"%s\",\"usageEndTime\":\"%s\","
+			                    "\"reportedStartTime\":\"%s\",\"resourceUri\":",
+			                    w->meters[rec->meter], q, ts, te, th);
 			sim_json_str(out, res->uri);
-			evbuffer_add_printf(out, ",\"location\":\"local\",\"tags\":%s,"
-						 "\"additionalInfo\":%s}",
-					    res->tags, res->info);
+			evbuffer_add_printf(out,
+			                    ",\"location\":\"local\",\"tags\":%s,"
+			                    "\"additionalInfo\":%s}",
+			                    res->tags, res->info);
 		}
 	}
 	evbuffer_add(out, "]", 1);
@@ -502,7 +509,7 @@ commerce_expected_events(struct sim *s, int64_t from, int64_t until, size_t limi
 /* Check one event against the contract; the per-event status and message when it fails. */
 static int
 validate_event(struct sim *s, const struct jevent *e, const char **ret_status,
-	       const char **ret_message)
+               const char **ret_message)
 {
 	static const char *const times[] = {"usageStartTime", "usageEndTime", "reportedStartTime"};
 	static const char *const strings[] = {"resourceUri", "location", "meterId"};
@@ -529,11 +536,12 @@ validate_event(struct sim *s, const struct jevent *e, const char **ret_status,
 		return -EINVAL;
 	}
 	if (!reason || (!streq(reason, "registered") && !streq(reason, "default") &&
-			!streq(reason, "unknown-subscription"))) {
+	                !streq(reason, "unknown-subscription"))) {
 		*ret_message = "chargeReason must be registered, default or unknown-subscription.";
 		return -EINVAL;
 	}
-	if (tenant != JT_NULL && !(tenant == JT_STRING && world_is_guid(ev_str(e, "tenantId"), true))) {
+	if (tenant != JT_NULL &&
+	    !(tenant == JT_STRING && world_is_guid(ev_str(e, "tenantId"), true))) {
 		*ret_message = "tenantId must be a lower-case GUID or null.";
 		return -EINVAL;
 	}
@@ -543,7 +551,8 @@ validate_event(struct sim *s, const struct jevent *e, const char **ret_status,
 	}
 	for (size_t i = 0; i < ARRAY_SIZE(strings); i++)
 		if (isempty(ev_str(e, strings[i]))) {
-			*ret_message = "resourceUri, location and meterId must be non-empty strings.";
+			*ret_message =
+			        "resourceUri, location and meterId must be non-empty strings.";
 			return -EINVAL;
 		}
 	for (size_t i = 0; i < ARRAY_SIZE(times); i++) {
@@ -551,7 +560,7 @@ validate_event(struct sim *s, const struct jevent *e, const char **ret_status,
 
 		if (!tx || !is_utc_time(tx) || time_parse_rfc3339(tx, &t[i]) < 0) {
 			*ret_message = "usageStartTime, usageEndTime and reportedStartTime must be "
-				       "YYYY-MM-DDTHH:MM:SSZ.";
+			               "YYYY-MM-DDTHH:MM:SSZ.";
 			return -EINVAL;
 		}
 	}
@@ -578,7 +587,8 @@ validate_event(struct sim *s, const struct jevent *e, const char **ret_status,
 		return -EINVAL;
 	}
 	if (k < 0) {
-		*ret_message = "The quantity passed is not a decimal number with at most 18 decimals.";
+		*ret_message =
+		        "The quantity passed is not a decimal number with at most 18 decimals.";
 		return -EINVAL;
 	}
 	known = strcmp(sub, w->reg_sub) == 0;
@@ -586,8 +596,9 @@ validate_event(struct sim *s, const struct jevent *e, const char **ret_status,
 		known = strcasecmp(sub, w->tenants[i].customer) == 0;
 	if (!known) {
 		*ret_status = "ResourceNotFound";
-		*ret_message = "The subscription is neither the default subscription nor a customer "
-			       "subscription of the registration.";
+		*ret_message =
+		        "The subscription is neither the default subscription nor a customer "
+		        "subscription of the registration.";
 		return -ENOENT;
 	}
 	return 0;
@@ -627,7 +638,8 @@ parse_batch(char *p, char *end, struct jevent **ret, size_t *ret_n)
 					p++;
 				else
 					for (;;) {
-						events = xreallocarray(events, n + 1, sizeof(*events));
+						events = xreallocarray(events, n + 1,
+						                       sizeof(*events));
 						skip_ws(&p, end);
 						if (parse_event(&p, end, &events[n++]) < 0)
 							goto fail;
@@ -743,12 +755,26 @@ parse_string(char **pp, char *end, char **ret)
 		if (++p >= end)
 			return -EINVAL;
 		switch (*p) {
-		case '"': case '\\': case '/': *out++ = *p; break;
-		case 'b': *out++ = '\b'; break;
-		case 'f': *out++ = '\f'; break;
-		case 'n': *out++ = '\n'; break;
-		case 'r': *out++ = '\r'; break;
-		case 't': *out++ = '\t'; break;
+		case '"':
+		case '\\':
+		case '/':
+			*out++ = *p;
+			break;
+		case 'b':
+			*out++ = '\b';
+			break;
+		case 'f':
+			*out++ = '\f';
+			break;
+		case 'n':
+			*out++ = '\n';
+			break;
+		case 'r':
+			*out++ = '\r';
+			break;
+		case 't':
+			*out++ = '\t';
+			break;
 		case 'u': {
 			unsigned cp = 0;
 
@@ -758,8 +784,9 @@ parse_string(char **pp, char *end, char **ret)
 				if (!isxdigit((unsigned char)p[i]))
 					return -EINVAL;
 				cp = cp * 16 + (unsigned)(isdigit((unsigned char)p[i])
-								  ? p[i] - '0'
-								  : (tolower((unsigned char)p[i]) - 'a' + 10));
+				                                  ? p[i] - '0'
+				                                  : (tolower((unsigned char)p[i]) -
+				                                     'a' + 10));
 			}
 			p += 4;
 			if (cp == 0 || (cp >= 0xd800 && cp <= 0xdfff))
@@ -776,7 +803,8 @@ parse_string(char **pp, char *end, char **ret)
 			}
 			break;
 		}
-		default: return -EINVAL;
+		default:
+			return -EINVAL;
 		}
 		p++;
 	}
@@ -908,8 +936,9 @@ qty_parse(const char *text, sim_u128 *ret)
 	int ip = 0, fp = 0;
 
 	if (*p == '-')
-		return (p[1] >= '0' && p[1] <= '9' && strspn(p + 1, "0.") != strlen(p + 1)) ? -EDOM
-											: -EINVAL;
+		return (p[1] >= '0' && p[1] <= '9' && strspn(p + 1, "0.") != strlen(p + 1))
+		               ? -EDOM
+		               : -EINVAL;
 	for (; *p >= '0' && *p <= '9'; p++, ip++) {
 		if (ip >= 20)
 			return -ERANGE;
@@ -974,8 +1003,7 @@ is_utc_time(const char *s)
 
 /* Inflate a gzip body, refusing more than limit bytes (-EFBIG). */
 static int
-inflate_body(const unsigned char *in, size_t n, size_t limit, unsigned char **ret,
-	     size_t *ret_size)
+inflate_body(const unsigned char *in, size_t n, size_t limit, unsigned char **ret, size_t *ret_size)
 {
 	z_stream z = {0};
 	size_t cap = MAX(n * 4, (size_t)4096), used = 0;
@@ -1094,8 +1122,7 @@ smap_get(struct smap *m, const char *key, bool create)
 
 /* Gather every record of the scenario's reported hours in [from, until) that have ended. */
 static void
-collect_expected(struct sim *s, int64_t from, int64_t until, struct expected **ret,
-		 size_t *ret_n)
+collect_expected(struct sim *s, int64_t from, int64_t until, struct expected **ret, size_t *ret_n)
 {
 	struct sim_world *w = &s->world;
 	int64_t first = MAX(from, w->hour_from);

@@ -20,22 +20,21 @@
 #include "sim.h"
 #include "xmalloc.h"
 
-#define TOKENS_MAX 4096
-#define JWT_SKEW 60
+#define TOKENS_MAX     4096
+#define JWT_SKEW       60
 #define ASSERTION_TYPE "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 static void token_error(struct sim_response *r, int status, const char *error, unsigned code,
-			const char *description);
+                        const char *description);
 static int check_assertion(const struct sim_client *c, const char *jwt, const char *aud,
-			   const char **ret_desc, unsigned *ret_code);
+                           const char **ret_desc, unsigned *ret_code);
 static unsigned char *b64_decode(const char *s, size_t n, size_t *ret_size);
 static bool audience_eq(const char *a, const char *b);
 static const struct sim_client *find_client(const struct sim *s, const char *id);
 
 /* Answer a token request like Azure AD / AD FS do. */
 void
-identity_token(struct sim *s, struct evhttp_request *req, const char *path,
-	       struct sim_response *r)
+identity_token(struct sim *s, struct evhttp_request *req, const char *path, struct sim_response *r)
 {
 	struct sim_world *w = &s->world;
 	struct evkeyvalq form = {0};
@@ -53,22 +52,23 @@ identity_token(struct sim *s, struct evhttp_request *req, const char *path,
 	body[n] = '\0';
 	if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
 		token_error(r, 405, "invalid_request", 900561,
-			    "AADSTS900561: The endpoint only accepts POST requests.");
+		            "AADSTS900561: The endpoint only accepts POST requests.");
 		return;
 	}
 	if (!streq(path, "/adfs/oauth2/token") && !isempty(w->aad_tenant)) {
 		size_t tl = strlen(w->aad_tenant);
 
 		if (strncasecmp(path + 1, w->aad_tenant, tl) != 0 || path[1 + tl] != '/') {
-			token_error(r, 400, "invalid_request", 90002,
-				    "AADSTS90002: Tenant not found. Check to make sure you have the "
-				    "correct tenant ID.");
+			token_error(
+			        r, 400, "invalid_request", 90002,
+			        "AADSTS90002: Tenant not found. Check to make sure you have the "
+			        "correct tenant ID.");
 			return;
 		}
 	}
 	if (evhttp_parse_query_str(body, &form) < 0) {
 		token_error(r, 400, "invalid_request", 900144,
-			    "AADSTS900144: The request body must be form-encoded.");
+		            "AADSTS900144: The request body must be form-encoded.");
 		return;
 	}
 	grant = evhttp_find_header(&form, "grant_type");
@@ -79,27 +79,28 @@ identity_token(struct sim *s, struct evhttp_request *req, const char *path,
 	atype = evhttp_find_header(&form, "client_assertion_type");
 	if (!grant || !streq(grant, "client_credentials")) {
 		token_error(r, 400, "unsupported_grant_type", 70003,
-			    "AADSTS70003: The app requested an unsupported grant type.");
+		            "AADSTS70003: The app requested an unsupported grant type.");
 		goto out;
 	}
 	c = client_id ? find_client(s, client_id) : NULL;
 	if (!c) {
 		token_error(r, 400, "unauthorized_client", 700016,
-			    "AADSTS700016: Application with the given identifier was not found in "
-			    "the directory.");
+		            "AADSTS700016: Application with the given identifier was not found in "
+		            "the directory.");
 		goto out;
 	}
-	if (!resource || (!audience_eq(resource, w->aud_stack) &&
-			  !audience_eq(resource, w->aud_arm) && !audience_eq(resource, w->aud_commerce))) {
+	if (!resource ||
+	    (!audience_eq(resource, w->aud_stack) && !audience_eq(resource, w->aud_arm) &&
+	     !audience_eq(resource, w->aud_commerce))) {
 		token_error(r, 400, "invalid_resource", 500011,
-			    "AADSTS500011: The resource principal was not found in the tenant.");
+		            "AADSTS500011: The resource principal was not found in the tenant.");
 		goto out;
 	}
 	if (secret) {
 		if (!c->secret || strlen(secret) != strlen(c->secret) ||
 		    CRYPTO_memcmp(secret, c->secret, strlen(secret)) != 0) {
 			token_error(r, 401, "invalid_client", 7000215,
-				    "AADSTS7000215: Invalid client secret provided.");
+			            "AADSTS7000215: Invalid client secret provided.");
 			goto out;
 		}
 	} else if (assertion) {
@@ -108,21 +109,23 @@ identity_token(struct sim *s, struct evhttp_request *req, const char *path,
 
 		if (!atype || !streq(atype, ASSERTION_TYPE)) {
 			token_error(r, 400, "invalid_request", 700025,
-				    "AADSTS700025: client_assertion_type must be " ASSERTION_TYPE ".");
+			            "AADSTS700025: client_assertion_type must be " ASSERTION_TYPE
+			            ".");
 			goto out;
 		}
 		endpoint = xasprintf("https://%s%s", host ? host : "", path);
 		if (!c->pubkey || check_assertion(c, assertion, endpoint, &desc, &code) < 0) {
 			token_error(r, 401, "invalid_client", c->pubkey ? code : 700027,
-				    c->pubkey ? desc
-					      : "AADSTS700027: No certificate is registered for the "
-						"client.");
+			            c->pubkey
+			                    ? desc
+			                    : "AADSTS700027: No certificate is registered for the "
+			                      "client.");
 			goto out;
 		}
 	} else {
 		token_error(r, 400, "invalid_client", 7000218,
-			    "AADSTS7000218: The request body must contain the following parameter: "
-			    "'client_assertion' or 'client_secret'.");
+		            "AADSTS7000218: The request body must contain the following parameter: "
+		            "'client_assertion' or 'client_secret'.");
 		goto out;
 	}
 
@@ -150,10 +153,11 @@ identity_token(struct sim *s, struct evhttp_request *req, const char *path,
 	t->audience = xstrdup(resource);
 	t->expires = (int64_t)now + w->token_lifetime;
 	r->status = 200;
-	evbuffer_add_printf(r->body,
-			    "{\"token_type\":\"Bearer\",\"expires_in\":\"%u\",\"expires_on\":\"%lld\","
-			    "\"not_before\":\"%lld\",\"resource\":",
-			    w->token_lifetime, (long long)t->expires, (long long)now);
+	evbuffer_add_printf(
+	        r->body,
+	        "{\"token_type\":\"Bearer\",\"expires_in\":\"%u\",\"expires_on\":\"%lld\","
+	        "\"not_before\":\"%lld\",\"resource\":",
+	        w->token_lifetime, (long long)t->expires, (long long)now);
 	sim_json_str(r->body, resource);
 	evbuffer_add_printf(r->body, ",\"access_token\":\"%s\"}", t->value);
 out:
@@ -163,7 +167,7 @@ out:
 /* Check the bearer token of a request for an audience; false with a 401 in r when it fails. */
 bool
 identity_check(struct sim *s, struct evhttp_request *req, const char *audience,
-	       struct sim_response *r)
+               struct sim_response *r)
 {
 	const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
 	int64_t now = (int64_t)time(NULL);
@@ -171,10 +175,10 @@ identity_check(struct sim *s, struct evhttp_request *req, const char *audience,
 	if (!s->world.require_auth)
 		return true;
 	r->www_authenticate = "Bearer authorization_uri=\"https://login.windows.net/\", "
-			      "error=\"invalid_token\"";
+	                      "error=\"invalid_token\"";
 	if (!h || strncasecmp(h, "Bearer ", 7) != 0) {
 		sim_arm_error(r, 401, "AuthenticationFailed",
-			      "Authentication failed. The 'Authorization' header is missing.");
+		              "Authentication failed. The 'Authorization' header is missing.");
 		return false;
 	}
 	for (size_t i = 0; i < s->n_tokens; i++) {
@@ -183,15 +187,16 @@ identity_check(struct sim *s, struct evhttp_request *req, const char *audience,
 		if (!streq(t->value, h + 7))
 			continue;
 		if (t->expires <= now) {
-			sim_arm_error(r, 401, "ExpiredAuthenticationToken",
-				      "The access token expiry UTC time is earlier than current UTC "
-				      "time.");
+			sim_arm_error(
+			        r, 401, "ExpiredAuthenticationToken",
+			        "The access token expiry UTC time is earlier than current UTC "
+			        "time.");
 			return false;
 		}
 		if (!audience_eq(t->audience, audience)) {
 			sim_arm_error(r, 401, "InvalidAuthenticationTokenAudience",
-				      "The access token has been obtained for wrong audience or "
-				      "resource.");
+			              "The access token has been obtained for wrong audience or "
+			              "resource.");
 			return false;
 		}
 		r->www_authenticate = NULL;
@@ -216,9 +221,10 @@ identity_reset(struct sim *s)
 char *
 identity_b64(const unsigned char *data, size_t size, bool url)
 {
-	static const char std[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	static const char std[] =
+	        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 	static const char urlsafe[] =
-		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+	        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 	const char *a = url ? urlsafe : std;
 	char *out = xmalloc(size / 3 * 4 + 5), *p = out;
 	size_t i = 0;
@@ -232,7 +238,8 @@ identity_b64(const unsigned char *data, size_t size, bool url)
 		*p++ = a[v & 63];
 	}
 	if (i < size) {
-		uint32_t v = (uint32_t)data[i] << 16 | (i + 1 < size ? (uint32_t)data[i + 1] << 8 : 0);
+		uint32_t v =
+		        (uint32_t)data[i] << 16 | (i + 1 < size ? (uint32_t)data[i + 1] << 8 : 0);
 
 		*p++ = a[v >> 18];
 		*p++ = a[(v >> 12) & 63];
@@ -250,7 +257,7 @@ identity_b64(const unsigned char *data, size_t size, bool url)
 /* Write an OAuth2 error like Azure AD (error, description, codes, timestamp, ids). */
 static void
 token_error(struct sim_response *r, int status, const char *error, unsigned code,
-	    const char *description)
+            const char *description)
 {
 	char trace[HASH_UUID_LEN + 1], corr[HASH_UUID_LEN + 1], ts[32];
 	time_t now = time(NULL);
@@ -264,15 +271,15 @@ token_error(struct sim_response *r, int status, const char *error, unsigned code
 	evbuffer_add_printf(r->body, "{\"error\":\"%s\",\"error_description\":", error);
 	sim_json_str(r->body, description);
 	evbuffer_add_printf(r->body,
-			    ",\"error_codes\":[%u],\"timestamp\":\"%s\",\"trace_id\":\"%s\","
-			    "\"correlation_id\":\"%s\"}",
-			    code, ts, trace, corr);
+	                    ",\"error_codes\":[%u],\"timestamp\":\"%s\",\"trace_id\":\"%s\","
+	                    "\"correlation_id\":\"%s\"}",
+	                    code, ts, trace, corr);
 }
 
 /* Verify a client assertion JWT; on failure an AADSTS description and code. */
 static int
-check_assertion(const struct sim_client *c, const char *jwt, const char *aud,
-		const char **ret_desc, unsigned *ret_code)
+check_assertion(const struct sim_client *c, const char *jwt, const char *aud, const char **ret_desc,
+                unsigned *ret_code)
 {
 	const char *d1 = strchr(jwt, '.'), *d2 = d1 ? strchr(d1 + 1, '.') : NULL;
 	_cleanup_free_ unsigned char *hdr = NULL, *pay = NULL, *sig = NULL;
@@ -297,13 +304,14 @@ check_assertion(const struct sim_client *c, const char *jwt, const char *aud,
 		goto out;
 	if (!streq_ptr(json_string_value(json_object_get(h, "alg")), "RS256")) {
 		*ret_desc = "AADSTS5002730: Invalid JWT token. Unsupported key for the signing "
-			    "algorithm.";
+		            "algorithm.";
 		goto out;
 	}
 	*ret_code = 700027;
 	if (!streq_ptr(json_string_value(json_object_get(h, "x5t")), c->x5t)) {
-		*ret_desc = "AADSTS700027: Client assertion contains an invalid signature. [Reason - "
-			    "The key was not found.]";
+		*ret_desc =
+		        "AADSTS700027: Client assertion contains an invalid signature. [Reason - "
+		        "The key was not found.]";
 		goto out;
 	}
 	md = EVP_MD_CTX_new();
@@ -315,15 +323,16 @@ check_assertion(const struct sim_client *c, const char *jwt, const char *aud,
 	a = json_object_get(p, "aud");
 	*ret_code = 700016;
 	if (!streq_ptr(json_string_value(a), aud)) {
-		*ret_desc = "AADSTS50027: JWT token is invalid or malformed. [Reason - The audience "
-			    "claim does not match the token endpoint.]";
+		*ret_desc =
+		        "AADSTS50027: JWT token is invalid or malformed. [Reason - The audience "
+		        "claim does not match the token endpoint.]";
 		*ret_code = 50027;
 		goto out;
 	}
 	if (!streq_ptr(json_string_value(json_object_get(p, "iss")), c->client_id) ||
 	    !streq_ptr(json_string_value(json_object_get(p, "sub")), c->client_id)) {
 		*ret_desc = "AADSTS700021: Client assertion application identifier doesn't match "
-			    "'client_id' parameter.";
+		            "'client_id' parameter.";
 		*ret_code = 700021;
 		goto out;
 	}

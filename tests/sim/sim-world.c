@@ -23,63 +23,38 @@
 
 /* The meter ids of ../shared/testdata/meters.tsv (documented Azure Stack Hub meters). */
 static const char *const default_meters[] = {
-	"F271A8A388C44D93956A063E1D2FA80B",
-	"9E2739BA86744796B465F64674B822BA",
-	"B4438D5D-453B-4EE1-B42A-DC72E377F1E4",
-	"B5C15376-6C94-4FDD-B655-1A69D138ACA3",
-	"B03C6AE7-B080-4BFA-84A3-22C800F315C6",
-	"09F8879E-87E9-4305-A572-4B7BE209F857",
-	"B9FF3CD0-28AA-4762-84BB-FF8FBAEA6A90",
-	"50A1AEAF-8ECA-48A0-8973-A5B3077FEE0D",
-	"1B8C1DEC-EE42-414B-AA36-6229CF199370",
-	"43DAF82B-4618-444A-B994-40C23F7CD438",
-	"9764F92C-E44A-498E-8DC1-AAD66587A810",
-	"3023FEF4-ECA5-4D7B-87B3-CFBC061931E8",
-	"EB43DD12-1AA6-4C4B-872C-FAF15A6785EA",
-	"E518E809-E369-4A45-9274-2017B29FFF25",
-	"DD0A10BA-A5D6-4CB6-88C0-7D585CEF9FC2",
-	"FAB6EB84-500B-4A09-A8CA-7358F8BBAEA5",
-	"9CD92D4C-BAFD-4492-B278-BEDC2DE8232A",
-	"6DAB500F-A4FD-49C4-956D-229BB9C8C793",
-	"380874f9-300c-48e0-95a0-d2d9a21ade8f",
-	"1b77d90f-427b-4435-b4f1-d78adec53222",
-	"d5f7731b-f639-404a-89d0-e46186e22c8d",
-	"ff85ef31-da5b-4eac-95dd-a69d6f97b18a",
-	"88ea9228-457a-4091-adc9-ad5194f30b6e",
-	"5b1db88a-8596-4002-8052-347947c26940",
-	"7660b45b-b29d-49cb-b816-59f30fbab011",
-	"817007fd-a077-477f-bc01-b876f27205fd",
-	"e554b6bc-96cd-4938-a5b5-0da990278519",
-	"cdc0f53a-62a9-4472-a06c-e99a23b02907",
-	"b9cb2d1a-84c2-4275-aa8b-70d2145d59aa",
-	"06bde724-9f94-43c0-84c3-d0fc54538369",
-	"7ba084ec-ef9c-4d64-a179-7732c6cb5e28",
-	"daef389a-06e5-4684-a7f7-8813d9f792d5",
-	"108fa95b-be0d-4cd9-96e8-5b0d59505df1",
-	"578ae51d-4ef9-42f9-85ae-42b52d3d83ac",
-	"CBCFEF9A-B91F-4597-A4D3-01FE334BED82",
-	"E6D8CFCD-7734-495E-B1CC-5AB0B9C24BD3",
-	"EBF13B9F-B3EA-46FE-BF54-396E93D48AB4",
-	"2C354225-B2FE-42E5-AD89-14F0EA302C87",
-	"190C935E-9ADA-48FF-9AB8-56EA1CF9ADAA",
-	"67CC4AFC-0691-48E1-A4B8-D744D1FEDBDE",
-	"D1D04836-075C-4F27-BF65-0A1130EC60ED",
-	"957E9F36-2C14-45A1-B6A1-1723EF71A01D",
-	"539CDEC7-B4F5-49F6-AAC4-1F15CFF0EDA9",
-	"88039D51-A206-3A89-E9DE-C5117E2D10A6",
-	"83A2A13E-4788-78DD-5D55-2831B68ED825",
-	"1083B9DB-E9BB-24BE-A5E9-D6FDD0DDEFE6",
-	"264ACB47-AD38-47F8-ADD3-47F01DC4F473",
-	"60B42D72-DC1C-472C-9895-6C516277EDB4",
-	"73215A6C-FA54-4284-B9C1-7E8EC871CC5B",
-	"5887D39B-0253-4E12-83C7-03E1A93DFFD9",
+        "F271A8A388C44D93956A063E1D2FA80B",     "9E2739BA86744796B465F64674B822BA",
+        "B4438D5D-453B-4EE1-B42A-DC72E377F1E4", "B5C15376-6C94-4FDD-B655-1A69D138ACA3",
+        "B03C6AE7-B080-4BFA-84A3-22C800F315C6", "09F8879E-87E9-4305-A572-4B7BE209F857",
+        "B9FF3CD0-28AA-4762-84BB-FF8FBAEA6A90", "50A1AEAF-8ECA-48A0-8973-A5B3077FEE0D",
+        "1B8C1DEC-EE42-414B-AA36-6229CF199370", "43DAF82B-4618-444A-B994-40C23F7CD438",
+        "9764F92C-E44A-498E-8DC1-AAD66587A810", "3023FEF4-ECA5-4D7B-87B3-CFBC061931E8",
+        "EB43DD12-1AA6-4C4B-872C-FAF15A6785EA", "E518E809-E369-4A45-9274-2017B29FFF25",
+        "DD0A10BA-A5D6-4CB6-88C0-7D585CEF9FC2", "FAB6EB84-500B-4A09-A8CA-7358F8BBAEA5",
+        "9CD92D4C-BAFD-4492-B278-BEDC2DE8232A", "6DAB500F-A4FD-49C4-956D-229BB9C8C793",
+        "380874f9-300c-48e0-95a0-d2d9a21ade8f", "1b77d90f-427b-4435-b4f1-d78adec53222",
+        "d5f7731b-f639-404a-89d0-e46186e22c8d", "ff85ef31-da5b-4eac-95dd-a69d6f97b18a",
+        "88ea9228-457a-4091-adc9-ad5194f30b6e", "5b1db88a-8596-4002-8052-347947c26940",
+        "7660b45b-b29d-49cb-b816-59f30fbab011", "817007fd-a077-477f-bc01-b876f27205fd",
+        "e554b6bc-96cd-4938-a5b5-0da990278519", "cdc0f53a-62a9-4472-a06c-e99a23b02907",
+        "b9cb2d1a-84c2-4275-aa8b-70d2145d59aa", "06bde724-9f94-43c0-84c3-d0fc54538369",
+        "7ba084ec-ef9c-4d64-a179-7732c6cb5e28", "daef389a-06e5-4684-a7f7-8813d9f792d5",
+        "108fa95b-be0d-4cd9-96e8-5b0d59505df1", "578ae51d-4ef9-42f9-85ae-42b52d3d83ac",
+        "CBCFEF9A-B91F-4597-A4D3-01FE334BED82", "E6D8CFCD-7734-495E-B1CC-5AB0B9C24BD3",
+        "EBF13B9F-B3EA-46FE-BF54-396E93D48AB4", "2C354225-B2FE-42E5-AD89-14F0EA302C87",
+        "190C935E-9ADA-48FF-9AB8-56EA1CF9ADAA", "67CC4AFC-0691-48E1-A4B8-D744D1FEDBDE",
+        "D1D04836-075C-4F27-BF65-0A1130EC60ED", "957E9F36-2C14-45A1-B6A1-1723EF71A01D",
+        "539CDEC7-B4F5-49F6-AAC4-1F15CFF0EDA9", "88039D51-A206-3A89-E9DE-C5117E2D10A6",
+        "83A2A13E-4788-78DD-5D55-2831B68ED825", "1083B9DB-E9BB-24BE-A5E9-D6FDD0DDEFE6",
+        "264ACB47-AD38-47F8-ADD3-47F01DC4F473", "60B42D72-DC1C-472C-9895-6C516277EDB4",
+        "73215A6C-FA54-4284-B9C1-7E8EC871CC5B", "5887D39B-0253-4E12-83C7-03E1A93DFFD9",
 };
 
 static const char *const resource_kinds[][2] = {
-	{"Microsoft.Compute/virtualMachines", "vm"},
-	{"Microsoft.Storage/storageAccounts", "st"},
-	{"Microsoft.Network/publicIPAddresses", "pip"},
-	{"Microsoft.Compute/disks", "disk"},
+        {"Microsoft.Compute/virtualMachines", "vm"},
+        {"Microsoft.Storage/storageAccounts", "st"},
+        {"Microsoft.Network/publicIPAddresses", "pip"},
+        {"Microsoft.Compute/disks", "disk"},
 };
 
 static int load_tenants(struct sim_world *w, json_t *sc, uint64_t *rng, char **ret_error);
@@ -88,7 +63,7 @@ static int load_meters(struct sim_world *w, json_t *sc, char **ret_error);
 static void make_resources(struct sim_world *w, unsigned per_sub);
 static void generate_hour(struct sim_world *w, struct sim_hour *h, int64_t hour);
 static void generate_record(const struct sim_world *w, uint64_t *rng, int64_t hour, size_t i,
-			    struct sim_record *rec);
+                            struct sim_record *rec);
 static void format_time(int64_t t, bool zulu, char out[static 32]);
 static char *escape_json(const char *s);
 static const char *get_str(json_t *o, const char *key, const char *dflt);
@@ -113,9 +88,9 @@ world_guid(uint64_t *state, char out[static SIM_GUID_LEN + 1])
 	uint64_t a = world_splitmix(state), b = world_splitmix(state);
 
 	snprintf(out, SIM_GUID_LEN + 1, "%08x-%04x-4%03x-%04x-%012llx", (unsigned)(a >> 32),
-		 (unsigned)(a >> 16) & 0xffff, (unsigned)a & 0xfff,
-		 (unsigned)(0x8000 | ((b >> 48) & 0x3fff)),
-		 (unsigned long long)(b & UINT64_C(0xffffffffffff)));
+	         (unsigned)(a >> 16) & 0xffff, (unsigned)a & 0xfff,
+	         (unsigned)(0x8000 | ((b >> 48) & 0x3fff)),
+	         (unsigned long long)(b & UINT64_C(0xffffffffffff)));
 }
 
 /* Tell whether s is a GUID (36 characters, dashes in place); lower_only rejects upper case. */
@@ -128,7 +103,8 @@ world_is_guid(const char *s, bool lower_only)
 		if (i == 8 || i == 13 || i == 18 || i == 23) {
 			if (s[i] != '-')
 				return false;
-		} else if (!isxdigit((unsigned char)s[i]) || (lower_only && isupper((unsigned char)s[i]))) {
+		} else if (!isxdigit((unsigned char)s[i]) ||
+		           (lower_only && isupper((unsigned char)s[i]))) {
 			return false;
 		}
 	}
@@ -183,8 +159,9 @@ world_load(struct sim_world *w, json_t *sc, char **ret_error)
 		lower_copy(w->cloud_id, s, sizeof(w->cloud_id));
 	if (!world_is_guid(w->provider_sub, false) || !world_is_guid(w->reg_sub, false) ||
 	    !world_is_guid(w->cloud_id, false)) {
-		*ret_error = xstrdup("scenario: providerSubscription, registration.subscriptionId and "
-				     "registration.cloudId must be GUIDs");
+		*ret_error =
+		        xstrdup("scenario: providerSubscription, registration.subscriptionId and "
+		                "registration.cloudId must be GUIDs");
 		return -EINVAL;
 	}
 	w->reg_rg = xstrdup(get_str(reg, "resourceGroup", "azurestack"));
@@ -192,14 +169,14 @@ world_load(struct sim_world *w, json_t *sc, char **ret_error)
 	w->reg_name = s ? xstrdup(s) : xasprintf("azurestack-%s", w->cloud_id);
 	w->billing_model = xstrdup(get_str(reg, "billingModel", "PayAsYouUse"));
 	w->reg_id = xasprintf("/subscriptions/%s/resourceGroups/%s/providers/Microsoft.AzureStack/"
-			      "registrations/%s",
-			      w->reg_sub, w->reg_rg, w->reg_name);
+	                      "registrations/%s",
+	                      w->reg_sub, w->reg_rg, w->reg_name);
 
 	w->aud_stack = xstrdup(get_str(aud, "stack",
-				       w->adfs ? "https://management.adfs.azurestack.local/"
-						 "e2bf6aa1-7a8f-4bb9-b8cb-caef446339ec"
-					       : "https://contoso.onmicrosoft.com/"
-						 "4de154de-f8a8-4017-af41-df619da68155"));
+	                               w->adfs ? "https://management.adfs.azurestack.local/"
+	                                         "e2bf6aa1-7a8f-4bb9-b8cb-caef446339ec"
+	                                       : "https://contoso.onmicrosoft.com/"
+	                                         "4de154de-f8a8-4017-af41-df619da68155"));
 	w->aud_arm = xstrdup(get_str(aud, "arm", "https://management.azure.com/"));
 	w->aud_commerce = xstrdup(get_str(aud, "commerce", "https://commerce.azsim.local/"));
 	w->require_auth = !json_is_false(json_object_get(sc, "requireAuth"));
@@ -383,7 +360,7 @@ world_quantity_text(uint64_t quantity, uint8_t style, char out[static 32])
 /* Append one record as the usage API writes it (compact JSON, quantity a number literal). */
 void
 world_format_record(const struct sim_world *w, const struct sim_record *rec, uint64_t quantity,
-		    struct evbuffer *out)
+                    struct evbuffer *out)
 {
 	const struct sim_resource *res = &w->res[rec->resource];
 	const char *sub = w->subs[res->usersub].id;
@@ -394,20 +371,20 @@ world_format_record(const struct sim_world *w, const struct sim_record *rec, uin
 	format_time(rec->usage_start + 3600, false, te);
 	world_quantity_text(quantity, rec->style, q);
 	evbuffer_add_printf(out,
-			    "{\"id\":\"/subscriptions/%s/providers/Microsoft.Commerce.Admin/"
-			    "UsageAggregate/%s-%s\",\"name\":\"%s-%s\","
-			    "\"type\":\"Microsoft.Commerce.Admin/UsageAggregate\","
-			    "\"properties\":{\"subscriptionId\":\"%s\",\"usageStartTime\":\"%s\","
-			    "\"usageEndTime\":\"%s\",\"instanceData\":\"%s\",\"quantity\":%s,"
-			    "\"meterId\":\"%s\"}}",
-			    w->provider_sub, sub, meter, sub, meter, sub, ts, te,
-			    res->instance_escaped, q, meter);
+	                    "{\"id\":\"/subscriptions/%s/providers/Microsoft.Commerce.Admin/"
+	                    "UsageAggregate/%s-%s\",\"name\":\"%s-%s\","
+	                    "\"type\":\"Microsoft.Commerce.Admin/UsageAggregate\","
+	                    "\"properties\":{\"subscriptionId\":\"%s\",\"usageStartTime\":\"%s\","
+	                    "\"usageEndTime\":\"%s\",\"instanceData\":\"%s\",\"quantity\":%s,"
+	                    "\"meterId\":\"%s\"}}",
+	                    w->provider_sub, sub, meter, sub, meter, sub, ts, te,
+	                    res->instance_escaped, q, meter);
 }
 
 /* Compute the record key of ARCHITECTURE.md section 4 for a generated record. */
 void
 world_record_key(const struct sim_world *w, int64_t hour, const struct sim_record *rec,
-		 char out[static SIM_KEY_LEN + 1])
+                 char out[static SIM_KEY_LEN + 1])
 {
 	const struct sim_resource *res = &w->res[rec->resource];
 	char th[32], ts[32], te[32], meter[64], buf[1024];
@@ -421,8 +398,8 @@ world_record_key(const struct sim_world *w, int64_t hour, const struct sim_recor
 	format_time(hour, true, th);
 	format_time(rec->usage_start, true, ts);
 	format_time(rec->usage_start + 3600, true, te);
-	n = snprintf(buf, sizeof(buf), "%s\n%s\n%s\n%s\n%s\n%s", th, w->subs[res->usersub].id, meter,
-		     ts, te, res->uri_lower);
+	n = snprintf(buf, sizeof(buf), "%s\n%s\n%s\n%s\n%s\n%s", th, w->subs[res->usersub].id,
+	             meter, ts, te, res->uri_lower);
 	if (n < 0 || (size_t)n >= sizeof(buf))
 		abort();
 	hash_sha256_hex(buf, (size_t)n, out);
@@ -479,13 +456,13 @@ world_describe(const struct sim_world *w, json_t *out)
 		for (size_t j = 0; j < w->n_subs; j++)
 			if (w->subs[j].tenant == i)
 				json_array_append_new(subs, json_string(w->subs[j].id));
-		json_array_append_new(tenants,
-				      json_pack("{s:s, s:s, s:o, s:s?, s:b}", "tenantId",
-						w->tenants[i].id, "name", w->tenants[i].name,
-						"subscriptions", subs, "customerSubscription",
-						w->tenants[i].customer[0] ? w->tenants[i].customer
-									  : NULL,
-						"listed", !w->tenants[i].unlisted));
+		json_array_append_new(
+		        tenants,
+		        json_pack("{s:s, s:s, s:o, s:s?, s:b}", "tenantId", w->tenants[i].id,
+		                  "name", w->tenants[i].name, "subscriptions", subs,
+		                  "customerSubscription",
+		                  w->tenants[i].customer[0] ? w->tenants[i].customer : NULL,
+		                  "listed", !w->tenants[i].unlisted));
 	}
 	for (size_t i = 0; i < w->n_meters; i++)
 		json_array_append_new(meters, json_string(w->meters[i]));
@@ -494,17 +471,18 @@ world_describe(const struct sim_world *w, json_t *out)
 	json_object_set_new(out, "identity", json_string(w->adfs ? "adfs" : "aad"));
 	json_object_set_new(out, "providerSubscription", json_string(w->provider_sub));
 	json_object_set_new(out, "registration",
-			    json_pack("{s:s, s:s, s:s, s:s, s:s}", "id", w->reg_id, "subscriptionId",
-				      w->reg_sub, "resourceGroup", w->reg_rg, "name", w->reg_name,
-				      "cloudId", w->cloud_id));
+	                    json_pack("{s:s, s:s, s:s, s:s, s:s}", "id", w->reg_id,
+	                              "subscriptionId", w->reg_sub, "resourceGroup", w->reg_rg,
+	                              "name", w->reg_name, "cloudId", w->cloud_id));
 	json_object_set_new(out, "defaultSubscription", json_string(w->reg_sub));
 	json_object_set_new(out, "audiences",
-			    json_pack("{s:s, s:s, s:s}", "stack", w->aud_stack, "arm", w->aud_arm,
-				      "commerce", w->aud_commerce));
+	                    json_pack("{s:s, s:s, s:s}", "stack", w->aud_stack, "arm", w->aud_arm,
+	                              "commerce", w->aud_commerce));
 	json_object_set_new(out, "tenants", tenants);
 	json_object_set_new(out, "meters", meters);
-	json_object_set_new(out, "hours", json_pack("{s:s, s:I}", "from", from, "count",
-						     (json_int_t)w->hour_count));
+	json_object_set_new(
+	        out, "hours",
+	        json_pack("{s:s, s:I}", "from", from, "count", (json_int_t)w->hour_count));
 	json_object_set_new(out, "recordsPerHour", json_integer(w->records_per_hour));
 	json_object_set_new(out, "pageSize", json_integer(w->page_size));
 	json_object_set_new(out, "commercePath", json_string(w->commerce_path));
@@ -519,7 +497,7 @@ load_tenants(struct sim_world *w, json_t *sc, uint64_t *rng, char **ret_error)
 	long per_tenant = get_int(sc, "subscriptionsPerTenant", 2);
 	long registered = get_int(sc, "registeredTenants", 2);
 	size_t n = json_is_array(list) ? json_array_size(list)
-				       : (size_t)MAX(0, get_int(sc, "tenants", 3));
+	                               : (size_t)MAX(0, get_int(sc, "tenants", 3));
 
 	if (n > 100000 || per_tenant < 0 || per_tenant > 10000) {
 		*ret_error = xstrdup("scenario: tenants / subscriptionsPerTenant out of range");
@@ -532,8 +510,9 @@ load_tenants(struct sim_world *w, json_t *sc, uint64_t *rng, char **ret_error)
 		json_t *o = json_array_get(list, i);
 		json_t *subs = json_object_get(o, "subscriptions");
 		json_t *reg = json_object_get(o, "registered");
-		size_t nsubs = json_is_array(subs) ? json_array_size(subs)
-						   : (size_t)get_int(o, "subscriptions", per_tenant);
+		size_t nsubs = json_is_array(subs)
+		                       ? json_array_size(subs)
+		                       : (size_t)get_int(o, "subscriptions", per_tenant);
 		char customer[SIM_GUID_LEN + 1];
 		const char *s;
 
@@ -570,8 +549,8 @@ load_tenants(struct sim_world *w, json_t *sc, uint64_t *rng, char **ret_error)
 				lower_copy(u->id, s, sizeof(u->id));
 			if (!world_is_guid(u->id, false)) {
 				*ret_error = xasprintf("scenario: tenants[%zu].subscriptions[%zu]: "
-						       "not a GUID",
-						       i, j);
+				                       "not a GUID",
+				                       i, j);
 				return -EINVAL;
 			}
 			u->tenant = i;
@@ -599,8 +578,8 @@ load_clients(struct sim_world *w, json_t *sc, char **ret_error)
 
 		if (!id || (!secret && !cert)) {
 			*ret_error = xasprintf("scenario: clients[%zu]: clientId and secret or "
-					       "certificate required",
-					       i);
+			                       "certificate required",
+			                       i);
 			return -EINVAL;
 		}
 		c->client_id = xstrdup(id);
@@ -614,9 +593,10 @@ load_clients(struct sim_world *w, json_t *sc, char **ret_error)
 			if (f)
 				fclose(f);
 			if (!x) {
-				*ret_error = xasprintf("scenario: clients[%zu].certificate: cannot read "
-						       "a PEM certificate from %s",
-						       i, cert);
+				*ret_error =
+				        xasprintf("scenario: clients[%zu].certificate: cannot read "
+				                  "a PEM certificate from %s",
+				                  i, cert);
 				return -EINVAL;
 			}
 			len = i2d_X509(x, &der);
@@ -654,7 +634,7 @@ load_meters(struct sim_world *w, json_t *sc, char **ret_error)
 	w->meters = xcalloc(n, sizeof(char *));
 	for (size_t i = 0; i < n; i++) {
 		const char *m = json_is_array(list) ? json_string_value(json_array_get(list, i))
-						    : default_meters[i];
+		                                    : default_meters[i];
 
 		if (isempty(m) || strlen(m) > 40 || strpbrk(m, "\"\\/")) {
 			*ret_error = xasprintf("scenario: meters[%zu]: not a meter id", i);
@@ -678,8 +658,9 @@ make_resources(struct sim_world *w, unsigned per_sub)
 			_cleanup_free_ char *doc = NULL;
 
 			r->usersub = s;
-			r->uri = xasprintf("/subscriptions/%s/resourceGroups/rg%u/providers/%s/%s%02u",
-					   w->subs[s].id, k / 4 + 1, kind[0], kind[1], k + 1);
+			r->uri = xasprintf(
+			        "/subscriptions/%s/resourceGroups/rg%u/providers/%s/%s%02u",
+			        w->subs[s].id, k / 4 + 1, kind[0], kind[1], k + 1);
 			r->uri_lower = xstrdup(r->uri);
 			for (char *p = r->uri_lower; *p; p++)
 				*p = (char)tolower((unsigned char)*p);
@@ -688,10 +669,12 @@ make_resources(struct sim_world *w, unsigned per_sub)
 			else if (w->n_res % 5 == 2)
 				tags = "{\"owner\":\"R&D \\\"lab\\\"\"}";
 			if (k % 4 == 0)
-				info = "{\"ServiceType\":\"Standard_D2_v2\",\"ImageType\":\"Windows_Server\"}";
-			doc = xasprintf("{\"Microsoft.Resources\":{\"resourceUri\":\"%s\",\"location\":"
-					"\"local\",\"tags\":%s,\"additionalInfo\":%s}}",
-					r->uri, tags, info);
+				info = "{\"ServiceType\":\"Standard_D2_v2\","
+				       "\"ImageType\":\"Windows_Server\"}";
+			doc = xasprintf(
+			        "{\"Microsoft.Resources\":{\"resourceUri\":\"%s\",\"location\":"
+			        "\"local\",\"tags\":%s,\"additionalInfo\":%s}}",
+			        r->uri, tags, info);
 			r->instance_escaped = escape_json(doc);
 			r->tags = tags;
 			r->info = info;
@@ -737,7 +720,7 @@ generate_hour(struct sim_world *w, struct sim_hour *h, int64_t hour)
  */
 static void
 generate_record(const struct sim_world *w, uint64_t *rng, int64_t hour, size_t i,
-		struct sim_record *rec)
+                struct sim_record *rec)
 {
 	size_t rot = (size_t)((hour / 3600) * 7 % (int64_t)w->n_res);
 	size_t j = i / w->n_res;
@@ -754,7 +737,8 @@ generate_record(const struct sim_world *w, uint64_t *rng, int64_t hour, size_t i
 		rec->quantity = (r2 % 50 + 1) * SIM_QTY_SCALE;
 	} else if (kind < 15) {
 		rec->style = 0; /* 17 significant digits */
-		rec->quantity = (1000000 + r2 % 9000000) * SIM_QTY_SCALE + (r2 >> 20) % SIM_QTY_SCALE;
+		rec->quantity =
+		        (1000000 + r2 % 9000000) * SIM_QTY_SCALE + (r2 >> 20) % SIM_QTY_SCALE;
 	} else if (kind < 20) {
 		rec->style = 2; /* two decimals */
 		rec->quantity = (r2 % 100000) * UINT64_C(100000000);

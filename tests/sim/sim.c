@@ -47,10 +47,10 @@
 #include "timeutil.h"
 #include "xmalloc.h"
 
-#define USAGE_API_VERSION "2015-06-01-preview"
-#define SUBS_API_VERSION "2015-11-01"
+#define USAGE_API_VERSION    "2015-06-01-preview"
+#define SUBS_API_VERSION     "2015-11-01"
 #define METADATA_API_VERSION "2015-01-01"
-#define MAX_SEGMENTS 16
+#define MAX_SEGMENTS         16
 
 /* A reply held back by a fault (delay, slow body, reset). */
 struct pending {
@@ -67,32 +67,32 @@ struct pending {
 };
 
 static const char *const endpoint_names[SIM_EP_MAX] = {
-	"metadata", "token", "usage", "subscriptions", "arm", "commerce", "control", "unknown",
+        "metadata", "token", "usage", "subscriptions", "arm", "commerce", "control", "unknown",
 };
 
 static const struct {
 	const char *code;
 	const char *message;
 } arm_messages[] = {
-	{"RegistrationNotFound", "The provided registration was not found."},
-	{"UnauthorizedCspRegistration",
-	 "The provided registration name is not approved to use multi-tenancy."},
-	{"CustomerSubscriptionsNotAllowed",
-	 "Customer subscriptions are not allowed for registrations with the Capacity billing "
-	 "model."},
-	{"BadCustomerSubscriptionId", "The provided customer subscription id is not valid."},
-	{"InvalidCustomerSubscriptionId", "The provided customer subscription id is invalid."},
-	{"CustomerSubscriptionNotFound", "The customer subscription was not found."},
-	{"InvalidCSPSubscription", "The provided subscription is not a CSP subscription."},
-	{"MetadataResolverBadGatewayError", "The metadata resolver returned a bad gateway error."},
-	{"RequestEndTimeIsInFuture",
-	 "The value for ReportedEndTime is in the future. Values in the future are not allowed "
-	 "for this argument."},
-	{"ServiceUnavailable",
-	 "A retryable error occurred because the service is busy or the call is being throttled."},
-	{"ExpiredAuthenticationToken",
-	 "The access token expiry UTC time is earlier than current UTC time."},
-	{"InvalidAuthenticationToken", "The access token is invalid."},
+        {"RegistrationNotFound", "The provided registration was not found."},
+        {"UnauthorizedCspRegistration",
+         "The provided registration name is not approved to use multi-tenancy."},
+        {"CustomerSubscriptionsNotAllowed",
+         "Customer subscriptions are not allowed for registrations with the Capacity billing "
+         "model."},
+        {"BadCustomerSubscriptionId", "The provided customer subscription id is not valid."},
+        {"InvalidCustomerSubscriptionId", "The provided customer subscription id is invalid."},
+        {"CustomerSubscriptionNotFound", "The customer subscription was not found."},
+        {"InvalidCSPSubscription", "The provided subscription is not a CSP subscription."},
+        {"MetadataResolverBadGatewayError", "The metadata resolver returned a bad gateway error."},
+        {"RequestEndTimeIsInFuture",
+         "The value for ReportedEndTime is in the future. Values in the future are not allowed "
+         "for this argument."},
+        {"ServiceUnavailable",
+         "A retryable error occurred because the service is busy or the call is being throttled."},
+        {"ExpiredAuthenticationToken",
+         "The access token expiry UTC time is earlier than current UTC time."},
+        {"InvalidAuthenticationToken", "The access token is invalid."},
 };
 
 static volatile sig_atomic_t quitting;
@@ -104,26 +104,26 @@ static int classify(struct sim *s, int method, const char *path, char **seg, int
 static void send_response(struct sim *s, struct evhttp_request *req, struct sim_response *r);
 static void fault_reply(struct sim *s, struct sim_rule *rule, int ep, struct sim_response *r);
 static struct sim_rule *fault_generic(struct sim *s, int ep, struct evhttp_request *req,
-				      const char *path);
+                                      const char *path);
 static bool rule_fires(struct sim *s, struct sim_rule *rule);
 static int faults_load(struct sim *s, json_t *plan, char **ret_error);
 static void faults_free(struct sim *s);
 static json_t *faults_dump(const struct sim *s);
 static void hold(struct sim *s, struct evhttp_request *req, struct sim_response *r,
-		 enum sim_action action, unsigned delay_ms);
+                 enum sim_action action, unsigned delay_ms);
 static void on_pending_timer(evutil_socket_t fd, short what, void *arg);
 static void on_pending_close(struct evhttp_connection *evcon, void *arg);
 static void pending_free(struct pending *p);
 static void handle_metadata(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q,
-			    struct sim_response *r);
+                            struct sim_response *r);
 static void handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q,
-			 const char *path, struct sim_response *r);
+                         const char *path, struct sim_response *r);
 static void handle_subscriptions(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q,
-				 const char *path, struct sim_response *r);
+                                 const char *path, struct sim_response *r);
 static void handle_arm(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q,
-		       const char *path, char **seg, int nseg, struct sim_response *r);
+                       const char *path, char **seg, int nseg, struct sim_response *r);
 static void handle_control(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q,
-			   const char *path, struct sim_response *r);
+                           const char *path, struct sim_response *r);
 static void customer_entry(struct sim *s, const struct sim_tenant *t, struct evbuffer *b);
 static const char *arm_message(const char *code);
 static const char *host_of(struct sim *s, struct evhttp_request *req);
@@ -131,7 +131,7 @@ static void append_encoded(struct evbuffer *b, const char *s);
 static json_t *body_json(struct evhttp_request *req);
 static bool is_loopback(struct evhttp_request *req);
 static void log_request(struct sim *s, struct evhttp_request *req, int ep, const char *path,
-			int status, const char *action, unsigned events);
+                        int status, const char *action, unsigned events);
 static void log_reset(struct sim *s);
 static uint64_t thread_cpu_ns(void);
 static int write_port_file(const char *path, int port);
@@ -152,19 +152,19 @@ int
 main(int argc, char **argv)
 {
 	static const struct option options[] = {
-		{"listen", required_argument, NULL, 'l'},
-		{"cert", required_argument, NULL, 'c'},
-		{"key", required_argument, NULL, 'k'},
-		{"scenario", required_argument, NULL, 's'},
-		{"state-dir", required_argument, NULL, 'd'},
-		{"port-file", required_argument, NULL, 'p'},
-		{"now", required_argument, NULL, 'n'},
-		{"seed", required_argument, NULL, 'S'},
-		{"records-per-hour", required_argument, NULL, 'R'},
-		{"hours", required_argument, NULL, 'H'},
-		{"help", no_argument, NULL, 'h'},
-		{"version", no_argument, NULL, 'V'},
-		{NULL, 0, NULL, 0},
+	        {"listen", required_argument, NULL, 'l'},
+	        {"cert", required_argument, NULL, 'c'},
+	        {"key", required_argument, NULL, 'k'},
+	        {"scenario", required_argument, NULL, 's'},
+	        {"state-dir", required_argument, NULL, 'd'},
+	        {"port-file", required_argument, NULL, 'p'},
+	        {"now", required_argument, NULL, 'n'},
+	        {"seed", required_argument, NULL, 'S'},
+	        {"records-per-hour", required_argument, NULL, 'R'},
+	        {"hours", required_argument, NULL, 'H'},
+	        {"help", no_argument, NULL, 'h'},
+	        {"version", no_argument, NULL, 'V'},
+	        {NULL, 0, NULL, 0},
 	};
 	const char *listen = "127.0.0.1:0", *cert = NULL, *key = NULL, *scenario = NULL;
 	const char *port_file = NULL, *now = NULL;
@@ -183,23 +183,49 @@ main(int argc, char **argv)
 
 	while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0) {
 		switch (c) {
-		case 'l': listen = optarg; break;
-		case 'c': cert = optarg; break;
-		case 'k': key = optarg; break;
-		case 's': scenario = optarg; break;
-		case 'd': s.state_dir = optarg; break;
-		case 'p': port_file = optarg; break;
-		case 'n': now = optarg; break;
-		case 'S': seed = strtol(optarg, NULL, 10); break;
-		case 'R': rph = strtol(optarg, NULL, 10); break;
-		case 'H': hours = strtol(optarg, NULL, 10); break;
-		case 'h': help(); return 0;
-		case 'V': printf("azs-sim %s\n", AZS_VERSION); return 0;
-		default: return 2;
+		case 'l':
+			listen = optarg;
+			break;
+		case 'c':
+			cert = optarg;
+			break;
+		case 'k':
+			key = optarg;
+			break;
+		case 's':
+			scenario = optarg;
+			break;
+		case 'd':
+			s.state_dir = optarg;
+			break;
+		case 'p':
+			port_file = optarg;
+			break;
+		case 'n':
+			now = optarg;
+			break;
+		case 'S':
+			seed = strtol(optarg, NULL, 10);
+			break;
+		case 'R':
+			rph = strtol(optarg, NULL, 10);
+			break;
+		case 'H':
+			hours = strtol(optarg, NULL, 10);
+			break;
+		case 'h':
+			help();
+			return 0;
+		case 'V':
+			printf("azs-sim %s\n", AZS_VERSION);
+			return 0;
+		default:
+			return 2;
 		}
 	}
 	if (optind < argc || !cert || !key || !s.state_dir) {
-		fprintf(stderr, "azs-sim: --cert, --key and --state-dir are required (see --help)\n");
+		fprintf(stderr,
+		        "azs-sim: --cert, --key and --state-dir are required (see --help)\n");
 		return 2;
 	}
 	if (scenario) {
@@ -248,7 +274,7 @@ main(int argc, char **argv)
 	    SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
 	    SSL_CTX_check_private_key(ctx) != 1) {
 		fprintf(stderr, "azs-sim: cannot load the server certificate %s / key %s\n", cert,
-			key);
+		        key);
 		goto out;
 	}
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
@@ -261,8 +287,8 @@ main(int argc, char **argv)
 	evhttp_set_bevcb(s.http, on_bev, ctx);
 	evhttp_set_gencb(s.http, on_request, &s);
 	evhttp_set_allowed_methods(s.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
-						   EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH |
-						   EVHTTP_REQ_HEAD);
+	                                           EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH |
+	                                           EVHTTP_REQ_HEAD);
 	evhttp_set_max_body_size(s.http, (ev_ssize_t)(s.world.max_bytes * 4 + (1 << 20)));
 	evhttp_set_timeout(s.http, 600);
 
@@ -286,9 +312,9 @@ main(int argc, char **argv)
 	if (getsockname(evhttp_bound_socket_get_fd(bound), (struct sockaddr *)&ss, &sl) < 0)
 		goto out;
 	port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-					       : ((struct sockaddr_in *)&ss)->sin_port);
+	                                      : ((struct sockaddr_in *)&ss)->sin_port);
 	authority = ss.ss_family == AF_INET6 ? xasprintf("[%s]:%d", host, port)
-					     : xasprintf("%s:%d", host, port);
+	                                     : xasprintf("%s:%d", host, port);
 	if (port_file && write_port_file(port_file, port) < 0) {
 		fprintf(stderr, "azs-sim: cannot write %s: %s\n", port_file, strerror(errno));
 		goto out;
@@ -378,7 +404,7 @@ sim_arm_error(struct sim_response *r, int status, const char *code, const char *
  */
 struct sim_rule *
 sim_fault_take(struct sim *s, int endpoint, enum sim_action action, const char *event_id,
-	       int64_t hour)
+               int64_t hour)
 {
 	for (size_t i = 0; i < s->n_rules; i++) {
 		struct sim_rule *rule = &s->rules[i];
@@ -448,18 +474,29 @@ on_request(struct evhttp_request *req, void *arg)
 	}
 	if (rule && (rule->action == SIM_ACT_TIMEOUT || rule->action == SIM_ACT_RESET)) {
 		log_request(s, req, ep, path, 0,
-			    rule->action == SIM_ACT_TIMEOUT ? "timeout" : "reset", 0);
+		            rule->action == SIM_ACT_TIMEOUT ? "timeout" : "reset", 0);
 		if (rule->action == SIM_ACT_RESET)
 			hold(s, req, &r, SIM_ACT_RESET, 0);
-		goto out; /* a time-out never answers: evhttp frees the request when the peer goes */
+		goto out; /* a time-out never answers: evhttp frees the request when the peer goes
+		           */
 	}
 
 	switch (ep) {
-	case SIM_EP_METADATA: handle_metadata(s, req, &q, &r); break;
-	case SIM_EP_TOKEN: identity_token(s, req, path, &r); break;
-	case SIM_EP_USAGE: handle_usage(s, req, &q, path, &r); break;
-	case SIM_EP_SUBSCRIPTIONS: handle_subscriptions(s, req, &q, path, &r); break;
-	case SIM_EP_ARM: handle_arm(s, req, &q, path, seg, nseg, &r); break;
+	case SIM_EP_METADATA:
+		handle_metadata(s, req, &q, &r);
+		break;
+	case SIM_EP_TOKEN:
+		identity_token(s, req, path, &r);
+		break;
+	case SIM_EP_USAGE:
+		handle_usage(s, req, &q, path, &r);
+		break;
+	case SIM_EP_SUBSCRIPTIONS:
+		handle_subscriptions(s, req, &q, path, &r);
+		break;
+	case SIM_EP_ARM:
+		handle_arm(s, req, &q, path, seg, nseg, &r);
+		break;
 	case SIM_EP_COMMERCE:
 		if (method != EVHTTP_REQ_POST)
 			sim_arm_error(&r, 405, "MethodNotAllowed", "Use POST.");
@@ -478,7 +515,12 @@ on_request(struct evhttp_request *req, void *arg)
 		if (evbuffer_get_length(r.body) == 0)
 			evbuffer_add_printf(r.body, "{\"value\":[{\"id\":");
 	}
-	log_request(s, req, ep, path, r.status, rule ? (rule->action == SIM_ACT_MALFORMED ? "malformed" : rule->action == SIM_ACT_SLOW ? "slow" : "delay") : NULL, r.events);
+	log_request(s, req, ep, path, r.status,
+	            rule ? (rule->action == SIM_ACT_MALFORMED ? "malformed"
+	                    : rule->action == SIM_ACT_SLOW    ? "slow"
+	                                                      : "delay")
+	                 : NULL,
+	            r.events);
 	if (rule && (rule->action == SIM_ACT_SLOW || rule->action == SIM_ACT_DELAY)) {
 		hold(s, req, &r, rule->action, rule->delay_ms ? rule->delay_ms : 200);
 		goto out;
@@ -501,7 +543,7 @@ on_bev(struct event_base *base, void *arg)
 	if (!ssl)
 		return NULL;
 	return bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
-					      BEV_OPT_CLOSE_ON_FREE);
+	                                      BEV_OPT_CLOSE_ON_FREE);
 }
 
 /* Stop the loop on SIGTERM/SIGINT. */
@@ -568,12 +610,18 @@ fault_reply(struct sim *s, struct sim_rule *rule, int ep, struct sim_response *r
 		int status;
 		const char *code;
 	} defaults[] = {
-		{400, "BadRequest"},	      {401, "ExpiredAuthenticationToken"},
-		{403, "AuthorizationFailed"}, {404, "NotFound"},
-		{408, "RequestTimeout"},      {409, "Conflict"},
-		{413, "RequestEntityTooLarge"}, {429, "TooManyRequests"},
-		{500, "InternalServerError"}, {502, "BadGateway"},
-		{503, "ServiceUnavailable"},  {504, "GatewayTimeout"},
+	        {400, "BadRequest"},
+	        {401, "ExpiredAuthenticationToken"},
+	        {403, "AuthorizationFailed"},
+	        {404, "NotFound"},
+	        {408, "RequestTimeout"},
+	        {409, "Conflict"},
+	        {413, "RequestEntityTooLarge"},
+	        {429, "TooManyRequests"},
+	        {500, "InternalServerError"},
+	        {502, "BadGateway"},
+	        {503, "ServiceUnavailable"},
+	        {504, "GatewayTimeout"},
 	};
 	const char *code = rule->code;
 
@@ -588,15 +636,15 @@ fault_reply(struct sim *s, struct sim_rule *rule, int ep, struct sim_response *r
 		sim_json_str(r->body, rule->code ? rule->code : "temporarily_unavailable");
 		evbuffer_add_printf(r->body, ",\"error_description\":");
 		sim_json_str(r->body, rule->message ? rule->message
-						    : "AADSTS50196: The server is temporarily "
-						      "unavailable (simulated).");
+		                                    : "AADSTS50196: The server is temporarily "
+		                                      "unavailable (simulated).");
 		evbuffer_add_printf(r->body, "}");
 	} else {
 		sim_arm_error(r, rule->status, code, rule->message);
 	}
 	if (rule->status == 401)
 		r->www_authenticate = "Bearer authorization_uri=\"https://login.windows.net/\", "
-				      "error=\"invalid_token\"";
+		                      "error=\"invalid_token\"";
 	if (rule->retry_after) {
 		if (strncmp(rule->retry_after, "http-date:", 10) == 0) {
 			time_t t = time(NULL) + strtol(rule->retry_after + 10, NULL, 10);
@@ -617,15 +665,15 @@ static struct sim_rule *
 fault_generic(struct sim *s, int ep, struct evhttp_request *req, const char *path)
 {
 	static const char *const methods[] = {
-		[0] = "GET", [1] = "POST", [2] = "HEAD", [3] = "PUT", [4] = "DELETE",
+	        [0] = "GET", [1] = "POST", [2] = "HEAD", [3] = "PUT", [4] = "DELETE",
 	};
 	int cmd = (int)evhttp_request_get_command(req);
-	const char *method = cmd == EVHTTP_REQ_GET	  ? methods[0]
-			     : cmd == EVHTTP_REQ_POST	  ? methods[1]
-			     : cmd == EVHTTP_REQ_HEAD	  ? methods[2]
-			     : cmd == EVHTTP_REQ_PUT	  ? methods[3]
-			     : cmd == EVHTTP_REQ_DELETE ? methods[4]
-							  : "OTHER";
+	const char *method = cmd == EVHTTP_REQ_GET      ? methods[0]
+	                     : cmd == EVHTTP_REQ_POST   ? methods[1]
+	                     : cmd == EVHTTP_REQ_HEAD   ? methods[2]
+	                     : cmd == EVHTTP_REQ_PUT    ? methods[3]
+	                     : cmd == EVHTTP_REQ_DELETE ? methods[4]
+	                                                : "OTHER";
 
 	for (size_t i = 0; i < s->n_rules; i++) {
 		struct sim_rule *rule = &s->rules[i];
@@ -655,8 +703,8 @@ rule_fires(struct sim *s, struct sim_rule *rule)
 		return false;
 	if (rule->times >= 0 && rule->fired >= rule->times)
 		return false;
-	if (rule->rate > 0 && (double)(world_splitmix(&s->prng) >> 11) / 9007199254740992.0 >=
-				      rule->rate)
+	if (rule->rate > 0 &&
+	    (double)(world_splitmix(&s->prng) >> 11) / 9007199254740992.0 >= rule->rate)
 		return false;
 	rule->fired++;
 	return true;
@@ -667,16 +715,16 @@ static int
 faults_load(struct sim *s, json_t *plan, char **ret_error)
 {
 	static const char *const actions[] = {
-		[SIM_ACT_STATUS] = "status",
-		[SIM_ACT_TIMEOUT] = "timeout",
-		[SIM_ACT_RESET] = "reset",
-		[SIM_ACT_SLOW] = "slow",
-		[SIM_ACT_DELAY] = "delay",
-		[SIM_ACT_MALFORMED] = "malformed",
-		[SIM_ACT_EVENTS] = "events",
-		[SIM_ACT_POISON] = "poison",
-		[SIM_ACT_NEXTLINK_LOOP] = "nextLinkLoop",
-		[SIM_ACT_CHANGE_QUANTITY] = "changeQuantity",
+	        [SIM_ACT_STATUS] = "status",
+	        [SIM_ACT_TIMEOUT] = "timeout",
+	        [SIM_ACT_RESET] = "reset",
+	        [SIM_ACT_SLOW] = "slow",
+	        [SIM_ACT_DELAY] = "delay",
+	        [SIM_ACT_MALFORMED] = "malformed",
+	        [SIM_ACT_EVENTS] = "events",
+	        [SIM_ACT_POISON] = "poison",
+	        [SIM_ACT_NEXTLINK_LOOP] = "nextLinkLoop",
+	        [SIM_ACT_CHANGE_QUANTITY] = "changeQuantity",
 	};
 	struct sim_rule *rules;
 	size_t n;
@@ -715,13 +763,17 @@ faults_load(struct sim *s, json_t *plan, char **ret_error)
 		else if (json_is_string(v))
 			rule->retry_after = xstrdup(json_string_value(v));
 		if (json_object_get(o, "code"))
-			rule->code = xstrdup(str_or_empty(json_string_value(json_object_get(o, "code"))));
+			rule->code = xstrdup(
+			        str_or_empty(json_string_value(json_object_get(o, "code"))));
 		if (json_object_get(o, "message"))
-			rule->message = xstrdup(str_or_empty(json_string_value(json_object_get(o, "message"))));
+			rule->message = xstrdup(
+			        str_or_empty(json_string_value(json_object_get(o, "message"))));
 		if (json_object_get(o, "method"))
-			rule->method = xstrdup(str_or_empty(json_string_value(json_object_get(o, "method"))));
+			rule->method = xstrdup(
+			        str_or_empty(json_string_value(json_object_get(o, "method"))));
 		if (json_object_get(o, "path"))
-			rule->path_contains = xstrdup(str_or_empty(json_string_value(json_object_get(o, "path"))));
+			rule->path_contains = xstrdup(
+			        str_or_empty(json_string_value(json_object_get(o, "path"))));
 		v = json_object_get(o, "rate");
 		if (v)
 			rule->rate = json_number_value(v);
@@ -737,7 +789,7 @@ faults_load(struct sim *s, json_t *plan, char **ret_error)
 			rule->events = xcalloc(rule->n_events + 1, sizeof(char *));
 			for (size_t j = 0; j < rule->n_events; j++)
 				rule->events[j] = xstrdup(
-					str_or_empty(json_string_value(json_array_get(events, j))));
+				        str_or_empty(json_string_value(json_array_get(events, j))));
 		}
 		if (action) {
 			bool found = false;
@@ -766,9 +818,10 @@ faults_load(struct sim *s, json_t *plan, char **ret_error)
 			faults_free(s);
 			s->rules = old;
 			s->n_rules = old_n;
-			*ret_error = xasprintf("rule %zu: needs a known endpoint and action, a status "
-					       "100..599 for a status rule, rate 0..1, hour RFC 3339",
-					       i);
+			*ret_error =
+			        xasprintf("rule %zu: needs a known endpoint and action, a status "
+			                  "100..599 for a status rule, rate 0..1, hour RFC 3339",
+			                  i);
 			return -EINVAL;
 		}
 	}
@@ -804,21 +857,21 @@ static json_t *
 faults_dump(const struct sim *s)
 {
 	static const char *const actions[] = {
-		"status", "timeout",	  "reset",	  "slow",	 "delay",
-		"malformed", "events", "poison", "nextLinkLoop", "changeQuantity",
+	        "status",    "timeout", "reset",  "slow",         "delay",
+	        "malformed", "events",  "poison", "nextLinkLoop", "changeQuantity",
 	};
 	json_t *list = json_array();
 
 	for (size_t i = 0; i < s->n_rules; i++) {
 		const struct sim_rule *rule = &s->rules[i];
 
-		json_array_append_new(list,
-				      json_pack("{s:s, s:s, s:i, s:s?, s:I, s:I, s:I, s:I}", "endpoint",
-						sim_endpoint_name(rule->endpoint), "action",
-						actions[rule->action], "status", rule->status, "code",
-						rule->code, "times", (json_int_t)rule->times, "after",
-						(json_int_t)rule->after, "seen", (json_int_t)rule->seen,
-						"fired", (json_int_t)rule->fired));
+		json_array_append_new(
+		        list, json_pack("{s:s, s:s, s:i, s:s?, s:I, s:I, s:I, s:I}", "endpoint",
+		                        sim_endpoint_name(rule->endpoint), "action",
+		                        actions[rule->action], "status", rule->status, "code",
+		                        rule->code, "times", (json_int_t)rule->times, "after",
+		                        (json_int_t)rule->after, "seen", (json_int_t)rule->seen,
+		                        "fired", (json_int_t)rule->fired));
 	}
 	return list;
 }
@@ -930,22 +983,23 @@ pending_free(struct pending *p)
 /* GET /metadata/endpoints: the stamp's login endpoint and audience. */
 static void
 handle_metadata(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q,
-		struct sim_response *r)
+                struct sim_response *r)
 {
 	const char *v = evhttp_find_header(q, "api-version");
 	const char *host = host_of(s, req);
 
 	if (!v) {
 		sim_arm_error(r, 400, "MissingApiVersionParameter",
-			      "The api-version query parameter (?api-version=) is required for all "
-			      "requests.");
+		              "The api-version query parameter (?api-version=) is required for all "
+		              "requests.");
 		return;
 	}
-	evbuffer_add_printf(r->body,
-			    "{\"galleryEndpoint\":\"https://%s/gallery/\",\"graphEndpoint\":"
-			    "\"https://%s/graph/\",\"portalEndpoint\":\"https://%s/portal/\","
-			    "\"authentication\":{\"loginEndpoint\":\"https://%s/%s\",\"audiences\":[",
-			    host, host, host, host, s->world.adfs ? "adfs/" : "");
+	evbuffer_add_printf(
+	        r->body,
+	        "{\"galleryEndpoint\":\"https://%s/gallery/\",\"graphEndpoint\":"
+	        "\"https://%s/graph/\",\"portalEndpoint\":\"https://%s/portal/\","
+	        "\"authentication\":{\"loginEndpoint\":\"https://%s/%s\",\"audiences\":[",
+	        host, host, host, host, s->world.adfs ? "adfs/" : "");
 	sim_json_str(r->body, s->world.aud_stack);
 	evbuffer_add_printf(r->body, "]}}");
 }
@@ -953,7 +1007,7 @@ handle_metadata(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q,
 /* The usage API: one reported hour, pages of pre-formatted records, nextLink with a token. */
 static void
 handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, const char *path,
-	     struct sim_response *r)
+             struct sim_response *r)
 {
 	struct sim_world *w = &s->world;
 	const char *start = evhttp_find_header(q, "reportedStartTime");
@@ -979,24 +1033,26 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 	if (!identity_check(s, req, w->aud_stack, r))
 		return;
 	if (!version || !streq(version, USAGE_API_VERSION)) {
-		sim_arm_error(r, 400, version ? "InvalidApiVersionParameter" : "MissingApiVersionParameter",
-			      "The api-version must be " USAGE_API_VERSION ".");
+		sim_arm_error(r, 400,
+		              version ? "InvalidApiVersionParameter" : "MissingApiVersionParameter",
+		              "The api-version must be " USAGE_API_VERSION ".");
 		return;
 	}
 	if (!start || !end || time_parse_rfc3339(start, &ts) < 0 ||
 	    time_parse_rfc3339(end, &te) < 0) {
 		sim_arm_error(r, 400, "BadRequest",
-			      "reportedStartTime and reportedEndTime must be ISO 8601 times.");
+		              "reportedStartTime and reportedEndTime must be ISO 8601 times.");
 		return;
 	}
 	if (!time_on_hour(ts) || te != ts + 3600) {
-		sim_arm_error(r, 400, "InvalidReportedTimeRange",
-			      "The reported time range must be one whole hour starting on the hour.");
+		sim_arm_error(
+		        r, 400, "InvalidReportedTimeRange",
+		        "The reported time range must be one whole hour starting on the hour.");
 		return;
 	}
 	if (!gran || strcasecmp(gran, "Hourly") != 0) {
 		sim_arm_error(r, 400, "InvalidAggregationGranularity",
-			      "The simulator serves aggregationGranularity=Hourly only.");
+		              "The simulator serves aggregationGranularity=Hourly only.");
 		return;
 	}
 	if (te > sim_now(s)) {
@@ -1018,18 +1074,18 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 
 		if (k < 0) {
 			sim_arm_error(r, 400, "InvalidContinuationToken",
-				      "The continuation token is malformed.");
+			              "The continuation token is malformed.");
 			return;
 		}
 		raw[k] = '\0';
 		t = json_loads(raw, JSON_DISABLE_EOF_CHECK, NULL);
 		if (!t || !streq_ptr(json_string_value(json_object_get(t, "r")), th) ||
 		    !streq_ptr(json_string_value(json_object_get(t, "s")),
-			       subscriber ? subscriber : "") ||
+		               subscriber ? subscriber : "") ||
 		    !json_is_integer(json_object_get(t, "o"))) {
 			json_decref(t);
 			sim_arm_error(r, 400, "InvalidContinuationToken",
-				      "The continuation token does not belong to this query.");
+			              "The continuation token does not belong to this query.");
 			return;
 		}
 		offset = (long)json_integer_value(json_object_get(t, "o"));
@@ -1041,7 +1097,7 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 	}
 	hr = world_hour(w, ts);
 	change = gen >= 2 ? sim_fault_take(s, SIM_EP_USAGE, SIM_ACT_CHANGE_QUANTITY, NULL, ts)
-			  : NULL;
+	                  : NULL;
 	evbuffer_add_printf(r->body, "{\"value\":[");
 	for (size_t i = 0; hr && i < hr->n; i++) {
 		if (usersub != -1 &&
@@ -1057,7 +1113,7 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 			evbuffer_add(r->body, ",", 1);
 		if (change && i < change->count)
 			world_format_record(w, &hr->recs[i], hr->recs[i].quantity + SIM_QTY_SCALE,
-					    r->body);
+			                    r->body);
 		else
 			evbuffer_add(r->body, hr->text[i], hr->len[i]);
 		emitted++;
@@ -1073,7 +1129,7 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 		_cleanup_free_ char *tok = NULL, *b64 = NULL;
 
 		tok = xasprintf("{\"r\":\"%s\",\"s\":\"%s\",\"o\":%zu,\"g\":%ld}", th,
-				subscriber ? subscriber : "", next, gen);
+		                subscriber ? subscriber : "", next, gen);
 		while (strlen(tok) % 3 != 1) {
 			char *t2 = xasprintf("%s ", tok);
 
@@ -1082,12 +1138,12 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 		}
 		b64 = identity_b64((const unsigned char *)tok, strlen(tok), false);
 		evbuffer_add_printf(r->body, ",\"nextLink\":\"https://%s%s?reportedStartTime=",
-				    host_of(s, req), path);
+		                    host_of(s, req), path);
 		append_encoded(r->body, start);
 		evbuffer_add_printf(r->body, "&reportedEndTime=");
 		append_encoded(r->body, end);
-		evbuffer_add_printf(r->body,
-				    "&aggregationGranularity=Hourly&api-version=" USAGE_API_VERSION);
+		evbuffer_add_printf(
+		        r->body, "&aggregationGranularity=Hourly&api-version=" USAGE_API_VERSION);
 		if (subscriber) {
 			evbuffer_add_printf(r->body, "&subscriberId=");
 			append_encoded(r->body, subscriber);
@@ -1104,7 +1160,7 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 /* The admin user-subscriptions list, paged with $skipToken. */
 static void
 handle_subscriptions(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q,
-		     const char *path, struct sim_response *r)
+                     const char *path, struct sim_response *r)
 {
 	struct sim_world *w = &s->world;
 	const char *version = evhttp_find_header(q, "api-version");
@@ -1119,8 +1175,9 @@ handle_subscriptions(struct sim *s, struct evhttp_request *req, struct evkeyvalq
 	if (!identity_check(s, req, w->aud_stack, r))
 		return;
 	if (!version || !streq(version, SUBS_API_VERSION)) {
-		sim_arm_error(r, 400, version ? "InvalidApiVersionParameter" : "MissingApiVersionParameter",
-			      "The api-version must be " SUBS_API_VERSION ".");
+		sim_arm_error(r, 400,
+		              version ? "InvalidApiVersionParameter" : "MissingApiVersionParameter",
+		              "The api-version must be " SUBS_API_VERSION ".");
 		return;
 	}
 	evbuffer_add_printf(r->body, "{\"value\":[");
@@ -1135,35 +1192,36 @@ handle_subscriptions(struct sim *s, struct evhttp_request *req, struct evkeyvalq
 			break;
 		}
 		evbuffer_add_printf(r->body,
-				    "%s{\"id\":\"/subscriptions/%s/providers/"
-				    "Microsoft.Subscriptions.Admin/subscriptions/%s\","
-				    "\"subscriptionId\":\"%s\",\"delegatedProviderSubscriptionId\":"
-				    "\"%s\",\"displayName\":",
-				    emitted++ ? "," : "", w->provider_sub, u->id, u->id,
-				    w->provider_sub);
+		                    "%s{\"id\":\"/subscriptions/%s/providers/"
+		                    "Microsoft.Subscriptions.Admin/subscriptions/%s\","
+		                    "\"subscriptionId\":\"%s\",\"delegatedProviderSubscriptionId\":"
+		                    "\"%s\",\"displayName\":",
+		                    emitted++ ? "," : "", w->provider_sub, u->id, u->id,
+		                    w->provider_sub);
 		sim_json_str(r->body, u->display);
-		evbuffer_add_printf(r->body,
-				    ",\"owner\":\"admin@%s.onmicrosoft.com\",\"tenantId\":\"%s\","
-				    "\"routingResourceManagerType\":\"Default\",\"offerId\":"
-				    "\"/subscriptions/%s/resourceGroups/plans/providers/"
-				    "Microsoft.Subscriptions.Admin/offers/standard\",\"state\":\"%s\"}",
-				    w->tenants[u->tenant].name, w->tenants[u->tenant].id,
-				    w->provider_sub, u->disabled ? "Disabled" : "Enabled");
+		evbuffer_add_printf(
+		        r->body,
+		        ",\"owner\":\"admin@%s.onmicrosoft.com\",\"tenantId\":\"%s\","
+		        "\"routingResourceManagerType\":\"Default\",\"offerId\":"
+		        "\"/subscriptions/%s/resourceGroups/plans/providers/"
+		        "Microsoft.Subscriptions.Admin/offers/standard\",\"state\":\"%s\"}",
+		        w->tenants[u->tenant].name, w->tenants[u->tenant].id, w->provider_sub,
+		        u->disabled ? "Disabled" : "Enabled");
 		to = i + 1;
 	}
 	evbuffer_add_printf(r->body, "]");
 	if (more)
 		evbuffer_add_printf(r->body,
-				    ",\"nextLink\":\"https://%s%s?api-version=" SUBS_API_VERSION
-				    "&$skipToken=%zu\"",
-				    host_of(s, req), path, to);
+		                    ",\"nextLink\":\"https://%s%s?api-version=" SUBS_API_VERSION
+		                    "&$skipToken=%zu\"",
+		                    host_of(s, req), path, to);
 	evbuffer_add_printf(r->body, "}");
 }
 
 /* The registration, its customerSubscriptions list, PUT and DELETE of one. */
 static void
 handle_arm(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, const char *path,
-	   char **seg, int nseg, struct sim_response *r)
+           char **seg, int nseg, struct sim_response *r)
 {
 	struct sim_world *w = &s->world;
 	const char *version = evhttp_find_header(q, "api-version");
@@ -1172,14 +1230,16 @@ handle_arm(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, const
 	if (!identity_check(s, req, w->aud_arm, r))
 		return;
 	if (!version || (!streq(version, "2017-06-01") && !streq(version, "2020-06-01-preview") &&
-			 !streq(version, "2022-06-01"))) {
-		sim_arm_error(r, 400, version ? "InvalidApiVersionParameter" : "MissingApiVersionParameter",
-			      "The api-version must be 2017-06-01, 2020-06-01-preview or 2022-06-01.");
+	                 !streq(version, "2022-06-01"))) {
+		sim_arm_error(
+		        r, 400,
+		        version ? "InvalidApiVersionParameter" : "MissingApiVersionParameter",
+		        "The api-version must be 2017-06-01, 2020-06-01-preview or 2022-06-01.");
 		return;
 	}
 	if (strcasecmp(seg[1], w->reg_sub) != 0) {
 		sim_arm_error(r, 404, "SubscriptionNotFound",
-			      "The subscription could not be found.");
+		              "The subscription could not be found.");
 		return;
 	}
 	if (strcasecmp(seg[3], w->reg_rg) != 0 || strcasecmp(seg[7], w->reg_name) != 0) {
@@ -1193,13 +1253,13 @@ handle_arm(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, const
 		}
 		evbuffer_add_printf(r->body, "{\"id\":");
 		sim_json_str(r->body, w->reg_id);
-		evbuffer_add_printf(r->body,
-				    ",\"name\":\"%s\",\"type\":\"Microsoft.AzureStack/registrations\","
-				    "\"location\":\"global\",\"etag\":\"\\\"%.8s-0000-0000-0000-"
-				    "5a82517f0000\\\"\",\"properties\":{\"cloudId\":\"%s\","
-				    "\"objectId\":\"%s\",\"billingModel\":\"%s\"}}",
-				    w->reg_name, w->cloud_id, w->cloud_id, w->object_id,
-				    w->billing_model);
+		evbuffer_add_printf(
+		        r->body,
+		        ",\"name\":\"%s\",\"type\":\"Microsoft.AzureStack/registrations\","
+		        "\"location\":\"global\",\"etag\":\"\\\"%.8s-0000-0000-0000-"
+		        "5a82517f0000\\\"\",\"properties\":{\"cloudId\":\"%s\","
+		        "\"objectId\":\"%s\",\"billingModel\":\"%s\"}}",
+		        w->reg_name, w->cloud_id, w->cloud_id, w->object_id, w->billing_model);
 		return;
 	}
 	if (nseg == 9) {
@@ -1225,10 +1285,11 @@ handle_arm(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, const
 		}
 		evbuffer_add_printf(r->body, "]");
 		if (more)
-			evbuffer_add_printf(r->body,
-					    ",\"nextLink\":\"https://%s%s?api-version=%s&$skipToken="
-					    "%zu\"",
-					    host_of(s, req), path, version, from + emitted);
+			evbuffer_add_printf(
+			        r->body,
+			        ",\"nextLink\":\"https://%s%s?api-version=%s&$skipToken="
+			        "%zu\"",
+			        host_of(s, req), path, version, from + emitted);
 		evbuffer_add_printf(r->body, "}");
 		return;
 	}
@@ -1247,13 +1308,14 @@ handle_arm(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, const
 	} else if (method == EVHTTP_REQ_PUT) {
 		json_t *body = body_json(req);
 		const char *tenant = json_string_value(
-			json_object_get(json_object_get(body, "properties"), "tenantId"));
+		        json_object_get(json_object_get(body, "properties"), "tenantId"));
 		int t;
 
 		if (!world_is_guid(tenant, false)) {
 			json_decref(body);
-			sim_arm_error(r, 400, "BadRequest",
-				      "The body must be {\"properties\":{\"tenantId\":\"<guid>\"}}.");
+			sim_arm_error(
+			        r, 400, "BadRequest",
+			        "The body must be {\"properties\":{\"tenantId\":\"<guid>\"}}.");
 			return;
 		}
 		if (strcmp(w->billing_model, "Capacity") == 0) {
@@ -1265,7 +1327,8 @@ handle_arm(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, const
 		if (t < 0) {
 			struct sim_tenant *nt;
 
-			w->tenants = xreallocarray(w->tenants, w->n_tenants + 1, sizeof(*w->tenants));
+			w->tenants =
+			        xreallocarray(w->tenants, w->n_tenants + 1, sizeof(*w->tenants));
 			nt = &w->tenants[w->n_tenants];
 			memset(nt, 0, sizeof(*nt));
 			for (size_t i = 0; i < SIM_GUID_LEN; i++)
@@ -1296,10 +1359,11 @@ handle_arm(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, const
 /* The control API: world, faults, clock, ledger summary, expected events, requests, reset. */
 static void
 handle_control(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, const char *path,
-	       struct sim_response *r)
+               struct sim_response *r)
 {
 	int method = (int)evhttp_request_get_command(req);
-	const char *from_s = evhttp_find_header(q, "from"), *until_s = evhttp_find_header(q, "until");
+	const char *from_s = evhttp_find_header(q, "from"),
+	           *until_s = evhttp_find_header(q, "until");
 	int64_t from = INT64_MIN / 2, until = INT64_MAX / 2;
 	json_t *out = NULL;
 
@@ -1348,8 +1412,8 @@ handle_control(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, c
 			} else {
 				json_decref(b);
 				sim_arm_error(r, 400, "BadRequest",
-					      "Use {\"now\":RFC3339}, {\"advance\":seconds} or "
-					      "{\"real\":true}.");
+				              "Use {\"now\":RFC3339}, {\"advance\":seconds} or "
+				              "{\"real\":true}.");
 				return;
 			}
 			json_decref(b);
@@ -1362,7 +1426,8 @@ handle_control(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, c
 		const char *limit = evhttp_find_header(q, "limit");
 
 		commerce_expected_events(s, from, until,
-					 limit ? (size_t)strtoul(limit, NULL, 10) : SIZE_MAX, r->body);
+		                         limit ? (size_t)strtoul(limit, NULL, 10) : SIZE_MAX,
+		                         r->body);
 	} else if (streq(path, "/_sim/requests") && method == EVHTTP_REQ_GET) {
 		json_t *counts = json_object(), *list = json_array();
 
@@ -1382,11 +1447,12 @@ handle_control(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, c
 			const struct sim_logentry *l = &s->log[i];
 
 			json_array_append_new(
-				list, json_pack("{s:s, s:s, s:s, s:i, s:s?, s:s?, s:s?, s:i}",
-						"endpoint", endpoint_names[l->endpoint], "method",
-						l->method, "path", l->path, "status", l->status,
-						"action", l->action, "correlationId", l->correlation_id,
-						"requestId", l->request_id, "events", l->events));
+			        list,
+			        json_pack("{s:s, s:s, s:s, s:i, s:s?, s:s?, s:s?, s:i}", "endpoint",
+			                  endpoint_names[l->endpoint], "method", l->method, "path",
+			                  l->path, "status", l->status, "action", l->action,
+			                  "correlationId", l->correlation_id, "requestId",
+			                  l->request_id, "events", l->events));
 		}
 		out = json_pack("{s:o, s:o}", "counts", counts, "requests", list);
 	} else if (streq(path, "/_sim/reset") && method == EVHTTP_REQ_POST) {
@@ -1426,14 +1492,15 @@ customer_entry(struct sim *s, const struct sim_tenant *t, struct evbuffer *b)
 		up[i] = (char)toupper((unsigned char)t->customer[i]);
 	evbuffer_add_printf(b, "{\"id\":");
 	{
-		_cleanup_free_ char *id = xasprintf("%s/customerSubscriptions/%s", s->world.reg_id, up);
+		_cleanup_free_ char *id =
+		        xasprintf("%s/customerSubscriptions/%s", s->world.reg_id, up);
 
 		sim_json_str(b, id);
 	}
 	evbuffer_add_printf(b,
-			    ",\"name\":\"%s/%s\",\"type\":\"Microsoft.AzureStack/registrations/"
-			    "customerSubscriptions\",\"properties\":{\"tenantId\":\"%s\"}}",
-			    s->world.reg_name, up, t->id);
+	                    ",\"name\":\"%s/%s\",\"type\":\"Microsoft.AzureStack/registrations/"
+	                    "customerSubscriptions\",\"properties\":{\"tenantId\":\"%s\"}}",
+	                    s->world.reg_name, up, t->id);
 }
 
 /* The documented message of an ARM error code. */
@@ -1492,7 +1559,8 @@ is_loopback(struct evhttp_request *req)
 	if (sa->sa_family == AF_INET6) {
 		const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
 
-		return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+		return IN6_IS_ADDR_LOOPBACK(a) ||
+		       (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
 	}
 	return false;
 }
@@ -1500,7 +1568,7 @@ is_loopback(struct evhttp_request *req)
 /* Remember a request for /_sim/requests (never a header value other than the two ids). */
 static void
 log_request(struct sim *s, struct evhttp_request *req, int ep, const char *path, int status,
-	    const char *action, unsigned events)
+            const char *action, unsigned events)
 {
 	struct evkeyvalq *h = evhttp_request_get_input_headers(req);
 	const char *corr = evhttp_find_header(h, "x-ms-correlationid");
@@ -1518,11 +1586,11 @@ log_request(struct sim *s, struct evhttp_request *req, int ep, const char *path,
 	l->endpoint = (uint8_t)ep;
 	l->status = (uint16_t)status;
 	snprintf(l->method, sizeof(l->method), "%s",
-		 cmd == EVHTTP_REQ_GET	    ? "GET"
-		 : cmd == EVHTTP_REQ_POST   ? "POST"
-		 : cmd == EVHTTP_REQ_PUT    ? "PUT"
-		 : cmd == EVHTTP_REQ_DELETE ? "DELETE"
-					    : "OTHER");
+	         cmd == EVHTTP_REQ_GET      ? "GET"
+	         : cmd == EVHTTP_REQ_POST   ? "POST"
+	         : cmd == EVHTTP_REQ_PUT    ? "PUT"
+	         : cmd == EVHTTP_REQ_DELETE ? "DELETE"
+	                                    : "OTHER");
 	l->path = xstrdup(path);
 	l->action = action ? xstrdup(action) : NULL;
 	l->correlation_id = corr ? xstrndup(corr, 64) : NULL;

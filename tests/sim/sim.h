@@ -16,11 +16,11 @@
 #include <openssl/evp.h>
 #include <sqlite3.h>
 
-#define SIM_GUID_LEN 36
-#define SIM_KEY_LEN 64
+#define SIM_GUID_LEN   36
+#define SIM_KEY_LEN    64
 #define SIM_HOUR_CACHE 16
-#define SIM_QTY_SCALE UINT64_C(10000000000) /* generated quantities: integers of 10^-10 */
-#define SIM_LOG_MAX 20000                   /* entries kept by /_sim/requests */
+#define SIM_QTY_SCALE  UINT64_C(10000000000) /* generated quantities: integers of 10^-10 */
+#define SIM_LOG_MAX    20000                 /* entries kept by /_sim/requests */
 
 __extension__ typedef unsigned __int128 sim_u128;
 
@@ -188,9 +188,9 @@ struct sim {
 	struct evhttp *http;
 	struct sim_world world;
 	char *state_dir;
-	int64_t clock_base;    /* simulated now at clock_set_mono (fixed clock) */
-	bool clock_fixed;      /* false: real time */
-	uint64_t prng;         /* fault rates */
+	int64_t clock_base; /* simulated now at clock_set_mono (fixed clock) */
+	bool clock_fixed;   /* false: real time */
+	uint64_t prng;      /* fault rates */
 	struct sim_rule *rules;
 	size_t n_rules;
 	struct sim_token *tokens;
@@ -226,7 +226,7 @@ const char *sim_endpoint_name(int ep);
 void sim_json_str(struct evbuffer *b, const char *str);
 void sim_arm_error(struct sim_response *r, int status, const char *code, const char *message);
 struct sim_rule *sim_fault_take(struct sim *s, int endpoint, enum sim_action action,
-				const char *event_id, int64_t hour);
+                                const char *event_id, int64_t hour);
 bool sim_rule_has_event(const struct sim_rule *rule, const char *event_id);
 
 /* sim-world.c */
@@ -238,9 +238,9 @@ void world_reset_registrations(struct sim_world *w);
 bool world_hour_has_usage(const struct sim_world *w, int64_t hour);
 const struct sim_hour *world_hour(struct sim_world *w, int64_t hour);
 void world_format_record(const struct sim_world *w, const struct sim_record *rec, uint64_t quantity,
-			 struct evbuffer *out);
+                         struct evbuffer *out);
 void world_record_key(const struct sim_world *w, int64_t hour, const struct sim_record *rec,
-		      char out[static SIM_KEY_LEN + 1]);
+                      char out[static SIM_KEY_LEN + 1]);
 void world_quantity_text(uint64_t quantity, uint8_t style, char out[static 32]);
 const char *world_charged(const struct sim_world *w, size_t usersub, const char **ret_reason);
 int world_find_tenant(const struct sim_world *w, const char *tenant_id);
@@ -250,9 +250,9 @@ bool world_is_guid(const char *s, bool lower_only);
 
 /* sim-identity.c */
 void identity_token(struct sim *s, struct evhttp_request *req, const char *path,
-		    struct sim_response *r);
+                    struct sim_response *r);
 bool identity_check(struct sim *s, struct evhttp_request *req, const char *audience,
-		    struct sim_response *r);
+                    struct sim_response *r);
 void identity_reset(struct sim *s);
 char *identity_b64(const unsigned char *data, size_t size, bool url);
 
@@ -263,4 +263,4 @@ int commerce_reset(struct sim *s);
 void commerce_batch(struct sim *s, struct evhttp_request *req, struct sim_response *r);
 void commerce_summary(struct sim *s, int64_t from, int64_t until, struct evbuffer *out);
 void commerce_expected_events(struct sim *s, int64_t from, int64_t until, size_t limit,
-			      struct evbuffer *out);
+                              struct evbuffer *out);
