@@ -160,7 +160,9 @@ int store_put_page(struct store *s, const struct store_page *page, struct store_
  * the batch id (x-ms-correlationid) stays the same on every attempt; otherwise due pending records
  * without a batch id are taken oldest first up to max_records and max_bytes, under a new batch id.
  * Records that have no charge yet are passed to map() inside the transaction; its answer is frozen
- * on the record. hold = true parks the record in "held" with error_code = reason instead.
+ * on the record. hold = true parks the record in "held" with error_code = reason instead (held
+ * records do not count against the limits). max_records 0 and max_bytes 0 mean no limit; a new
+ * batch always takes at least one record. The batch's records carry no raw text (raw is NULL).
  */
 struct store_charge {
 	const char *charged_subscription;

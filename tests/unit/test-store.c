@@ -52,7 +52,7 @@ static const char v1_ddl[] =
 	" adjustment_of INTEGER REFERENCES records(id) ON DELETE SET NULL);"
 	"CREATE UNIQUE INDEX records_hour_key ON records(reported_hour, key)"
 	" WHERE conflict_of IS NULL;"
-	"CREATE INDEX records_due ON records(state, next_attempt_at);"
+	"CREATE INDEX records_due ON records(state, next_attempt_at) WHERE state <> 3;"
 	"CREATE INDEX records_batch ON records(batch_id) WHERE batch_id IS NOT NULL;"
 	"CREATE INDEX records_pending_age ON records(state, collected_at) WHERE state = 0;"
 	"CREATE INDEX records_forwarded ON records(state, forwarded_at) WHERE state = 3;"
@@ -1299,10 +1299,10 @@ test_store_open_corrupt_refused_unmodified(void **state)
 	fill(f->store, 500);
 	f->store = store_free(f->store); /* checkpoints: the -wal file is gone */
 	good = slurp(f->path, &n);
-	assert_true(n > 16 * 4096);
+	assert_true(n > 8 * 16384);
 
 	bad = xmemdup(good, n);
-	for (size_t i = 4 * 4096; i < 12 * 4096; i++)
+	for (size_t i = 2 * 16384; i < 6 * 16384; i++)
 		bad[i] = (char)(i * 7 + 3);
 	spill(f->path, bad, n);
 	assert_refused(f->path, false, -EBADMSG);
@@ -1385,7 +1385,7 @@ test_store_put_page_full_disk(void **state)
 	struct fixture *f = *state;
 	struct rec_data d[50];
 	struct store_page_result res;
-	int64_t cursor = 0, pages;
+	int64_t cursor = 0, pages, page_size;
 	uint64_t before_pending;
 	struct store_counts c;
 	int r = 0;
@@ -1393,7 +1393,10 @@ test_store_put_page_full_disk(void **state)
 
 	fill(f->store, 50);
 	pages = side_int(f->path, "PRAGMA page_count");
-	assert_int_equal(store_set_size_limit(f->store, (uint64_t)(pages + 8) * 4096), 0);
+	page_size = side_int(f->path, "PRAGMA page_size");
+	assert_int_equal(page_size, 16384);
+	assert_int_equal(store_set_size_limit(f->store, (uint64_t)(pages + 8) * (uint64_t)page_size),
+			 0);
 	for (i = 0; i < 100 && r == 0; i++) {
 		struct store_record recs[50];
 		struct store_page page = {
