@@ -427,3 +427,29 @@ def test_help_and_version():
     assert out.returncode == 0 and "--scenario" in out.stdout
     out = subprocess.run([sim_binary(), "--bogus"], capture_output=True, text=True)
     assert out.returncode == 2
+
+
+@pytest.mark.parametrize("name", ["default.json", "testdata-world.json", "bench.json"])
+def test_example_scenarios_load(name):
+    import os
+    with open(os.path.join(os.path.dirname(__file__), "scenarios", name)) as f:
+        sc = json.load(f)
+    with open(os.path.join(os.path.dirname(__file__), "scenarios", "faults-flaky.json")) as f:
+        plan = json.load(f)
+    with Sim(sc, now=NOW) as s:
+        w = s.world()
+        assert s.set_faults(plan)[0]["times"] == 2
+        if name == "testdata-world.json":
+            assert w["registration"]["id"] == load_testdata("registration.json")["id"]
+            assert w["defaultSubscription"] == "dd8597b4-8739-4467-8b10-f8679f62bfbf"
+            assert s.get("/metadata/endpoints?api-version=2015-01-01").json()[
+                "authentication"]["loginEndpoint"].endswith("/adfs/")
+            ev = s.expected_events(since="2026-11-01T10:00:00Z", until="2026-11-01T11:00:00Z")
+            by_sub = {e["sourceSubscriptionId"]: e["subscriptionId"] for e in ev}
+            # the README of the test data: Fabrikam → e09a4e93-…, Woodgrove → default
+            assert by_sub.get("5e3b1c44-7f0e-4d8a-b1a9-2c6f0d4e8a21") == \
+                "dd8597b4-8739-4467-8b10-f8679f62bfbf"
+            assert by_sub.get("c79389af-4480-48cc-8fa2-ee8ced8e843d") == \
+                "e09a4e93-29a7-4eba-a6d4-76202383f07f"
+            assert s.expected_events(since="2026-11-01T03:00:00Z",
+                                     until="2026-11-01T04:00:00Z") == []
