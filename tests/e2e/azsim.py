@@ -73,6 +73,8 @@ def pki():
         for name in ("client.pem", "client.key"):
             with open(os.path.join(d, name)) as g:
                 f.write(g.read())
+    for name in ("ca.key", "server.key", "client.key", "client-bundle.pem"):
+        os.chmod(os.path.join(d, name), 0o600)
     _pki_dir = d
     return d
 
@@ -356,6 +358,49 @@ class Sim:
             h["Content-Encoding"] = "gzip"
         return self.post(w["commercePath"], body, headers=h, token=token)
 
+    def daemon_config(self, directory, certificate=False, **sections):
+        """The azs-usaged configuration (ARCHITECTURE.md section 3) that points every endpoint at
+        this simulator: a dict {section: {key: value}}. Writes the secret files (stack-secret,
+        azure-secret) into directory; certificate=True uses the client certificate bundle for
+        [azure] instead of a secret. Keyword arguments update sections, e.g.
+        commerce={"batch_size": "50"}. Write it with write_config()."""
+        w = self._world or self.world()
+        for name, value in (("stack-secret", STACK_CLIENT_SECRET),
+                            ("azure-secret", AZURE_CLIENT_SECRET)):
+            path = os.path.join(directory, name)
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+                f.write(value + "\n")
+            os.chmod(path, 0o600)
+        stack = {"arm_endpoint": self.url, "provider_subscription": w["providerSubscription"],
+                 "identity": w["identity"]}
+        if w["identity"] == "aad":
+            stack["tenant"] = AAD_TENANT
+        stack.update({"client_id": STACK_CLIENT_ID, "client_secret_file": "stack-secret",
+                      "collect_from": w["hours"]["from"], "poll_interval": "1s",
+                      "settle": "0s", "lookback": "1h"})
+        azure = {"tenant": AAD_TENANT, "login_endpoint": self.url}
+        if certificate:
+            azure.update({"client_id": CERT_CLIENT_ID,
+                          "client_certificate_file": self.client_bundle})
+        else:
+            azure.update({"client_id": AZURE_CLIENT_ID, "client_secret_file": "azure-secret"})
+        conf = {
+            "stack": stack,
+            "registration": {"arm_endpoint": self.url,
+                             "subscription_id": w["registration"]["subscriptionId"],
+                             "resource_group": w["registration"]["resourceGroup"],
+                             "name": w["registration"]["name"],
+                             "audience": w["audiences"]["arm"]},
+            "azure": azure,
+            "commerce": {"url": self.url + w["commercePath"],
+                         "audience": w["audiences"]["commerce"]},
+            "store": {"path": os.path.join(directory, "usage.db")},
+            "http": {"ca_file": self.ca_file},
+        }
+        for name, values in sections.items():
+            conf.setdefault(name, {}).update(values)
+        return conf
+
     def stop(self):
         """Stop the simulator (SIGTERM, then SIGKILL) and remove its directory."""
         if self.proc.poll() is None:
@@ -375,6 +420,17 @@ class Sim:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def write_config(path, conf):
+    """Write a {section: {key: value}} dict as an INI file."""
+    with open(path, "w") as f:
+        for section, values in conf.items():
+            f.write("[%s]\n" % section)
+            for k, v in values.items():
+                f.write("%s = %s\n" % (k, v))
+            f.write("\n")
+    return path
 
 
 def _parse_time(s):

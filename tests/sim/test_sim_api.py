@@ -453,3 +453,20 @@ def test_example_scenarios_load(name):
                 "e09a4e93-29a7-4eba-a6d4-76202383f07f"
             assert s.expected_events(since="2026-11-01T03:00:00Z",
                                      until="2026-11-01T04:00:00Z") == []
+
+
+def test_daemon_config_helper_passes_check_config(tmp_path):
+    import os
+    import subprocess
+    from azsim import write_config
+    daemon = os.path.join(os.environ.get("AZS_BUILD_DIR", ""), "daemon", "azs-usaged")
+    if not os.path.exists(daemon):
+        pytest.skip("azs-usaged is not built in this build directory")
+    with Sim(scenario(), now=NOW) as s:
+        for cert in (False, True):
+            path = write_config(str(tmp_path / ("d%d.conf" % cert)),
+                                s.daemon_config(str(tmp_path), certificate=cert))
+            out = subprocess.run([daemon, "--check-config", "-c", path], capture_output=True,
+                                 text=True)
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert "configuration OK" in out.stdout + out.stderr
