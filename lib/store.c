@@ -15,6 +15,7 @@
  *
  * The state enum's values are stored in the file: never renumber them.
  */
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -33,131 +34,132 @@
 #include "timeutil.h"
 #include "xmalloc.h"
 
-#define STORE_APPLICATION_ID 1096438613 /* 0x415a5355, "AZSU" */
-#define STRINGIFY_(x) #x
-#define STRINGIFY(x) STRINGIFY_(x)
+#define STORE_APPLICATION_ID  1096438613 /* 0x415a5355, "AZSU" */
+#define STRINGIFY_(x)         #x
+#define STRINGIFY(x)          STRINGIFY_(x)
 #define STORE_BUSY_TIMEOUT_MS 5000
-#define STORE_PAGE_SIZE 16384 /* for new files */
-#define STORE_EVENT_OVERHEAD 640 /* JSON member names, registration id, charge fields */
-#define SECONDS_PER_HOUR 3600
+#define STORE_PAGE_SIZE       16384 /* for new files */
+#define STORE_EVENT_OVERHEAD  640   /* JSON member names, registration id, charge fields */
+#define SECONDS_PER_HOUR      3600
 
 /* State numbers as they appear in SQL text (partial indexes, fixed filters). */
-#define S_PENDING "0"
-#define S_HELD "1"
-#define S_INFLIGHT "2"
+#define S_PENDING   "0"
+#define S_HELD      "1"
+#define S_INFLIGHT  "2"
 #define S_FORWARDED "3"
-#define S_DEAD "4"
-#define S_CONFLICT "6"
+#define S_DEAD      "4"
+#define S_CONFLICT  "6"
 /* lets a query use the partial index records_due */
 #define NOT_FORWARDED " AND state <> " S_FORWARDED
 
 _Static_assert(STORE_PENDING == 0 && STORE_HELD == 1 && STORE_INFLIGHT == 2 &&
-		       STORE_FORWARDED == 3 && STORE_DEAD == 4 && STORE_QUARANTINED == 5 &&
-		       STORE_CONFLICT == 6,
-	       "state numbers are stored in the database");
+                       STORE_FORWARDED == 3 && STORE_DEAD == 4 && STORE_QUARANTINED == 5 &&
+                       STORE_CONFLICT == 6,
+               "state numbers are stored in the database");
 
 /* Schema version 1: records, schedule, caches, facts, counts. */
 static const char schema_v1[] =
-	"CREATE TABLE records ("
-	" id INTEGER PRIMARY KEY,"
-	" state INTEGER NOT NULL,"
-	" key TEXT NOT NULL,"
-	" reported_hour INTEGER NOT NULL,"
-	" subscription_id TEXT,"
-	" meter_id TEXT,"
-	" quantity TEXT,"
-	" usage_start INTEGER NOT NULL DEFAULT 0,"
-	" usage_end INTEGER NOT NULL DEFAULT 0,"
-	" resource_uri TEXT,"
-	" location TEXT,"
-	" tags TEXT,"
-	" additional_info TEXT,"
-	" raw TEXT,"
-	" event_size INTEGER NOT NULL,"
-	" tenant_id TEXT,"
-	" charged_subscription TEXT,"
-	" charge_reason TEXT,"
-	" attempts INTEGER NOT NULL DEFAULT 0,"
-	" next_attempt_at INTEGER NOT NULL,"
-	" batch_id TEXT,"
-	" error_code TEXT,"
-	" error_message TEXT,"
-	" forward_status TEXT,"
-	" collected_at INTEGER NOT NULL,"
-	" forwarded_at INTEGER,"
-	" conflict_of INTEGER REFERENCES records(id) ON DELETE CASCADE,"
-	" adjustment_of INTEGER REFERENCES records(id) ON DELETE SET NULL);\n"
-	/* leads with the hour: keys are random, hours are not (ARCHITECTURE.md section 7) */
-	"CREATE UNIQUE INDEX records_hour_key ON records(reported_hour, key)"
-	" WHERE conflict_of IS NULL;\n"
-	/* forwarded records, the bulk of the file, stay out of it: queries add "state <> 3" */
-	"CREATE INDEX records_due ON records(state, next_attempt_at)"
-	" WHERE state <> " S_FORWARDED ";\n"
-	"CREATE INDEX records_batch ON records(batch_id) WHERE batch_id IS NOT NULL;\n"
-	"CREATE INDEX records_pending_age ON records(state, collected_at)"
-	" WHERE state = " S_PENDING ";\n"
-	"CREATE INDEX records_forwarded ON records(state, forwarded_at)"
-	" WHERE state = " S_FORWARDED ";\n"
-	"CREATE INDEX records_conflict_of ON records(conflict_of) WHERE conflict_of IS NOT NULL;\n"
-	"CREATE INDEX records_adjustment_of ON records(adjustment_of)"
-	" WHERE adjustment_of IS NOT NULL;\n"
-	"CREATE TABLE counts (state INTEGER PRIMARY KEY, n INTEGER NOT NULL);\n"
-	"INSERT INTO counts(state, n) VALUES (0, 0), (1, 0), (2, 0), (3, 0), (4, 0), (5, 0), (6, 0);\n"
-	"CREATE TABLE hours ("
-	" hour INTEGER NOT NULL,"
-	" scope TEXT NOT NULL,"
-	" pass INTEGER NOT NULL,"
-	" next_link TEXT,"
-	" due_at INTEGER NOT NULL,"
-	" PRIMARY KEY (hour, scope)) WITHOUT ROWID;\n"
-	"CREATE INDEX hours_due ON hours(due_at);\n"
-	"CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;\n"
-	"CREATE TABLE subscriptions ("
-	" subscription_id TEXT PRIMARY KEY,"
-	" tenant_id TEXT,"
-	" display_name TEXT,"
-	" owner TEXT,"
-	" state TEXT) WITHOUT ROWID;\n"
-	"CREATE TABLE registration ("
-	" id TEXT NOT NULL,"
-	" default_subscription TEXT NOT NULL,"
-	" raw TEXT,"
-	" refreshed_at INTEGER NOT NULL);\n"
-	"CREATE TABLE customer_subscriptions ("
-	" subscription_id TEXT PRIMARY KEY,"
-	" tenant_id TEXT NOT NULL) WITHOUT ROWID;\n"
-	"CREATE INDEX customer_subscriptions_tenant ON customer_subscriptions(tenant_id);\n"
-	"CREATE TABLE facts (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;\n";
+        "CREATE TABLE records ("
+        " id INTEGER PRIMARY KEY,"
+        " state INTEGER NOT NULL,"
+        " key TEXT NOT NULL,"
+        " reported_hour INTEGER NOT NULL,"
+        " subscription_id TEXT,"
+        " meter_id TEXT,"
+        " quantity TEXT,"
+        " usage_start INTEGER NOT NULL DEFAULT 0,"
+        " usage_end INTEGER NOT NULL DEFAULT 0,"
+        " resource_uri TEXT,"
+        " location TEXT,"
+        " tags TEXT,"
+        " additional_info TEXT,"
+        " raw TEXT,"
+        " event_size INTEGER NOT NULL,"
+        " tenant_id TEXT,"
+        " charged_subscription TEXT,"
+        " charge_reason TEXT,"
+        " attempts INTEGER NOT NULL DEFAULT 0,"
+        " next_attempt_at INTEGER NOT NULL,"
+        " batch_id TEXT,"
+        " error_code TEXT,"
+        " error_message TEXT,"
+        " forward_status TEXT,"
+        " collected_at INTEGER NOT NULL,"
+        " forwarded_at INTEGER,"
+        " conflict_of INTEGER REFERENCES records(id) ON DELETE CASCADE,"
+        " adjustment_of INTEGER REFERENCES records(id) ON DELETE SET NULL);\n"
+        /* leads with the hour: keys are random, hours are not (ARCHITECTURE.md section 7) */
+        "CREATE UNIQUE INDEX records_hour_key ON records(reported_hour, key)"
+        " WHERE conflict_of IS NULL;\n"
+        /* forwarded records, the bulk of the file, stay out of it: queries add "state <> 3" */
+        "CREATE INDEX records_due ON records(state, next_attempt_at)"
+        " WHERE state <> " S_FORWARDED ";\n"
+        "CREATE INDEX records_batch ON records(batch_id) WHERE batch_id IS NOT NULL;\n"
+        "CREATE INDEX records_pending_age ON records(state, collected_at)"
+        " WHERE state = " S_PENDING ";\n"
+        "CREATE INDEX records_forwarded ON records(state, forwarded_at)"
+        " WHERE state = " S_FORWARDED ";\n"
+        "CREATE INDEX records_conflict_of ON records(conflict_of) WHERE conflict_of IS NOT NULL;\n"
+        "CREATE INDEX records_adjustment_of ON records(adjustment_of)"
+        " WHERE adjustment_of IS NOT NULL;\n"
+        "CREATE TABLE counts (state INTEGER PRIMARY KEY, n INTEGER NOT NULL);\n"
+        "INSERT INTO counts(state, n) VALUES (0, 0), (1, 0), (2, 0), (3, 0), (4, 0), (5, 0),"
+        " (6, 0);\n"
+        "CREATE TABLE hours ("
+        " hour INTEGER NOT NULL,"
+        " scope TEXT NOT NULL,"
+        " pass INTEGER NOT NULL,"
+        " next_link TEXT,"
+        " due_at INTEGER NOT NULL,"
+        " PRIMARY KEY (hour, scope)) WITHOUT ROWID;\n"
+        "CREATE INDEX hours_due ON hours(due_at);\n"
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;\n"
+        "CREATE TABLE subscriptions ("
+        " subscription_id TEXT PRIMARY KEY,"
+        " tenant_id TEXT,"
+        " display_name TEXT,"
+        " owner TEXT,"
+        " state TEXT) WITHOUT ROWID;\n"
+        "CREATE TABLE registration ("
+        " id TEXT NOT NULL,"
+        " default_subscription TEXT NOT NULL,"
+        " raw TEXT,"
+        " refreshed_at INTEGER NOT NULL);\n"
+        "CREATE TABLE customer_subscriptions ("
+        " subscription_id TEXT PRIMARY KEY,"
+        " tenant_id TEXT NOT NULL) WITHOUT ROWID;\n"
+        "CREATE INDEX customer_subscriptions_tenant ON customer_subscriptions(tenant_id);\n"
+        "CREATE TABLE facts (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;\n";
 
 /* Schema version 2: operator history and discarded dead letters. */
 static const char schema_v2[] =
-	"ALTER TABLE records ADD COLUMN discarded INTEGER NOT NULL DEFAULT 0;\n"
-	"CREATE TABLE history ("
-	" id INTEGER PRIMARY KEY,"
-	" record_id INTEGER REFERENCES records(id) ON DELETE CASCADE,"
-	" at INTEGER NOT NULL,"
-	" actor TEXT NOT NULL,"
-	" action TEXT NOT NULL,"
-	" detail TEXT);\n"
-	"CREATE INDEX history_record ON history(record_id, at) WHERE record_id IS NOT NULL;\n";
+        "ALTER TABLE records ADD COLUMN discarded INTEGER NOT NULL DEFAULT 0;\n"
+        "CREATE TABLE history ("
+        " id INTEGER PRIMARY KEY,"
+        " record_id INTEGER REFERENCES records(id) ON DELETE CASCADE,"
+        " at INTEGER NOT NULL,"
+        " actor TEXT NOT NULL,"
+        " action TEXT NOT NULL,"
+        " detail TEXT);\n"
+        "CREATE INDEX history_record ON history(record_id, at) WHERE record_id IS NOT NULL;\n";
 
 /* migrations[v] takes a file from version v to v + 1 */
-static const char *const migrations[] = { schema_v1, schema_v2 };
+static const char *const migrations[] = {schema_v1, schema_v2};
 _Static_assert(ARRAY_SIZE(migrations) == STORE_SCHEMA_VERSION, "one migration per version");
 
 /* The record columns every record query selects, in the order record_load() reads them. */
 #define RECORD_COLUMNS                                                                            \
 	"id, state, key, reported_hour, subscription_id, meter_id, quantity, usage_start,"        \
-	" usage_end, resource_uri, location, tags, additional_info, raw, tenant_id,"               \
-	" charged_subscription, charge_reason, attempts, next_attempt_at, batch_id, error_code,"   \
+	" usage_end, resource_uri, location, tags, additional_info, raw, tenant_id,"              \
+	" charged_subscription, charge_reason, attempts, next_attempt_at, batch_id, error_code,"  \
 	" error_message, forward_status, collected_at, forwarded_at, conflict_of, adjustment_of," \
 	" discarded, event_size"
 
 /* The same for a claim: the forwarder does not need the raw text, so it is not copied. */
 #define CLAIM_COLUMNS                                                                             \
 	"id, state, key, reported_hour, subscription_id, meter_id, quantity, usage_start,"        \
-	" usage_end, resource_uri, location, tags, additional_info, NULL, tenant_id,"              \
-	" charged_subscription, charge_reason, attempts, next_attempt_at, batch_id, error_code,"   \
+	" usage_end, resource_uri, location, tags, additional_info, NULL, tenant_id,"             \
+	" charged_subscription, charge_reason, attempts, next_attempt_at, batch_id, error_code,"  \
 	" error_message, forward_status, collected_at, forwarded_at, conflict_of, adjustment_of," \
 	" discarded, event_size"
 
@@ -196,9 +198,11 @@ enum {
 /* Cached statements. */
 enum stmt_id {
 	STMT_BEGIN,
-	STMT_BEGIN_READ,
 	STMT_COMMIT,
 	STMT_ROLLBACK,
+	STMT_SAVEPOINT,
+	STMT_RELEASE,
+	STMT_ROLLBACK_TO,
 	STMT_COUNTS_ADD,
 	STMT_COUNTS_GET,
 	STMT_INSERT,
@@ -239,122 +243,120 @@ struct stmt_def {
 };
 
 static const struct stmt_def stmt_defs[_STMT_MAX] = {
-	[STMT_BEGIN] = { "BEGIN IMMEDIATE", false },
-	[STMT_BEGIN_READ] = { "BEGIN", false },
-	[STMT_COMMIT] = { "COMMIT", false },
-	[STMT_ROLLBACK] = { "ROLLBACK", false },
-	[STMT_COUNTS_ADD] = { "UPDATE counts SET n = n + ?1 WHERE state = ?2", true },
-	[STMT_COUNTS_GET] = { "SELECT state, n FROM counts", true },
-	[STMT_INSERT] = {
-		"INSERT INTO records (state, key, reported_hour, subscription_id, meter_id, quantity,"
-		" usage_start, usage_end, resource_uri, location, tags, additional_info, raw,"
-		" event_size, error_code, error_message, next_attempt_at, collected_at, conflict_of,"
-		" adjustment_of, tenant_id, charged_subscription, charge_reason)"
-		" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,"
-		" ?18, ?19, ?20, ?21, ?22, ?23) ON CONFLICT DO NOTHING",
-		true },
-	[STMT_LOOKUP] = {
-		"SELECT id, state, quantity FROM records"
-		" WHERE reported_hour = ?1 AND key = ?2 AND conflict_of IS NULL",
-		true },
-	[STMT_CONFLICTS_OF] = { "SELECT quantity FROM records WHERE conflict_of = ?1", true },
-	[STMT_HOUR_LINK] = {
-		"INSERT INTO hours (hour, scope, pass, next_link, due_at) VALUES (?1, ?2, ?3, ?4, ?5)"
-		" ON CONFLICT (hour, scope) DO UPDATE SET pass = excluded.pass,"
-		" next_link = excluded.next_link",
-		true },
-	[STMT_HOUR_FINISH] = {
-		"INSERT INTO hours (hour, scope, pass, next_link, due_at) VALUES (?1, ?2, ?3, NULL, ?4)"
-		" ON CONFLICT (hour, scope) DO UPDATE SET pass = excluded.pass, next_link = NULL,"
-		" due_at = excluded.due_at",
-		true },
-	[STMT_HOUR_DELETE] = { "DELETE FROM hours WHERE hour = ?1 AND scope = ?2", true },
-	[STMT_HOUR_SCHEDULE] = {
-		"INSERT INTO hours (hour, scope, pass, next_link, due_at) VALUES (?1, ?2, 0, NULL, ?3)"
-		" ON CONFLICT DO NOTHING",
-		true },
-	[STMT_HOURS_DUE] = {
-		"SELECT hour, scope, pass, next_link, due_at FROM hours INDEXED BY hours_due"
-		" WHERE due_at <= ?1"
-		" ORDER BY hour, scope LIMIT ?2",
-		true },
-	[STMT_META_RAISE] = {
-		"INSERT INTO meta (key, value) VALUES (?1, ?2)"
-		" ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
-		true },
-	[STMT_META_SET] = {
-		"INSERT INTO meta (key, value) VALUES (?1, ?2)"
-		" ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-		true },
-	[STMT_META_GET] = { "SELECT value FROM meta WHERE key = ?1", true },
-	[STMT_CLAIM_HEAD] = {
-		"SELECT id, batch_id FROM records WHERE state = " S_PENDING NOT_FORWARDED
-		" AND next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT 1",
-		true },
-	[STMT_CLAIM_BATCH] = {
-		"SELECT " CLAIM_COLUMNS " FROM records WHERE batch_id = ?1 AND state = " S_PENDING
-		" ORDER BY id",
-		true },
-	[STMT_CLAIM_FRESH] = {
-		"SELECT " CLAIM_COLUMNS " FROM records WHERE state = " S_PENDING NOT_FORWARDED
-		" AND next_attempt_at <= ?1 AND batch_id IS NULL ORDER BY next_attempt_at, id",
-		true },
-	[STMT_CLAIM_TAKE] = {
-		"UPDATE records SET state = " S_INFLIGHT ", batch_id = ?2, tenant_id = ?3,"
-		" charged_subscription = ?4, charge_reason = ?5 WHERE id = ?1",
-		true },
-	[STMT_CLAIM_HOLD] = {
-		"UPDATE records SET state = " S_HELD ", error_code = ?2, tenant_id = NULL,"
-		" charged_subscription = NULL, charge_reason = NULL WHERE id = ?1",
-		true },
-	[STMT_NEXT_DUE] = {
-		"SELECT next_attempt_at FROM records WHERE state = " S_PENDING NOT_FORWARDED
-		" ORDER BY next_attempt_at LIMIT 1",
-		true },
-	[STMT_OUTCOME_FORWARDED] = {
-		"UPDATE records SET state = " S_FORWARDED ", forward_status = ?3, forwarded_at = ?4,"
-		" attempts = attempts + 1, error_code = NULL, error_message = NULL"
-		" WHERE id = ?1 AND state = " S_INFLIGHT " AND batch_id = ?2",
-		true },
-	[STMT_OUTCOME_DEAD] = {
-		"UPDATE records SET state = " S_DEAD ", error_code = ?3, error_message = ?4,"
-		" attempts = attempts + 1 WHERE id = ?1 AND state = " S_INFLIGHT " AND batch_id = ?2",
-		true },
-	[STMT_OUTCOME_RETRY] = {
-		"UPDATE records SET state = " S_PENDING ", attempts = attempts + 1,"
-		" next_attempt_at = ?3, batch_id = COALESCE(?4, batch_id), error_code = ?5,"
-		" error_message = ?6 WHERE id = ?1 AND state = " S_INFLIGHT " AND batch_id = ?2",
-		true },
-	[STMT_RESET_INFLIGHT] = {
-		"UPDATE records SET state = " S_PENDING " WHERE state = " S_INFLIGHT NOT_FORWARDED,
-		true },
-	[STMT_UNHOLD] = {
-		"UPDATE records SET state = " S_PENDING ", error_code = NULL, tenant_id = NULL,"
-		" charged_subscription = NULL, charge_reason = NULL WHERE state = " S_HELD NOT_FORWARDED,
-		true },
-	[STMT_OLDEST_PENDING] = {
-		"SELECT collected_at FROM records WHERE state = " S_PENDING
-		" ORDER BY collected_at LIMIT 1",
-		true },
-	[STMT_PRUNE] = {
-		"DELETE FROM records WHERE id IN (SELECT r.id FROM records r"
-		" WHERE r.state = " S_FORWARDED " AND r.forwarded_at < ?1 AND NOT EXISTS"
-		" (SELECT 1 FROM records c WHERE c.conflict_of = r.id AND c.discarded = 0)"
-		" ORDER BY r.forwarded_at LIMIT ?2)",
-		true },
-	[STMT_RECORD_GET] = { "SELECT " RECORD_COLUMNS " FROM records WHERE id = ?1", false },
-	[STMT_HISTORY_ADD] = {
-		"INSERT INTO history (record_id, at, actor, action, detail)"
-		" VALUES (?1, ?2, ?3, ?4, ?5)",
-		false },
-	[STMT_HISTORY_GET] = {
-		"SELECT at, actor, action, detail FROM history WHERE record_id = ?1 ORDER BY at, id",
-		false },
-	[STMT_FACT_SET] = {
-		"INSERT INTO facts (key, value) VALUES (?1, ?2)"
-		" ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-		true },
-	[STMT_FACT_GET] = { "SELECT value FROM facts WHERE key = ?1", true },
+        [STMT_BEGIN] = {"BEGIN IMMEDIATE", false},
+        [STMT_COMMIT] = {"COMMIT", false},
+        [STMT_ROLLBACK] = {"ROLLBACK", false},
+        [STMT_SAVEPOINT] = {"SAVEPOINT store_nested", false},
+        [STMT_RELEASE] = {"RELEASE store_nested", false},
+        [STMT_ROLLBACK_TO] = {"ROLLBACK TO store_nested", false},
+        [STMT_COUNTS_ADD] = {"UPDATE counts SET n = n + ?1 WHERE state = ?2", true},
+        [STMT_COUNTS_GET] = {"SELECT state, n FROM counts", true},
+        [STMT_INSERT] = {"INSERT INTO records (state, key, reported_hour, subscription_id,"
+                         " meter_id, quantity, usage_start, usage_end, resource_uri, location,"
+                         " tags, additional_info, raw, event_size, error_code, error_message,"
+                         " next_attempt_at, collected_at, conflict_of, adjustment_of, tenant_id,"
+                         " charged_subscription, charge_reason)"
+                         " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,"
+                         " ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23) ON CONFLICT DO NOTHING",
+                         true},
+        [STMT_LOOKUP] = {"SELECT id, state, quantity FROM records"
+                         " WHERE reported_hour = ?1 AND key = ?2 AND conflict_of IS NULL",
+                         true},
+        [STMT_CONFLICTS_OF] = {"SELECT quantity FROM records WHERE conflict_of = ?1", true},
+        [STMT_HOUR_LINK] = {"INSERT INTO hours (hour, scope, pass, next_link, due_at)"
+                            " VALUES (?1, ?2, ?3, ?4, ?5)"
+                            " ON CONFLICT (hour, scope) DO UPDATE SET pass = excluded.pass,"
+                            " next_link = excluded.next_link",
+                            true},
+        [STMT_HOUR_FINISH] =
+                {"INSERT INTO hours (hour, scope, pass, next_link, due_at)"
+                 " VALUES (?1, ?2, ?3, NULL, ?4)"
+                 " ON CONFLICT (hour, scope) DO UPDATE SET pass = excluded.pass, next_link = NULL,"
+                 " due_at = excluded.due_at",
+                 true},
+        [STMT_HOUR_DELETE] = {"DELETE FROM hours WHERE hour = ?1 AND scope = ?2", true},
+        [STMT_HOUR_SCHEDULE] = {"INSERT INTO hours (hour, scope, pass, next_link, due_at)"
+                                " VALUES (?1, ?2, 0, NULL, ?3)"
+                                " ON CONFLICT DO NOTHING",
+                                true},
+        [STMT_HOURS_DUE] =
+                {"SELECT hour, scope, pass, next_link, due_at FROM hours INDEXED BY hours_due"
+                 " WHERE due_at <= ?1"
+                 " ORDER BY hour, scope LIMIT ?2",
+                 true},
+        [STMT_META_RAISE] = {"INSERT INTO meta (key, value) VALUES (?1, ?2)"
+                             " ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+                             true},
+        [STMT_META_SET] = {"INSERT INTO meta (key, value) VALUES (?1, ?2)"
+                           " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                           true},
+        [STMT_META_GET] = {"SELECT value FROM meta WHERE key = ?1", true},
+        [STMT_CLAIM_HEAD] =
+                {"SELECT id, batch_id FROM records WHERE state = " S_PENDING NOT_FORWARDED
+                 " AND next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT 1",
+                 true},
+        [STMT_CLAIM_BATCH] = {"SELECT " CLAIM_COLUMNS
+                              " FROM records WHERE batch_id = ?1 AND state = " S_PENDING
+                              " ORDER BY id",
+                              true},
+        [STMT_CLAIM_FRESH] =
+                {"SELECT " CLAIM_COLUMNS " FROM records WHERE state = " S_PENDING NOT_FORWARDED
+                 " AND next_attempt_at <= ?1 AND batch_id IS NULL ORDER BY next_attempt_at, id",
+                 true},
+        [STMT_CLAIM_TAKE] = {"UPDATE records SET state = " S_INFLIGHT
+                             ", batch_id = ?2, tenant_id = ?3,"
+                             " charged_subscription = ?4, charge_reason = ?5 WHERE id = ?1",
+                             true},
+        [STMT_CLAIM_HOLD] = {"UPDATE records SET state = " S_HELD
+                             ", error_code = ?2, tenant_id = NULL,"
+                             " charged_subscription = NULL, charge_reason = NULL WHERE id = ?1",
+                             true},
+        [STMT_NEXT_DUE] = {"SELECT next_attempt_at FROM records WHERE state = " S_PENDING
+                                   NOT_FORWARDED " ORDER BY next_attempt_at LIMIT 1",
+                           true},
+        [STMT_OUTCOME_FORWARDED] =
+                {"UPDATE records SET state = " S_FORWARDED
+                 ", forward_status = ?3, forwarded_at = ?4,"
+                 " attempts = attempts + 1, error_code = NULL, error_message = NULL"
+                 " WHERE id = ?1 AND state = " S_INFLIGHT " AND batch_id = ?2",
+                 true},
+        [STMT_OUTCOME_DEAD] = {"UPDATE records SET state = " S_DEAD
+                               ", error_code = ?3, error_message = ?4,"
+                               " attempts = attempts + 1 WHERE id = ?1 AND state = " S_INFLIGHT
+                               " AND batch_id = ?2",
+                               true},
+        [STMT_OUTCOME_RETRY] =
+                {"UPDATE records SET state = " S_PENDING ", attempts = attempts + 1,"
+                 " next_attempt_at = ?3, batch_id = COALESCE(?4, batch_id), error_code = ?5,"
+                 " error_message = ?6 WHERE id = ?1 AND state = " S_INFLIGHT " AND batch_id = ?2",
+                 true},
+        [STMT_RESET_INFLIGHT] = {"UPDATE records SET state = " S_PENDING
+                                 " WHERE state = " S_INFLIGHT NOT_FORWARDED,
+                                 true},
+        [STMT_UNHOLD] = {"UPDATE records SET state = " S_PENDING
+                         ", error_code = NULL, tenant_id = NULL,"
+                         " charged_subscription = NULL, charge_reason = NULL WHERE state = " S_HELD
+                                 NOT_FORWARDED,
+                         true},
+        [STMT_OLDEST_PENDING] = {"SELECT collected_at FROM records WHERE state = " S_PENDING
+                                 " ORDER BY collected_at LIMIT 1",
+                                 true},
+        [STMT_PRUNE] = {"DELETE FROM records WHERE id IN (SELECT r.id FROM records r"
+                        " WHERE r.state = " S_FORWARDED " AND r.forwarded_at < ?1 AND NOT EXISTS"
+                        " (SELECT 1 FROM records c WHERE c.conflict_of = r.id AND c.discarded = 0)"
+                        " ORDER BY r.forwarded_at LIMIT ?2)",
+                        true},
+        [STMT_RECORD_GET] = {"SELECT " RECORD_COLUMNS " FROM records WHERE id = ?1", false},
+        [STMT_HISTORY_ADD] = {"INSERT INTO history (record_id, at, actor, action, detail)"
+                              " VALUES (?1, ?2, ?3, ?4, ?5)",
+                              false},
+        [STMT_HISTORY_GET] = {"SELECT at, actor, action, detail FROM history WHERE record_id = ?1"
+                              " ORDER BY at, id",
+                              false},
+        [STMT_FACT_SET] = {"INSERT INTO facts (key, value) VALUES (?1, ?2)"
+                           " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                           true},
+        [STMT_FACT_GET] = {"SELECT value FROM facts WHERE key = ?1", true},
 };
 
 struct store {
@@ -364,16 +366,14 @@ struct store {
 	char *errmsg;
 	sqlite3_stmt *stmts[_STMT_MAX];
 	int64_t delta[_STORE_STATE_MAX]; /* count changes of the open transaction */
+	unsigned tx_depth;               /* 1: in a transaction, 2+: in savepoints inside it */
+	int64_t saved_delta[4][_STORE_STATE_MAX]; /* delta when each savepoint began */
 };
 
 static const char *const state_names[_STORE_STATE_MAX] = {
-	[STORE_PENDING] = "pending",
-	[STORE_HELD] = "held",
-	[STORE_INFLIGHT] = "inflight",
-	[STORE_FORWARDED] = "forwarded",
-	[STORE_DEAD] = "dead",
-	[STORE_QUARANTINED] = "quarantined",
-	[STORE_CONFLICT] = "conflict",
+        [STORE_PENDING] = "pending",     [STORE_HELD] = "held", [STORE_INFLIGHT] = "inflight",
+        [STORE_FORWARDED] = "forwarded", [STORE_DEAD] = "dead", [STORE_QUARANTINED] = "quarantined",
+        [STORE_CONFLICT] = "conflict",
 };
 
 static void *grow(void *p, size_t *cap, size_t n, size_t size);
@@ -392,7 +392,7 @@ static void record_load(sqlite3_stmt *st, struct store_record *r);
 static char *col_dup(sqlite3_stmt *st, int i);
 static int64_t col_int64_or0(sqlite3_stmt *st, int i);
 static int history_add(struct store *s, int64_t record_id, int64_t at, const char *actor,
-		       const char *action, const char *detail);
+                       const char *action, const char *detail);
 static int record_get(struct store *s, int64_t id, struct store_record *ret);
 static void decimal_sum_step(sqlite3_context *ctx, int argc, sqlite3_value **argv);
 static void decimal_sum_final(sqlite3_context *ctx);
@@ -423,8 +423,7 @@ store_state_from_string(const char *s)
 }
 
 /* Set *ret_error to a formatted message when the caller asked for one. */
-static _printf_(2, 3) void
-open_error(char **ret_error, const char *format, ...)
+static _printf_(2, 3) void open_error(char **ret_error, const char *format, ...)
 {
 	va_list ap;
 
@@ -501,7 +500,7 @@ migrate(struct store *s, int64_t from)
 	}
 	if (v == 0) {
 		rc = sqlite3_exec(s->db, "PRAGMA application_id = " STRINGIFY(STORE_APPLICATION_ID),
-				  NULL, NULL, &err);
+		                  NULL, NULL, &err);
 		if (rc != SQLITE_OK)
 			goto sql_error;
 	}
@@ -511,7 +510,7 @@ migrate(struct store *s, int64_t from)
 			goto sql_error;
 	}
 	rc = sqlite3_exec(s->db, "PRAGMA user_version = " STRINGIFY(STORE_SCHEMA_VERSION), NULL,
-			  NULL, &err);
+	                  NULL, &err);
 	if (rc != SQLITE_OK)
 		goto sql_error;
 	r = exec_simple(s, STMT_COMMIT);
@@ -549,16 +548,16 @@ open_check(struct store *s, char **ret_error)
 		goto bad_file;
 	if (app_id != STORE_APPLICATION_ID && (app_id != 0 || version != 0 || n_objects != 0)) {
 		open_error(ret_error,
-			   "%s: not an azs-usaged database (application id %" PRId64
-			   ", schema version %" PRId64 "); refusing to touch it",
-			   s->path, app_id, version);
+		           "%s: not an azs-usaged database (application id %" PRId64
+		           ", schema version %" PRId64 "); refusing to touch it",
+		           s->path, app_id, version);
 		return -EBADMSG;
 	}
 	if (version > STORE_SCHEMA_VERSION) {
 		open_error(ret_error,
-			   "%s: schema version %" PRId64 " was written by a newer azs-usaged (this "
-			   "build knows version %d); refusing to touch it",
-			   s->path, version, STORE_SCHEMA_VERSION);
+		           "%s: schema version %" PRId64 " was written by a newer azs-usaged (this "
+		           "build knows version %d); refusing to touch it",
+		           s->path, version, STORE_SCHEMA_VERSION);
 		return -EPROTO;
 	}
 	r = quick_check(s);
@@ -566,12 +565,14 @@ open_check(struct store *s, char **ret_error)
 		goto bad_file;
 
 	if (version < STORE_SCHEMA_VERSION && s->readonly) {
-		open_error(ret_error,
-			   version == 0 ? "%s: the database is not initialised yet; start azs-usaged "
-					  "once to create it"
-					: "%s: the database has an older schema; start azs-usaged once to "
-					  "migrate it",
-			   s->path);
+		open_error(
+		        ret_error,
+		        version == 0
+		                ? "%s: the database is not initialised yet; start azs-usaged "
+		                  "once to create it"
+		                : "%s: the database has an older schema; start azs-usaged once to "
+		                  "migrate it",
+		        s->path);
 		return -ESTALE;
 	}
 	if (s->readonly)
@@ -580,7 +581,7 @@ open_check(struct store *s, char **ret_error)
 	if (version == 0 && n_objects == 0) {
 		/* rows are over 1 KiB: bigger pages split less (measured: ~30 % faster puts) */
 		int rc = sqlite3_exec(s->db, "PRAGMA page_size = " STRINGIFY(STORE_PAGE_SIZE), NULL,
-				      NULL, NULL);
+		                      NULL, NULL);
 		if (rc != SQLITE_OK) {
 			r = fail(s, rc);
 			goto bad_file;
@@ -598,7 +599,7 @@ open_check(struct store *s, char **ret_error)
 			r = rc == SQLITE_ROW ? -EIO : fail(s, rc);
 			sqlite3_finalize(st);
 			open_error(ret_error, "%s: cannot switch to WAL mode: %s", s->path,
-				   s->errmsg ? s->errmsg : "journal mode unchanged");
+			           s->errmsg ? s->errmsg : "journal mode unchanged");
 			return r;
 		}
 		sqlite3_finalize(st);
@@ -606,8 +607,9 @@ open_check(struct store *s, char **ret_error)
 	if (version < STORE_SCHEMA_VERSION) {
 		r = migrate(s, version);
 		if (r < 0) {
-			open_error(ret_error, "%s: migration from schema version %" PRId64 " failed: %s",
-				   s->path, version, s->errmsg);
+			open_error(ret_error,
+			           "%s: migration from schema version %" PRId64 " failed: %s",
+			           s->path, version, s->errmsg);
 			return r;
 		}
 	}
@@ -616,8 +618,8 @@ open_check(struct store *s, char **ret_error)
 bad_file:
 	if (r == -EBADMSG)
 		open_error(ret_error,
-			   "%s: corrupt or not an SQLite database (%s); refusing to touch it",
-			   s->path, s->errmsg);
+		           "%s: corrupt or not an SQLite database (%s); refusing to touch it",
+		           s->path, s->errmsg);
 	else
 		open_error(ret_error, "%s: %s", s->path, s->errmsg);
 	return r;
@@ -667,13 +669,13 @@ store_open(const struct store_options *options, struct store **ret, char **ret_e
 		return r;
 
 	flags = SQLITE_OPEN_EXRESCODE | SQLITE_OPEN_NOMUTEX |
-		(s->readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+	        (s->readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
 	rc = sqlite3_open_v2(s->path, &s->db, flags, NULL);
 	if (rc != SQLITE_OK) {
 		int sys = s->db ? sqlite3_system_errno(s->db) : 0;
 		r = translate(rc, sys);
 		open_error(ret_error, "%s: cannot open: %s", s->path,
-			   s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+		           s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
 		return r;
 	}
 	/* a refused file must stay as it is: no checkpoint when we close it */
@@ -686,17 +688,17 @@ store_open(const struct store_options *options, struct store **ret, char **ret_e
 		return r;
 
 	rc = sqlite3_exec(s->db,
-			  "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;"
-			  " PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;",
-			  NULL, NULL, NULL);
+	                  "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;"
+	                  " PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;",
+	                  NULL, NULL, NULL);
 	if (rc != SQLITE_OK) {
 		r = fail(s, rc);
 		open_error(ret_error, "%s: %s", s->path, s->errmsg);
 		return r;
 	}
 	rc = sqlite3_create_function_v2(s->db, "decimal_sum", 1,
-					SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_INNOCUOUS, NULL,
-					NULL, decimal_sum_step, decimal_sum_final, NULL);
+	                                SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_INNOCUOUS, NULL,
+	                                NULL, decimal_sum_step, decimal_sum_final, NULL);
 	if (rc != SQLITE_OK) {
 		r = fail(s, rc);
 		open_error(ret_error, "%s: %s", s->path, s->errmsg);
@@ -759,7 +761,7 @@ store_set_size_limit(struct store *s, uint64_t max_bytes)
 	if (r < 0)
 		return r;
 	pages = max_bytes ? (int64_t)MIN(max_bytes / (uint64_t)page_size, (uint64_t)INT32_MAX)
-			  : INT32_MAX - 1;
+	                  : INT32_MAX - 1;
 	snprintf(sql, sizeof(sql), "PRAGMA max_page_count = %" PRId64, MAX(pages, 1));
 	return pragma_int(s, sql, &pages);
 }
@@ -802,7 +804,7 @@ store_record_done(struct store_record *r)
 	free(r->error_code);
 	free(r->error_message);
 	free(r->forward_status);
-	*r = (struct store_record){ 0 };
+	*r = (struct store_record){0};
 }
 
 /* Free an hour's strings. */
@@ -813,7 +815,7 @@ store_hour_done(struct store_hour *h)
 		return;
 	free(h->scope);
 	free(h->next_link);
-	*h = (struct store_hour){ 0 };
+	*h = (struct store_hour){0};
 }
 
 /* Raise the collection cursor to hour if it is newer. */
@@ -860,8 +862,7 @@ store_hour_schedule(struct store *s, int64_t hour, const char *scope, int64_t du
 
 /* Hours that are due, oldest first. */
 int
-store_hours_due(struct store *s, int64_t now, size_t limit, struct store_hour **ret,
-		size_t *ret_n)
+store_hours_due(struct store *s, int64_t now, size_t limit, struct store_hour **ret, size_t *ret_n)
 {
 	_cleanup_stmt_ sqlite3_stmt *st = NULL;
 	struct store_hour *hours = NULL;
@@ -876,11 +877,11 @@ store_hours_due(struct store *s, int64_t now, size_t limit, struct store_hour **
 	while ((r = step_row(s, st)) > 0) {
 		hours = grow(hours, &cap, n + 1, sizeof(*hours));
 		hours[n++] = (struct store_hour){
-			.hour = sqlite3_column_int64(st, 0),
-			.scope = col_dup(st, 1),
-			.pass = (unsigned)sqlite3_column_int64(st, 2),
-			.next_link = col_dup(st, 3),
-			.due_at = sqlite3_column_int64(st, 4),
+		        .hour = sqlite3_column_int64(st, 0),
+		        .scope = col_dup(st, 1),
+		        .pass = (unsigned)sqlite3_column_int64(st, 2),
+		        .next_link = col_dup(st, 3),
+		        .due_at = sqlite3_column_int64(st, 4),
 		};
 	}
 	if (r < 0) {
@@ -938,8 +939,8 @@ store_cursor_hour(struct store *s, int64_t *ret)
 
 /* Schedule hours [from, to] to be collected again now. */
 int
-store_recollect(struct store *s, int64_t from, int64_t to, const char *actor,
-		const char *reason, int64_t now, size_t *ret_n)
+store_recollect(struct store *s, int64_t from, int64_t to, const char *actor, const char *reason,
+                int64_t now, size_t *ret_n)
 {
 	int64_t cursor = 0;
 	size_t n = 0;
@@ -957,10 +958,11 @@ store_recollect(struct store *s, int64_t from, int64_t to, const char *actor,
 		_cleanup_stmt_ sqlite3_stmt *st = NULL;
 		int changed;
 
-		r = sqlite3_prepare_v2(s->db,
-				       "UPDATE hours SET pass = CASE WHEN pass < 2 THEN 2 ELSE"
-				       " pass + 1 END, next_link = NULL, due_at = ?2 WHERE hour = ?1",
-				       -1, &st, NULL);
+		r = sqlite3_prepare_v2(
+		        s->db,
+		        "UPDATE hours SET pass = CASE WHEN pass < 2 THEN 2 ELSE"
+		        " pass + 1 END, next_link = NULL, due_at = ?2 WHERE hour = ?1",
+		        -1, &st, NULL);
 		if (r != SQLITE_OK) {
 			r = fail(s, r);
 			break;
@@ -977,9 +979,9 @@ store_recollect(struct store *s, int64_t from, int64_t to, const char *actor,
 			continue;
 		}
 		r = sqlite3_prepare_v2(s->db,
-				       "INSERT INTO hours (hour, scope, pass, next_link, due_at)"
-				       " VALUES (?1, '', 2, NULL, ?2)",
-				       -1, &st, NULL);
+		                       "INSERT INTO hours (hour, scope, pass, next_link, due_at)"
+		                       " VALUES (?1, '', 2, NULL, ?2)",
+		                       -1, &st, NULL);
 		if (r != SQLITE_OK) {
 			r = fail(s, r);
 			break;
@@ -994,8 +996,9 @@ store_recollect(struct store *s, int64_t from, int64_t to, const char *actor,
 		_cleanup_free_ char *detail = NULL;
 		char a[TIME_RFC3339_LEN + 1], b[TIME_RFC3339_LEN + 1];
 
-		detail = xasprintf("hours %s to %s%s%s", time_format_rfc3339(from, a), time_format_rfc3339(to, b),
-				   reason ? ": " : "", reason ? reason : "");
+		detail = xasprintf("hours %s to %s%s%s", time_format_rfc3339(from, a),
+		                   time_format_rfc3339(to, b), reason ? ": " : "",
+		                   reason ? reason : "");
 		r = history_add(s, 0, now, actor, "recollect", detail);
 	}
 	r = tx_end(s, r);
@@ -1031,15 +1034,15 @@ static int64_t
 event_size(const struct store_record *r)
 {
 	return (int64_t)(STORE_EVENT_OVERHEAD + len0(r->key) + 2 * len0(r->subscription_id) +
-			 len0(r->meter_id) + len0(r->quantity) + len0(r->resource_uri) +
-			 len0(r->location) + len0(r->tags) + len0(r->additional_info));
+	                 len0(r->meter_id) + len0(r->quantity) + len0(r->resource_uri) +
+	                 len0(r->location) + len0(r->tags) + len0(r->additional_info));
 }
 
 /* Insert one row; *ret_new tells whether it was new (not an existing key). */
 static int
 insert_row(struct store *s, const struct store_record *r, enum store_state state,
-	   int64_t reported_hour, int64_t now, int64_t conflict_of, int64_t adjustment_of,
-	   bool *ret_new)
+           int64_t reported_hour, int64_t now, int64_t conflict_of, int64_t adjustment_of,
+           bool *ret_new)
 {
 	_cleanup_stmt_ sqlite3_stmt *st = NULL;
 	int rc = SQLITE_OK, r2;
@@ -1066,8 +1069,7 @@ insert_row(struct store *s, const struct store_record *r, enum store_state state
 	rc |= sqlite3_bind_int64(st, 17, now);
 	rc |= sqlite3_bind_int64(st, 18, now);
 	rc |= conflict_of ? sqlite3_bind_int64(st, 19, conflict_of) : sqlite3_bind_null(st, 19);
-	rc |= adjustment_of ? sqlite3_bind_int64(st, 20, adjustment_of)
-			    : sqlite3_bind_null(st, 20);
+	rc |= adjustment_of ? sqlite3_bind_int64(st, 20, adjustment_of) : sqlite3_bind_null(st, 20);
 	rc |= bind_text(st, 21, r->tenant_id);
 	rc |= bind_text(st, 22, r->charged_subscription);
 	rc |= bind_text(st, 23, r->charge_reason);
@@ -1085,7 +1087,7 @@ insert_row(struct store *s, const struct store_record *r, enum store_state state
 /* Store one record of a page: new, duplicate or conflict. */
 static int
 put_record(struct store *s, const struct store_page *page, const struct store_record *r,
-	   struct store_page_result *res)
+           struct store_page_result *res)
 {
 	struct decimal q;
 	int64_t orig_id;
@@ -1097,8 +1099,9 @@ put_record(struct store *s, const struct store_page *page, const struct store_re
 	if (r->state == STORE_PENDING) {
 		if (!r->quantity || decimal_parse_string(r->quantity, &q) < 0 ||
 		    !r->subscription_id || !r->meter_id)
-			return fail_msg(s, -EINVAL, "pending record without subscription, meter or a "
-						    "valid quantity");
+			return fail_msg(s, -EINVAL,
+			                "pending record without subscription, meter or a "
+			                "valid quantity");
 	} else if (r->state != STORE_QUARANTINED)
 		return fail_msg(s, -EINVAL, "a record enters the store pending or quarantined");
 
@@ -1140,7 +1143,8 @@ put_record(struct store *s, const struct store_page *page, const struct store_re
 			return rr;
 		sqlite3_bind_int64(st, 1, orig_id);
 		while (!same && (rr = step_row(s, st)) > 0)
-			same = quantity_equal((const char *)sqlite3_column_text(st, 0), r->quantity);
+			same = quantity_equal((const char *)sqlite3_column_text(st, 0),
+			                      r->quantity);
 		if (rr < 0)
 			return rr;
 	}
@@ -1198,7 +1202,7 @@ page_cursor(struct store *s, const struct store_page *page)
 int
 store_put_page(struct store *s, const struct store_page *page, struct store_page_result *ret)
 {
-	struct store_page_result res = { 0 };
+	struct store_page_result res = {0};
 	int r;
 
 	if (!page || !page->scope || (page->n_records && !page->records) ||
@@ -1228,7 +1232,7 @@ store_batch_done(struct store_batch *b)
 	for (size_t i = 0; i < b->n_records; i++)
 		store_record_done(&b->records[i]);
 	free(b->records);
-	*b = (struct store_batch){ 0 };
+	*b = (struct store_batch){0};
 }
 
 /* A record the claim looked at: taken into the batch or held. */
@@ -1241,14 +1245,14 @@ struct claim_item {
 static int
 claim_map(struct store *s, const struct store_claim *claim, struct claim_item *it)
 {
-	struct store_charge charge = { 0 };
+	struct store_charge charge = {0};
 	int r;
 
 	if (it->rec.charged_subscription)
 		return 0; /* frozen by an earlier claim */
 	if (!claim->map)
 		return fail_msg(s, -EINVAL, "record %" PRId64 " has no charge and no mapping",
-				it->rec.id);
+		                it->rec.id);
 	r = claim->map(claim->userdata, &it->rec, &charge);
 	if (r < 0)
 		return fail_msg(s, r, "mapping record %" PRId64 " failed", it->rec.id);
@@ -1270,7 +1274,7 @@ claim_map(struct store *s, const struct store_claim *claim, struct claim_item *i
 /* Select the batch's records and map them (no writes yet). */
 static int
 claim_collect(struct store *s, const struct store_claim *claim, const char *batch_id,
-	      struct claim_item **items, size_t *cap, size_t *n_items, size_t *n_taken)
+              struct claim_item **items, size_t *cap, size_t *n_items, size_t *n_taken)
 {
 	_cleanup_stmt_ sqlite3_stmt *st = NULL;
 	size_t max_records = claim->max_records ? claim->max_records : SIZE_MAX;
@@ -1290,11 +1294,12 @@ claim_collect(struct store *s, const struct store_claim *claim, const char *batc
 
 		/* a retried batch is re-sent whole; a new one stops at the limits (one at least) */
 		if (!batch_id && *n_taken > 0 &&
-		    (*n_taken >= max_records || (claim->max_bytes && bytes + size > claim->max_bytes)))
+		    (*n_taken >= max_records ||
+		     (claim->max_bytes && bytes + size > claim->max_bytes)))
 			break;
 		*items = grow(*items, cap, *n_items + 1, sizeof(**items));
 		it = &(*items)[(*n_items)++];
-		*it = (struct claim_item){ 0 };
+		*it = (struct claim_item){0};
 		record_load(st, &it->rec);
 		r = claim_map(s, claim, it);
 		if (r < 0)
@@ -1342,7 +1347,7 @@ claim_write(struct store *s, struct claim_item *items, size_t n, const char *bat
 int
 store_claim_batch(struct store *s, const struct store_claim *claim, struct store_batch *ret)
 {
-	struct store_batch b = { 0 };
+	struct store_batch b = {0};
 	struct claim_item *items = NULL;
 	size_t n_items = 0, n_taken = 0, cap = 0;
 	_cleanup_free_ char *old_batch = NULL;
@@ -1386,7 +1391,7 @@ store_claim_batch(struct store *s, const struct store_claim *claim, struct store
 			items[i].rec.batch_id = xstrdup(b.batch_id);
 			b.attempts = MAX(b.attempts, items[i].rec.attempts);
 			b.records[b.n_records++] = items[i].rec;
-			items[i].rec = (struct store_record){ 0 };
+			items[i].rec = (struct store_record){0};
 		}
 	}
 	for (size_t i = 0; i < n_items; i++)
@@ -1429,7 +1434,7 @@ store_next_due(struct store *s, int64_t *ret)
 /* Apply one outcome; *ret_applied tells whether the record was inflight in the batch. */
 static int
 apply_outcome(struct store *s, const char *batch_id, const struct store_outcome *o, int64_t now,
-	      bool *ret_applied)
+              bool *ret_applied)
 {
 	_cleanup_stmt_ sqlite3_stmt *st = NULL;
 	enum store_state to;
@@ -1484,8 +1489,8 @@ apply_outcome(struct store *s, const char *batch_id, const struct store_outcome 
 
 /* Apply a batch's outcomes in one transaction. */
 int
-store_apply_outcomes(struct store *s, const char *batch_id, const struct store_outcome *o,
-		     size_t n, int64_t now, size_t *ret_applied)
+store_apply_outcomes(struct store *s, const char *batch_id, const struct store_outcome *o, size_t n,
+                     int64_t now, size_t *ret_applied)
 {
 	size_t applied = 0;
 	int r;
@@ -1512,7 +1517,7 @@ store_apply_outcomes(struct store *s, const char *batch_id, const struct store_o
 /* Run a bulk state change from one state to another and count it. */
 static int
 bulk_move(struct store *s, enum stmt_id id, enum store_state from, enum store_state to,
-	  size_t *ret_n)
+          size_t *ret_n)
 {
 	size_t n = 0;
 	int r;
@@ -1553,7 +1558,7 @@ int
 store_counts(struct store *s, struct store_counts *ret)
 {
 	_cleanup_stmt_ sqlite3_stmt *st = NULL;
-	struct store_counts c = { 0 };
+	struct store_counts c = {0};
 	int r;
 
 	r = stmt_get(s, STMT_COUNTS_GET, &st);
@@ -1637,7 +1642,7 @@ store_subscription_done(struct store_subscription *sub)
 	free(sub->display_name);
 	free(sub->owner);
 	free(sub->state);
-	*sub = (struct store_subscription){ 0 };
+	*sub = (struct store_subscription){0};
 }
 
 /* Prepare an uncached statement (off the loop); -errno on failure. */
@@ -1667,7 +1672,7 @@ run_once(struct store *s, sqlite3_stmt *st)
 /* Replace the user-subscription cache. */
 int
 store_subscriptions_replace(struct store *s, const struct store_subscription *subs, size_t n,
-			    int64_t now)
+                            int64_t now)
 {
 	sqlite3_stmt *st = NULL;
 	int r;
@@ -1682,12 +1687,12 @@ store_subscriptions_replace(struct store *s, const struct store_subscription *su
 		r = run_once(s, st);
 	if (r >= 0)
 		r = prepare_once(s,
-				 "INSERT INTO subscriptions (subscription_id, tenant_id,"
-				 " display_name, owner, state) VALUES (?1, ?2, ?3, ?4, ?5)"
-				 " ON CONFLICT DO UPDATE SET tenant_id = excluded.tenant_id,"
-				 " display_name = excluded.display_name, owner = excluded.owner,"
-				 " state = excluded.state",
-				 &st);
+		                 "INSERT INTO subscriptions (subscription_id, tenant_id,"
+		                 " display_name, owner, state) VALUES (?1, ?2, ?3, ?4, ?5)"
+		                 " ON CONFLICT DO UPDATE SET tenant_id = excluded.tenant_id,"
+		                 " display_name = excluded.display_name, owner = excluded.owner,"
+		                 " state = excluded.state",
+		                 &st);
 	for (size_t i = 0; r >= 0 && i < n; i++) {
 		if (!subs[i].subscription_id) {
 			r = fail_msg(s, -EINVAL, "subscription without an id");
@@ -1710,8 +1715,7 @@ store_subscriptions_replace(struct store *s, const struct store_subscription *su
 
 /* One cached user subscription. */
 int
-store_subscription_get(struct store *s, const char *subscription_id,
-		       struct store_subscription *ret)
+store_subscription_get(struct store *s, const char *subscription_id, struct store_subscription *ret)
 {
 	sqlite3_stmt *st = NULL;
 	int r;
@@ -1719,20 +1723,20 @@ store_subscription_get(struct store *s, const char *subscription_id,
 	if (!subscription_id || !ret)
 		return -EINVAL;
 	r = prepare_once(s,
-			 "SELECT subscription_id, tenant_id, display_name, owner, state"
-			 " FROM subscriptions WHERE subscription_id = ?1",
-			 &st);
+	                 "SELECT subscription_id, tenant_id, display_name, owner, state"
+	                 " FROM subscriptions WHERE subscription_id = ?1",
+	                 &st);
 	if (r < 0)
 		return r;
 	bind_text(st, 1, subscription_id);
 	r = step_row(s, st);
 	if (r > 0)
 		*ret = (struct store_subscription){
-			.subscription_id = col_dup(st, 0),
-			.tenant_id = col_dup(st, 1),
-			.display_name = col_dup(st, 2),
-			.owner = col_dup(st, 3),
-			.state = col_dup(st, 4),
+		        .subscription_id = col_dup(st, 0),
+		        .tenant_id = col_dup(st, 1),
+		        .display_name = col_dup(st, 2),
+		        .owner = col_dup(st, 3),
+		        .state = col_dup(st, 4),
 		};
 	sqlite3_finalize(st);
 	return r < 0 ? r : r == 0 ? -ENOENT : 0;
@@ -1754,7 +1758,7 @@ store_registration_done(struct store_registration *reg)
 	free(reg->id);
 	free(reg->default_subscription);
 	free(reg->raw);
-	*reg = (struct store_registration){ 0 };
+	*reg = (struct store_registration){0};
 }
 
 /* Free a customer subscription's strings. */
@@ -1765,13 +1769,13 @@ store_customer_subscription_done(struct store_customer_subscription *c)
 		return;
 	free(c->subscription_id);
 	free(c->tenant_id);
-	*c = (struct store_customer_subscription){ 0 };
+	*c = (struct store_customer_subscription){0};
 }
 
 /* Replace the registration cache. */
 int
 store_registration_replace(struct store *s, const struct store_registration *reg,
-			   const struct store_customer_subscription *cs, size_t n)
+                           const struct store_customer_subscription *cs, size_t n)
 {
 	sqlite3_stmt *st = NULL;
 	int r;
@@ -1790,9 +1794,9 @@ store_registration_replace(struct store *s, const struct store_registration *reg
 		r = run_once(s, st);
 	if (r >= 0)
 		r = prepare_once(s,
-				 "INSERT INTO registration (id, default_subscription, raw,"
-				 " refreshed_at) VALUES (?1, ?2, ?3, ?4)",
-				 &st);
+		                 "INSERT INTO registration (id, default_subscription, raw,"
+		                 " refreshed_at) VALUES (?1, ?2, ?3, ?4)",
+		                 &st);
 	if (r >= 0) {
 		bind_text(st, 1, reg->id);
 		bind_text(st, 2, reg->default_subscription);
@@ -1803,9 +1807,9 @@ store_registration_replace(struct store *s, const struct store_registration *reg
 	st = NULL;
 	if (r >= 0)
 		r = prepare_once(s,
-				 "INSERT INTO customer_subscriptions (subscription_id, tenant_id)"
-				 " VALUES (?1, ?2)",
-				 &st);
+		                 "INSERT INTO customer_subscriptions (subscription_id, tenant_id)"
+		                 " VALUES (?1, ?2)",
+		                 &st);
 	for (size_t i = 0; r >= 0 && i < n; i++) {
 		if (!cs[i].subscription_id || !cs[i].tenant_id) {
 			r = fail_msg(s, -EINVAL, "customer subscription without id or tenant");
@@ -1829,18 +1833,18 @@ store_registration_get(struct store *s, struct store_registration *ret)
 	int r;
 
 	r = prepare_once(s,
-			 "SELECT id, default_subscription, raw, refreshed_at FROM registration"
-			 " LIMIT 1",
-			 &st);
+	                 "SELECT id, default_subscription, raw, refreshed_at FROM registration"
+	                 " LIMIT 1",
+	                 &st);
 	if (r < 0)
 		return r;
 	r = step_row(s, st);
 	if (r > 0)
 		*ret = (struct store_registration){
-			.id = col_dup(st, 0),
-			.default_subscription = col_dup(st, 1),
-			.raw = col_dup(st, 2),
-			.refreshed_at = sqlite3_column_int64(st, 3),
+		        .id = col_dup(st, 0),
+		        .default_subscription = col_dup(st, 1),
+		        .raw = col_dup(st, 2),
+		        .refreshed_at = sqlite3_column_int64(st, 3),
 		};
 	sqlite3_finalize(st);
 	return r < 0 ? r : r == 0 ? -ENOENT : 0;
@@ -1849,7 +1853,7 @@ store_registration_get(struct store *s, struct store_registration *ret)
 /* All cached customer subscriptions. */
 int
 store_customer_subscriptions(struct store *s, struct store_customer_subscription **ret,
-			     size_t *ret_n)
+                             size_t *ret_n)
 {
 	struct store_customer_subscription *list = NULL;
 	sqlite3_stmt *st = NULL;
@@ -1857,16 +1861,16 @@ store_customer_subscriptions(struct store *s, struct store_customer_subscription
 	int r;
 
 	r = prepare_once(s,
-			 "SELECT subscription_id, tenant_id FROM customer_subscriptions"
-			 " ORDER BY subscription_id",
-			 &st);
+	                 "SELECT subscription_id, tenant_id FROM customer_subscriptions"
+	                 " ORDER BY subscription_id",
+	                 &st);
 	if (r < 0)
 		return r;
 	while ((r = step_row(s, st)) > 0) {
 		list = grow(list, &cap, n + 1, sizeof(*list));
 		list[n++] = (struct store_customer_subscription){
-			.subscription_id = col_dup(st, 0),
-			.tenant_id = col_dup(st, 1),
+		        .subscription_id = col_dup(st, 0),
+		        .tenant_id = col_dup(st, 1),
 		};
 	}
 	sqlite3_finalize(st);
@@ -1884,7 +1888,7 @@ store_customer_subscriptions(struct store *s, struct store_customer_subscription
 /* The customer subscriptions registered for one tenant. */
 int
 store_customer_subscriptions_for_tenant(struct store *s, const char *tenant_id, char ***ret,
-					size_t *ret_n)
+                                        size_t *ret_n)
 {
 	char **list = NULL;
 	sqlite3_stmt *st = NULL;
@@ -1894,9 +1898,9 @@ store_customer_subscriptions_for_tenant(struct store *s, const char *tenant_id, 
 	if (!tenant_id)
 		return -EINVAL;
 	r = prepare_once(s,
-			 "SELECT subscription_id FROM customer_subscriptions WHERE tenant_id = ?1"
-			 " ORDER BY subscription_id",
-			 &st);
+	                 "SELECT subscription_id FROM customer_subscriptions WHERE tenant_id = ?1"
+	                 " ORDER BY subscription_id",
+	                 &st);
 	if (r < 0)
 		return r;
 	bind_text(st, 1, tenant_id);
@@ -1966,7 +1970,7 @@ store_fact_get(struct store *s, const char *key, char **ret)
 /* Records matching a query, newest first. */
 int
 store_records_query(struct store *s, const struct store_query *q, store_record_fn fn,
-		    void *userdata)
+                    void *userdata)
 {
 	char sql[1024];
 	sqlite3_stmt *st = NULL;
@@ -1974,14 +1978,16 @@ store_records_query(struct store *s, const struct store_query *q, store_record_f
 
 	if (!q || !fn)
 		return -EINVAL;
-	snprintf(sql, sizeof(sql), "SELECT " RECORD_COLUMNS " FROM records WHERE 1%s%s%s%s%s%s"
-		 " ORDER BY id DESC%s",
-		 q->state >= 0 ? " AND state = ?1" : "",
-		 q->state >= 0 && q->state != STORE_FORWARDED ? NOT_FORWARDED : "", q->tenant_id ? " AND tenant_id = ?2" : "",
-		 q->subscription_id ? " AND (subscription_id = ?3 OR charged_subscription = ?3)"
-				    : "",
-		 q->since ? " AND collected_at >= ?4" : "",
-		 q->include_discarded ? "" : " AND discarded = 0", q->limit ? " LIMIT ?5" : "");
+	snprintf(sql, sizeof(sql),
+	         "SELECT " RECORD_COLUMNS " FROM records WHERE 1%s%s%s%s%s%s"
+	         " ORDER BY id DESC%s",
+	         q->state >= 0 ? " AND state = ?1" : "",
+	         q->state >= 0 && q->state != STORE_FORWARDED ? NOT_FORWARDED : "",
+	         q->tenant_id ? " AND tenant_id = ?2" : "",
+	         q->subscription_id ? " AND (subscription_id = ?3 OR charged_subscription = ?3)"
+	                            : "",
+	         q->since ? " AND collected_at >= ?4" : "",
+	         q->include_discarded ? "" : " AND discarded = 0", q->limit ? " LIMIT ?5" : "");
 	r = prepare_once(s, sql, &st);
 	if (r < 0)
 		return r;
@@ -2013,7 +2019,7 @@ int
 store_record_find(struct store *s, const char *prefix, int state, struct store_record *ret)
 {
 	char lower[HASH_SHA256_HEX_LEN + 1], sql[1024];
-	struct store_record first = { 0 };
+	struct store_record first = {0};
 	sqlite3_stmt *st = NULL;
 	size_t len;
 	int r, n = 0;
@@ -2025,14 +2031,15 @@ store_record_find(struct store *s, const char *prefix, int state, struct store_r
 	if (len < 8 || len > HASH_SHA256_HEX_LEN || strspn(prefix, "0123456789abcdefABCDEF") != len)
 		return fail_msg(s, -EINVAL, "a key prefix is 8 to 64 hex digits");
 	for (size_t i = 0; i <= len; i++)
-		lower[i] = (char)(prefix[i] >= 'A' && prefix[i] <= 'F' ? prefix[i] + 32 : prefix[i]);
+		lower[i] =
+		        (char)(prefix[i] >= 'A' && prefix[i] <= 'F' ? prefix[i] + 32 : prefix[i]);
 
 	/* discarded rows (resolved conflicts, discarded dead letters) yield to live ones */
 	snprintf(sql, sizeof(sql),
-		 "SELECT " RECORD_COLUMNS " FROM records WHERE substr(key, 1, ?1) = ?2%s%s"
-		 " ORDER BY discarded, id LIMIT 2",
-		 state >= 0 ? " AND state = ?3" : "",
-		 state >= 0 && state != STORE_FORWARDED ? NOT_FORWARDED : "");
+	         "SELECT " RECORD_COLUMNS " FROM records WHERE substr(key, 1, ?1) = ?2%s%s"
+	         " ORDER BY discarded, id LIMIT 2",
+	         state >= 0 ? " AND state = ?3" : "",
+	         state >= 0 && state != STORE_FORWARDED ? NOT_FORWARDED : "");
 	r = prepare_once(s, sql, &st);
 	if (r < 0)
 		return r;
@@ -2052,7 +2059,7 @@ store_record_find(struct store *s, const char *prefix, int state, struct store_r
 		if (r < 0)
 			return r;
 		return n == 0 ? fail_msg(s, -ENOENT, "no record with key %s", lower)
-			      : fail_msg(s, -ENOTUNIQ, "several records match key %s", lower);
+		              : fail_msg(s, -ENOTUNIQ, "several records match key %s", lower);
 	}
 	*ret = first;
 	return 0;
@@ -2067,7 +2074,7 @@ store_history_done(struct store_history *h)
 	free(h->actor);
 	free(h->action);
 	free(h->detail);
-	*h = (struct store_history){ 0 };
+	*h = (struct store_history){0};
 }
 
 /* A record's history, oldest first. */
@@ -2086,10 +2093,10 @@ store_record_history(struct store *s, int64_t id, struct store_history **ret, si
 	while ((r = step_row(s, st)) > 0) {
 		list = grow(list, &cap, n + 1, sizeof(*list));
 		list[n++] = (struct store_history){
-			.at = sqlite3_column_int64(st, 0),
-			.actor = col_dup(st, 1),
-			.action = col_dup(st, 2),
-			.detail = col_dup(st, 3),
+		        .at = sqlite3_column_int64(st, 0),
+		        .actor = col_dup(st, 1),
+		        .action = col_dup(st, 2),
+		        .detail = col_dup(st, 3),
 		};
 	}
 	if (r < 0) {
@@ -2106,18 +2113,18 @@ store_record_history(struct store *s, int64_t id, struct store_history **ret, si
 /* A dead letter back to pending, to be mapped and batched again. */
 static int
 dead_retry_one(struct store *s, const struct store_record *rec, const char *actor,
-	       const char *reason, int64_t now)
+               const char *reason, int64_t now)
 {
 	_cleanup_free_ char *detail = NULL;
 	sqlite3_stmt *st = NULL;
 	int r;
 
 	r = prepare_once(s,
-			 "UPDATE records SET state = " S_PENDING ", next_attempt_at = ?2,"
-			 " batch_id = NULL, error_code = NULL, error_message = NULL,"
-			 " tenant_id = NULL, charged_subscription = NULL, charge_reason = NULL"
-			 " WHERE id = ?1 AND state = " S_DEAD " AND discarded = 0",
-			 &st);
+	                 "UPDATE records SET state = " S_PENDING ", next_attempt_at = ?2,"
+	                 " batch_id = NULL, error_code = NULL, error_message = NULL,"
+	                 " tenant_id = NULL, charged_subscription = NULL, charge_reason = NULL"
+	                 " WHERE id = ?1 AND state = " S_DEAD " AND discarded = 0",
+	                 &st);
 	if (r < 0)
 		return r;
 	sqlite3_bind_int64(st, 1, rec->id);
@@ -2128,8 +2135,9 @@ dead_retry_one(struct store *s, const struct store_record *rec, const char *acto
 	s->delta[STORE_DEAD]--;
 	s->delta[STORE_PENDING]++;
 	detail = xasprintf("was dead: %s%s%s%s%s", rec->error_code ? rec->error_code : "-",
-			   rec->error_message ? " " : "", rec->error_message ? rec->error_message : "",
-			   reason ? "; reason: " : "", reason ? reason : "");
+	                   rec->error_message ? " " : "",
+	                   rec->error_message ? rec->error_message : "", reason ? "; reason: " : "",
+	                   reason ? reason : "");
 	return history_add(s, rec->id, now, actor, "dead-retry", detail);
 }
 
@@ -2141,18 +2149,17 @@ dead_retry_check(struct store *s, const struct store_record *rec)
 		return fail_msg(s, -ENOENT, "record %" PRId64 " is not a dead letter", rec->id);
 	if (rec->conflict_of)
 		return fail_msg(s, -EPERM,
-				"record %" PRId64 " is a rejected change (%s), not a usage record; "
-				"discard it",
-				rec->id, rec->error_code ? rec->error_code : "conflict");
+		                "record %" PRId64 " is a rejected change (%s), not a usage record; "
+		                "discard it",
+		                rec->id, rec->error_code ? rec->error_code : "conflict");
 	return 0;
 }
 
 /* Retry one dead letter. */
 int
-store_dead_retry(struct store *s, int64_t id, const char *actor, const char *reason,
-		 int64_t now)
+store_dead_retry(struct store *s, int64_t id, const char *actor, const char *reason, int64_t now)
 {
-	struct store_record rec = { 0 };
+	struct store_record rec = {0};
 	int r;
 
 	if (!actor)
@@ -2172,7 +2179,7 @@ store_dead_retry(struct store *s, int64_t id, const char *actor, const char *rea
 /* Retry every dead letter that is a usage record. */
 int
 store_dead_retry_all(struct store *s, const char *actor, const char *reason, int64_t now,
-		     size_t *ret_n)
+                     size_t *ret_n)
 {
 	int64_t *ids = NULL;
 	sqlite3_stmt *st = NULL;
@@ -2185,9 +2192,9 @@ store_dead_retry_all(struct store *s, const char *actor, const char *reason, int
 	if (r < 0)
 		return r;
 	r = prepare_once(s,
-			 "SELECT id FROM records WHERE state = " S_DEAD " AND discarded = 0"
-			 " AND conflict_of IS NULL ORDER BY id",
-			 &st);
+	                 "SELECT id FROM records WHERE state = " S_DEAD " AND discarded = 0"
+	                 " AND conflict_of IS NULL ORDER BY id",
+	                 &st);
 	if (r >= 0) {
 		while ((r = step_row(s, st)) > 0) {
 			ids = grow(ids, &cap, n + 1, sizeof(*ids));
@@ -2196,7 +2203,7 @@ store_dead_retry_all(struct store *s, const char *actor, const char *reason, int
 		sqlite3_finalize(st);
 	}
 	for (size_t i = 0; r >= 0 && i < n; i++) {
-		struct store_record rec = { 0 };
+		struct store_record rec = {0};
 
 		r = record_get(s, ids[i], &rec);
 		if (r >= 0)
@@ -2214,10 +2221,9 @@ store_dead_retry_all(struct store *s, const char *actor, const char *reason, int
 
 /* Discard one dead letter. */
 int
-store_dead_discard(struct store *s, int64_t id, const char *actor, const char *reason,
-		   int64_t now)
+store_dead_discard(struct store *s, int64_t id, const char *actor, const char *reason, int64_t now)
 {
-	struct store_record rec = { 0 };
+	struct store_record rec = {0};
 	sqlite3_stmt *st = NULL;
 	int r;
 
@@ -2240,7 +2246,7 @@ store_dead_discard(struct store *s, int64_t id, const char *actor, const char *r
 
 		s->delta[STORE_DEAD]--;
 		detail = xasprintf("was dead: %s; reason: %s",
-				   rec.error_code ? rec.error_code : "-", reason);
+		                   rec.error_code ? rec.error_code : "-", reason);
 		r = history_add(s, id, now, actor, "dead-discard", detail);
 	}
 	store_record_done(&rec);
@@ -2249,16 +2255,16 @@ store_dead_discard(struct store *s, int64_t id, const char *actor, const char *r
 
 /* Close a conflict row: dead, and discarded unless it stays an open dead letter. */
 static int
-conflict_close(struct store *s, int64_t id, const char *code, const char *message,
-	       bool discarded)
+conflict_close(struct store *s, int64_t id, const char *code, const char *message, bool discarded)
 {
 	sqlite3_stmt *st = NULL;
 	int r;
 
-	r = prepare_once(s,
-			 "UPDATE records SET state = " S_DEAD ", error_code = ?2,"
-			 " error_message = ?3, discarded = ?4 WHERE id = ?1 AND state = " S_CONFLICT,
-			 &st);
+	r = prepare_once(
+	        s,
+	        "UPDATE records SET state = " S_DEAD ", error_code = ?2,"
+	        " error_message = ?3, discarded = ?4 WHERE id = ?1 AND state = " S_CONFLICT,
+	        &st);
 	if (r < 0)
 		return r;
 	sqlite3_bind_int64(st, 1, id);
@@ -2294,7 +2300,7 @@ conflict_load(struct store *s, int64_t id, struct store_record *c, struct store_
 /* The quantity already charged for a forwarded original: its own plus its adjustments. */
 static int
 charged_quantity(struct store *s, const struct store_record *o, struct decimal *ret,
-		 unsigned *ret_adjustments)
+                 unsigned *ret_adjustments)
 {
 	sqlite3_stmt *st = NULL;
 	struct decimal total, q;
@@ -2303,9 +2309,8 @@ charged_quantity(struct store *s, const struct store_record *o, struct decimal *
 
 	if (decimal_parse_string(o->quantity, &total) < 0)
 		return fail_msg(s, -EINVAL, "record %" PRId64 " has no valid quantity", o->id);
-	r = prepare_once(s,
-			 "SELECT quantity, state, discarded FROM records WHERE adjustment_of = ?1",
-			 &st);
+	r = prepare_once(
+	        s, "SELECT quantity, state, discarded FROM records WHERE adjustment_of = ?1", &st);
 	if (r < 0)
 		return r;
 	sqlite3_bind_int64(st, 1, o->id);
@@ -2316,7 +2321,7 @@ charged_quantity(struct store *s, const struct store_record *o, struct decimal *
 		if (decimal_parse_string((const char *)sqlite3_column_text(st, 0), &q) < 0 ||
 		    decimal_add(&total, &q, &total) < 0) {
 			r = fail_msg(s, -ERANGE, "adjustments of record %" PRId64 " do not add up",
-				     o->id);
+			             o->id);
 			break;
 		}
 	}
@@ -2331,7 +2336,7 @@ charged_quantity(struct store *s, const struct store_record *o, struct decimal *
 /* Queue an adjustment event for a forwarded original. */
 static int
 adjustment_add(struct store *s, const struct store_record *o, const struct decimal *diff,
-	       unsigned seq, int64_t now, int64_t *ret_id)
+               unsigned seq, int64_t now, int64_t *ret_id)
 {
 	char key[HASH_SHA256_HEX_LEN + 1], text[DECIMAL_STRING_MAX];
 	_cleanup_free_ char *input = NULL;
@@ -2351,7 +2356,7 @@ adjustment_add(struct store *s, const struct store_record *o, const struct decim
 		return r;
 	if (!is_new)
 		return fail_msg(s, -EEXIST, "adjustment %u of record %" PRId64 " exists already",
-				seq, o->id);
+		                seq, o->id);
 	*ret_id = sqlite3_last_insert_rowid(s->db);
 	return 0;
 }
@@ -2359,9 +2364,9 @@ adjustment_add(struct store *s, const struct store_record *o, const struct decim
 /* Accept a conflict (see store.h). */
 int
 store_conflict_accept(struct store *s, int64_t id, const char *actor, const char *reason,
-		      int64_t now)
+                      int64_t now)
 {
-	struct store_record c = { 0 }, o = { 0 };
+	struct store_record c = {0}, o = {0};
 	_cleanup_free_ char *detail = NULL;
 	struct decimal newq, charged, diff;
 	int r;
@@ -2386,9 +2391,9 @@ store_conflict_accept(struct store *s, int64_t id, const char *actor, const char
 
 		sized.quantity = c.quantity;
 		r = prepare_once(s,
-				 "UPDATE records SET quantity = ?2, raw = COALESCE(?3, raw),"
-				 " event_size = ?4 WHERE id = ?1",
-				 &st);
+		                 "UPDATE records SET quantity = ?2, raw = COALESCE(?3, raw),"
+		                 " event_size = ?4 WHERE id = ?1",
+		                 &st);
 		if (r >= 0) {
 			sqlite3_bind_int64(st, 1, o.id);
 			bind_text(st, 2, c.quantity);
@@ -2397,7 +2402,7 @@ store_conflict_accept(struct store *s, int64_t id, const char *actor, const char
 			r = run_once(s, st);
 		}
 		detail = xasprintf("quantity %s replaced by %s%s%s", o.quantity, c.quantity,
-				   reason ? "; reason: " : "", reason ? reason : "");
+		                   reason ? "; reason: " : "", reason ? reason : "");
 		if (r >= 0)
 			r = conflict_close(s, c.id, "conflict-accepted", NULL, true);
 	} else {
@@ -2419,9 +2424,9 @@ store_conflict_accept(struct store *s, int64_t id, const char *actor, const char
 			}
 			decimal_format(&diff, dtext);
 			r = adjustment_add(s, &o, &diff, n_adj + 1, now, &adj_id);
-			detail = xasprintf("charged %s, accepted %s: adjustment %s queued%s%s", from,
-					   c.quantity, dtext, reason ? "; reason: " : "",
-					   reason ? reason : "");
+			detail = xasprintf("charged %s, accepted %s: adjustment %s queued%s%s",
+			                   from, c.quantity, dtext, reason ? "; reason: " : "",
+			                   reason ? reason : "");
 			if (r >= 0)
 				r = history_add(s, adj_id, now, actor, "conflict-accept", detail);
 			if (r >= 0)
@@ -2430,14 +2435,14 @@ store_conflict_accept(struct store *s, int64_t id, const char *actor, const char
 			_cleanup_free_ char *msg = NULL;
 
 			msg = xasprintf("charged %s, accepted %s: a credit must be issued outside "
-					"this system",
-					from, c.quantity);
+			                "this system",
+			                from, c.quantity);
 			detail = xasprintf("%s%s%s", msg, reason ? "; reason: " : "",
-					   reason ? reason : "");
+			                   reason ? reason : "");
 			r = conflict_close(s, c.id, "credit-required", msg, false);
 		} else {
 			detail = xasprintf("charged %s equals the accepted quantity%s%s", from,
-					   reason ? "; reason: " : "", reason ? reason : "");
+			                   reason ? "; reason: " : "", reason ? reason : "");
 			r = conflict_close(s, c.id, "conflict-accepted", NULL, true);
 		}
 	}
@@ -2454,9 +2459,9 @@ finish:
 /* Reject a conflict: the original stands. */
 int
 store_conflict_reject(struct store *s, int64_t id, const char *actor, const char *reason,
-		      int64_t now)
+                      int64_t now)
 {
-	struct store_record c = { 0 }, o = { 0 };
+	struct store_record c = {0}, o = {0};
 	_cleanup_free_ char *detail = NULL;
 	int r;
 
@@ -2468,7 +2473,7 @@ store_conflict_reject(struct store *s, int64_t id, const char *actor, const char
 	r = conflict_load(s, id, &c, &o);
 	if (r >= 0) {
 		detail = xasprintf("quantity %s rejected, %s stands%s%s", c.quantity, o.quantity,
-				   reason ? "; reason: " : "", reason ? reason : "");
+		                   reason ? "; reason: " : "", reason ? reason : "");
 		r = conflict_close(s, c.id, "conflict-rejected", NULL, true);
 	}
 	if (r >= 0)
@@ -2482,22 +2487,22 @@ store_conflict_reject(struct store *s, int64_t id, const char *actor, const char
 
 /* Exact totals of forwarded records, grouped. */
 int
-store_report(struct store *s, int64_t from, int64_t to, enum store_report_by by,
-	     store_report_fn fn, void *userdata)
+store_report(struct store *s, int64_t from, int64_t to, enum store_report_by by, store_report_fn fn,
+             void *userdata)
 {
 	static const char *const sql[] = {
-		[STORE_REPORT_BY_SUBSCRIPTION] =
-			"SELECT COALESCE(charged_subscription, ''), meter_id, count(*),"
-			" decimal_sum(quantity) FROM records WHERE state = " S_FORWARDED
-			" AND usage_start >= ?1 AND usage_start < ?2 GROUP BY 1, 2 ORDER BY 1, 2",
-		[STORE_REPORT_BY_TENANT] =
-			"SELECT COALESCE(tenant_id, ''), meter_id, count(*), decimal_sum(quantity)"
-			" FROM records WHERE state = " S_FORWARDED
-			" AND usage_start >= ?1 AND usage_start < ?2 GROUP BY 1, 2 ORDER BY 1, 2",
-		[STORE_REPORT_BY_METER] =
-			"SELECT NULL, meter_id, count(*), decimal_sum(quantity) FROM records"
-			" WHERE state = " S_FORWARDED " AND usage_start >= ?1 AND usage_start < ?2"
-			" GROUP BY 2 ORDER BY 2",
+	        [STORE_REPORT_BY_SUBSCRIPTION] =
+	                "SELECT COALESCE(charged_subscription, ''), meter_id, count(*),"
+	                " decimal_sum(quantity) FROM records WHERE state = " S_FORWARDED
+	                " AND usage_start >= ?1 AND usage_start < ?2 GROUP BY 1, 2 ORDER BY 1, 2",
+	        [STORE_REPORT_BY_TENANT] =
+	                "SELECT COALESCE(tenant_id, ''), meter_id, count(*), decimal_sum(quantity)"
+	                " FROM records WHERE state = " S_FORWARDED
+	                " AND usage_start >= ?1 AND usage_start < ?2 GROUP BY 1, 2 ORDER BY 1, 2",
+	        [STORE_REPORT_BY_METER] =
+	                "SELECT NULL, meter_id, count(*), decimal_sum(quantity) FROM records"
+	                " WHERE state = " S_FORWARDED " AND usage_start >= ?1 AND usage_start < ?2"
+	                " GROUP BY 2 ORDER BY 2",
 	};
 	sqlite3_stmt *st = NULL;
 	int r;
@@ -2511,10 +2516,10 @@ store_report(struct store *s, int64_t from, int64_t to, enum store_report_by by,
 	sqlite3_bind_int64(st, 2, to);
 	while ((r = step_row(s, st)) > 0) {
 		struct store_report_row row = {
-			.group = (const char *)sqlite3_column_text(st, 0),
-			.meter_id = (const char *)sqlite3_column_text(st, 1),
-			.records = (uint64_t)sqlite3_column_int64(st, 2),
-			.total = (const char *)sqlite3_column_text(st, 3),
+		        .group = (const char *)sqlite3_column_text(st, 0),
+		        .meter_id = (const char *)sqlite3_column_text(st, 1),
+		        .records = (uint64_t)sqlite3_column_int64(st, 2),
+		        .total = (const char *)sqlite3_column_text(st, 3),
 		};
 
 		r = fn(userdata, &row);
@@ -2574,8 +2579,8 @@ fail(struct store *s, int rc)
 {
 	free(s->errmsg);
 	s->errmsg = xstrdup(sqlite3_errcode(s->db) == rc || sqlite3_extended_errcode(s->db) == rc
-				    ? sqlite3_errmsg(s->db)
-				    : sqlite3_errstr(rc));
+	                            ? sqlite3_errmsg(s->db)
+	                            : sqlite3_errstr(rc));
 	return translate(rc, sqlite3_system_errno(s->db));
 }
 
@@ -2600,7 +2605,7 @@ stmt_get(struct store *s, enum stmt_id id, sqlite3_stmt **ret)
 
 	if (!s->stmts[id]) {
 		rc = sqlite3_prepare_v3(s->db, stmt_defs[id].sql, -1, SQLITE_PREPARE_PERSISTENT,
-					&s->stmts[id], NULL);
+		                        &s->stmts[id], NULL);
 		if (rc != SQLITE_OK)
 			return fail(s, rc);
 	}
@@ -2660,14 +2665,29 @@ exec_simple(struct store *s, enum stmt_id id)
 	return step_done(s, st);
 }
 
-/* Start a write transaction. */
+/*
+ * Start a write transaction. Called again inside one (a map() callback that writes, a query
+ * callback), it opens a savepoint instead, so the inner operation can fail on its own.
+ */
 static int
 tx_begin(struct store *s)
 {
+	int r;
+
 	if (s->readonly)
 		return fail_msg(s, -EROFS, "the store is open read-only");
-	memset(s->delta, 0, sizeof(s->delta));
-	return exec_simple(s, STMT_BEGIN);
+	if (s->tx_depth >= ARRAY_SIZE(s->saved_delta))
+		return fail_msg(s, -EBUSY, "store operations nested too deeply");
+	if (s->tx_depth > 0) {
+		memcpy(s->saved_delta[s->tx_depth], s->delta, sizeof(s->delta));
+		r = exec_simple(s, STMT_SAVEPOINT);
+	} else {
+		memset(s->delta, 0, sizeof(s->delta));
+		r = exec_simple(s, STMT_BEGIN);
+	}
+	if (r >= 0)
+		s->tx_depth++;
+	return r;
 }
 
 /* Apply the transaction's count deltas. */
@@ -2696,14 +2716,27 @@ counts_flush(struct store *s)
 static int
 tx_end(struct store *s, int r)
 {
+	_cleanup_stmt_ sqlite3_stmt *st = NULL;
+
+	assert(s->tx_depth > 0);
+	if (--s->tx_depth > 0) {
+		/* a savepoint inside the caller's transaction */
+		if (r < 0) {
+			memcpy(s->delta, s->saved_delta[s->tx_depth], sizeof(s->delta));
+			if (stmt_get(s, STMT_ROLLBACK_TO, &st) >= 0)
+				(void)sqlite3_step(st);
+		}
+		if (r >= 0)
+			return exec_simple(s, STMT_RELEASE);
+		(void)exec_simple(s, STMT_RELEASE);
+		return r;
+	}
 	if (r >= 0)
 		r = counts_flush(s);
 	if (r >= 0)
 		r = exec_simple(s, STMT_COMMIT);
 	if (r < 0 && !sqlite3_get_autocommit(s->db)) {
 		/* keep the first error's message: ROLLBACK would overwrite SQLite's */
-		_cleanup_stmt_ sqlite3_stmt *st = NULL;
-
 		if (stmt_get(s, STMT_ROLLBACK, &st) >= 0)
 			(void)sqlite3_step(st);
 	}
@@ -2732,34 +2765,34 @@ static void
 record_load(sqlite3_stmt *st, struct store_record *r)
 {
 	*r = (struct store_record){
-		.id = sqlite3_column_int64(st, COL_ID),
-		.state = (enum store_state)sqlite3_column_int(st, COL_STATE),
-		.key = col_dup(st, COL_KEY),
-		.reported_hour = sqlite3_column_int64(st, COL_REPORTED_HOUR),
-		.subscription_id = col_dup(st, COL_SUBSCRIPTION_ID),
-		.meter_id = col_dup(st, COL_METER_ID),
-		.quantity = col_dup(st, COL_QUANTITY),
-		.usage_start = sqlite3_column_int64(st, COL_USAGE_START),
-		.usage_end = sqlite3_column_int64(st, COL_USAGE_END),
-		.resource_uri = col_dup(st, COL_RESOURCE_URI),
-		.location = col_dup(st, COL_LOCATION),
-		.tags = col_dup(st, COL_TAGS),
-		.additional_info = col_dup(st, COL_ADDITIONAL_INFO),
-		.raw = col_dup(st, COL_RAW),
-		.tenant_id = col_dup(st, COL_TENANT_ID),
-		.charged_subscription = col_dup(st, COL_CHARGED_SUBSCRIPTION),
-		.charge_reason = col_dup(st, COL_CHARGE_REASON),
-		.attempts = (unsigned)sqlite3_column_int64(st, COL_ATTEMPTS),
-		.next_attempt_at = sqlite3_column_int64(st, COL_NEXT_ATTEMPT_AT),
-		.batch_id = col_dup(st, COL_BATCH_ID),
-		.error_code = col_dup(st, COL_ERROR_CODE),
-		.error_message = col_dup(st, COL_ERROR_MESSAGE),
-		.forward_status = col_dup(st, COL_FORWARD_STATUS),
-		.collected_at = sqlite3_column_int64(st, COL_COLLECTED_AT),
-		.forwarded_at = col_int64_or0(st, COL_FORWARDED_AT),
-		.conflict_of = col_int64_or0(st, COL_CONFLICT_OF),
-		.adjustment_of = col_int64_or0(st, COL_ADJUSTMENT_OF),
-		.discarded = sqlite3_column_int(st, COL_DISCARDED) != 0,
+	        .id = sqlite3_column_int64(st, COL_ID),
+	        .state = (enum store_state)sqlite3_column_int(st, COL_STATE),
+	        .key = col_dup(st, COL_KEY),
+	        .reported_hour = sqlite3_column_int64(st, COL_REPORTED_HOUR),
+	        .subscription_id = col_dup(st, COL_SUBSCRIPTION_ID),
+	        .meter_id = col_dup(st, COL_METER_ID),
+	        .quantity = col_dup(st, COL_QUANTITY),
+	        .usage_start = sqlite3_column_int64(st, COL_USAGE_START),
+	        .usage_end = sqlite3_column_int64(st, COL_USAGE_END),
+	        .resource_uri = col_dup(st, COL_RESOURCE_URI),
+	        .location = col_dup(st, COL_LOCATION),
+	        .tags = col_dup(st, COL_TAGS),
+	        .additional_info = col_dup(st, COL_ADDITIONAL_INFO),
+	        .raw = col_dup(st, COL_RAW),
+	        .tenant_id = col_dup(st, COL_TENANT_ID),
+	        .charged_subscription = col_dup(st, COL_CHARGED_SUBSCRIPTION),
+	        .charge_reason = col_dup(st, COL_CHARGE_REASON),
+	        .attempts = (unsigned)sqlite3_column_int64(st, COL_ATTEMPTS),
+	        .next_attempt_at = sqlite3_column_int64(st, COL_NEXT_ATTEMPT_AT),
+	        .batch_id = col_dup(st, COL_BATCH_ID),
+	        .error_code = col_dup(st, COL_ERROR_CODE),
+	        .error_message = col_dup(st, COL_ERROR_MESSAGE),
+	        .forward_status = col_dup(st, COL_FORWARD_STATUS),
+	        .collected_at = sqlite3_column_int64(st, COL_COLLECTED_AT),
+	        .forwarded_at = col_int64_or0(st, COL_FORWARDED_AT),
+	        .conflict_of = col_int64_or0(st, COL_CONFLICT_OF),
+	        .adjustment_of = col_int64_or0(st, COL_ADJUSTMENT_OF),
+	        .discarded = sqlite3_column_int(st, COL_DISCARDED) != 0,
 	};
 }
 
@@ -2785,8 +2818,8 @@ record_get(struct store *s, int64_t id, struct store_record *ret)
 
 /* Append a history entry (record_id 0: store-wide). */
 static int
-history_add(struct store *s, int64_t record_id, int64_t at, const char *actor,
-	    const char *action, const char *detail)
+history_add(struct store *s, int64_t record_id, int64_t at, const char *actor, const char *action,
+            const char *detail)
 {
 	_cleanup_stmt_ sqlite3_stmt *st = NULL;
 	int r;
@@ -2856,7 +2889,7 @@ decimal_sum_final(sqlite3_context *ctx)
 
 	if (sum && sum->failed) {
 		sqlite3_result_error(ctx, "decimal_sum: quantity malformed or total out of range",
-				     -1);
+		                     -1);
 		return;
 	}
 	if (!sum || !sum->started) {

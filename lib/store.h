@@ -122,7 +122,8 @@ int store_hours_due(struct store *s, int64_t now, size_t limit, struct store_hou
 /* The newest hour ever scheduled (the collection cursor); -ENOENT when none. */
 int store_cursor_hour(struct store *s, int64_t *ret);
 
-/* Schedule hours [from, to] (on the hour) to be collected again now; records who and why. */
+/* Schedule hours [from, to] (on the hour, not after the cursor: else -EINVAL) to be collected
+ * again now, pass 2 or more; records who and why. ret_n: schedule rows touched. */
 int store_recollect(struct store *s, int64_t from, int64_t to, const char *actor,
 		    const char *reason, int64_t now, size_t *ret_n);
 
@@ -133,6 +134,11 @@ int store_recollect(struct store *s, int64_t from, int64_t to, const char *actor
  * stored as a conflict row beside the original. Then the hour's next_link is set to next_link;
  * with next_link NULL the hour is finished for this pass: it becomes due again at next_due_at
  * with pass + 1, or leaves the schedule when next_due_at is 0.
+ *
+ * Records are stored under page->reported_hour. Every record needs a key (64 hex digits); a
+ * pending one also a subscription, a meter and a quantity that lib/decimal parses, else the whole
+ * page is -EINVAL. A quarantined record seen again, or a record whose stored twin is quarantined,
+ * counts as a duplicate. A changed quantity already stored as a conflict row is a duplicate too.
  */
 struct store_page {
 	int64_t reported_hour;
@@ -211,7 +217,8 @@ struct store_outcome {
 	const char *new_batch_id; /* RETRY: replaces the batch id (a split batch); NULL keeps it */
 };
 
-/* Apply outcomes of batch_id in one transaction; records not inflight in that batch are skipped. */
+/* Apply outcomes of batch_id in one transaction; records not inflight in that batch are skipped.
+ * Every applied outcome counts one attempt. */
 int store_apply_outcomes(struct store *s, const char *batch_id, const struct store_outcome *o,
 			 size_t n, int64_t now, size_t *ret_applied);
 
@@ -298,7 +305,8 @@ int store_records_query(struct store *s, const struct store_query *q, store_reco
 			void *userdata);
 
 /* The record in `state` (-1: any) whose key starts with prefix (>= 8 hex digits): -ENOENT,
- * -ENOTUNIQ when several match, -EINVAL for a bad prefix. */
+ * -ENOTUNIQ when several match, -EINVAL for a bad prefix. A conflict row shares its original's
+ * key; discarded rows yield to a live one. */
 int store_record_find(struct store *s, const char *prefix, int state, struct store_record *ret);
 
 struct store_history {
@@ -311,7 +319,12 @@ struct store_history {
 void store_history_done(struct store_history *h);
 int store_record_history(struct store *s, int64_t id, struct store_history **ret, size_t *ret_n);
 
-/* Operator actions; each writes history with actor and reason. */
+/*
+ * Operator actions; each writes history with actor and reason. Retry puts a dead letter back to
+ * pending, due at now, with its batch id and charge cleared (it is mapped again with the current
+ * registration); a credit-required conflict row cannot be retried (-EPERM), only discarded.
+ * Discard needs a reason. -ENOENT when the record is not a (non-discarded) dead letter.
+ */
 int store_dead_retry(struct store *s, int64_t id, const char *actor, const char *reason,
 		     int64_t now);
 int store_dead_retry_all(struct store *s, const char *actor, const char *reason, int64_t now,
@@ -324,6 +337,10 @@ int store_dead_discard(struct store *s, int64_t id, const char *actor, const cha
  * quantity is replaced; forwarded and the new quantity larger -> an adjustment record for the
  * difference is queued (key: SHA-256 of original key + "\nadjustment\n" + sequence); smaller ->
  * the conflict becomes dead with error_code "credit-required". Reject: the original stands.
+ * Resolved conflict rows stay, discarded (error_code "conflict-accepted" / "conflict-rejected"),
+ * so the same changed quantity seen again is a duplicate. The quantity charged for a forwarded
+ * original is its own plus its adjustments. -EBUSY while the original is inflight; -ENOENT when
+ * id is not an open conflict.
  */
 int store_conflict_accept(struct store *s, int64_t id, const char *actor, const char *reason,
 			  int64_t now);

@@ -27,53 +27,56 @@
 #include "store.h"
 #include "xmalloc.h"
 
-#define HOUR INT64_C(3600)
-#define T0 INT64_C(1793523600) /* 2026-11-01T09:00:00Z */
-#define NOW (T0 + 2 * HOUR)
-#define SUB_A "c79389af-7d1e-4f0b-9c51-2f1f8c7a1e01"
-#define SUB_B "0c4b2a11-5e6f-4a3b-8c9d-1e2f3a4b5c6d"
-#define TENANT_A "dbab3982-1111-4c3b-9a1e-0a1b2c3d4e5f"
-#define CUSTOMER_A "e09a4e93-29a7-4b1c-8f3e-0d1c2b3a4f5e"
+#define HOUR        INT64_C(3600)
+#define T0          INT64_C(1793523600) /* 2026-11-01T09:00:00Z */
+#define NOW         (T0 + 2 * HOUR)
+#define SUB_A       "c79389af-7d1e-4f0b-9c51-2f1f8c7a1e01"
+#define SUB_B       "0c4b2a11-5e6f-4a3b-8c9d-1e2f3a4b5c6d"
+#define TENANT_A    "dbab3982-1111-4c3b-9a1e-0a1b2c3d4e5f"
+#define CUSTOMER_A  "e09a4e93-29a7-4b1c-8f3e-0d1c2b3a4f5e"
 #define DEFAULT_SUB "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
-#define METER "FAB6EB84-500B-4A09-A8CA-7358F8BBAEA5"
+#define METER       "FAB6EB84-500B-4A09-A8CA-7358F8BBAEA5"
+#define REGISTRATION_ID \
+	"/subscriptions/x/resourcegroups/azurestack/providers/microsoft.azurestack/registrations/r"
 
 /* Version-1 DDL exactly as the first release wrote it (kept here, independent of store.c). */
 static const char v1_ddl[] =
-	"PRAGMA application_id = 1096438613;"
-	"CREATE TABLE records (id INTEGER PRIMARY KEY, state INTEGER NOT NULL, key TEXT NOT NULL,"
-	" reported_hour INTEGER NOT NULL, subscription_id TEXT, meter_id TEXT, quantity TEXT,"
-	" usage_start INTEGER NOT NULL DEFAULT 0, usage_end INTEGER NOT NULL DEFAULT 0,"
-	" resource_uri TEXT, location TEXT, tags TEXT, additional_info TEXT, raw TEXT,"
-	" event_size INTEGER NOT NULL, tenant_id TEXT, charged_subscription TEXT,"
-	" charge_reason TEXT, attempts INTEGER NOT NULL DEFAULT 0,"
-	" next_attempt_at INTEGER NOT NULL, batch_id TEXT, error_code TEXT, error_message TEXT,"
-	" forward_status TEXT, collected_at INTEGER NOT NULL, forwarded_at INTEGER,"
-	" conflict_of INTEGER REFERENCES records(id) ON DELETE CASCADE,"
-	" adjustment_of INTEGER REFERENCES records(id) ON DELETE SET NULL);"
-	"CREATE UNIQUE INDEX records_hour_key ON records(reported_hour, key)"
-	" WHERE conflict_of IS NULL;"
-	"CREATE INDEX records_due ON records(state, next_attempt_at) WHERE state <> 3;"
-	"CREATE INDEX records_batch ON records(batch_id) WHERE batch_id IS NOT NULL;"
-	"CREATE INDEX records_pending_age ON records(state, collected_at) WHERE state = 0;"
-	"CREATE INDEX records_forwarded ON records(state, forwarded_at) WHERE state = 3;"
-	"CREATE INDEX records_conflict_of ON records(conflict_of) WHERE conflict_of IS NOT NULL;"
-	"CREATE INDEX records_adjustment_of ON records(adjustment_of)"
-	" WHERE adjustment_of IS NOT NULL;"
-	"CREATE TABLE counts (state INTEGER PRIMARY KEY, n INTEGER NOT NULL);"
-	"INSERT INTO counts(state, n) VALUES (0, 0), (1, 0), (2, 0), (3, 0), (4, 0), (5, 0), (6, 0);"
-	"CREATE TABLE hours (hour INTEGER NOT NULL, scope TEXT NOT NULL, pass INTEGER NOT NULL,"
-	" next_link TEXT, due_at INTEGER NOT NULL, PRIMARY KEY (hour, scope)) WITHOUT ROWID;"
-	"CREATE INDEX hours_due ON hours(due_at);"
-	"CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
-	"CREATE TABLE subscriptions (subscription_id TEXT PRIMARY KEY, tenant_id TEXT,"
-	" display_name TEXT, owner TEXT, state TEXT) WITHOUT ROWID;"
-	"CREATE TABLE registration (id TEXT NOT NULL, default_subscription TEXT NOT NULL,"
-	" raw TEXT, refreshed_at INTEGER NOT NULL);"
-	"CREATE TABLE customer_subscriptions (subscription_id TEXT PRIMARY KEY,"
-	" tenant_id TEXT NOT NULL) WITHOUT ROWID;"
-	"CREATE INDEX customer_subscriptions_tenant ON customer_subscriptions(tenant_id);"
-	"CREATE TABLE facts (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;"
-	"PRAGMA user_version = 1;";
+        "PRAGMA application_id = 1096438613;"
+        "CREATE TABLE records (id INTEGER PRIMARY KEY, state INTEGER NOT NULL, key TEXT NOT NULL,"
+        " reported_hour INTEGER NOT NULL, subscription_id TEXT, meter_id TEXT, quantity TEXT,"
+        " usage_start INTEGER NOT NULL DEFAULT 0, usage_end INTEGER NOT NULL DEFAULT 0,"
+        " resource_uri TEXT, location TEXT, tags TEXT, additional_info TEXT, raw TEXT,"
+        " event_size INTEGER NOT NULL, tenant_id TEXT, charged_subscription TEXT,"
+        " charge_reason TEXT, attempts INTEGER NOT NULL DEFAULT 0,"
+        " next_attempt_at INTEGER NOT NULL, batch_id TEXT, error_code TEXT, error_message TEXT,"
+        " forward_status TEXT, collected_at INTEGER NOT NULL, forwarded_at INTEGER,"
+        " conflict_of INTEGER REFERENCES records(id) ON DELETE CASCADE,"
+        " adjustment_of INTEGER REFERENCES records(id) ON DELETE SET NULL);"
+        "CREATE UNIQUE INDEX records_hour_key ON records(reported_hour, key)"
+        " WHERE conflict_of IS NULL;"
+        "CREATE INDEX records_due ON records(state, next_attempt_at) WHERE state <> 3;"
+        "CREATE INDEX records_batch ON records(batch_id) WHERE batch_id IS NOT NULL;"
+        "CREATE INDEX records_pending_age ON records(state, collected_at) WHERE state = 0;"
+        "CREATE INDEX records_forwarded ON records(state, forwarded_at) WHERE state = 3;"
+        "CREATE INDEX records_conflict_of ON records(conflict_of) WHERE conflict_of IS NOT NULL;"
+        "CREATE INDEX records_adjustment_of ON records(adjustment_of)"
+        " WHERE adjustment_of IS NOT NULL;"
+        "CREATE TABLE counts (state INTEGER PRIMARY KEY, n INTEGER NOT NULL);"
+        "INSERT INTO counts(state, n) VALUES (0, 0), (1, 0), (2, 0), (3, 0), (4, 0), (5, 0),"
+        " (6, 0);"
+        "CREATE TABLE hours (hour INTEGER NOT NULL, scope TEXT NOT NULL, pass INTEGER NOT NULL,"
+        " next_link TEXT, due_at INTEGER NOT NULL, PRIMARY KEY (hour, scope)) WITHOUT ROWID;"
+        "CREATE INDEX hours_due ON hours(due_at);"
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
+        "CREATE TABLE subscriptions (subscription_id TEXT PRIMARY KEY, tenant_id TEXT,"
+        " display_name TEXT, owner TEXT, state TEXT) WITHOUT ROWID;"
+        "CREATE TABLE registration (id TEXT NOT NULL, default_subscription TEXT NOT NULL,"
+        " raw TEXT, refreshed_at INTEGER NOT NULL);"
+        "CREATE TABLE customer_subscriptions (subscription_id TEXT PRIMARY KEY,"
+        " tenant_id TEXT NOT NULL) WITHOUT ROWID;"
+        "CREATE INDEX customer_subscriptions_tenant ON customer_subscriptions(tenant_id);"
+        "CREATE TABLE facts (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;"
+        "PRAGMA user_version = 1;";
 
 struct fixture {
 	char dir[64];
@@ -106,20 +109,20 @@ rec_init(struct rec_data *d, unsigned seed, const char *subscription, const char
 	hash_sha256_hex(in, strlen(in), d->key);
 	snprintf(d->quantity, sizeof(d->quantity), "%s", quantity);
 	snprintf(d->uri, sizeof(d->uri), "/subscriptions/%s/virtualmachines/vm%u", subscription,
-		 seed);
+	         seed);
 	snprintf(d->raw, sizeof(d->raw), "{\"name\":\"rec%u\",\"quantity\":%s}", seed, quantity);
 	d->rec = (struct store_record){
-		.state = STORE_PENDING,
-		.key = d->key,
-		.reported_hour = T0,
-		.subscription_id = (char *)subscription,
-		.meter_id = (char *)METER,
-		.quantity = d->quantity,
-		.usage_start = T0 - HOUR,
-		.usage_end = T0,
-		.resource_uri = d->uri,
-		.location = (char *)"local",
-		.raw = d->raw,
+	        .state = STORE_PENDING,
+	        .key = d->key,
+	        .reported_hour = T0,
+	        .subscription_id = (char *)subscription,
+	        .meter_id = (char *)METER,
+	        .quantity = d->quantity,
+	        .usage_start = T0 - HOUR,
+	        .usage_end = T0,
+	        .resource_uri = d->uri,
+	        .location = (char *)"local",
+	        .raw = d->raw,
 	};
 }
 
@@ -129,11 +132,11 @@ put(struct store *s, struct rec_data *d, size_t n, struct store_page_result *res
 {
 	struct store_record recs[64];
 	struct store_page page = {
-		.reported_hour = T0,
-		.scope = "",
-		.records = recs,
-		.n_records = n,
-		.now = NOW,
+	        .reported_hour = T0,
+	        .scope = "",
+	        .records = recs,
+	        .n_records = n,
+	        .now = NOW,
 	};
 
 	assert_true(n <= ARRAY_SIZE(recs));
@@ -150,16 +153,16 @@ map_cb(void *userdata, const struct store_record *r, struct store_charge *ret)
 
 	m->calls++;
 	if (m->hold_b && streq(r->subscription_id, SUB_B)) {
-		*ret = (struct store_charge){ .reason = "ambiguous", .hold = true };
+		*ret = (struct store_charge){.reason = "ambiguous", .hold = true};
 		return 0;
 	}
 	if (streq(r->subscription_id, SUB_A))
-		*ret = (struct store_charge){ .charged_subscription = CUSTOMER_A,
-					      .tenant_id = TENANT_A,
-					      .reason = "registered" };
+		*ret = (struct store_charge){.charged_subscription = CUSTOMER_A,
+		                             .tenant_id = TENANT_A,
+		                             .reason = "registered"};
 	else
-		*ret = (struct store_charge){ .charged_subscription = DEFAULT_SUB,
-					      .reason = "default" };
+		*ret = (struct store_charge){.charged_subscription = DEFAULT_SUB,
+		                             .reason = "default"};
 	return 0;
 }
 
@@ -169,11 +172,11 @@ claim(struct store *s, struct map_state *m, size_t max_records, uint64_t max_byt
       struct store_batch *b)
 {
 	struct store_claim c = {
-		.max_records = max_records,
-		.max_bytes = max_bytes,
-		.now = now,
-		.map = map_cb,
-		.userdata = m,
+	        .max_records = max_records,
+	        .max_bytes = max_bytes,
+	        .now = now,
+	        .map = map_cb,
+	        .userdata = m,
 	};
 
 	assert_int_equal(store_claim_batch(s, &c, b), 0);
@@ -210,15 +213,16 @@ static void
 check_counts(struct fixture *f)
 {
 	struct store_counts c;
-	uint64_t expect[_STORE_STATE_MAX] = { 0 };
+	uint64_t expect[_STORE_STATE_MAX] = {0};
 	sqlite3 *db = side_open(f->path);
 	sqlite3_stmt *st = NULL;
 
-	assert_int_equal(sqlite3_prepare_v2(db,
-					    "SELECT state, count(*) FROM records WHERE discarded = 0"
-					    " GROUP BY state",
-					    -1, &st, NULL),
-			 SQLITE_OK);
+	assert_int_equal(
+	        sqlite3_prepare_v2(db,
+	                           "SELECT state, count(*) FROM records WHERE discarded = 0"
+	                           " GROUP BY state",
+	                           -1, &st, NULL),
+	        SQLITE_OK);
 	while (sqlite3_step(st) == SQLITE_ROW) {
 		int state = sqlite3_column_int(st, 0);
 
@@ -231,7 +235,7 @@ check_counts(struct fixture *f)
 	for (int i = 0; i < _STORE_STATE_MAX; i++)
 		if (c.by_state[i] != expect[i])
 			fail_msg("count of %s: store %" PRIu64 ", COUNT(*) %" PRIu64,
-				 store_state_to_string(i), c.by_state[i], expect[i]);
+			         store_state_to_string(i), c.by_state[i], expect[i]);
 }
 
 /* Assert one count. */
@@ -279,7 +283,7 @@ spill(const char *path, const void *data, size_t size)
 static void
 reopen(struct fixture *f)
 {
-	struct store_options o = { .path = f->path };
+	struct store_options o = {.path = f->path};
 	_cleanup_free_ char *err = NULL;
 
 	f->store = store_free(f->store);
@@ -306,7 +310,7 @@ static int
 teardown(void **state)
 {
 	struct fixture *f = *state;
-	const char *suffix[] = { "", "-wal", "-shm", ".copy" };
+	const char *suffix[] = {"", "-wal", "-shm", ".copy"};
 	char p[160];
 
 	store_free(f->store);
@@ -374,7 +378,7 @@ test_store_put_page_conflict_once(void **state)
 	struct fixture *f = *state;
 	struct rec_data d;
 	struct store_page_result res;
-	struct store_record r = { 0 };
+	struct store_record r = {0};
 
 	rec_init(&d, 1, SUB_A, "2.4");
 	assert_int_equal(put(f->store, &d, 1, &res), 0);
@@ -408,17 +412,17 @@ test_store_put_page_failure_changes_nothing(void **state)
 	struct fixture *f = *state;
 	struct rec_data d[3];
 	struct store_record recs[3];
-	struct store_page_result res = { .inserted = 77 };
+	struct store_page_result res = {.inserted = 77};
 	struct store_hour *hours = NULL;
 	size_t n = 99;
 	int64_t cursor;
 	struct store_page page = {
-		.reported_hour = T0,
-		.scope = "",
-		.next_link = "https://stack/next?continuationToken=abc%3d",
-		.records = recs,
-		.n_records = 3,
-		.now = NOW,
+	        .reported_hour = T0,
+	        .scope = "",
+	        .next_link = "https://stack/next?continuationToken=abc%3d",
+	        .records = recs,
+	        .n_records = 3,
+	        .now = NOW,
 	};
 
 	for (unsigned i = 0; i < 3; i++) {
@@ -453,7 +457,7 @@ test_store_put_page_moves_cursor(void **state)
 	struct store_hour *hours = NULL;
 	size_t n = 0;
 	int64_t cursor = 0;
-	struct store_page page = { .reported_hour = T0, .scope = "", .now = NOW };
+	struct store_page page = {.reported_hour = T0, .scope = "", .now = NOW};
 
 	assert_int_equal(store_hour_schedule(f->store, T0, "", NOW - 60), 0);
 	assert_int_equal(store_hour_schedule(f->store, T0 + HOUR, "", NOW + HOUR), 0);
@@ -512,9 +516,9 @@ test_store_put_page_quarantine(void **state)
 	struct fixture *f = *state;
 	struct rec_data d[2];
 	struct store_page_result res;
-	struct store_record r = { 0 };
+	struct store_record r = {0};
 	struct store_batch b;
-	struct map_state m = { 0 };
+	struct map_state m = {0};
 
 	rec_init(&d[0], 1, SUB_A, "1");
 	rec_init(&d[1], 2, SUB_A, "NaN");
@@ -553,9 +557,9 @@ test_store_claim_batch_forwarded(void **state)
 	struct fixture *f = *state;
 	struct rec_data d[3];
 	struct store_batch b;
-	struct map_state m = { 0 };
+	struct map_state m = {0};
 	struct store_outcome o[3];
-	struct store_record r = { 0 };
+	struct store_record r = {0};
 	size_t applied = 0;
 	int64_t t;
 
@@ -588,13 +592,13 @@ test_store_claim_batch_forwarded(void **state)
 	check_counts(f);
 
 	for (size_t i = 0; i < 3; i++)
-		o[i] = (struct store_outcome){ .id = b.records[i].id,
-					       .kind = STORE_OUTCOME_FORWARDED,
-					       .status = i == 1 ? "Duplicate" : "Accepted" };
+		o[i] = (struct store_outcome){.id = b.records[i].id,
+		                              .kind = STORE_OUTCOME_FORWARDED,
+		                              .status = i == 1 ? "Duplicate" : "Accepted"};
 	/* a wrong batch id applies nothing */
 	assert_int_equal(store_apply_outcomes(f->store, "00000000-0000-4000-8000-000000000000", o,
-					      3, NOW + 5, &applied),
-			 0);
+	                                      3, NOW + 5, &applied),
+	                 0);
 	assert_int_equal(applied, 0);
 	assert_int_equal(store_apply_outcomes(f->store, b.batch_id, o, 3, NOW + 5, &applied), 0);
 	assert_int_equal(applied, 3);
@@ -622,8 +626,8 @@ test_store_apply_outcomes_dead(void **state)
 	struct fixture *f = *state;
 	struct rec_data d;
 	struct store_batch b;
-	struct map_state m = { 0 };
-	struct store_record r = { 0 };
+	struct map_state m = {0};
+	struct store_record r = {0};
 	size_t applied = 0;
 
 	rec_init(&d, 1, SUB_A, "1");
@@ -631,14 +635,14 @@ test_store_apply_outcomes_dead(void **state)
 	claim(f->store, &m, 500, 0, NOW, &b);
 	assert_int_equal(b.n_records, 1);
 	assert_int_equal(store_apply_outcomes(f->store, b.batch_id,
-					      &(struct store_outcome){
-						      .id = b.records[0].id,
-						      .kind = STORE_OUTCOME_DEAD,
-						      .error_code = "ResourceNotFound",
-						      .error_message = "no such resource",
-					      },
-					      1, NOW, &applied),
-			 0);
+	                                      &(struct store_outcome){
+	                                              .id = b.records[0].id,
+	                                              .kind = STORE_OUTCOME_DEAD,
+	                                              .error_code = "ResourceNotFound",
+	                                              .error_message = "no such resource",
+	                                      },
+	                                      1, NOW, &applied),
+	                 0);
 	assert_int_equal(applied, 1);
 	assert_count(f->store, STORE_DEAD, 1);
 	check_counts(f);
@@ -656,7 +660,7 @@ test_store_apply_outcomes_retry_keeps_batch(void **state)
 	struct fixture *f = *state;
 	struct rec_data d[4];
 	struct store_batch b, b2;
-	struct map_state m = { 0 };
+	struct map_state m = {0};
 	struct store_outcome o[2];
 	size_t applied = 0;
 	int64_t t;
@@ -668,10 +672,10 @@ test_store_apply_outcomes_retry_keeps_batch(void **state)
 	claim(f->store, &m, 500, 0, NOW, &b);
 	assert_int_equal(b.n_records, 2);
 	for (size_t i = 0; i < 2; i++)
-		o[i] = (struct store_outcome){ .id = b.records[i].id,
-					       .kind = STORE_OUTCOME_RETRY,
-					       .next_attempt_at = NOW + 60,
-					       .error_code = "Error" };
+		o[i] = (struct store_outcome){.id = b.records[i].id,
+		                              .kind = STORE_OUTCOME_RETRY,
+		                              .next_attempt_at = NOW + 60,
+		                              .error_code = "Error"};
 	assert_int_equal(store_apply_outcomes(f->store, b.batch_id, o, 2, NOW, &applied), 0);
 	assert_int_equal(applied, 2);
 	assert_count(f->store, STORE_PENDING, 2);
@@ -701,13 +705,12 @@ test_store_apply_outcomes_retry_keeps_batch(void **state)
 
 	/* a split: one half gets a new batch id */
 	assert_int_equal(hash_uuid4(split_id), 0);
-	o[0] = (struct store_outcome){ .id = b2.records[0].id,
-				       .kind = STORE_OUTCOME_RETRY,
-				       .next_attempt_at = NOW + 61,
-				       .new_batch_id = split_id };
-	o[1] = (struct store_outcome){ .id = b2.records[1].id,
-				       .kind = STORE_OUTCOME_RETRY,
-				       .next_attempt_at = NOW + 62 };
+	o[0] = (struct store_outcome){.id = b2.records[0].id,
+	                              .kind = STORE_OUTCOME_RETRY,
+	                              .next_attempt_at = NOW + 61,
+	                              .new_batch_id = split_id};
+	o[1] = (struct store_outcome){
+	        .id = b2.records[1].id, .kind = STORE_OUTCOME_RETRY, .next_attempt_at = NOW + 62};
 	assert_int_equal(store_apply_outcomes(f->store, b2.batch_id, o, 2, NOW + 60, &applied), 0);
 	store_batch_done(&b2);
 	claim(f->store, &m, 500, 0, NOW + 100, &b2);
@@ -730,7 +733,7 @@ test_store_reset_inflight_keeps_batch_id(void **state)
 	struct fixture *f = *state;
 	struct rec_data d[3];
 	struct store_batch b, b2;
-	struct map_state m = { 0 };
+	struct map_state m = {0};
 	size_t n = 0;
 
 	for (unsigned i = 0; i < 3; i++)
@@ -753,7 +756,7 @@ test_store_reset_inflight_keeps_batch_id(void **state)
 	for (size_t i = 0; i < 3; i++) {
 		assert_int_equal(b2.records[i].id, b.records[i].id);
 		assert_string_equal(b2.records[i].charged_subscription,
-				    b.records[i].charged_subscription);
+		                    b.records[i].charged_subscription);
 	}
 	check_counts(f);
 	store_batch_done(&b2);
@@ -767,8 +770,8 @@ test_store_claim_batch_holds_and_unhold(void **state)
 	struct fixture *f = *state;
 	struct rec_data d[3];
 	struct store_batch b;
-	struct map_state m = { .hold_b = true };
-	struct store_record r = { 0 };
+	struct map_state m = {.hold_b = true};
+	struct store_record r = {0};
 	uint64_t backlog = 0;
 	size_t n = 0;
 
@@ -820,7 +823,7 @@ test_store_claim_batch_limits(void **state)
 	struct fixture *f = *state;
 	struct rec_data d[10];
 	struct store_batch b;
-	struct map_state m = { 0 };
+	struct map_state m = {0};
 	int64_t size;
 
 	for (unsigned i = 0; i < 10; i++)
@@ -854,7 +857,7 @@ static int64_t
 drive(struct store *s, struct rec_data *d, enum store_outcome_kind kind)
 {
 	struct store_batch b;
-	struct map_state m = { 0 };
+	struct map_state m = {0};
 	int64_t id;
 
 	assert_int_equal(put(s, d, 1, NULL), 0);
@@ -863,13 +866,13 @@ drive(struct store *s, struct rec_data *d, enum store_outcome_kind kind)
 	assert_string_equal(b.records[0].key, d->key);
 	id = b.records[0].id;
 	assert_int_equal(store_apply_outcomes(s, b.batch_id,
-					      &(struct store_outcome){ .id = id,
-								       .kind = kind,
-								       .status = "Accepted",
-								       .error_code = "Expired",
-								       .error_message = "too old" },
-					      1, NOW, NULL),
-			 0);
+	                                      &(struct store_outcome){.id = id,
+	                                                              .kind = kind,
+	                                                              .status = "Accepted",
+	                                                              .error_code = "Expired",
+	                                                              .error_message = "too old"},
+	                                      1, NOW, NULL),
+	                 0);
 	store_batch_done(&b);
 	return id;
 }
@@ -880,7 +883,7 @@ test_store_dead_retry_and_discard(void **state)
 {
 	struct fixture *f = *state;
 	struct rec_data d[3];
-	struct store_record r = { 0 };
+	struct store_record r = {0};
 	struct store_history *h = NULL;
 	size_t n = 0;
 	int64_t id0, id1;
@@ -893,9 +896,9 @@ test_store_dead_retry_and_discard(void **state)
 	assert_count(f->store, STORE_DEAD, 2);
 	check_counts(f);
 
-	assert_int_equal(store_dead_retry(f->store, id0, "azs-usagectl:ops", "resource restored",
-					  NOW + 100),
-			 0);
+	assert_int_equal(
+	        store_dead_retry(f->store, id0, "azs-usagectl:ops", "resource restored", NOW + 100),
+	        0);
 	assert_count(f->store, STORE_DEAD, 1);
 	assert_count(f->store, STORE_PENDING, 1);
 	check_counts(f);
@@ -921,9 +924,9 @@ test_store_dead_retry_and_discard(void **state)
 	assert_int_equal(store_dead_discard(f->store, id1, "azs-usagectl:ops", NULL, NOW), -EINVAL);
 	assert_int_equal(store_dead_discard(f->store, id1, "azs-usagectl:ops", "", NOW), -EINVAL);
 	assert_count(f->store, STORE_DEAD, 1);
-	assert_int_equal(store_dead_discard(f->store, id1, "azs-usagectl:ops", "meter retired",
-					    NOW + 200),
-			 0);
+	assert_int_equal(
+	        store_dead_discard(f->store, id1, "azs-usagectl:ops", "meter retired", NOW + 200),
+	        0);
 	assert_count(f->store, STORE_DEAD, 0);
 	check_counts(f);
 	assert_int_equal(store_record_history(f->store, id1, &h, &n), 0);
@@ -956,8 +959,8 @@ test_store_dead_retry_all_moves_every_dead_letter(void **state)
 	assert_count(f->store, STORE_DEAD, 0);
 	assert_count(f->store, STORE_PENDING, 4);
 	assert_int_equal(side_int(f->path, "SELECT count(*) FROM history WHERE action ="
-					   " 'dead-retry' AND actor = 'azs-usagectl:ops'"),
-			 4);
+	                                   " 'dead-retry' AND actor = 'azs-usagectl:ops'"),
+	                 4);
 	check_counts(f);
 }
 
@@ -966,7 +969,7 @@ static int64_t
 make_conflict(struct store *s, struct rec_data *d, const char *quantity)
 {
 	struct store_page_result res;
-	struct store_record r = { 0 };
+	struct store_record r = {0};
 	int64_t id;
 
 	snprintf(d->quantity, sizeof(d->quantity), "%s", quantity);
@@ -984,7 +987,7 @@ test_store_conflict_accept_replaces_unforwarded(void **state)
 {
 	struct fixture *f = *state;
 	struct rec_data d;
-	struct store_record r = { 0 };
+	struct store_record r = {0};
 	struct store_page_result res;
 	struct store_history *h = NULL;
 	size_t n = 0;
@@ -995,9 +998,9 @@ test_store_conflict_accept_replaces_unforwarded(void **state)
 	cid = make_conflict(f->store, &d, "2.5");
 	assert_count(f->store, STORE_CONFLICT, 1);
 	check_counts(f);
-	assert_int_equal(store_conflict_accept(f->store, cid, "azs-usagectl:ops", "source fixed",
-					       NOW + 5),
-			 0);
+	assert_int_equal(
+	        store_conflict_accept(f->store, cid, "azs-usagectl:ops", "source fixed", NOW + 5),
+	        0);
 	assert_count(f->store, STORE_CONFLICT, 0);
 	assert_count(f->store, STORE_DEAD, 0);
 	assert_count(f->store, STORE_PENDING, 1);
@@ -1023,14 +1026,15 @@ test_store_conflict_accept_forwarded_larger_adjusts(void **state)
 {
 	struct fixture *f = *state;
 	struct rec_data d;
-	struct store_record r = { 0 };
+	struct store_record r = {0};
 	char input[128], key[HASH_SHA256_HEX_LEN + 1];
 	int64_t oid, cid;
 
 	rec_init(&d, 1, SUB_A, "2.4000000000");
 	oid = drive(f->store, &d, STORE_OUTCOME_FORWARDED);
 	cid = make_conflict(f->store, &d, "3.1");
-	assert_int_equal(store_conflict_accept(f->store, cid, "azs-usagectl:ops", NULL, NOW + 5), 0);
+	assert_int_equal(store_conflict_accept(f->store, cid, "azs-usagectl:ops", NULL, NOW + 5),
+	                 0);
 	assert_count(f->store, STORE_CONFLICT, 0);
 	assert_count(f->store, STORE_PENDING, 1);
 	check_counts(f);
@@ -1047,7 +1051,8 @@ test_store_conflict_accept_forwarded_larger_adjusts(void **state)
 
 	/* a second change on top: charged is now 3.1, so 3.5 adjusts by 0.4 under sequence 2 */
 	cid = make_conflict(f->store, &d, "3.5");
-	assert_int_equal(store_conflict_accept(f->store, cid, "azs-usagectl:ops", NULL, NOW + 6), 0);
+	assert_int_equal(store_conflict_accept(f->store, cid, "azs-usagectl:ops", NULL, NOW + 6),
+	                 0);
 	snprintf(input, sizeof(input), "%s\nadjustment\n2", d.key);
 	hash_sha256_hex(input, strlen(input), key);
 	assert_int_equal(store_record_find(f->store, key, STORE_PENDING, &r), 0);
@@ -1062,7 +1067,7 @@ test_store_conflict_accept_forwarded_smaller_credit_required(void **state)
 {
 	struct fixture *f = *state;
 	struct rec_data d;
-	struct store_record r = { 0 };
+	struct store_record r = {0};
 	int64_t cid;
 
 	rec_init(&d, 1, SUB_A, "2.4");
@@ -1089,7 +1094,7 @@ test_store_conflict_reject_keeps_original(void **state)
 {
 	struct fixture *f = *state;
 	struct rec_data d;
-	struct store_record r = { 0 };
+	struct store_record r = {0};
 	struct store_page_result res;
 	int64_t cid;
 
@@ -1105,8 +1110,8 @@ test_store_conflict_reject_keeps_original(void **state)
 	assert_int_equal(r.state, STORE_PENDING);
 	store_record_done(&r);
 	assert_int_equal(side_int(f->path, "SELECT count(*) FROM history WHERE action ="
-					   " 'conflict-reject'"),
-			 2);
+	                                   " 'conflict-reject'"),
+	                 2);
 	assert_int_equal(put(f->store, &d, 1, &res), 0);
 	assert_int_equal(res.duplicates, 1);
 	assert_int_equal(res.conflicts, 0);
@@ -1121,7 +1126,7 @@ test_store_prune_in_chunks(void **state)
 	struct fixture *f = *state;
 	struct rec_data d[10];
 	struct store_batch b;
-	struct map_state m = { 0 };
+	struct map_state m = {0};
 	struct store_outcome o[10];
 	size_t n = 0;
 
@@ -1131,9 +1136,9 @@ test_store_prune_in_chunks(void **state)
 	claim(f->store, &m, 10, 0, NOW, &b);
 	assert_int_equal(b.n_records, 10);
 	for (size_t i = 0; i < 10; i++)
-		o[i] = (struct store_outcome){ .id = b.records[i].id,
-					       .kind = STORE_OUTCOME_FORWARDED,
-					       .status = "Accepted" };
+		o[i] = (struct store_outcome){.id = b.records[i].id,
+		                              .kind = STORE_OUTCOME_FORWARDED,
+		                              .status = "Accepted"};
 	assert_int_equal(store_apply_outcomes(f->store, b.batch_id, o, 7, NOW, NULL), 0);
 	assert_int_equal(store_apply_outcomes(f->store, b.batch_id, o + 7, 3, NOW + 1000, NULL), 0);
 	store_batch_done(&b);
@@ -1184,7 +1189,7 @@ static void
 test_store_open_migrates_version_1(void **state)
 {
 	struct fixture *f = *state;
-	struct store_record r = { 0 };
+	struct store_record r = {0};
 	struct store_history *h = NULL;
 	sqlite3 *db = NULL;
 	size_t n = 0;
@@ -1195,22 +1200,23 @@ test_store_open_migrates_version_1(void **state)
 	assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
 	assert_int_equal(sqlite3_exec(db, v1_ddl, NULL, NULL, NULL), SQLITE_OK);
 	assert_int_equal(
-		sqlite3_exec(db,
-			     "INSERT INTO records (state, key, reported_hour, subscription_id,"
-			     " meter_id, quantity, event_size, next_attempt_at, collected_at,"
-			     " batch_id) VALUES (4, 'aabbccdd00112233aabbccdd00112233aabbccdd0011"
-			     "2233aabbccdd00112233', 1793523600, 'sub', 'meter', '1.50', 700, 10, 10,"
-			     " 'b'), (0, 'ffeeddcc00112233aabbccdd00112233aabbccdd00112233aabbccdd001"
-			     "12233', 1793523600, 'sub', 'meter', '2', 700, 10, 10, NULL);"
-			     " UPDATE counts SET n = 1 WHERE state IN (0, 4);"
-			     " INSERT INTO facts VALUES ('first_start', '2026-11-01');",
-			     NULL, NULL, NULL),
-		SQLITE_OK);
+	        sqlite3_exec(
+	                db,
+	                "INSERT INTO records (state, key, reported_hour, subscription_id,"
+	                " meter_id, quantity, event_size, next_attempt_at, collected_at,"
+	                " batch_id) VALUES (4, 'aabbccdd00112233aabbccdd00112233aabbccdd0011"
+	                "2233aabbccdd00112233', 1793523600, 'sub', 'meter', '1.50', 700, 10, 10,"
+	                " 'b'), (0, 'ffeeddcc00112233aabbccdd00112233aabbccdd00112233aabbccdd001"
+	                "12233', 1793523600, 'sub', 'meter', '2', 700, 10, 10, NULL);"
+	                " UPDATE counts SET n = 1 WHERE state IN (0, 4);"
+	                " INSERT INTO facts VALUES ('first_start', '2026-11-01');",
+	                NULL, NULL, NULL),
+	        SQLITE_OK);
 	sqlite3_close(db);
 
 	/* read-only cannot migrate */
 	{
-		struct store_options o = { .path = f->path, .readonly = true };
+		struct store_options o = {.path = f->path, .readonly = true};
 		struct store *ro = NULL;
 		_cleanup_free_ char *err = NULL;
 
@@ -1246,7 +1252,7 @@ test_store_open_migrates_version_1(void **state)
 static void
 assert_refused(const char *path, bool readonly, int expect)
 {
-	struct store_options o = { .path = path, .readonly = readonly };
+	struct store_options o = {.path = path, .readonly = readonly};
 	struct store *s = NULL;
 	_cleanup_free_ char *before = NULL, *after = NULL, *err = NULL;
 	size_t nb = 0, na = 0;
@@ -1319,8 +1325,8 @@ test_store_open_corrupt_refused_unmodified(void **state)
 
 		assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
 		assert_int_equal(sqlite3_exec(db, "CREATE TABLE t (x); INSERT INTO t VALUES (1);",
-					      NULL, NULL, NULL),
-				 SQLITE_OK);
+		                              NULL, NULL, NULL),
+		                 SQLITE_OK);
 		sqlite3_close(db);
 	}
 	assert_refused(f->path, false, -EBADMSG);
@@ -1347,7 +1353,7 @@ static void
 test_store_open_readonly(void **state)
 {
 	struct fixture *f = *state;
-	struct store_options o = { .readonly = true };
+	struct store_options o = {.readonly = true};
 	struct store *ro = NULL;
 	_cleanup_free_ char *err = NULL, *before = NULL, *after = NULL, *missing = NULL;
 	struct store_counts c;
@@ -1395,16 +1401,16 @@ test_store_put_page_full_disk(void **state)
 	pages = side_int(f->path, "PRAGMA page_count");
 	page_size = side_int(f->path, "PRAGMA page_size");
 	assert_int_equal(page_size, 16384);
-	assert_int_equal(store_set_size_limit(f->store, (uint64_t)(pages + 8) * (uint64_t)page_size),
-			 0);
+	assert_int_equal(
+	        store_set_size_limit(f->store, (uint64_t)(pages + 8) * (uint64_t)page_size), 0);
 	for (i = 0; i < 100 && r == 0; i++) {
 		struct store_record recs[50];
 		struct store_page page = {
-			.reported_hour = T0 + HOUR * (i + 1),
-			.scope = "",
-			.records = recs,
-			.n_records = 50,
-			.now = NOW,
+		        .reported_hour = T0 + HOUR * (i + 1),
+		        .scope = "",
+		        .records = recs,
+		        .n_records = 50,
+		        .now = NOW,
 		};
 
 		for (unsigned j = 0; j < 50; j++) {
@@ -1437,7 +1443,7 @@ test_store_record_find_prefix(void **state)
 {
 	struct fixture *f = *state;
 	struct rec_data d;
-	struct store_record r = { 0 };
+	struct store_record r = {0};
 	char upper[HASH_SHA256_HEX_LEN + 1];
 
 	rec_init(&d, 42, SUB_A, "1");
@@ -1484,9 +1490,9 @@ static void
 test_store_report_sums_exactly(void **state)
 {
 	struct fixture *f = *state;
-	const char *q[] = { "0.1", "0.2", "0.0000000001", "5", "7" };
+	const char *q[] = {"0.1", "0.2", "0.0000000001", "5", "7"};
 	struct rec_data d[5];
-	struct report rep = { 0 };
+	struct report rep = {0};
 
 	for (unsigned i = 0; i < 5; i++) {
 		rec_init(&d[i], i, i == 3 ? SUB_B : SUB_A, q[i]);
@@ -1496,8 +1502,8 @@ test_store_report_sums_exactly(void **state)
 			(void)drive(f->store, &d[i], STORE_OUTCOME_DEAD); /* not charged */
 	}
 	assert_int_equal(store_report(f->store, T0 - HOUR, T0, STORE_REPORT_BY_SUBSCRIPTION,
-				      report_collect, &rep),
-			 0);
+	                              report_collect, &rep),
+	                 0);
 	assert_int_equal(rep.n, 2);
 	assert_string_equal(rep.group[0], DEFAULT_SUB);
 	assert_string_equal(rep.total[0], "5");
@@ -1507,27 +1513,27 @@ test_store_report_sums_exactly(void **state)
 	assert_string_equal(rep.total[1], "0.3000000001");
 	assert_int_equal(rep.records[1], 3);
 
-	rep = (struct report){ 0 };
-	assert_int_equal(store_report(f->store, T0 - HOUR, T0, STORE_REPORT_BY_TENANT,
-				      report_collect, &rep),
-			 0);
+	rep = (struct report){0};
+	assert_int_equal(
+	        store_report(f->store, T0 - HOUR, T0, STORE_REPORT_BY_TENANT, report_collect, &rep),
+	        0);
 	assert_int_equal(rep.n, 2);
 	assert_string_equal(rep.group[0], ""); /* default charge: no tenant known */
 	assert_string_equal(rep.group[1], TENANT_A);
 
-	rep = (struct report){ 0 };
-	assert_int_equal(store_report(f->store, T0 - HOUR, T0, STORE_REPORT_BY_METER,
-				      report_collect, &rep),
-			 0);
+	rep = (struct report){0};
+	assert_int_equal(
+	        store_report(f->store, T0 - HOUR, T0, STORE_REPORT_BY_METER, report_collect, &rep),
+	        0);
 	assert_int_equal(rep.n, 1);
 	assert_string_equal(rep.group[0], "(null)");
 	assert_string_equal(rep.total[0], "5.3000000001");
 	assert_int_equal(rep.records[0], 4);
 
-	rep = (struct report){ 0 };
-	assert_int_equal(store_report(f->store, T0, T0 + HOUR, STORE_REPORT_BY_METER,
-				      report_collect, &rep),
-			 0);
+	rep = (struct report){0};
+	assert_int_equal(
+	        store_report(f->store, T0, T0 + HOUR, STORE_REPORT_BY_METER, report_collect, &rep),
+	        0);
 	assert_int_equal(rep.n, 0);
 }
 
@@ -1549,8 +1555,8 @@ test_store_records_query_filters(void **state)
 {
 	struct fixture *f = *state;
 	struct rec_data d[4];
-	struct report rep = { 0 };
-	struct store_query q = { .state = -1 };
+	struct report rep = {0};
+	struct store_query q = {.state = -1};
 
 	for (unsigned i = 0; i < 4; i++)
 		rec_init(&d[i], i, i % 2 ? SUB_B : SUB_A, "1");
@@ -1563,30 +1569,30 @@ test_store_records_query_filters(void **state)
 	assert_memory_equal(rep.group[0], d[3].key, 16); /* newest first */
 	assert_memory_equal(rep.group[3], d[0].key, 16);
 
-	rep = (struct report){ 0 };
-	q = (struct store_query){ .state = STORE_PENDING };
+	rep = (struct report){0};
+	q = (struct store_query){.state = STORE_PENDING};
 	assert_int_equal(store_records_query(f->store, &q, query_collect, &rep), 0);
 	assert_int_equal(rep.n, 2);
 
-	rep = (struct report){ 0 };
-	q = (struct store_query){ .state = -1, .tenant_id = TENANT_A };
+	rep = (struct report){0};
+	q = (struct store_query){.state = -1, .tenant_id = TENANT_A};
 	assert_int_equal(store_records_query(f->store, &q, query_collect, &rep), 0);
 	assert_int_equal(rep.n, 1);
 	assert_memory_equal(rep.group[0], d[0].key, 16);
 
-	rep = (struct report){ 0 };
-	q = (struct store_query){ .state = -1, .subscription_id = CUSTOMER_A };
+	rep = (struct report){0};
+	q = (struct store_query){.state = -1, .subscription_id = CUSTOMER_A};
 	assert_int_equal(store_records_query(f->store, &q, query_collect, &rep), 0);
 	assert_int_equal(rep.n, 1);
 
-	rep = (struct report){ 0 };
-	q = (struct store_query){ .state = -1, .subscription_id = SUB_B, .limit = 1 };
+	rep = (struct report){0};
+	q = (struct store_query){.state = -1, .subscription_id = SUB_B, .limit = 1};
 	assert_int_equal(store_records_query(f->store, &q, query_collect, &rep), 0);
 	assert_int_equal(rep.n, 1);
 	assert_memory_equal(rep.group[0], d[3].key, 16);
 
-	rep = (struct report){ 0 };
-	q = (struct store_query){ .state = -1, .since = NOW + 1 };
+	rep = (struct report){0};
+	q = (struct store_query){.state = -1, .since = NOW + 1};
 	assert_int_equal(store_records_query(f->store, &q, query_collect, &rep), 0);
 	assert_int_equal(rep.n, 0);
 }
@@ -1597,23 +1603,27 @@ test_store_caches_round_trip(void **state)
 {
 	struct fixture *f = *state;
 	struct store_subscription subs[2] = {
-		{ .subscription_id = (char *)SUB_A, .tenant_id = (char *)TENANT_A,
-		  .display_name = (char *)"web", .owner = (char *)"a@contoso", .state = (char *)"Enabled" },
-		{ .subscription_id = (char *)SUB_B, .tenant_id = (char *)TENANT_A },
+	        {.subscription_id = (char *)SUB_A,
+	         .tenant_id = (char *)TENANT_A,
+	         .display_name = (char *)"web",
+	         .owner = (char *)"a@contoso",
+	         .state = (char *)"Enabled"},
+	        {.subscription_id = (char *)SUB_B, .tenant_id = (char *)TENANT_A},
 	};
 	struct store_customer_subscription cs[2] = {
-		{ .subscription_id = (char *)CUSTOMER_A, .tenant_id = (char *)TENANT_A },
-		{ .subscription_id = (char *)"11111111-2222-3333-4444-555555555555",
-		  .tenant_id = (char *)TENANT_A },
+	        {.subscription_id = (char *)CUSTOMER_A, .tenant_id = (char *)TENANT_A},
+	        {.subscription_id = (char *)"11111111-2222-3333-4444-555555555555",
+	         .tenant_id = (char *)TENANT_A},
 	};
-	struct store_registration reg = {
-		.id = (char *)"/subscriptions/x/resourcegroups/azurestack/providers/"
-			      "microsoft.azurestack/registrations/r",
-		.default_subscription = (char *)DEFAULT_SUB,
-		.raw = (char *)"{}",
-		.refreshed_at = NOW,
-	}, got = { 0 };
-	struct store_subscription s = { 0 };
+	struct store_registration reg =
+	                                  {
+	                                          .id = (char *)REGISTRATION_ID,
+	                                          .default_subscription = (char *)DEFAULT_SUB,
+	                                          .raw = (char *)"{}",
+	                                          .refreshed_at = NOW,
+	                                  },
+	                          got = {0};
+	struct store_subscription s = {0};
 	struct store_customer_subscription *list = NULL;
 	char **names = NULL, *value = NULL;
 	size_t n = 0;
@@ -1636,14 +1646,16 @@ test_store_caches_round_trip(void **state)
 	assert_string_equal(got.default_subscription, DEFAULT_SUB);
 	assert_int_equal(got.refreshed_at, NOW);
 	store_registration_done(&got);
-	assert_int_equal(store_customer_subscriptions_for_tenant(f->store, TENANT_A, &names, &n), 0);
+	assert_int_equal(store_customer_subscriptions_for_tenant(f->store, TENANT_A, &names, &n),
+	                 0);
 	assert_int_equal(n, 1);
 	assert_string_equal(names[0], CUSTOMER_A);
 	free(names[0]);
 	free(names);
 	/* two entries for one tenant: the caller sees both (ambiguous) */
 	assert_int_equal(store_registration_replace(f->store, &reg, cs, 2), 0);
-	assert_int_equal(store_customer_subscriptions_for_tenant(f->store, TENANT_A, &names, &n), 0);
+	assert_int_equal(store_customer_subscriptions_for_tenant(f->store, TENANT_A, &names, &n),
+	                 0);
 	assert_int_equal(n, 2);
 	for (size_t i = 0; i < n; i++)
 		free(names[i]);
@@ -1668,15 +1680,15 @@ test_store_recollect_schedules_hours(void **state)
 {
 	struct fixture *f = *state;
 	struct store_hour *hours = NULL;
-	struct store_page page = { .reported_hour = T0, .scope = "", .now = NOW };
+	struct store_page page = {.reported_hour = T0, .scope = "", .now = NOW};
 	size_t n = 0;
 
 	assert_int_equal(store_recollect(f->store, T0, T0, "ops", "check", NOW, &n), -EINVAL);
 	assert_int_equal(store_hour_schedule(f->store, T0 + HOUR, "", NOW), 0);
 	assert_int_equal(store_put_page(f->store, &page, NULL), 0); /* T0 finished, left */
 	assert_int_equal(store_recollect(f->store, T0 - HOUR, T0 + HOUR, "azs-usagectl:ops",
-					 "meter fix", NOW + 10, &n),
-			 0);
+	                                 "meter fix", NOW + 10, &n),
+	                 0);
 	assert_int_equal(n, 3);
 	assert_int_equal(store_hours_due(f->store, NOW + 10, 10, &hours, &n), 0);
 	assert_int_equal(n, 3);
@@ -1688,13 +1700,91 @@ test_store_recollect_schedules_hours(void **state)
 	}
 	free(hours);
 	assert_int_equal(side_int(f->path, "SELECT count(*) FROM history WHERE action ="
-					   " 'recollect' AND actor = 'azs-usagectl:ops' AND detail"
-					   " LIKE '%meter fix%' AND record_id IS NULL"),
-			 1);
+	                                   " 'recollect' AND actor = 'azs-usagectl:ops' AND detail"
+	                                   " LIKE '%meter fix%' AND record_id IS NULL"),
+	                 1);
 	assert_int_equal(store_recollect(f->store, T0, T0 + 2 * HOUR, "ops", NULL, NOW, &n),
-			 -EINVAL); /* beyond the cursor */
+	                 -EINVAL); /* beyond the cursor */
 	assert_int_equal(store_recollect(f->store, T0 + 1, T0 + HOUR, "ops", NULL, NOW, &n),
-			 -EINVAL); /* not on the hour */
+	                 -EINVAL); /* not on the hour */
+}
+
+/* A mapping that writes a fact through the store, and fails for SUB_B when asked to. */
+struct nested_map {
+	struct store *store;
+	bool fail_b;
+};
+
+/* map() that calls back into the store. */
+static int
+nested_map_cb(void *userdata, const struct store_record *r, struct store_charge *ret)
+{
+	struct nested_map *nm = userdata;
+	_cleanup_free_ char *key = xasprintf("seen:%s", r->subscription_id);
+	int k;
+
+	k = store_fact_set(nm->store, key, "1");
+	if (k < 0)
+		return k;
+	if (nm->fail_b && streq(r->subscription_id, SUB_B))
+		return -ENOMEDIUM;
+	*ret = (struct store_charge){.charged_subscription = DEFAULT_SUB, .reason = "default"};
+	return 0;
+}
+
+/* A map() callback may write through the store; a failing one leaves nothing behind. */
+static void
+test_store_claim_batch_map_may_write(void **state)
+{
+	struct fixture *f = *state;
+	struct rec_data d[2];
+	struct store_batch b = {0};
+	struct nested_map nm = {.store = f->store, .fail_b = true};
+	struct store_claim c = {
+	        .max_records = 10, .now = NOW, .map = nested_map_cb, .userdata = &nm};
+	char *v = NULL;
+
+	rec_init(&d[0], 1, SUB_A, "1");
+	rec_init(&d[1], 2, SUB_B, "1");
+	assert_int_equal(put(f->store, d, 2, NULL), 0);
+	assert_int_equal(store_claim_batch(f->store, &c, &b), -ENOMEDIUM);
+	assert_int_equal(store_fact_get(f->store, "seen:" SUB_A, &v), -ENOENT);
+	assert_count(f->store, STORE_PENDING, 2);
+	check_counts(f);
+
+	nm.fail_b = false;
+	assert_int_equal(store_claim_batch(f->store, &c, &b), 0);
+	assert_int_equal(b.n_records, 2);
+	assert_int_equal(store_fact_get(f->store, "seen:" SUB_B, &v), 0);
+	free(v);
+	store_batch_done(&b);
+	assert_count(f->store, STORE_INFLIGHT, 2);
+	check_counts(f);
+}
+
+/* Retry each dead record from inside a query callback (what an operator tool may do). */
+static int
+retry_cb(void *userdata, const struct store_record *r)
+{
+	return store_dead_retry(userdata, r->id, "azs-usagectl:ops", "from query", NOW);
+}
+
+/* Write verbs work from inside a query callback. */
+static void
+test_store_records_query_callback_may_write(void **state)
+{
+	struct fixture *f = *state;
+	struct rec_data d[3];
+	struct store_query q = {.state = STORE_DEAD};
+
+	for (unsigned i = 0; i < 3; i++) {
+		rec_init(&d[i], i, SUB_A, "1");
+		(void)drive(f->store, &d[i], STORE_OUTCOME_DEAD);
+	}
+	assert_int_equal(store_records_query(f->store, &q, retry_cb, f->store), 0);
+	assert_count(f->store, STORE_DEAD, 0);
+	assert_count(f->store, STORE_PENDING, 3);
+	check_counts(f);
 }
 
 /* Every statement of the daemon's loop uses an index and never scans the records table. */
@@ -1721,7 +1811,8 @@ test_store_loop_queries_use_indexes(void **state)
 			if (strncmp(detail, "SCAN ", 5) == 0 &&
 			    strncmp(detail, "SCAN counts", 11) != 0)
 				fail_msg("\"%s\" scans: %s", sql[i], detail);
-			if (strstr(detail, "USING INDEX") || strstr(detail, "USING COVERING INDEX") ||
+			if (strstr(detail, "USING INDEX") ||
+			    strstr(detail, "USING COVERING INDEX") ||
 			    strstr(detail, "USING INTEGER PRIMARY KEY") ||
 			    strstr(detail, "USING PRIMARY KEY"))
 				indexed = true;
@@ -1743,37 +1834,39 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
-		T(test_store_open_creates_current_schema),
-		T(test_store_put_page_counts_duplicates),
-		T(test_store_put_page_conflict_once),
-		T(test_store_put_page_failure_changes_nothing),
-		T(test_store_put_page_moves_cursor),
-		T(test_store_put_page_quarantine),
-		T(test_store_claim_batch_forwarded),
-		T(test_store_apply_outcomes_dead),
-		T(test_store_apply_outcomes_retry_keeps_batch),
-		T(test_store_reset_inflight_keeps_batch_id),
-		T(test_store_claim_batch_holds_and_unhold),
-		T(test_store_claim_batch_limits),
-		T(test_store_dead_retry_and_discard),
-		T(test_store_dead_retry_all_moves_every_dead_letter),
-		T(test_store_conflict_accept_replaces_unforwarded),
-		T(test_store_conflict_accept_forwarded_larger_adjusts),
-		T(test_store_conflict_accept_forwarded_smaller_credit_required),
-		T(test_store_conflict_reject_keeps_original),
-		T(test_store_prune_in_chunks),
-		T(test_store_prune_keeps_open_conflicts),
-		T(test_store_open_migrates_version_1),
-		T(test_store_open_corrupt_refused_unmodified),
-		T(test_store_open_newer_version_refused),
-		T(test_store_open_readonly),
-		T(test_store_put_page_full_disk),
-		T(test_store_record_find_prefix),
-		T(test_store_report_sums_exactly),
-		T(test_store_records_query_filters),
-		T(test_store_caches_round_trip),
-		T(test_store_recollect_schedules_hours),
-		T(test_store_loop_queries_use_indexes),
+	        T(test_store_open_creates_current_schema),
+	        T(test_store_put_page_counts_duplicates),
+	        T(test_store_put_page_conflict_once),
+	        T(test_store_put_page_failure_changes_nothing),
+	        T(test_store_put_page_moves_cursor),
+	        T(test_store_put_page_quarantine),
+	        T(test_store_claim_batch_forwarded),
+	        T(test_store_apply_outcomes_dead),
+	        T(test_store_apply_outcomes_retry_keeps_batch),
+	        T(test_store_reset_inflight_keeps_batch_id),
+	        T(test_store_claim_batch_holds_and_unhold),
+	        T(test_store_claim_batch_limits),
+	        T(test_store_dead_retry_and_discard),
+	        T(test_store_dead_retry_all_moves_every_dead_letter),
+	        T(test_store_conflict_accept_replaces_unforwarded),
+	        T(test_store_conflict_accept_forwarded_larger_adjusts),
+	        T(test_store_conflict_accept_forwarded_smaller_credit_required),
+	        T(test_store_conflict_reject_keeps_original),
+	        T(test_store_prune_in_chunks),
+	        T(test_store_prune_keeps_open_conflicts),
+	        T(test_store_open_migrates_version_1),
+	        T(test_store_open_corrupt_refused_unmodified),
+	        T(test_store_open_newer_version_refused),
+	        T(test_store_open_readonly),
+	        T(test_store_put_page_full_disk),
+	        T(test_store_record_find_prefix),
+	        T(test_store_report_sums_exactly),
+	        T(test_store_records_query_filters),
+	        T(test_store_caches_round_trip),
+	        T(test_store_recollect_schedules_hours),
+	        T(test_store_claim_batch_map_may_write),
+	        T(test_store_records_query_callback_may_write),
+	        T(test_store_loop_queries_use_indexes),
 #undef T
 	};
 
