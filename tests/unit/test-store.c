@@ -1829,6 +1829,7 @@ test_store_loop_queries_use_indexes(void **state)
 	sqlite3_close(db);
 }
 
+/* Run every store test on its own fresh database. */
 int
 main(void)
 {
