@@ -234,6 +234,9 @@ enum stmt_id {
 	STMT_HISTORY_GET,
 	STMT_FACT_SET,
 	STMT_FACT_GET,
+	STMT_SUBSCRIPTION_GET,
+	STMT_REGISTRATION_GET,
+	STMT_TENANT_CUSTOMER_SUBSCRIPTIONS,
 	_STMT_MAX,
 };
 
@@ -357,6 +360,16 @@ static const struct stmt_def stmt_defs[_STMT_MAX] = {
                            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                            true},
         [STMT_FACT_GET] = {"SELECT value FROM facts WHERE key = ?1", true},
+        /* the caches, read by map() inside a claim */
+        [STMT_SUBSCRIPTION_GET] = {"SELECT subscription_id, tenant_id, display_name, owner, state"
+                                   " FROM subscriptions WHERE subscription_id = ?1",
+                                   true},
+        [STMT_REGISTRATION_GET] = {"SELECT id, default_subscription, raw, refreshed_at"
+                                   " FROM registration LIMIT 1",
+                                   true},
+        [STMT_TENANT_CUSTOMER_SUBSCRIPTIONS] = {"SELECT subscription_id FROM customer_subscriptions"
+                                                " WHERE tenant_id = ?1 ORDER BY subscription_id",
+                                                true},
 };
 
 struct store {
@@ -1084,17 +1097,37 @@ insert_row(struct store *s, const struct store_record *r, enum store_state state
 	return 0;
 }
 
+/* True for a record key: 64 lower-case hex digits. */
+static bool
+key_valid(const char *key)
+{
+	return key && strlen(key) == HASH_SHA256_HEX_LEN &&
+	       strspn(key, "0123456789abcdef") == HASH_SHA256_HEX_LEN;
+}
+
 /* Store one record of a page: new, duplicate or conflict. */
 static int
 put_record(struct store *s, const struct store_page *page, const struct store_record *r,
            struct store_page_result *res)
 {
+	char qkey[HASH_SHA256_HEX_LEN + 1];
+	struct store_record copy;
 	struct decimal q;
 	int64_t orig_id;
 	bool is_new, orig_quarantined, same;
 	int rr;
 
-	if (!r->key || strlen(r->key) != HASH_SHA256_HEX_LEN)
+	if (r->state == STORE_QUARANTINED && !key_valid(r->key)) {
+		/* too broken for a key of section 4: a stable one from what was received */
+		_cleanup_free_ char *in = xasprintf("quarantined\n%s\n%s", r->raw ? r->raw : "",
+		                                    r->error_message ? r->error_message : "");
+
+		hash_sha256_hex(in, strlen(in), qkey);
+		copy = *r;
+		copy.key = qkey;
+		r = &copy;
+	}
+	if (!key_valid(r->key))
 		return fail_msg(s, -EINVAL, "record without a valid key");
 	if (r->state == STORE_PENDING) {
 		if (!r->quantity || decimal_parse_string(r->quantity, &q) < 0 ||
@@ -1717,15 +1750,12 @@ store_subscriptions_replace(struct store *s, const struct store_subscription *su
 int
 store_subscription_get(struct store *s, const char *subscription_id, struct store_subscription *ret)
 {
-	sqlite3_stmt *st = NULL;
+	_cleanup_stmt_ sqlite3_stmt *st = NULL;
 	int r;
 
 	if (!subscription_id || !ret)
 		return -EINVAL;
-	r = prepare_once(s,
-	                 "SELECT subscription_id, tenant_id, display_name, owner, state"
-	                 " FROM subscriptions WHERE subscription_id = ?1",
-	                 &st);
+	r = stmt_get(s, STMT_SUBSCRIPTION_GET, &st);
 	if (r < 0)
 		return r;
 	bind_text(st, 1, subscription_id);
@@ -1738,7 +1768,6 @@ store_subscription_get(struct store *s, const char *subscription_id, struct stor
 		        .owner = col_dup(st, 3),
 		        .state = col_dup(st, 4),
 		};
-	sqlite3_finalize(st);
 	return r < 0 ? r : r == 0 ? -ENOENT : 0;
 }
 
@@ -1829,13 +1858,10 @@ store_registration_replace(struct store *s, const struct store_registration *reg
 int
 store_registration_get(struct store *s, struct store_registration *ret)
 {
-	sqlite3_stmt *st = NULL;
+	_cleanup_stmt_ sqlite3_stmt *st = NULL;
 	int r;
 
-	r = prepare_once(s,
-	                 "SELECT id, default_subscription, raw, refreshed_at FROM registration"
-	                 " LIMIT 1",
-	                 &st);
+	r = stmt_get(s, STMT_REGISTRATION_GET, &st);
 	if (r < 0)
 		return r;
 	r = step_row(s, st);
@@ -1846,7 +1872,6 @@ store_registration_get(struct store *s, struct store_registration *ret)
 		        .raw = col_dup(st, 2),
 		        .refreshed_at = sqlite3_column_int64(st, 3),
 		};
-	sqlite3_finalize(st);
 	return r < 0 ? r : r == 0 ? -ENOENT : 0;
 }
 
@@ -1891,16 +1916,13 @@ store_customer_subscriptions_for_tenant(struct store *s, const char *tenant_id, 
                                         size_t *ret_n)
 {
 	char **list = NULL;
-	sqlite3_stmt *st = NULL;
+	_cleanup_stmt_ sqlite3_stmt *st = NULL;
 	size_t n = 0, cap = 0;
 	int r;
 
 	if (!tenant_id)
 		return -EINVAL;
-	r = prepare_once(s,
-	                 "SELECT subscription_id FROM customer_subscriptions WHERE tenant_id = ?1"
-	                 " ORDER BY subscription_id",
-	                 &st);
+	r = stmt_get(s, STMT_TENANT_CUSTOMER_SUBSCRIPTIONS, &st);
 	if (r < 0)
 		return r;
 	bind_text(st, 1, tenant_id);
@@ -1909,7 +1931,6 @@ store_customer_subscriptions_for_tenant(struct store *s, const char *tenant_id, 
 		list[n++] = col_dup(st, 0);
 		list[n] = NULL;
 	}
-	sqlite3_finalize(st);
 	if (r < 0) {
 		for (size_t i = 0; i < n; i++)
 			free(list[i]);

@@ -135,9 +135,9 @@ int store_recollect(struct store *s, int64_t from, int64_t to, const char *actor
  * with next_link NULL the hour is finished for this pass: it becomes due again at next_due_at
  * with pass + 1, or leaves the schedule when next_due_at is 0.
  *
- * Records are stored under page->reported_hour. Every record needs a key (64 hex digits); a
- * pending one also a subscription, a meter and a quantity that lib/decimal parses, else the whole
- * page is -EINVAL. A quarantined record seen again, or a record whose stored twin is quarantined,
+ * Records are stored under page->reported_hour. A pending record needs a key (64 lower-case hex
+ * digits), a subscription, a meter and a quantity that lib/decimal parses, else the whole page is
+ * -EINVAL; a quarantined record without a valid key gets SHA-256("quarantined\n" raw "\n" reason). A quarantined record seen again, or a record whose stored twin is quarantined,
  * counts as a duplicate. A changed quantity already stored as a conflict row is a duplicate too.
  */
 struct store_page {

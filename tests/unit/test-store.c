@@ -540,13 +540,26 @@ test_store_put_page_quarantine(void **state)
 	assert_int_equal(put(f->store, d, 2, &res), 0);
 	assert_int_equal(res.duplicates, 2);
 
+	/* too broken for a key: stored under the hash of what was received, once */
+	d[1].rec.key = NULL;
+	d[1].rec.error_message = (char *)"subscriptionId: not a GUID";
+	assert_int_equal(put(f->store, &d[1], 1, &res), 0);
+	assert_int_equal(res.quarantined, 1);
+	assert_int_equal(put(f->store, &d[1], 1, &res), 0);
+	assert_int_equal(res.duplicates, 1);
+	assert_count(f->store, STORE_QUARANTINED, 2);
+	check_counts(f);
+	assert_int_equal(side_int(f->path, "SELECT count(*) FROM records WHERE error_message ="
+	                                   " 'subscriptionId: not a GUID' AND length(key) = 64"),
+	                 1);
+
 	claim(f->store, &m, 100, 0, NOW, &b);
 	assert_int_equal(b.n_records, 1);
 	assert_string_equal(b.records[0].key, d[0].key);
 	store_batch_done(&b);
 	claim(f->store, &m, 100, 0, NOW, &b);
 	assert_int_equal(b.n_records, 0);
-	assert_count(f->store, STORE_QUARANTINED, 1);
+	assert_count(f->store, STORE_QUARANTINED, 2);
 	check_counts(f);
 }
 
@@ -1808,8 +1821,11 @@ test_store_loop_queries_use_indexes(void **state)
 		while (sqlite3_step(st) == SQLITE_ROW) {
 			const char *detail = (const char *)sqlite3_column_text(st, 3);
 
+			/* only the tables of a few rows may be scanned: counts (7), registration
+			 * (1) */
 			if (strncmp(detail, "SCAN ", 5) == 0 &&
-			    strncmp(detail, "SCAN counts", 11) != 0)
+			    strcmp(detail, "SCAN counts") != 0 &&
+			    strcmp(detail, "SCAN registration") != 0)
 				fail_msg("\"%s\" scans: %s", sql[i], detail);
 			if (strstr(detail, "USING INDEX") ||
 			    strstr(detail, "USING COVERING INDEX") ||
