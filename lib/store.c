@@ -693,6 +693,12 @@ store_open(const struct store_options *options, struct store **ret, char **ret_e
 	}
 	/* a refused file must stay as it is: no checkpoint when we close it */
 	(void)sqlite3_db_config(s->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
+	if (!s->readonly && sqlite3_db_readonly(s->db, "main") == 1) {
+		/* SQLite falls back to reading a file it may not write: say so now, not at a write
+		 */
+		open_error(ret_error, "%s: not writable by this user", s->path);
+		return -EACCES;
+	}
 	timeout = options->busy_timeout_ms ? options->busy_timeout_ms : STORE_BUSY_TIMEOUT_MS;
 	(void)sqlite3_busy_timeout(s->db, (int)MIN(timeout, (unsigned)INT32_MAX));
 
@@ -702,7 +708,8 @@ store_open(const struct store_options *options, struct store **ret, char **ret_e
 
 	rc = sqlite3_exec(s->db,
 	                  "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;"
-	                  " PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;",
+	                  " PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;"
+	                  " PRAGMA journal_size_limit = 67108864;",
 	                  NULL, NULL, NULL);
 	if (rc != SQLITE_OK) {
 		r = fail(s, rc);

@@ -1394,6 +1394,17 @@ test_store_open_readonly(void **state)
 	after = slurp(f->path, &na);
 	assert_int_equal(na, nb);
 	assert_memory_equal(before, after, nb);
+
+	/* a file this user may only read is refused for writing at open, not at the first write */
+	if (geteuid() != 0) {
+		struct store_options rw = {.path = f->path};
+
+		assert_int_equal(chmod(f->path, 0444), 0);
+		free(TAKE_PTR(err));
+		assert_int_equal(store_open(&rw, &ro, &err), -EACCES);
+		assert_non_null(strstr(err, "not writable"));
+		assert_int_equal(chmod(f->path, 0644), 0);
+	}
 	reopen(f);
 }
 
