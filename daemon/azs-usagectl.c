@@ -733,7 +733,8 @@ ctl_open(struct ctl *c)
 		const char *path = c->config_path ? c->config_path : CTL_DEFAULT_CONFIG;
 		struct config_problems problems = {0};
 
-		r = config_load(path, &c->config, &problems);
+		/* the store verbs need no credentials, which systemd hands only to the unit */
+		r = config_load_flags(path, CONFIG_SKIP_SECRETS, &c->config, &problems);
 		if (r < 0) {
 			for (size_t i = 0; i < problems.n_errors; i++)
 				fprintf(stderr, "%s\n", problems.errors[i]);

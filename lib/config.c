@@ -213,6 +213,7 @@ struct parse {
 	struct problem *problems;
 	size_t n_problems;
 	size_t n_errors;
+	unsigned flags; /* CONFIG_SKIP_SECRETS */
 };
 
 static void problem_add(struct parse *ps, unsigned line, bool warning, const char *format, ...)
@@ -229,10 +230,20 @@ static const struct key *key_find(const char *section, const char *name);
 static size_t key_index(const char *section, const char *name);
 static int read_whole_fd(int fd, size_t max, char **ret, size_t *ret_size);
 static char *path_dirname_abs(const char *path);
+static int load_buffer(const char *name, const char *text, size_t size, unsigned flags,
+                       struct config **ret, struct config_problems *problems);
 
 /* Read and validate the configuration file at path. */
 int
 config_load(const char *path, struct config **ret, struct config_problems *problems)
+{
+	return config_load_flags(path, 0, ret, problems);
+}
+
+/* Read and validate the configuration file at path, with CONFIG_* flags. */
+int
+config_load_flags(const char *path, unsigned flags, struct config **ret,
+                  struct config_problems *problems)
 {
 	_cleanup_close_ int fd = -1;
 	_cleanup_free_ char *text = NULL;
@@ -263,7 +274,7 @@ config_load(const char *path, struct config **ret, struct config_problems *probl
 	r = read_whole_fd(fd, CONFIG_MAX_FILE_SIZE, &text, &size);
 	if (r < 0)
 		goto fail;
-	return config_load_buffer(path, text, size, ret, problems);
+	return load_buffer(path, text, size, flags, ret, problems);
 
 fail:
 	if (problems) {
@@ -281,11 +292,20 @@ int
 config_load_buffer(const char *name, const char *text, size_t size, struct config **ret,
                    struct config_problems *problems)
 {
+	return load_buffer(name, text, size, 0, ret, problems);
+}
+
+/* The parser behind both public loaders. */
+static int
+load_buffer(const char *name, const char *text, size_t size, unsigned flags, struct config **ret,
+            struct config_problems *problems)
+{
 	struct parse ps = {
 	        .name = name,
 	        .p = text,
 	        .end = text + size,
 	        .section = -1,
+	        .flags = flags,
 	};
 	struct config *c;
 	int r;
@@ -1376,6 +1396,14 @@ key_apply(struct parse *ps, const struct key *k, const char *v, unsigned line, s
 			break;
 		}
 		path = file_resolve(ps, v);
+		if (ps->flags & CONFIG_SKIP_SECRETS) {
+			/* the caller needs no credentials: name the file, read nothing */
+			if (k->type == KEY_SECRET_FILE)
+				cl->secret_file = TAKE_PTR(path);
+			else
+				cl->certificate_file = TAKE_PTR(path);
+			return;
+		}
 		if (secret_file_read(ps, k, line, path, &content) < 0)
 			return;
 		if (k->type == KEY_SECRET_FILE) {

@@ -121,6 +121,16 @@ struct config_problems {
 int config_load(const char *path, struct config **ret, struct config_problems *problems);
 
 /*
+ * Flags of config_load_flags(). CONFIG_SKIP_SECRETS: *_file keys of client credentials are
+ * resolved but not read (secret and certificate stay NULL), for tools such as azs-usagectl's store
+ * verbs that need the configuration but no credentials (which systemd hands only to the unit).
+ */
+#define CONFIG_SKIP_SECRETS (1u << 0)
+
+int config_load_flags(const char *path, unsigned flags, struct config **ret,
+		      struct config_problems *problems);
+
+/*
  * The same from a buffer (fuzzing, tests): name is used in messages and its directory for
  * relative *_file names.
  */

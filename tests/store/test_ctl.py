@@ -513,6 +513,19 @@ def test_status_through_the_config_asks_the_daemon(seeded, tmp_path):
     assert json.loads(r.stdout)["daemon"]["reachable"] is False
 
 
+def test_config_secrets_are_not_needed(seeded, tmp_path):
+    # Under systemd the secret files reach only the unit (LoadCredential=): an operator's
+    # azs-usagectl must work with the same configuration although it cannot read them.
+    db, manifest = seeded
+    conf = tmp_path / "azs-usaged.conf"
+    conf.write_text(CONFIG.format(db=db, port=1))
+    assert not (tmp_path / "secret").exists()
+    r = subprocess.run([CTL, "-c", str(conf), "--json", "records", "--limit", "1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)) == 1
+
+
 # --- streaming ---------------------------------------------------------------------------------
 
 # Run in a fresh interpreter: a child's peak RSS includes the image it was started from, and

@@ -785,6 +785,29 @@ test_config_load_missing_secret_file(void **state)
 	assert_error(f, rest);
 }
 
+/* CONFIG_SKIP_SECRETS: absent secret files are no error, and nothing is read. */
+static void
+test_config_load_flags_skip_secrets(void **state)
+{
+	struct fixture *f = *state;
+	_cleanup_free_ char *stack = xasprintf("%s/stack-secret", f->dir);
+	_cleanup_free_ char *azure = xasprintf("%s/azure-secret", f->dir);
+
+	assert_int_equal(unlink(stack), 0);
+	assert_int_equal(unlink(azure), 0);
+	load(f, REQUIRED);
+	assert_failed_with(f, 2);
+
+	f->config = config_free(f->config);
+	config_problems_done(&f->problems);
+	f->r = config_load_flags(f->conf, CONFIG_SKIP_SECRETS, &f->config, &f->problems);
+	assert_int_equal(f->r, 0);
+	assert_null(f->config->stack.client.secret);
+	assert_null(f->config->azure.client.secret);
+	assert_string_equal(f->config->stack.client.secret_file, stack);
+	assert_string_equal(f->config->azure.client.secret_file, azure);
+}
+
 /* Relative names are found in $CREDENTIALS_DIRECTORY first, then beside the file. */
 static void
 test_config_load_credentials_directory(void **state)
@@ -1286,6 +1309,7 @@ main(void)
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_config_load_missing_secret_file, setup,
 	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_flags_skip_secrets, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_config_load_credentials_directory, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_config_load_world_readable_secret_warning,
