@@ -401,25 +401,35 @@ class Sim:
             conf.setdefault(name, {}).update(values)
         return conf
 
-    def stop(self):
-        """Stop the simulator (SIGTERM, then SIGKILL) and remove its directory."""
-        if self.proc.poll() is None:
+    def stop(self, check=True):
+        """Stop the simulator (SIGTERM, then SIGKILL) and remove its directory. With check, an
+        exit status other than 0 after SIGTERM (a crash, a sanitizer report) raises with the
+        simulator's log, so sanitizer builds cannot fail silently."""
+        status = self.proc.poll()
+        if status is None:
             self.proc.terminate()
             try:
-                self.proc.wait(5)
+                status = self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+                status = None
         if not self._log.closed:
             self._log.close()
+        log = ""
+        if check and status not in (0, None):
+            with open(self.log_file, "rb") as f:
+                log = f.read()[-4000:].decode(errors="replace")
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
+        if log:
+            raise RuntimeError("azs-sim exited with status %d:\n%s" % (status, log))
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.stop()
+    def __exit__(self, exc_type, exc, tb):
+        self.stop(check=exc_type is None)
 
 
 def write_config(path, conf):
