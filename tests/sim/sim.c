@@ -12,8 +12,22 @@
  *   - control:    /_sim/... (loopback only, no token): world, faults, clock, ledger summary,
  *                 expected events, request log, reset.
  * The world comes from a JSON scenario and its seed (sim-world.c); faults come from the scenario
- * and POST /_sim/faults (a list of rules evaluated in order, see README.md). Unknown paths answer
- * like ARM: 404 {"error":{"code":…,"message":…}}.
+ * and POST /_sim/faults. Unknown paths answer like ARM: 404 {"error":{"code":…,"message":…}}.
+ *
+ * Fault plan: a list of rules, evaluated in order, the first that fires wins:
+ *   {"endpoint": "metadata|token|usage|subscriptions|arm|commerce|any", "method", "path",
+ *    "status": 503, "code", "message", "retryAfter": "2" | "http-date:+5",
+ *    "action": "status|timeout|reset|slow|delay|malformed|events|poison|nextLinkLoop|
+ *               changeQuantity",
+ *    "times": N, "after": N, "rate": 0..1, "delayMs", "events": [usageEventId…], "hour", "count"}
+ * A matching request counts as seen; the rule fires once seen > after, while fired < times and
+ * (with rate) when the seeded generator draws below rate. status/timeout/reset/slow/delay/
+ * malformed are applied here around the handler; events/poison (Commerce) and nextLinkLoop/
+ * changeQuantity (usage) are taken by those handlers. README.md has the details.
+ *
+ * Speed: usage records are formatted once per generated hour and pages are concatenations; the
+ * Commerce body is parsed flat in place; the ledger is written in one transaction per batch; the
+ * CPU time of each request is added to its endpoint (/_sim/ledger/summary reports it).
  *
  * Clocks: the usage API (RequestEndTimeIsInFuture, which hours are expected) runs on the
  * simulated clock (--now fixes it; POST /_sim/clock sets or advances it; without --now it is
@@ -94,8 +108,6 @@ static const struct {
          "The access token expiry UTC time is earlier than current UTC time."},
         {"InvalidAuthenticationToken", "The access token is invalid."},
 };
-
-static volatile sig_atomic_t quitting;
 
 static void on_request(struct evhttp_request *req, void *arg);
 static struct bufferevent *on_bev(struct event_base *base, void *arg);
@@ -550,7 +562,6 @@ on_bev(struct event_base *base, void *arg)
 static void
 on_signal(evutil_socket_t fd, short what, void *arg)
 {
-	quitting = 1;
 	event_base_loopexit(arg, NULL);
 }
 
