@@ -143,10 +143,10 @@ def test_endpoints_require_token_for_their_audience(sim):
 
 def test_token_expires():
     import time
-    with Sim(scenario(tokenLifetime=1), now=NOW) as s:
+    with Sim(scenario(tokenLifetime=2), now=NOW) as s:
         tok = s.token(s.audiences()["stack"])
         assert s.get(s.usage_path(HOUR), token=tok).status == 200
-        time.sleep(1.2)
+        time.sleep(2.2)
         r = s.get(s.usage_path(HOUR), token=tok)
         assert r.status == 401 and r.json()["error"]["code"] == "ExpiredAuthenticationToken"
 
@@ -256,6 +256,26 @@ def test_usage_late_records_present(sim):
             if rec["properties"]["usageEndTime"] != hour.replace("Z", "+00:00"):
                 late += 1
     assert 0 < late < 60
+
+
+def test_usage_subscriber_paging_keeps_the_filter():
+    with Sim(scenario(pageSize=2, recordsPerHour=60), now=NOW) as s:
+        tok = stack_token(s)
+        sub = s.world()["tenants"][1]["subscriptions"][1]
+        r = s.get(s.usage_path(HOUR, subscriber=sub), token=tok).json()
+        got = list(r["value"])
+        while "nextLink" in r:
+            assert "&subscriberId=" + sub in r["nextLink"]
+            r = s.get(r["nextLink"], token=tok).json()
+            got += r["value"]
+        assert len(got) == 10  # 60 records over 6 subscriptions
+        assert {v["properties"]["subscriptionId"] for v in got} == {sub}
+        # a token from one subscriber's query does not serve another's
+        other = s.world()["tenants"][0]["subscriptions"][0]
+        first = s.get(s.usage_path(HOUR, subscriber=sub), token=tok).json()["nextLink"]
+        bad = first.replace("subscriberId=" + sub, "subscriberId=" + other)
+        r = s.get(bad, token=tok)
+        assert r.status == 400 and r.json()["error"]["code"] == "InvalidContinuationToken"
 
 
 def test_usage_subscriber_filter(sim):
