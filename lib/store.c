@@ -509,7 +509,8 @@ migrate(struct store *s, int64_t from)
 		goto rollback;
 	if (v >= STORE_SCHEMA_VERSION) {
 		(void)exec_simple(s, STMT_ROLLBACK);
-		return 0;
+		return v > STORE_SCHEMA_VERSION ? fail_msg(s, -EPROTO, "migrated by a newer build")
+		                                : 0;
 	}
 	if (v == 0) {
 		rc = sqlite3_exec(s->db, "PRAGMA application_id = " STRINGIFY(STORE_APPLICATION_ID),
@@ -2410,8 +2411,11 @@ store_conflict_accept(struct store *s, int64_t id, const char *actor, const char
 	if (r < 0)
 		goto finish;
 
-	if (o.state == STORE_INFLIGHT) {
-		r = fail_msg(s, -EBUSY, "record %" PRId64 " is being forwarded; try again", o.id);
+	if (o.state == STORE_INFLIGHT || (o.state == STORE_PENDING && o.batch_id)) {
+		/* sent at least once: Commerce may hold the old quantity under this key already */
+		r = fail_msg(s, -EBUSY,
+		             "record %" PRId64 " is being forwarded; accept once it is forwarded",
+		             o.id);
 	} else if (o.state != STORE_FORWARDED) {
 		/* not charged yet: the original simply takes the new quantity */
 		sqlite3_stmt *st = NULL;

@@ -339,8 +339,9 @@ int store_dead_discard(struct store *s, int64_t id, const char *actor, const cha
  * the conflict becomes dead with error_code "credit-required". Reject: the original stands.
  * Resolved conflict rows stay, discarded (error_code "conflict-accepted" / "conflict-rejected"),
  * so the same changed quantity seen again is a duplicate. The quantity charged for a forwarded
- * original is its own plus its adjustments. -EBUSY while the original is inflight; -ENOENT when
- * id is not an open conflict.
+ * original is its own plus its adjustments. -EBUSY while the original is being forwarded
+ * (inflight, or pending in a batch that was sent: Commerce may hold the old quantity already);
+ * -ENOENT when id is not an open conflict.
  */
 int store_conflict_accept(struct store *s, int64_t id, const char *actor, const char *reason,
 			  int64_t now);

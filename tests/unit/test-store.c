@@ -1033,6 +1033,42 @@ test_store_conflict_accept_replaces_unforwarded(void **state)
 	assert_int_equal(store_conflict_accept(f->store, cid, "x", NULL, NOW), -ENOENT);
 }
 
+/* Accept waits while the original is being forwarded, then takes the forwarded path. */
+static void
+test_store_conflict_accept_busy_while_forwarding(void **state)
+{
+	struct fixture *f = *state;
+	struct rec_data d;
+	struct store_batch b;
+	struct map_state m = {0};
+	size_t n = 0;
+	int64_t cid;
+
+	rec_init(&d, 1, SUB_A, "1");
+	assert_int_equal(put(f->store, &d, 1, NULL), 0);
+	claim(f->store, &m, 10, 0, NOW, &b);
+	assert_int_equal(b.n_records, 1);
+	cid = make_conflict(f->store, &d, "2");
+	assert_int_equal(store_conflict_accept(f->store, cid, "ops", NULL, NOW), -EBUSY);
+	assert_int_equal(store_reset_inflight(f->store, &n), 0); /* pending, batch id kept */
+	assert_int_equal(store_conflict_accept(f->store, cid, "ops", NULL, NOW), -EBUSY);
+	assert_count(f->store, STORE_CONFLICT, 1);
+	check_counts(f);
+	store_batch_done(&b);
+	claim(f->store, &m, 10, 0, NOW, &b);
+	assert_int_equal(
+	        store_apply_outcomes(f->store, b.batch_id,
+	                             &(struct store_outcome){.id = b.records[0].id,
+	                                                     .kind = STORE_OUTCOME_FORWARDED,
+	                                                     .status = "Accepted"},
+	                             1, NOW, NULL),
+	        0);
+	store_batch_done(&b);
+	assert_int_equal(store_conflict_accept(f->store, cid, "ops", NULL, NOW), 0);
+	assert_count(f->store, STORE_PENDING, 1); /* the adjustment of 1 */
+	check_counts(f);
+}
+
 /* Accept, original forwarded, larger: an adjustment for the difference is queued. */
 static void
 test_store_conflict_accept_forwarded_larger_adjusts(void **state)
@@ -1877,6 +1913,7 @@ main(void)
 	        T(test_store_dead_retry_and_discard),
 	        T(test_store_dead_retry_all_moves_every_dead_letter),
 	        T(test_store_conflict_accept_replaces_unforwarded),
+	        T(test_store_conflict_accept_busy_while_forwarding),
 	        T(test_store_conflict_accept_forwarded_larger_adjusts),
 	        T(test_store_conflict_accept_forwarded_smaller_credit_required),
 	        T(test_store_conflict_reject_keeps_original),
