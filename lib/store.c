@@ -1555,10 +1555,10 @@ store_apply_outcomes(struct store *s, const char *batch_id, const struct store_o
 	return 0;
 }
 
-/* Run a bulk state change from one state to another and count it. */
+/* Run a bulk state change from one state to another, count it and (with action) record it. */
 static int
 bulk_move(struct store *s, enum stmt_id id, enum store_state from, enum store_state to,
-          size_t *ret_n)
+          const char *action, int64_t now, size_t *ret_n)
 {
 	size_t n = 0;
 	int r;
@@ -1572,6 +1572,12 @@ bulk_move(struct store *s, enum stmt_id id, enum store_state from, enum store_st
 		s->delta[from] -= (int64_t)n;
 		s->delta[to] += (int64_t)n;
 	}
+	if (r >= 0 && n > 0 && action) {
+		_cleanup_free_ char *detail = xasprintf("%zu %s records back to %s", n,
+		                                        state_names[from], state_names[to]);
+
+		r = history_add(s, 0, now, "azs-usaged", action, detail);
+	}
 	r = tx_end(s, r);
 	if (r < 0)
 		return r;
@@ -1584,14 +1590,14 @@ bulk_move(struct store *s, enum stmt_id id, enum store_state from, enum store_st
 int
 store_reset_inflight(struct store *s, size_t *ret_n)
 {
-	return bulk_move(s, STMT_RESET_INFLIGHT, STORE_INFLIGHT, STORE_PENDING, ret_n);
+	return bulk_move(s, STMT_RESET_INFLIGHT, STORE_INFLIGHT, STORE_PENDING, NULL, 0, ret_n);
 }
 
 /* Held records back to pending with their charge cleared. */
 int
 store_unhold_all(struct store *s, int64_t now, size_t *ret_n)
 {
-	return bulk_move(s, STMT_UNHOLD, STORE_HELD, STORE_PENDING, ret_n);
+	return bulk_move(s, STMT_UNHOLD, STORE_HELD, STORE_PENDING, "unhold", now, ret_n);
 }
 
 /* Counts by state from the counts table. */
@@ -2888,6 +2894,7 @@ decimal_sum_step(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 	const unsigned char *text;
 	struct decimal d, total;
 
+	(void)argc; /* registered with one argument */
 	if (!sum) {
 		sqlite3_result_error_nomem(ctx);
 		return;

@@ -812,6 +812,13 @@ test_store_claim_batch_holds_and_unhold(void **state)
 
 	assert_int_equal(store_unhold_all(f->store, NOW + 10, &n), 0);
 	assert_int_equal(n, 2);
+	{
+		_cleanup_free_ char *q = xasprintf("SELECT count(*) FROM history WHERE action ="
+		                                   " 'unhold' AND at = %" PRId64,
+		                                   NOW + 10);
+
+		assert_int_equal(side_int(f->path, q), 1);
+	}
 	assert_count(f->store, STORE_HELD, 0);
 	assert_count(f->store, STORE_PENDING, 2);
 	check_counts(f);
