@@ -1854,6 +1854,45 @@ test_store_records_query_callback_may_write(void **state)
 	check_counts(f);
 }
 
+/* SQLite's errors arrive translated: a held lock is -EBUSY, a constraint -EEXIST; nothing
+ * half-done. */
+static void
+test_store_errors_translated(void **state)
+{
+	struct fixture *f = *state;
+	struct store_options o = {.path = f->path, .busy_timeout_ms = 50};
+	struct store_customer_subscription cs[2] = {
+	        {.subscription_id = (char *)CUSTOMER_A, .tenant_id = (char *)TENANT_A},
+	        {.subscription_id = (char *)CUSTOMER_A, .tenant_id = (char *)TENANT_A},
+	};
+	struct store_registration reg = {.id = (char *)REGISTRATION_ID,
+	                                 .default_subscription = (char *)DEFAULT_SUB};
+	struct store_registration got = {0};
+	_cleanup_free_ char *err = NULL;
+	char *v = NULL;
+	sqlite3 *db = NULL;
+
+	f->store = store_free(f->store);
+	assert_int_equal(store_open(&o, &f->store, &err), 0);
+	assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+	assert_int_equal(store_fact_set(f->store, "k", "v"), -EBUSY);
+	assert_non_null(strstr(store_errmsg(f->store), "locked"));
+	assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+	assert_int_equal(store_fact_set(f->store, "k", "v"), 0);
+
+	assert_int_equal(store_registration_replace(f->store, &reg, cs, 1), 0);
+	reg.default_subscription = (char *)SUB_B;
+	assert_int_equal(store_registration_replace(f->store, &reg, cs, 2), -EEXIST);
+	assert_non_null(strstr(store_errmsg(f->store), "UNIQUE"));
+	assert_int_equal(store_registration_get(f->store, &got), 0);
+	assert_string_equal(got.default_subscription, DEFAULT_SUB); /* rolled back */
+	store_registration_done(&got);
+	assert_int_equal(store_fact_get(f->store, "k", &v), 0);
+	free(v);
+}
+
 /* Every statement of the daemon's loop uses an index and never scans the records table. */
 static void
 test_store_loop_queries_use_indexes(void **state)
@@ -1938,6 +1977,7 @@ main(void)
 	        T(test_store_recollect_schedules_hours),
 	        T(test_store_claim_batch_map_may_write),
 	        T(test_store_records_query_callback_may_write),
+	        T(test_store_errors_translated),
 	        T(test_store_loop_queries_use_indexes),
 #undef T
 	};
