@@ -51,7 +51,8 @@ struct store_options {
  * Open (creating when absent and not readonly), run quick_check, migrate forward. A corrupt or
  * foreign file is -EBADMSG and is never modified; a file written by a newer build is -EPROTO.
  * Readonly: a missing file is -ENOENT, a file with an older schema (or none) is -ESTALE (start
- * azs-usaged once to migrate it). ret_error (may be NULL) receives a message for the log on failure.
+ * azs-usaged once to migrate it). A file this user may not write, opened for writing, is -EACCES.
+ * ret_error (may be NULL) receives a message for the log on failure.
  */
 int store_open(const struct store_options *options, struct store **ret, char **ret_error);
 struct store *store_free(struct store *s); /* accepts NULL, returns NULL */
