@@ -138,8 +138,10 @@ int store_recollect(struct store *s, int64_t from, int64_t to, const char *actor
  *
  * Records are stored under page->reported_hour. A pending record needs a key (64 lower-case hex
  * digits), a subscription, a meter and a quantity that lib/decimal parses, else the whole page is
- * -EINVAL; a quarantined record without a valid key gets SHA-256("quarantined\n" raw "\n" reason). A quarantined record seen again, or a record whose stored twin is quarantined,
- * counts as a duplicate. A changed quantity already stored as a conflict row is a duplicate too.
+ * -EINVAL; a quarantined record without a valid key gets SHA-256 of "quarantined\n", its raw
+ * text, "\n" and its reason. A quarantined record seen again, or a record whose stored twin is
+ * quarantined, counts as a duplicate. A changed quantity already stored as a conflict row is a
+ * duplicate too.
  */
 struct store_page {
 	int64_t reported_hour;
