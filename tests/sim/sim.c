@@ -112,9 +112,9 @@ static const struct {
 static void on_request(struct evhttp_request *req, void *arg);
 static struct bufferevent *on_bev(struct event_base *base, void *arg);
 static void on_signal(evutil_socket_t fd, short what, void *arg);
-static int classify(struct sim *s, int method, const char *path, char **seg, int nseg);
-static void send_response(struct sim *s, struct evhttp_request *req, struct sim_response *r);
-static void fault_reply(struct sim *s, struct sim_rule *rule, int ep, struct sim_response *r);
+static int classify(struct sim *s, const char *path, char **seg, int nseg);
+static void send_response(struct evhttp_request *req, struct sim_response *r);
+static void fault_reply(struct sim_rule *rule, int ep, struct sim_response *r);
 static struct sim_rule *fault_generic(struct sim *s, int ep, struct evhttp_request *req,
                                       const char *path);
 static bool rule_fires(struct sim *s, struct sim_rule *rule);
@@ -138,7 +138,7 @@ static void handle_control(struct sim *s, struct evhttp_request *req, struct evk
                            const char *path, struct sim_response *r);
 static void customer_entry(struct sim *s, const struct sim_tenant *t, struct evbuffer *b);
 static const char *arm_message(const char *code);
-static const char *host_of(struct sim *s, struct evhttp_request *req);
+static const char *host_of(struct evhttp_request *req);
 static void append_encoded(struct evbuffer *b, const char *s);
 static json_t *body_json(struct evhttp_request *req);
 static bool is_loopback(struct evhttp_request *req);
@@ -467,21 +467,21 @@ on_request(struct evhttp_request *req, void *arg)
 		seg[nseg++] = p;
 	if (query)
 		evhttp_parse_query_str(query, &q);
-	ep = classify(s, method, path, seg, nseg);
+	ep = classify(s, path, seg, nseg);
 
 	if (ep == SIM_EP_CONTROL) {
 		if (!is_loopback(req))
 			sim_arm_error(&r, 403, "Forbidden", "The control API is loopback only.");
 		else
 			handle_control(s, req, &q, path, &r);
-		send_response(s, req, &r);
+		send_response(req, &r);
 		goto out;
 	}
 	rule = fault_generic(s, ep, req, path);
 	if (rule && rule->action == SIM_ACT_STATUS) {
-		fault_reply(s, rule, ep, &r);
+		fault_reply(rule, ep, &r);
 		log_request(s, req, ep, path, r.status, "status", 0);
-		send_response(s, req, &r);
+		send_response(req, &r);
 		goto out;
 	}
 	if (rule && (rule->action == SIM_ACT_TIMEOUT || rule->action == SIM_ACT_RESET)) {
@@ -537,7 +537,7 @@ on_request(struct evhttp_request *req, void *arg)
 		hold(s, req, &r, rule->action, rule->delay_ms ? rule->delay_ms : 200);
 		goto out;
 	}
-	send_response(s, req, &r);
+	send_response(req, &r);
 out:
 	if (r.body)
 		evbuffer_free(r.body);
@@ -560,14 +560,14 @@ on_bev(struct event_base *base, void *arg)
 
 /* Stop the loop on SIGTERM/SIGINT. */
 static void
-on_signal(evutil_socket_t fd, short what, void *arg)
+on_signal(_unused_ evutil_socket_t fd, _unused_ short what, void *arg)
 {
 	event_base_loopexit(arg, NULL);
 }
 
 /* Decide which endpoint a path belongs to. */
 static int
-classify(struct sim *s, int method, const char *path, char **seg, int nseg)
+classify(struct sim *s, const char *path, char **seg, int nseg)
 {
 	if (nseg >= 1 && streq(seg[0], "_sim"))
 		return SIM_EP_CONTROL;
@@ -597,7 +597,7 @@ classify(struct sim *s, int method, const char *path, char **seg, int nseg)
 
 /* Send a complete response with the usual Azure headers. */
 static void
-send_response(struct sim *s, struct evhttp_request *req, struct sim_response *r)
+send_response(struct evhttp_request *req, struct sim_response *r)
 {
 	struct evkeyvalq *out = evhttp_request_get_output_headers(req);
 	char id[HASH_UUID_LEN + 1];
@@ -615,7 +615,7 @@ send_response(struct sim *s, struct evhttp_request *req, struct sim_response *r)
 
 /* Write the error answer of a status fault, shaped like the endpoint's own errors. */
 static void
-fault_reply(struct sim *s, struct sim_rule *rule, int ep, struct sim_response *r)
+fault_reply(struct sim_rule *rule, int ep, struct sim_response *r)
 {
 	static const struct {
 		int status;
@@ -919,7 +919,7 @@ hold(struct sim *s, struct evhttp_request *req, struct sim_response *r, enum sim
 
 /* Continue a held reply: the delayed answer, the next slow chunk, or the reset. */
 static void
-on_pending_timer(evutil_socket_t fd, short what, void *arg)
+on_pending_timer(_unused_ evutil_socket_t fd, _unused_ short what, void *arg)
 {
 	struct pending *p = arg;
 	struct timeval tv = {.tv_sec = p->delay_ms / 1000, .tv_usec = (p->delay_ms % 1000) * 1000};
@@ -972,7 +972,7 @@ on_pending_timer(evutil_socket_t fd, short what, void *arg)
 
 /* The peer went away while a reply was held: forget the request. */
 static void
-on_pending_close(struct evhttp_connection *evcon, void *arg)
+on_pending_close(_unused_ struct evhttp_connection *evcon, void *arg)
 {
 	struct pending *p = arg;
 
@@ -997,7 +997,7 @@ handle_metadata(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q,
                 struct sim_response *r)
 {
 	const char *v = evhttp_find_header(q, "api-version");
-	const char *host = host_of(s, req);
+	const char *host = host_of(req);
 
 	if (!v) {
 		sim_arm_error(r, 400, "MissingApiVersionParameter",
@@ -1148,8 +1148,9 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 			tok = t2;
 		}
 		b64 = identity_b64((const unsigned char *)tok, strlen(tok), false);
-		evbuffer_add_printf(r->body, ",\"nextLink\":\"https://%s%s?reportedStartTime=",
-		                    host_of(s, req), path);
+		evbuffer_add_printf(r->body,
+		                    ",\"nextLink\":\"https://%s%s?reportedStartTime=", host_of(req),
+		                    path);
 		append_encoded(r->body, start);
 		evbuffer_add_printf(r->body, "&reportedEndTime=");
 		append_encoded(r->body, end);
@@ -1225,7 +1226,7 @@ handle_subscriptions(struct sim *s, struct evhttp_request *req, struct evkeyvalq
 		evbuffer_add_printf(r->body,
 		                    ",\"nextLink\":\"https://%s%s?api-version=" SUBS_API_VERSION
 		                    "&$skipToken=%zu\"",
-		                    host_of(s, req), path, to);
+		                    host_of(req), path, to);
 	evbuffer_add_printf(r->body, "}");
 }
 
@@ -1300,7 +1301,7 @@ handle_arm(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, const
 			        r->body,
 			        ",\"nextLink\":\"https://%s%s?api-version=%s&$skipToken="
 			        "%zu\"",
-			        host_of(s, req), path, version, from + emitted);
+			        host_of(req), path, version, from + emitted);
 		evbuffer_add_printf(r->body, "}");
 		return;
 	}
@@ -1388,7 +1389,7 @@ handle_control(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, c
 
 		out = json_object();
 		world_describe(&s->world, out);
-		json_object_set_new(out, "url", json_sprintf("https://%s", host_of(s, req)));
+		json_object_set_new(out, "url", json_sprintf("https://%s", host_of(req)));
 		time_format_rfc3339(sim_now(s), now);
 		json_object_set_new(out, "now", json_string(now));
 	} else if (streq(path, "/_sim/faults") && method == EVHTTP_REQ_GET) {
@@ -1526,7 +1527,7 @@ arm_message(const char *code)
 
 /* The host[:port] the client used (Host header), else the listening address. */
 static const char *
-host_of(struct sim *s, struct evhttp_request *req)
+host_of(struct evhttp_request *req)
 {
 	const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Host");
 
