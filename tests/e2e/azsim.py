@@ -47,36 +47,50 @@ def _openssl(*args, cwd=None, data=None):
     return p.stdout
 
 
-def pki():
-    """Make (once) the test CA, server and client certificates; return their directory.
+def pki(directory=None, days=2):
+    """Make the test CA, server and client certificates; return their directory.
 
     Files: ca.pem, server.pem, server.key, client.pem (certificate), client.key,
     client-bundle.pem (certificate + key, as the daemon's client_certificate_file wants).
+    Without directory they are made once per process in a temporary directory removed at exit;
+    with directory (created if missing) they are made there, valid for days, and kept (the demo
+    uses this so its CA outlives it with --keep-running).
     """
     global _pki_dir
+    if directory is not None:
+        os.makedirs(directory, exist_ok=True)
+        _make_pki(directory, days)
+        return directory
     if _pki_dir:
         return _pki_dir
     d = tempfile.mkdtemp(prefix="azsim-pki-")
     atexit.register(shutil.rmtree, d, True)
+    _make_pki(d, days)
+    _pki_dir = d
+    return d
+
+
+def _make_pki(d, days):
+    """Write the CA, server and client certificates and keys into directory d."""
+    days = str(days)
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-             "-days", "2", "-subj", "/CN=azs-sim test CA", cwd=d)
+             "-days", days, "-subj", "/CN=azs-sim test CA", cwd=d)
     with open(os.path.join(d, "server.ext"), "w") as f:
         f.write("subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\n"
                 "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
              "-subj", "/CN=localhost", cwd=d)
     _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext", cwd=d)
+             "-CAcreateserial", "-out", "server.pem", "-days", days, "-extfile", "server.ext",
+             cwd=d)
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out",
-             "client.pem", "-days", "2", "-subj", "/CN=azs-usaged test client", cwd=d)
+             "client.pem", "-days", days, "-subj", "/CN=azs-usaged test client", cwd=d)
     with open(os.path.join(d, "client-bundle.pem"), "w") as f:
         for name in ("client.pem", "client.key"):
             with open(os.path.join(d, name)) as g:
                 f.write(g.read())
     for name in ("ca.key", "server.key", "client.key", "client-bundle.pem"):
         os.chmod(os.path.join(d, name), 0o600)
-    _pki_dir = d
-    return d
 
 
 def b64url(data):
