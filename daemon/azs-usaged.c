@@ -4,6 +4,11 @@
  * watchdog), runs the loop and tears everything down in reverse. The pipelines of
  * ARCHITECTURE.md section 2 are started by daemon_start() after the loop exists, in the order
  * store, registry, collector, forwarder, health, and stopped by daemon_stop() in reverse.
+ *
+ * The store is opened (and checked) before READY=1; records a previous run left inflight go back
+ * to pending with their batch ids, so they are re-sent under the same usageEventIds. Two loop
+ * timers look after it: the STATUS= line from the per-state counts, and pruning of forwarded
+ * records past [store] retention, a small transaction per loop turn so the loop never stalls.
  */
 #define LOG_MODULE "main"
 
@@ -24,12 +29,15 @@
 #include "config.h"
 #include "log.h"
 #include "macro.h"
+#include "store.h"
 #include "timeutil.h"
 
 #define DAEMON_DEFAULT_CONFIG "/etc/azs-usaged/azs-usaged.conf"
 #define DAEMON_EXIT_USAGE     2
+#define DAEMON_STATUS_SEC     10   /* STATUS= refresh */
+#define DAEMON_PRUNE_SEC      600  /* look for forwarded records past retention */
+#define DAEMON_PRUNE_CHUNK    2000 /* rows per prune transaction: a few ms of the loop */
 
-struct store;
 struct registry;
 struct collector;
 struct forwarder;
@@ -52,6 +60,9 @@ struct daemon {
 	struct event *sigint;
 	struct event *sighup;
 	struct event *watchdog;
+	struct event *status_timer;
+	struct event *prune_timer;
+	uint64_t pruned; /* forwarded records pruned in the current pass */
 
 	/* The pipelines, in start order; each is stopped before the ones above it. */
 	struct store *store;
@@ -70,10 +81,15 @@ static int daemon_loop(struct daemon *d);
 static void daemon_stop(struct daemon *d);
 static int daemon_add_signal(struct daemon *d, int signo, struct event **ret);
 static int daemon_start_watchdog(struct daemon *d);
+static int daemon_open_store(struct daemon *d);
+static int daemon_add_timer(struct daemon *d, event_callback_fn cb, struct event **ret);
+static void daemon_notify(struct daemon *d, const char *state);
 static void daemon_reload(struct daemon *d);
 static void daemon_log_problems(const struct config_problems *problems);
 static void on_signal(evutil_socket_t fd, short what, void *userdata);
 static void on_watchdog(evutil_socket_t fd, short what, void *userdata);
+static void on_status_timer(evutil_socket_t fd, short what, void *userdata);
+static void on_prune_timer(evutil_socket_t fd, short what, void *userdata);
 
 /* Run the daemon: init in order, loop, teardown in reverse. */
 int
@@ -310,7 +326,96 @@ daemon_start(struct daemon *d)
 	/* a peer closing a connection must be an error return, not the end of the process */
 	signal(SIGPIPE, SIG_IGN);
 
-	return daemon_start_watchdog(d);
+	r = daemon_start_watchdog(d);
+	if (r >= 0)
+		r = daemon_open_store(d);
+	if (r >= 0)
+		r = daemon_add_timer(d, on_status_timer, &d->status_timer);
+	if (r >= 0)
+		r = daemon_add_timer(d, on_prune_timer, &d->prune_timer);
+	if (r < 0)
+		return r;
+	/* the first prune pass runs as soon as the loop does */
+	event_active(d->prune_timer, EV_TIMEOUT, 0);
+	return 0;
+}
+
+/*
+ * Open the store: create or migrate it, refuse a corrupt or foreign file (it is never reset or
+ * overwritten: an operator must look at it), and send what a previous run left inflight back to
+ * pending under its batch id.
+ */
+static int
+daemon_open_store(struct daemon *d)
+{
+	struct store_options options = {.path = d->config->store.path};
+	_cleanup_free_ char *error = NULL;
+	size_t reset = 0;
+	int r;
+
+	r = store_open(&options, &d->store, &error);
+	if (r == -EBADMSG)
+		return log_error_errno(r, "store %s is damaged or not an azs-usaged store (%s); it was "
+		                       "left untouched: restore it from a backup or move it away",
+		                       options.path, error ? error : "quick_check failed");
+	if (r < 0)
+		return log_error_errno(r, "cannot open the store %s: %s", options.path,
+		                       error ? error : strerror(-r));
+
+	r = store_reset_inflight(d->store, &reset);
+	if (r < 0)
+		return log_error_errno(r, "cannot reset inflight records in %s: %s", options.path,
+		                       store_errmsg(d->store));
+	if (reset > 0) {
+		char n[32];
+
+		snprintf(n, sizeof(n), "%zu", reset);
+		log_fields(LOG_NOTICE, LOG_FIELDS("AZS_RECORDS", n),
+		           "%zu records were inflight when the daemon last stopped; they will be sent "
+		           "again under their batch ids",
+		           reset);
+	}
+	log_info("store %s open", options.path);
+	return 0;
+}
+
+/* A timer event, not yet armed. */
+static int
+daemon_add_timer(struct daemon *d, event_callback_fn cb, struct event **ret)
+{
+	struct event *ev = evtimer_new(d->base, cb, d);
+
+	if (!ev)
+		return log_error_errno(-ENOMEM, "cannot create a timer");
+	*ret = ev;
+	return 0;
+}
+
+/*
+ * Notify systemd of state (e.g. "READY=1", or NULL) together with STATUS=, a summary of the
+ * queue from the per-state counts (kept incrementally by the store: no scan).
+ */
+static void
+daemon_notify(struct daemon *d, const char *state)
+{
+	struct store_counts counts;
+	char status[320];
+	int r;
+
+	r = store_counts(d->store, &counts);
+	if (r < 0) {
+		log_warning_errno(r, "cannot read the record counts: %s", store_errmsg(d->store));
+		if (state)
+			sd_notify(0, state);
+		return;
+	}
+	snprintf(status, sizeof(status),
+	         "%s%sSTATUS=pending %" PRIu64 ", dead %" PRIu64 ", held %" PRIu64 ", inflight %" PRIu64
+	         ", quarantined %" PRIu64 ", conflicts %" PRIu64,
+	         state ? state : "", state ? "\n" : "", counts.by_state[STORE_PENDING], counts.by_state[STORE_DEAD],
+	         counts.by_state[STORE_HELD], counts.by_state[STORE_INFLIGHT],
+	         counts.by_state[STORE_QUARANTINED], counts.by_state[STORE_CONFLICT]);
+	sd_notify(0, status);
 }
 
 /* Tell systemd we are ready and run the loop until a stop signal. */
@@ -319,7 +424,8 @@ daemon_loop(struct daemon *d)
 {
 	int r;
 
-	sd_notify(0, "READY=1\nSTATUS=running");
+	daemon_notify(d, "READY=1");
+	event_add(d->status_timer, &(struct timeval){.tv_sec = DAEMON_STATUS_SEC});
 	log_fields(LOG_INFO, LOG_FIELDS("MESSAGE_ID", LOG_MESSAGE_ID_READY), "ready");
 
 	r = event_base_dispatch(d->base);
@@ -334,6 +440,11 @@ daemon_loop(struct daemon *d)
 static void
 daemon_stop(struct daemon *d)
 {
+	if (d->prune_timer)
+		event_free(d->prune_timer);
+	if (d->status_timer)
+		event_free(d->status_timer);
+	d->store = store_free(d->store);
 	if (d->watchdog)
 		event_free(d->watchdog);
 	if (d->sighup)
@@ -415,8 +526,7 @@ daemon_reload(struct daemon *d)
 	if (r < 0) {
 		log_error_errno(r, "configuration %s is invalid, keeping the running configuration",
 		                d->config_path);
-		sd_notify(0,
-		          "READY=1\nSTATUS=running (reload failed, previous configuration kept)");
+		daemon_notify(d, "READY=1");
 		return;
 	}
 
@@ -429,7 +539,7 @@ daemon_reload(struct daemon *d)
 		log_warning("changed keys need a restart to take effect: %s", restart);
 	log_fields(LOG_INFO, LOG_FIELDS("MESSAGE_ID", LOG_MESSAGE_ID_RELOADED),
 	           "configuration %s reloaded", d->config_path);
-	sd_notify(0, "READY=1\nSTATUS=running");
+	daemon_notify(d, "READY=1");
 }
 
 /* Log the problems of a configuration load: errors as errors, warnings as warnings. */
@@ -465,4 +575,49 @@ static void
 on_watchdog(_unused_ evutil_socket_t fd, _unused_ short what, _unused_ void *userdata)
 {
 	sd_notify(0, "WATCHDOG=1");
+}
+
+/* Refresh STATUS= and re-arm. */
+static void
+on_status_timer(_unused_ evutil_socket_t fd, _unused_ short what, void *userdata)
+{
+	struct daemon *d = userdata;
+
+	daemon_notify(d, NULL);
+	event_add(d->status_timer, &(struct timeval){.tv_sec = DAEMON_STATUS_SEC});
+}
+
+/*
+ * Delete one chunk of forwarded records older than the retention. A full chunk means there may
+ * be more: the next chunk runs on the next loop turn (so signals and I/O are served between
+ * chunks); otherwise the pass is over and the next one comes in DAEMON_PRUNE_SEC.
+ */
+static void
+on_prune_timer(_unused_ evutil_socket_t fd, _unused_ short what, void *userdata)
+{
+	struct daemon *d = userdata;
+	int64_t before = now_seconds() - (int64_t)(d->config->store.retention_usec / USEC_PER_SEC);
+	size_t deleted = 0;
+	int r;
+
+	r = store_prune(d->store, before, DAEMON_PRUNE_CHUNK, &deleted);
+	if (r < 0) {
+		/* -ENOSPC included: deleting needs journal space too; the next pass tries again */
+		log_warning_errno(r, "pruning forwarded records failed: %s", store_errmsg(d->store));
+		deleted = 0;
+	}
+	d->pruned += deleted;
+	if (deleted == DAEMON_PRUNE_CHUNK) {
+		event_add(d->prune_timer, &(struct timeval){0});
+		return;
+	}
+	if (d->pruned > 0) {
+		char n[32];
+
+		snprintf(n, sizeof(n), "%" PRIu64, d->pruned);
+		log_fields(LOG_INFO, LOG_FIELDS("AZS_RECORDS", n),
+		           "pruned %" PRIu64 " forwarded records past the retention", d->pruned);
+		d->pruned = 0;
+	}
+	event_add(d->prune_timer, &(struct timeval){.tv_sec = DAEMON_PRUNE_SEC});
 }

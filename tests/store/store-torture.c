@@ -22,6 +22,10 @@
  *       Print the history of the record with this key (prefix): "actor<TAB>action<TAB>detail".
  *   store-torture hours DB
  *       Print every scheduled hour: "<hour> <scope> <pass> <next_link or ->".
+ *   store-torture batch DB [--records R] [--forwarded-at T]
+ *       Put the next page (R new records) and claim all of them as one batch, which stays
+ *       inflight, or with --forwarded-at is acknowledged as forwarded at time T (seconds since
+ *       the epoch). Prints "batch <id> <n>". For the daemon's start-up and pruning tests.
  *
  * Exit status: 0 success, 1 a check or store call failed, 2 usage, 3 a write failed with -ENOSPC
  * in run mode.
@@ -51,6 +55,7 @@ struct torture_options {
 	unsigned records;
 	size_t raw_bytes;
 	long pages; /* -1: no end */
+	int64_t forwarded_at; /* batch mode: 0 leaves the batch inflight */
 };
 
 /* One key we saw while scanning, with its state. */
@@ -83,6 +88,7 @@ static int cmd_verify(const char *path, const struct torture_options *o);
 static int cmd_seed(const char *path);
 static int cmd_history(const char *path, const char *key, const char *state);
 static int cmd_hours(const char *path);
+static int cmd_batch(const char *path, const struct torture_options *o);
 
 /* Dispatch on the mode word. */
 int
@@ -92,7 +98,8 @@ main(int argc, char **argv)
 	int i;
 
 	if (argc < 3) {
-		fprintf(stderr, "usage: store-torture run|fill|verify|seed|history|hours DB ...\n");
+		fprintf(stderr,
+		        "usage: store-torture run|fill|verify|seed|history|hours|batch DB ...\n");
 		return 2;
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -103,6 +110,8 @@ main(int argc, char **argv)
 			o.raw_bytes = strtoul(argv[i + 1], NULL, 10);
 		else if (streq(argv[i], "--pages"))
 			o.pages = strtol(argv[i + 1], NULL, 10);
+		else if (streq(argv[i], "--forwarded-at"))
+			o.forwarded_at = strtoll(argv[i + 1], NULL, 10);
 		else
 			break;
 	}
@@ -123,6 +132,8 @@ main(int argc, char **argv)
 		return cmd_history(argv[2], argv[3], argc >= 5 ? argv[4] : NULL);
 	if (streq(argv[1], "hours"))
 		return cmd_hours(argv[2]);
+	if (streq(argv[1], "batch"))
+		return cmd_batch(argv[2], &o);
 	fprintf(stderr, "store-torture: unknown mode %s\n", argv[1]);
 	return 2;
 }
@@ -826,4 +837,52 @@ cmd_hours(const char *path)
 	free(hours);
 	store_free(s);
 	return 0;
+}
+
+/* Put the next page and claim it whole as one batch: inflight, or forwarded at o->forwarded_at. */
+static int
+cmd_batch(const char *path, const struct torture_options *o)
+{
+	struct store_claim claim = {
+	        .max_records = SIZE_MAX,
+	        .max_bytes = 0,
+	        .now = INT64_MAX / 2,
+	        .map = torture_map,
+	};
+	struct store_batch batch = {0};
+	struct store_outcome *out = NULL;
+	struct store *s = NULL;
+	size_t applied = 0;
+	long page = 0;
+	int r;
+
+	r = torture_open(path, false, &s);
+	if (r < 0)
+		return 1;
+	r = torture_cursor(s, &page);
+	if (r == -ENOENT)
+		r = store_hour_schedule(s, TORTURE_HOUR, "", TORTURE_HOUR + 3600);
+	if (r >= 0)
+		r = torture_put(s, (unsigned)page, o);
+	if (r >= 0)
+		r = store_claim_batch(s, &claim, &batch);
+	if (r >= 0 && o->forwarded_at > 0) {
+		out = xcalloc(batch.n_records, sizeof(*out));
+		for (size_t i = 0; i < batch.n_records; i++)
+			out[i] = (struct store_outcome){
+			        .id = batch.records[i].id,
+			        .kind = STORE_OUTCOME_FORWARDED,
+			        .status = "Accepted",
+			};
+		r = store_apply_outcomes(s, batch.batch_id, out, batch.n_records, o->forwarded_at,
+		                         &applied);
+		free(out);
+	}
+	if (r >= 0)
+		printf("batch %s %zu\n", batch.batch_id, batch.n_records);
+	else
+		printf("FAIL: batch: %s: %s\n", strerror(-r), store_errmsg(s));
+	store_batch_done(&batch);
+	store_free(s);
+	return r < 0 ? 1 : 0;
 }
