@@ -355,9 +355,11 @@ daemon_open_store(struct daemon *d)
 
 	r = store_open(&options, &d->store, &error);
 	if (r == -EBADMSG)
-		return log_error_errno(r, "store %s is damaged or not an azs-usaged store (%s); it was "
-		                       "left untouched: restore it from a backup or move it away",
-		                       options.path, error ? error : "quick_check failed");
+		return log_error_errno(
+		        r,
+		        "store %s is damaged or not an azs-usaged store (%s); it was "
+		        "left untouched: restore it from a backup or move it away",
+		        options.path, error ? error : "quick_check failed");
 	if (r < 0)
 		return log_error_errno(r, "cannot open the store %s: %s", options.path,
 		                       error ? error : strerror(-r));
@@ -370,10 +372,11 @@ daemon_open_store(struct daemon *d)
 		char n[32];
 
 		snprintf(n, sizeof(n), "%zu", reset);
-		log_fields(LOG_NOTICE, LOG_FIELDS("AZS_RECORDS", n),
-		           "%zu records were inflight when the daemon last stopped; they will be sent "
-		           "again under their batch ids",
-		           reset);
+		log_fields(
+		        LOG_NOTICE, LOG_FIELDS("AZS_RECORDS", n),
+		        "%zu records were inflight when the daemon last stopped; they will be sent "
+		        "again under their batch ids",
+		        reset);
 	}
 	log_info("store %s open", options.path);
 	return 0;
@@ -410,11 +413,12 @@ daemon_notify(struct daemon *d, const char *state)
 		return;
 	}
 	snprintf(status, sizeof(status),
-	         "%s%sSTATUS=pending %" PRIu64 ", dead %" PRIu64 ", held %" PRIu64 ", inflight %" PRIu64
-	         ", quarantined %" PRIu64 ", conflicts %" PRIu64,
-	         state ? state : "", state ? "\n" : "", counts.by_state[STORE_PENDING], counts.by_state[STORE_DEAD],
-	         counts.by_state[STORE_HELD], counts.by_state[STORE_INFLIGHT],
-	         counts.by_state[STORE_QUARANTINED], counts.by_state[STORE_CONFLICT]);
+	         "%s%sSTATUS=pending %" PRIu64 ", dead %" PRIu64 ", held %" PRIu64
+	         ", inflight %" PRIu64 ", quarantined %" PRIu64 ", conflicts %" PRIu64,
+	         state ? state : "", state ? "\n" : "", counts.by_state[STORE_PENDING],
+	         counts.by_state[STORE_DEAD], counts.by_state[STORE_HELD],
+	         counts.by_state[STORE_INFLIGHT], counts.by_state[STORE_QUARANTINED],
+	         counts.by_state[STORE_CONFLICT]);
 	sd_notify(0, status);
 }
 
@@ -603,7 +607,8 @@ on_prune_timer(_unused_ evutil_socket_t fd, _unused_ short what, void *userdata)
 	r = store_prune(d->store, before, DAEMON_PRUNE_CHUNK, &deleted);
 	if (r < 0) {
 		/* -ENOSPC included: deleting needs journal space too; the next pass tries again */
-		log_warning_errno(r, "pruning forwarded records failed: %s", store_errmsg(d->store));
+		log_warning_errno(r, "pruning forwarded records failed: %s",
+		                  store_errmsg(d->store));
 		deleted = 0;
 	}
 	d->pruned += deleted;

@@ -187,7 +187,7 @@ static const struct key keys[] = {
 
 #define N_KEYS ARRAY_SIZE(keys)
 
-static const char *const sections[] = {"stack", "registration", "azure", "commerce",
+static const char *const sections[] = {"stack", "registration", "azure",  "commerce",
                                        "store", "http",         "health", "log"};
 
 struct problem {

@@ -1,7 +1,8 @@
 /*
  * The configuration file (ARCHITECTURE.md section 3): INI parsed with libinih into one immutable
- * struct config. Every problem is collected (not just the first) as "FILE:LINE: section.key: reason"
- * or, for a missing required key, "FILE: section.key: required". Secrets are read from *_file keys
+ * struct config. Every problem is collected (not just the first) as "FILE:LINE: section.key:
+ * reason" or, for a missing required key, "FILE: section.key: required". Secrets are read from
+ * *_file keys
  * ($CREDENTIALS_DIRECTORY first for relative names, then beside the config file) and registered
  * with log_add_secret() by the caller through config_register_secrets().
  *
@@ -37,7 +38,7 @@ struct config {
 	char *path; /* the file this was read from */
 
 	struct {
-		char *arm_endpoint; /* no trailing slash */
+		char *arm_endpoint;          /* no trailing slash */
 		char *provider_subscription; /* lower-case GUID */
 		enum config_identity identity;
 		char *tenant; /* NULL for adfs */
@@ -53,7 +54,7 @@ struct config {
 	} stack;
 
 	struct {
-		char *arm_endpoint; /* no trailing slash */
+		char *arm_endpoint;    /* no trailing slash */
 		char *subscription_id; /* lower-case GUID: the default subscription */
 		char *resource_group;
 		char *name;
@@ -88,14 +89,14 @@ struct config {
 	} store;
 
 	struct {
-		char *ca_file;    /* NULL: system bundle only */
-		char *proxy;      /* NULL: libcurl's environment */
+		char *ca_file; /* NULL: system bundle only */
+		char *proxy;   /* NULL: libcurl's environment */
 		char *user_agent;
 		uint64_t max_response;
 	} http;
 
 	struct {
-		char *listen; /* "ip:port" as written */
+		char *listen;  /* "ip:port" as written */
 		char *address; /* the ip part */
 		uint16_t port;
 	} health;
@@ -128,14 +129,14 @@ int config_load(const char *path, struct config **ret, struct config_problems *p
 #define CONFIG_SKIP_SECRETS (1u << 0)
 
 int config_load_flags(const char *path, unsigned flags, struct config **ret,
-		      struct config_problems *problems);
+                      struct config_problems *problems);
 
 /*
  * The same from a buffer (fuzzing, tests): name is used in messages and its directory for
  * relative *_file names.
  */
 int config_load_buffer(const char *name, const char *text, size_t size, struct config **ret,
-		       struct config_problems *problems);
+                       struct config_problems *problems);
 
 struct config *config_free(struct config *c); /* wipes secrets; accepts NULL; returns NULL */
 void config_problems_done(struct config_problems *p);

@@ -24,49 +24,49 @@
 #include "xmalloc.h"
 
 #define U128_MAX (~(decimal_u128)0)
-#define P19 ((decimal_u128)UINT64_C(10000000000000000000))
+#define P19      ((decimal_u128)UINT64_C(10000000000000000000))
 
 /* 10^0 .. 10^38; 10^38 is the first coefficient that is too large. */
 static const decimal_u128 pow10_table[DECIMAL_MAX_DIGITS + 1] = {
-	UINT64_C(1),
-	UINT64_C(10),
-	UINT64_C(100),
-	UINT64_C(1000),
-	UINT64_C(10000),
-	UINT64_C(100000),
-	UINT64_C(1000000),
-	UINT64_C(10000000),
-	UINT64_C(100000000),
-	UINT64_C(1000000000),
-	UINT64_C(10000000000),
-	UINT64_C(100000000000),
-	UINT64_C(1000000000000),
-	UINT64_C(10000000000000),
-	UINT64_C(100000000000000),
-	UINT64_C(1000000000000000),
-	UINT64_C(10000000000000000),
-	UINT64_C(100000000000000000),
-	UINT64_C(1000000000000000000),
-	P19,
-	P19 * 10,
-	P19 * 100,
-	P19 * 1000,
-	P19 * 10000,
-	P19 * 100000,
-	P19 * 1000000,
-	P19 * 10000000,
-	P19 * 100000000,
-	P19 * 1000000000,
-	P19 * UINT64_C(10000000000),
-	P19 * UINT64_C(100000000000),
-	P19 * UINT64_C(1000000000000),
-	P19 * UINT64_C(10000000000000),
-	P19 * UINT64_C(100000000000000),
-	P19 * UINT64_C(1000000000000000),
-	P19 * UINT64_C(10000000000000000),
-	P19 * UINT64_C(100000000000000000),
-	P19 * UINT64_C(1000000000000000000),
-	P19 * P19,
+        UINT64_C(1),
+        UINT64_C(10),
+        UINT64_C(100),
+        UINT64_C(1000),
+        UINT64_C(10000),
+        UINT64_C(100000),
+        UINT64_C(1000000),
+        UINT64_C(10000000),
+        UINT64_C(100000000),
+        UINT64_C(1000000000),
+        UINT64_C(10000000000),
+        UINT64_C(100000000000),
+        UINT64_C(1000000000000),
+        UINT64_C(10000000000000),
+        UINT64_C(100000000000000),
+        UINT64_C(1000000000000000),
+        UINT64_C(10000000000000000),
+        UINT64_C(100000000000000000),
+        UINT64_C(1000000000000000000),
+        P19,
+        P19 * 10,
+        P19 * 100,
+        P19 * 1000,
+        P19 * 10000,
+        P19 * 100000,
+        P19 * 1000000,
+        P19 * 10000000,
+        P19 * 100000000,
+        P19 * 1000000000,
+        P19 *UINT64_C(10000000000),
+        P19 *UINT64_C(100000000000),
+        P19 *UINT64_C(1000000000000),
+        P19 *UINT64_C(10000000000000),
+        P19 *UINT64_C(100000000000000),
+        P19 *UINT64_C(1000000000000000),
+        P19 *UINT64_C(10000000000000000),
+        P19 *UINT64_C(100000000000000000),
+        P19 *UINT64_C(1000000000000000000),
+        P19 *P19,
 };
 
 #define COEFFICIENT_LIMIT (pow10_table[DECIMAL_MAX_DIGITS])
@@ -74,7 +74,7 @@ static const decimal_u128 pow10_table[DECIMAL_MAX_DIGITS + 1] = {
 static unsigned count_digits(decimal_u128 c);
 static int scale_up(decimal_u128 c, int32_t n, decimal_u128 *ret);
 static int add_signed(const struct decimal *a, const struct decimal *b, bool b_negative,
-		      struct decimal *ret);
+                      struct decimal *ret);
 
 /* Parse size bytes of decimal text (no terminator needed) into a decimal. */
 int
@@ -83,8 +83,8 @@ decimal_parse(const char *text, size_t size, struct decimal *ret)
 	const char *p, *end;
 	bool negative = false, exp_negative = false, seen_digit = false;
 	decimal_u128 c = 0;
-	unsigned ndigits = 0;     /* digits of c, counted from the first non-zero one */
-	int64_t frac_digits = 0;  /* digits after the point, leading zeros included */
+	unsigned ndigits = 0;    /* digits of c, counted from the first non-zero one */
+	int64_t frac_digits = 0; /* digits after the point, leading zeros included */
 	int64_t exponent = 0, scale;
 
 	if (!text || !ret)
@@ -158,9 +158,9 @@ decimal_parse(const char *text, size_t size, struct decimal *ret)
 	}
 
 	*ret = (struct decimal){
-		.coefficient = c,
-		.scale = (int32_t)scale,
-		.negative = negative && c != 0,
+	        .coefficient = c,
+	        .scale = (int32_t)scale,
+	        .negative = negative && c != 0,
 	};
 	return 0;
 }
@@ -352,9 +352,9 @@ add_signed(const struct decimal *a, const struct decimal *b, bool b_negative, st
 		return -ERANGE;
 
 	*ret = (struct decimal){
-		.coefficient = c,
-		.scale = scale,
-		.negative = negative && c != 0,
+	        .coefficient = c,
+	        .scale = scale,
+	        .negative = negative && c != 0,
 	};
 	return 0;
 }

@@ -18,7 +18,7 @@
 #include <stdint.h>
 
 #define DECIMAL_MAX_DIGITS 38
-#define DECIMAL_MAX_SCALE 64
+#define DECIMAL_MAX_SCALE  64
 /* The longest formatted decimal: sign, digits, point, leading "0." and zeros up to the scale. */
 #define DECIMAL_STRING_MAX (DECIMAL_MAX_DIGITS + DECIMAL_MAX_SCALE + 4)
 
@@ -26,8 +26,8 @@ __extension__ typedef unsigned __int128 decimal_u128;
 
 struct decimal {
 	decimal_u128 coefficient; /* < 10^38 */
-	int32_t scale;            /* value = coefficient * 10^-scale; 0 <= scale <= DECIMAL_MAX_SCALE */
-	bool negative;            /* never set for zero */
+	int32_t scale; /* value = coefficient * 10^-scale; 0 <= scale <= DECIMAL_MAX_SCALE */
+	bool negative; /* never set for zero */
 };
 
 /* Parse text of length size; -EINVAL for malformed text, -ERANGE for too many digits. */

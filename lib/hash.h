@@ -7,7 +7,7 @@
 #include <stddef.h>
 
 #define HASH_SHA256_HEX_LEN 64
-#define HASH_UUID_LEN 36
+#define HASH_UUID_LEN       36
 
 /* out must hold HASH_SHA256_HEX_LEN + 1 bytes. */
 void hash_sha256_hex(const void *data, size_t size, char out[static HASH_SHA256_HEX_LEN + 1]);

@@ -12,32 +12,32 @@
 #include <string.h>
 #include <unistd.h>
 
-#define _cleanup_(f) __attribute__((cleanup(f)))
-#define _printf_(a, b) __attribute__((format(printf, a, b)))
-#define _unused_ __attribute__((unused))
-#define _noreturn_ __attribute__((noreturn))
-#define _likely_(x) __builtin_expect(!!(x), 1)
-#define _unlikely_(x) __builtin_expect(!!(x), 0)
+#define _cleanup_(f)         __attribute__((cleanup(f)))
+#define _printf_(a, b)       __attribute__((format(printf, a, b)))
+#define _unused_             __attribute__((unused))
+#define _noreturn_           __attribute__((noreturn))
+#define _likely_(x)          __builtin_expect(!!(x), 1)
+#define _unlikely_(x)        __builtin_expect(!!(x), 0)
 #define _warn_unused_result_ __attribute__((warn_unused_result))
 
-#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define ARRAY_SIZE(a)        (sizeof(a) / sizeof((a)[0]))
 
-#define MIN(a, b) ((a) < (b) ? (a) : (b))
-#define MAX(a, b) ((a) > (b) ? (a) : (b))
+#define MIN(a, b)            ((a) < (b) ? (a) : (b))
+#define MAX(a, b)            ((a) > (b) ? (a) : (b))
 
 /* Take ownership of a pointer: returns it and leaves NULL behind so a _cleanup_ does nothing. */
-#define TAKE_PTR(p)                        \
-	__extension__({                                \
-		__typeof__(p) _p_ = (p);   \
-		(p) = NULL;                \
-		_p_;                       \
+#define TAKE_PTR(p)                      \
+	__extension__({                  \
+		__typeof__(p) _p_ = (p); \
+		(p) = NULL;              \
+		_p_;                     \
 	})
 
-#define TAKE_FD(fd)                   \
-	__extension__({                           \
-		int _fd_ = (fd);      \
-		(fd) = -1;            \
-		_fd_;                 \
+#define TAKE_FD(fd)              \
+	__extension__({          \
+		int _fd_ = (fd); \
+		(fd) = -1;       \
+		_fd_;            \
 	})
 
 static inline void
@@ -67,11 +67,11 @@ fclosep(FILE **f)
 #define _cleanup_fclose_ _cleanup_(fclosep)
 
 /* Define a cleanup helper "name##p" that calls func(*p) when *p is not NULL. */
-#define DEFINE_TRIVIAL_CLEANUP_FUNC(type, func)      \
-	static inline void func##p(type *p)          \
-	{                                            \
-		if (*p)                              \
-			func(*p);                    \
+#define DEFINE_TRIVIAL_CLEANUP_FUNC(type, func) \
+	static inline void func##p(type *p)     \
+	{                                       \
+		if (*p)                         \
+			func(*p);               \
 	}
 
 static inline bool

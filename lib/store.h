@@ -22,7 +22,7 @@
 #include <stdint.h>
 
 #define STORE_SCHEMA_VERSION 2 /* the version this build writes; older files are migrated */
-#define STORE_BATCH_ID_LEN 36
+#define STORE_BATCH_ID_LEN   36
 
 enum store_state {
 	STORE_PENDING,
@@ -36,14 +36,14 @@ enum store_state {
 	_STORE_STATE_INVALID = -EINVAL,
 };
 
-const char *store_state_to_string(enum store_state s); /* "pending", "held", ... */
+const char *store_state_to_string(enum store_state s);   /* "pending", "held", ... */
 enum store_state store_state_from_string(const char *s); /* _STORE_STATE_INVALID if unknown */
 
 struct store;
 
 struct store_options {
 	const char *path;
-	bool readonly;        /* azs-usagectl read verbs: never creates, migrates or writes */
+	bool readonly;            /* azs-usagectl read verbs: never creates, migrates or writes */
 	unsigned busy_timeout_ms; /* 0: 5000 */
 };
 
@@ -68,11 +68,12 @@ const char *const *store_loop_queries(size_t *ret_n);
 
 /* One usage record. */
 struct store_record {
-	int64_t id; /* out: row id */
+	int64_t id;             /* out: row id */
 	enum store_state state; /* in: STORE_PENDING or STORE_QUARANTINED; out: current state */
-	char *key;  /* 64 hex digits (ARCHITECTURE.md section 4) */
+	char *key;              /* 64 hex digits (ARCHITECTURE.md section 4) */
 	int64_t reported_hour;
-	char *subscription_id; /* the user subscription, lower-case (quarantined: as received or NULL) */
+	char *subscription_id; /* the user subscription, lower-case (quarantined: as received or
+	                          NULL) */
 	char *meter_id;        /* as received */
 	char *quantity;        /* exact decimal text */
 	int64_t usage_start;
@@ -90,14 +91,15 @@ struct store_record {
 	unsigned attempts;
 	int64_t next_attempt_at;
 	char *batch_id;
-	char *error_code;    /* dead: Commerce code; quarantined: "invalid-record"; held: "ambiguous" */
-	char *error_message; /* dead: Commerce message; quarantined: the validation failure */
+	char *error_code; /* dead: Commerce code; quarantined: "invalid-record"; held: "ambiguous"
+	                   */
+	char *error_message;  /* dead: Commerce message; quarantined: the validation failure */
 	char *forward_status; /* Accepted | Duplicate | Conflict (HTTP 409) once forwarded */
 	int64_t collected_at;
 	int64_t forwarded_at;
-	int64_t conflict_of; /* conflict rows: id of the original record; 0 otherwise */
+	int64_t conflict_of;   /* conflict rows: id of the original record; 0 otherwise */
 	int64_t adjustment_of; /* adjustment events: id of the original record; 0 otherwise */
-	bool discarded;      /* dead records an operator discarded */
+	bool discarded;        /* dead records an operator discarded */
 };
 
 void store_record_done(struct store_record *r); /* frees the strings, zeroes the struct */
@@ -118,7 +120,7 @@ int store_hour_schedule(struct store *s, int64_t hour, const char *scope, int64_
 
 /* Hours whose due time has come, oldest first, at most limit. */
 int store_hours_due(struct store *s, int64_t now, size_t limit, struct store_hour **ret,
-		    size_t *ret_n);
+                    size_t *ret_n);
 
 /* The newest hour ever scheduled (the collection cursor); -ENOENT when none. */
 int store_cursor_hour(struct store *s, int64_t *ret);
@@ -126,7 +128,7 @@ int store_cursor_hour(struct store *s, int64_t *ret);
 /* Schedule hours [from, to] (on the hour, not after the cursor: else -EINVAL) to be collected
  * again now, pass 2 or more; records who and why. ret_n: schedule rows touched. */
 int store_recollect(struct store *s, int64_t from, int64_t to, const char *actor,
-		    const char *reason, int64_t now, size_t *ret_n);
+                    const char *reason, int64_t now, size_t *ret_n);
 
 /*
  * One collected page and the cursor that follows it, in one transaction. Per record: a new key is
@@ -193,7 +195,7 @@ struct store_claim {
 struct store_batch {
 	char batch_id[STORE_BATCH_ID_LEN + 1];
 	struct store_record *records;
-	size_t n_records; /* 0: nothing due */
+	size_t n_records;  /* 0: nothing due */
 	unsigned attempts; /* the batch's attempts so far */
 };
 
@@ -223,7 +225,7 @@ struct store_outcome {
 /* Apply outcomes of batch_id in one transaction; records not inflight in that batch are skipped.
  * Every applied outcome counts one attempt. */
 int store_apply_outcomes(struct store *s, const char *batch_id, const struct store_outcome *o,
-			 size_t n, int64_t now, size_t *ret_applied);
+                         size_t n, int64_t now, size_t *ret_applied);
 
 /* At start: every inflight record back to pending, batch id kept. */
 int store_reset_inflight(struct store *s, size_t *ret_n);
@@ -258,9 +260,9 @@ struct store_subscription {
 
 void store_subscription_done(struct store_subscription *s);
 int store_subscriptions_replace(struct store *s, const struct store_subscription *subs, size_t n,
-				int64_t now);
+                                int64_t now);
 int store_subscription_get(struct store *s, const char *subscription_id,
-			   struct store_subscription *ret); /* -ENOENT */
+                           struct store_subscription *ret);          /* -ENOENT */
 int store_subscriptions_refreshed_at(struct store *s, int64_t *ret); /* -ENOENT: never */
 
 /* Registration cache. */
@@ -279,13 +281,13 @@ struct store_customer_subscription {
 void store_registration_done(struct store_registration *r);
 void store_customer_subscription_done(struct store_customer_subscription *c);
 int store_registration_replace(struct store *s, const struct store_registration *reg,
-			       const struct store_customer_subscription *cs, size_t n);
+                               const struct store_customer_subscription *cs, size_t n);
 int store_registration_get(struct store *s, struct store_registration *ret); /* -ENOENT */
 int store_customer_subscriptions(struct store *s, struct store_customer_subscription **ret,
-				 size_t *ret_n);
+                                 size_t *ret_n);
 /* The customer subscriptions registered for a tenant (more than one: ambiguous). */
 int store_customer_subscriptions_for_tenant(struct store *s, const char *tenant_id, char ***ret,
-					    size_t *ret_n);
+                                            size_t *ret_n);
 
 /* Daemon facts (small key/value table). */
 int store_fact_set(struct store *s, const char *key, const char *value);
@@ -293,11 +295,11 @@ int store_fact_get(struct store *s, const char *key, char **ret); /* -ENOENT */
 
 /* Queries for azs-usagectl (off the loop). */
 struct store_query {
-	int state;                /* -1: any */
-	const char *tenant_id;    /* NULL: any */
+	int state;                   /* -1: any */
+	const char *tenant_id;       /* NULL: any */
 	const char *subscription_id; /* matches the user or the charged subscription */
-	int64_t since;            /* collected_at >= since; 0: any */
-	size_t limit;             /* 0: no limit */
+	int64_t since;               /* collected_at >= since; 0: any */
+	size_t limit;                /* 0: no limit */
 	bool include_discarded;
 };
 
@@ -305,7 +307,7 @@ typedef int (*store_record_fn)(void *userdata, const struct store_record *r);
 
 /* Calls fn per matching record, newest first; fn returning < 0 stops and is returned. */
 int store_records_query(struct store *s, const struct store_query *q, store_record_fn fn,
-			void *userdata);
+                        void *userdata);
 
 /* The record in `state` (-1: any) whose key starts with prefix (>= 8 hex digits): -ENOENT,
  * -ENOTUNIQ when several match, -EINVAL for a bad prefix. A conflict row shares its original's
@@ -329,11 +331,11 @@ int store_record_history(struct store *s, int64_t id, struct store_history **ret
  * Discard needs a reason. -ENOENT when the record is not a (non-discarded) dead letter.
  */
 int store_dead_retry(struct store *s, int64_t id, const char *actor, const char *reason,
-		     int64_t now);
+                     int64_t now);
 int store_dead_retry_all(struct store *s, const char *actor, const char *reason, int64_t now,
-			 size_t *ret_n);
+                         size_t *ret_n);
 int store_dead_discard(struct store *s, int64_t id, const char *actor, const char *reason,
-		       int64_t now);
+                       int64_t now);
 
 /*
  * Resolve a conflict row (ARCHITECTURE.md section 4). Accept: original not forwarded -> its
@@ -347,9 +349,9 @@ int store_dead_discard(struct store *s, int64_t id, const char *actor, const cha
  * -ENOENT when id is not an open conflict.
  */
 int store_conflict_accept(struct store *s, int64_t id, const char *actor, const char *reason,
-			  int64_t now);
+                          int64_t now);
 int store_conflict_reject(struct store *s, int64_t id, const char *actor, const char *reason,
-			  int64_t now);
+                          int64_t now);
 
 /* Exact totals of forwarded records with usage_start in [from, to), grouped. */
 enum store_report_by {
@@ -367,4 +369,4 @@ struct store_report_row {
 
 typedef int (*store_report_fn)(void *userdata, const struct store_report_row *row);
 int store_report(struct store *s, int64_t from, int64_t to, enum store_report_by by,
-		 store_report_fn fn, void *userdata);
+                 store_report_fn fn, void *userdata);

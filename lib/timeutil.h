@@ -7,8 +7,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define USEC_PER_SEC UINT64_C(1000000)
-#define USEC_PER_MSEC UINT64_C(1000)
+#define USEC_PER_SEC     UINT64_C(1000000)
+#define USEC_PER_MSEC    UINT64_C(1000)
 #define TIME_RFC3339_LEN 20 /* "YYYY-MM-DDTHH:MM:SSZ" */
 
 /* The clock seam: tests replace it to move time. */

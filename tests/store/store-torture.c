@@ -54,7 +54,7 @@
 struct torture_options {
 	unsigned records;
 	size_t raw_bytes;
-	long pages; /* -1: no end */
+	long pages;           /* -1: no end */
 	int64_t forwarded_at; /* batch mode: 0 leaves the batch inflight */
 };
 

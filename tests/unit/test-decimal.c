@@ -89,29 +89,29 @@ test_decimal_parse_accepted_forms(void **state)
 		bool negative;
 		const char *formatted;
 	} cases[] = {
-		{"0", 0, 0, false, "0"},
-		{"3", 3, 0, false, "3"},
-		{"+3", 3, 0, false, "3"},
-		{"-3.5", 35, 1, true, "-3.5"},
-		{"2.4000000000", 24000000000, 10, false, "2.4000000000"},
-		{".5", 5, 1, false, "0.5"},
-		{"5.", 5, 0, false, "5"},
-		{"0.0015", 15, 4, false, "0.0015"},
-		{"000.0015", 15, 4, false, "0.0015"},
-		{"1e3", 1000, 0, false, "1000"},
-		{"1E+3", 1000, 0, false, "1000"},
-		{"1.5E-3", 15, 4, false, "0.0015"},
-		{"1.5e1", 15, 0, false, "15"},
-		{"1.50e1", 150, 1, false, "15.0"},
-		{"-1.5e-0", 15, 1, true, "-1.5"},
-		{"5.e2", 500, 0, false, "500"},
-		{".5e1", 5, 0, false, "5"},
-		{"1e0000003", 1000, 0, false, "1000"},
-		{"0.000", 0, 3, false, "0.000"},
-		{"123456.1234567891", 1234561234567891, 10, false, "123456.1234567891"},
-		{"0.0416666667", 416666667, 10, false, "0.0416666667"},
-		{"-0.00001", 1, 5, true, "-0.00001"},
-		{"18446744073709551615", UINT64_MAX, 0, false, "18446744073709551615"},
+	        {"0", 0, 0, false, "0"},
+	        {"3", 3, 0, false, "3"},
+	        {"+3", 3, 0, false, "3"},
+	        {"-3.5", 35, 1, true, "-3.5"},
+	        {"2.4000000000", 24000000000, 10, false, "2.4000000000"},
+	        {".5", 5, 1, false, "0.5"},
+	        {"5.", 5, 0, false, "5"},
+	        {"0.0015", 15, 4, false, "0.0015"},
+	        {"000.0015", 15, 4, false, "0.0015"},
+	        {"1e3", 1000, 0, false, "1000"},
+	        {"1E+3", 1000, 0, false, "1000"},
+	        {"1.5E-3", 15, 4, false, "0.0015"},
+	        {"1.5e1", 15, 0, false, "15"},
+	        {"1.50e1", 150, 1, false, "15.0"},
+	        {"-1.5e-0", 15, 1, true, "-1.5"},
+	        {"5.e2", 500, 0, false, "500"},
+	        {".5e1", 5, 0, false, "5"},
+	        {"1e0000003", 1000, 0, false, "1000"},
+	        {"0.000", 0, 3, false, "0.000"},
+	        {"123456.1234567891", 1234561234567891, 10, false, "123456.1234567891"},
+	        {"0.0416666667", 416666667, 10, false, "0.0416666667"},
+	        {"-0.00001", 1, 5, true, "-0.00001"},
+	        {"18446744073709551615", UINT64_MAX, 0, false, "18446744073709551615"},
 	};
 	char buf[DECIMAL_STRING_MAX];
 
@@ -122,7 +122,7 @@ test_decimal_parse_accepted_forms(void **state)
 		if (d.coefficient != cases[i].coefficient || d.scale != cases[i].scale ||
 		    d.negative != cases[i].negative)
 			fail_msg("\"%s\": coefficient %llu scale %d negative %d", cases[i].text,
-				 (unsigned long long)d.coefficient, (int)d.scale, (int)d.negative);
+			         (unsigned long long)d.coefficient, (int)d.scale, (int)d.negative);
 		assert_string_equal(fmt(&d, buf), cases[i].formatted);
 	}
 }
@@ -132,10 +132,11 @@ static void
 test_decimal_parse_rejected_forms(void **state)
 {
 	static const char *const bad[] = {
-		"", "NaN", "nan", "-nan", "Infinity", "-Infinity", "inf", "INF", "0x10", " 1", "1 ",
-		"\t1", "1\n", "1..2", "1.2.3", "1e", "1e+", "1e-", "e3", "E3", "+", "-", ".", "+.",
-		"-.", ".e1", "--1", "+-1", "1-", "1e3.5", "1e3e4", "1,5", "1_000", "\xd9\xa1",
-		"0b1", "1e 3", "1f", "\"1\"", "null", "true",
+	        "",      "NaN",      "nan", "-nan", "Infinity", "-Infinity", "inf",   "INF",
+	        "0x10",  " 1",       "1 ",  "\t1",  "1\n",      "1..2",      "1.2.3", "1e",
+	        "1e+",   "1e-",      "e3",  "E3",   "+",        "-",         ".",     "+.",
+	        "-.",    ".e1",      "--1", "+-1",  "1-",       "1e3.5",     "1e3e4", "1,5",
+	        "1_000", "\xd9\xa1", "0b1", "1e 3", "1f",       "\"1\"",     "null",  "true",
 	};
 	struct decimal d = {.coefficient = 77, .scale = 7, .negative = true};
 
@@ -160,7 +161,10 @@ test_decimal_parse_size_bounded(void **state)
 	(void)state;
 	assert_int_equal(decimal_parse("12.5junk", 4, &d), 0);
 	assert_string_equal(fmt(&d, buf), "12.5");
-	assert_int_equal(decimal_parse("1\0" "2", 3, &d), -EINVAL);
+	assert_int_equal(decimal_parse("1\0"
+	                               "2",
+	                               3, &d),
+	                 -EINVAL);
 	assert_int_equal(decimal_parse("1", 0, &d), -EINVAL);
 }
 
@@ -284,27 +288,27 @@ test_decimal_cmp_across_scales(void **state)
 		const char *a, *b;
 		int expected;
 	} cases[] = {
-		{"2.40", "2.4", 0},
-		{"2.4000000000", "2.4", 0},
-		{"1e3", "1000.000", 0},
-		{"0", "-0.000", 0},
-		{"0.0", "0", 0},
-		{"2.41", "2.4", 1},
-		{"2.4", "2.41", -1},
-		{"10", "9.99999999", 1},
-		{"0.001", "0.0009999", 1},
-		{"-1", "0", -1},
-		{"0", "-0.0000001", 1},
-		{"-2.5", "-2.50", 0},
-		{"-2.5", "-2.4", -1},
-		{"-10", "-9.9", -1},
-		{"-1", "1", -1},
-		{"99999999999999999999999999999999999999",
-		 "9999999999999999999999999999999999999.9", 1},
-		{"0.00000000000000000000000000000000000001", "1e-38", 0},
-		{"1e-64", "0", 1},
-		{"12345678901234567890123456789012345678",
-		 "1.2345678901234567890123456789012345678e37", 0},
+	        {"2.40", "2.4", 0},
+	        {"2.4000000000", "2.4", 0},
+	        {"1e3", "1000.000", 0},
+	        {"0", "-0.000", 0},
+	        {"0.0", "0", 0},
+	        {"2.41", "2.4", 1},
+	        {"2.4", "2.41", -1},
+	        {"10", "9.99999999", 1},
+	        {"0.001", "0.0009999", 1},
+	        {"-1", "0", -1},
+	        {"0", "-0.0000001", 1},
+	        {"-2.5", "-2.50", 0},
+	        {"-2.5", "-2.4", -1},
+	        {"-10", "-9.9", -1},
+	        {"-1", "1", -1},
+	        {"99999999999999999999999999999999999999",
+	         "9999999999999999999999999999999999999.9", 1},
+	        {"0.00000000000000000000000000000000000001", "1e-38", 0},
+	        {"1e-64", "0", 1},
+	        {"12345678901234567890123456789012345678",
+	         "1.2345678901234567890123456789012345678e37", 0},
 	};
 
 	(void)state;
@@ -313,8 +317,8 @@ test_decimal_cmp_across_scales(void **state)
 		int ab = decimal_cmp(&a, &b), ba = decimal_cmp(&b, &a);
 
 		if (ab != cases[i].expected || ba != -cases[i].expected)
-			fail_msg("cmp(%s, %s) = %d / %d, expected %d", cases[i].a, cases[i].b,
-				 ab, ba, cases[i].expected);
+			fail_msg("cmp(%s, %s) = %d / %d, expected %d", cases[i].a, cases[i].b, ab,
+			         ba, cases[i].expected);
 	}
 }
 
@@ -325,14 +329,14 @@ test_decimal_add_exact(void **state)
 	static const struct {
 		const char *a, *b, *sum, *difference;
 	} cases[] = {
-		{"0.1", "0.2", "0.3", "-0.1"},
-		{"2.4000000000", "1", "3.4000000000", "1.4000000000"},
-		{"1e3", "0.001", "1000.001", "999.999"},
-		{"-3.5", "3.5", "0.0", "-7.0"},
-		{"0.0416666667", "0.0416666667", "0.0833333334", "0.0000000000"},
-		{"123456.1234567891", "0.0000000009", "123456.1234567900", "123456.1234567882"},
-		{"-1", "-2", "-3", "1"},
-		{"0", "0.00", "0.00", "0.00"},
+	        {"0.1", "0.2", "0.3", "-0.1"},
+	        {"2.4000000000", "1", "3.4000000000", "1.4000000000"},
+	        {"1e3", "0.001", "1000.001", "999.999"},
+	        {"-3.5", "3.5", "0.0", "-7.0"},
+	        {"0.0416666667", "0.0416666667", "0.0833333334", "0.0000000000"},
+	        {"123456.1234567891", "0.0000000009", "123456.1234567900", "123456.1234567882"},
+	        {"-1", "-2", "-3", "1"},
+	        {"0", "0.00", "0.00", "0.00"},
 	};
 	char buf[DECIMAL_STRING_MAX];
 
@@ -343,11 +347,11 @@ test_decimal_add_exact(void **state)
 		assert_int_equal(decimal_add(&a, &b, &r), 0);
 		if (strcmp(fmt(&r, buf), cases[i].sum) != 0)
 			fail_msg("%s + %s = %s, expected %s", cases[i].a, cases[i].b, buf,
-				 cases[i].sum);
+			         cases[i].sum);
 		assert_int_equal(decimal_sub(&a, &b, &r), 0);
 		if (strcmp(fmt(&r, buf), cases[i].difference) != 0)
 			fail_msg("%s - %s = %s, expected %s", cases[i].a, cases[i].b, buf,
-				 cases[i].difference);
+			         cases[i].difference);
 	}
 
 	struct decimal a = parse_ok("0.1"), b = parse_ok("0.2"), three = parse_ok("0.3"), r;
@@ -435,16 +439,16 @@ test_decimal_add_overflow(void **state)
 static void
 test_decimal_format_no_exponent(void **state)
 {
-	static const char *const inputs[] = {"1e37", "1e-64", "9.9e-63", "1E10", "-4.2e-20",
-					     "0e-64", "123e-2"};
+	static const char *const inputs[] = {"1e37",     "1e-64", "9.9e-63", "1E10",
+	                                     "-4.2e-20", "0e-64", "123e-2"};
 	static const char *const expected[] = {
-		"10000000000000000000000000000000000000",
-		"0.0000000000000000000000000000000000000000000000000000000000000001",
-		"0.0000000000000000000000000000000000000000000000000000000000000099",
-		"10000000000",
-		"-0.000000000000000000042",
-		"0.0000000000000000000000000000000000000000000000000000000000000000",
-		"1.23",
+	        "10000000000000000000000000000000000000",
+	        "0.0000000000000000000000000000000000000000000000000000000000000001",
+	        "0.0000000000000000000000000000000000000000000000000000000000000099",
+	        "10000000000",
+	        "-0.000000000000000000042",
+	        "0.0000000000000000000000000000000000000000000000000000000000000000",
+	        "1.23",
 	};
 	char buf[DECIMAL_STRING_MAX];
 
@@ -485,19 +489,19 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_decimal_parse_accepted_forms),
-		cmocka_unit_test(test_decimal_parse_rejected_forms),
-		cmocka_unit_test(test_decimal_parse_size_bounded),
-		cmocka_unit_test(test_decimal_parse_digit_limit),
-		cmocka_unit_test(test_decimal_parse_exponent_range),
-		cmocka_unit_test(test_decimal_parse_negative_zero),
-		cmocka_unit_test(test_decimal_parse_testdata_quantity),
-		cmocka_unit_test(test_decimal_cmp_across_scales),
-		cmocka_unit_test(test_decimal_add_exact),
-		cmocka_unit_test(test_decimal_add_many_small),
-		cmocka_unit_test(test_decimal_add_overflow),
-		cmocka_unit_test(test_decimal_format_no_exponent),
-		cmocka_unit_test(test_decimal_normalize_canonical),
+	        cmocka_unit_test(test_decimal_parse_accepted_forms),
+	        cmocka_unit_test(test_decimal_parse_rejected_forms),
+	        cmocka_unit_test(test_decimal_parse_size_bounded),
+	        cmocka_unit_test(test_decimal_parse_digit_limit),
+	        cmocka_unit_test(test_decimal_parse_exponent_range),
+	        cmocka_unit_test(test_decimal_parse_negative_zero),
+	        cmocka_unit_test(test_decimal_parse_testdata_quantity),
+	        cmocka_unit_test(test_decimal_cmp_across_scales),
+	        cmocka_unit_test(test_decimal_add_exact),
+	        cmocka_unit_test(test_decimal_add_many_small),
+	        cmocka_unit_test(test_decimal_add_overflow),
+	        cmocka_unit_test(test_decimal_format_no_exponent),
+	        cmocka_unit_test(test_decimal_normalize_canonical),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

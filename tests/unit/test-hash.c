@@ -46,17 +46,17 @@ test_hash_sha256_hex_known_vectors(void **state)
 	(void)state;
 	hash_sha256_hex("", 0, out);
 	assert_string_equal(out,
-			    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+	                    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
 	hash_sha256_hex("abc", 3, out);
 	assert_string_equal(out,
-			    "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+	                    "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 	hash_sha256_hex(two_blocks, strlen(two_blocks), out);
 	assert_string_equal(out,
-			    "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+	                    "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
 	/* size is honoured: "abc" with its terminator is a different message */
 	hash_sha256_hex("abc", 4, out);
 	assert_string_not_equal(out,
-				"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+	                        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 	assert_int_equal(strlen(out), HASH_SHA256_HEX_LEN);
 }
 
@@ -124,17 +124,17 @@ test_hash_record_key_text_shape(void **state)
 	page = json_load_file(TESTDATA_DIR "/usage-page-1.json", 0, &error);
 	if (!page)
 		fail_msg("usage-page-1.json: %s", error.text);
-	text = record_key_text("2026-11-01T10:00:00Z",
-			       json_object_get(json_array_get(json_object_get(page, "value"), 0),
-					       "properties"));
+	text = record_key_text(
+	        "2026-11-01T10:00:00Z",
+	        json_object_get(json_array_get(json_object_get(page, "value"), 0), "properties"));
 	assert_string_equal(text,
-			    "2026-11-01T10:00:00Z\n"
-			    "c79389af-4480-48cc-8fa2-ee8ced8e843d\n"
-			    "fab6eb84500b4a09a8ca7358f8bbaea5\n"
-			    "2026-11-01T09:00:00Z\n"
-			    "2026-11-01T10:00:00Z\n"
-			    "/subscriptions/c79389af-4480-48cc-8fa2-ee8ced8e843d/resourcegroups/"
-			    "web/providers/microsoft.compute/virtualmachines/web01");
+	                    "2026-11-01T10:00:00Z\n"
+	                    "c79389af-4480-48cc-8fa2-ee8ced8e843d\n"
+	                    "fab6eb84500b4a09a8ca7358f8bbaea5\n"
+	                    "2026-11-01T09:00:00Z\n"
+	                    "2026-11-01T10:00:00Z\n"
+	                    "/subscriptions/c79389af-4480-48cc-8fa2-ee8ced8e843d/resourcegroups/"
+	                    "web/providers/microsoft.compute/virtualmachines/web01");
 }
 
 /* Every record of the two usage pages hashes to its key in record-keys.tsv. */
@@ -161,7 +161,8 @@ test_hash_sha256_hex_record_keys_match_testdata(void **state)
 			fail_msg("%s: %s", path, error.text);
 		value = json_object_get(page, "value");
 		assert_true(json_is_array(value));
-		json_array_foreach(value, i, record) {
+		json_array_foreach(value, i, record)
+		{
 			json_t *props = json_object_get(record, "properties");
 			const char *sub, *meter;
 			struct key_row *row = NULL;
@@ -182,7 +183,7 @@ test_hash_sha256_hex_record_keys_match_testdata(void **state)
 			hash_sha256_hex(text, strlen(text), key);
 			if (!streq(key, row->key))
 				fail_msg("%s %s %s: key %s, expected %s\n%s", pages[p], sub, meter,
-					 key, row->key, text);
+				         key, row->key, text);
 			row->seen = true;
 			nrecords++;
 
@@ -250,7 +251,7 @@ record_key_text(const char *hour, json_t *properties)
 	if (!instance)
 		fail_msg("instanceData: %s", error.text);
 	s = json_string_value(
-		json_object_get(json_object_get(instance, "Microsoft.Resources"), "resourceUri"));
+	        json_object_get(json_object_get(instance, "Microsoft.Resources"), "resourceUri"));
 	assert_non_null(s);
 	uri = strdup(s);
 	assert_non_null(uri);
@@ -259,7 +260,7 @@ record_key_text(const char *hour, json_t *properties)
 	normalize_time(json_string_value(json_object_get(properties, "usageStartTime")), start);
 	normalize_time(json_string_value(json_object_get(properties, "usageEndTime")), end);
 	assert_true(asprintf(&text, "%s\n%s\n%s\n%s\n%s\n%s", hour, sub, meter, start, end, uri) >
-		    0);
+	            0);
 	return text;
 }
 
@@ -282,7 +283,7 @@ read_key_rows(struct key_row rows[static KEY_ROWS_MAX])
 		assert_true(n < KEY_ROWS_MAX);
 		*r = (struct key_row){0};
 		if (sscanf(line, "%63[^\t]\t%31[^\t]\t%63[^\t]\t%63[^\t]\t%64[0-9a-f]", r->file,
-			   r->hour, r->subscription, r->meter, r->key) != 5)
+		           r->hour, r->subscription, r->meter, r->key) != 5)
 			fail_msg("record-keys.tsv: bad line: %s", line);
 		assert_int_equal(strlen(r->key), HASH_SHA256_HEX_LEN);
 		n++;
@@ -295,11 +296,11 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_hash_sha256_hex_known_vectors),
-		cmocka_unit_test(test_hash_uuid4_shape),
-		cmocka_unit_test(test_hash_uuid4_unique),
-		cmocka_unit_test(test_hash_record_key_text_shape),
-		cmocka_unit_test(test_hash_sha256_hex_record_keys_match_testdata),
+	        cmocka_unit_test(test_hash_sha256_hex_known_vectors),
+	        cmocka_unit_test(test_hash_uuid4_shape),
+	        cmocka_unit_test(test_hash_uuid4_unique),
+	        cmocka_unit_test(test_hash_record_key_text_shape),
+	        cmocka_unit_test(test_hash_sha256_hex_record_keys_match_testdata),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

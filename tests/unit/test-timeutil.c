@@ -36,7 +36,7 @@ assert_parses_to(const char *s, int64_t t)
 
 	if (r != 0 || got != t)
 		fail_msg("time_parse_rfc3339(\"%s\") = %d, %lld; expected 0, %lld", s, r,
-			 (long long)got, (long long)t);
+		         (long long)got, (long long)t);
 }
 
 /* UTC written as Z, z, +00:00 or -00:00 is the same instant. */
@@ -90,11 +90,11 @@ static void
 test_time_parse_rfc3339_invalid_dates(void **state)
 {
 	static const char *const bad[] = {
-		"2026-02-30T00:00:00Z", "2026-02-29T00:00:00Z", "2026-04-31T00:00:00Z",
-		"2026-13-01T00:00:00Z", "2026-00-01T00:00:00Z", "2026-01-00T00:00:00Z",
-		"2026-01-32T00:00:00Z", "2026-11-01T24:00:00Z", "2026-11-01T10:60:00Z",
-		"2026-11-01T10:00:60Z", "2026-11-01T10:00:00+24:00", "2026-11-01T10:00:00+01:60",
-		"1969-12-31T23:59:59Z", "2100-02-29T00:00:00Z", "1900-02-29T00:00:00Z",
+	        "2026-02-30T00:00:00Z", "2026-02-29T00:00:00Z",      "2026-04-31T00:00:00Z",
+	        "2026-13-01T00:00:00Z", "2026-00-01T00:00:00Z",      "2026-01-00T00:00:00Z",
+	        "2026-01-32T00:00:00Z", "2026-11-01T24:00:00Z",      "2026-11-01T10:60:00Z",
+	        "2026-11-01T10:00:60Z", "2026-11-01T10:00:00+24:00", "2026-11-01T10:00:00+01:60",
+	        "1969-12-31T23:59:59Z", "2100-02-29T00:00:00Z",      "1900-02-29T00:00:00Z",
 	};
 	int64_t t = 42;
 
@@ -126,24 +126,24 @@ static void
 test_time_parse_rfc3339_trailing_garbage(void **state)
 {
 	static const char *const bad[] = {
-		"",
-		"2026-11-01",
-		"2026-11-01T10:00Z",
-		"2026-11-01T10:00:00",
-		"2026-11-01 10:00:00Z",
-		"2026-11-01T10:00:00Zx",
-		"2026-11-01T10:00:00Z ",
-		" 2026-11-01T10:00:00Z",
-		"2026-11-01T10:00:00+00:00Z",
-		"2026-11-01T10:00:00+0000",
-		"2026-11-01T10:00:00+00",
-		"2026-11-01T10:00:00+00:000",
-		"2026-1-01T10:00:00Z",
-		"26-11-01T10:00:00Z",
-		"2026/11/01T10:00:00Z",
-		"2026-11-01T1a:00:00Z",
-		"+2026-11-01T10:00:00Z",
-		"2026-11-01T10:00:00UTC",
+	        "",
+	        "2026-11-01",
+	        "2026-11-01T10:00Z",
+	        "2026-11-01T10:00:00",
+	        "2026-11-01 10:00:00Z",
+	        "2026-11-01T10:00:00Zx",
+	        "2026-11-01T10:00:00Z ",
+	        " 2026-11-01T10:00:00Z",
+	        "2026-11-01T10:00:00+00:00Z",
+	        "2026-11-01T10:00:00+0000",
+	        "2026-11-01T10:00:00+00",
+	        "2026-11-01T10:00:00+00:000",
+	        "2026-1-01T10:00:00Z",
+	        "26-11-01T10:00:00Z",
+	        "2026/11/01T10:00:00Z",
+	        "2026-11-01T1a:00:00Z",
+	        "+2026-11-01T10:00:00Z",
+	        "2026-11-01T10:00:00UTC",
 	};
 	int64_t t = 42;
 
@@ -163,8 +163,17 @@ static void
 test_time_format_rfc3339_round_trip(void **state)
 {
 	static const int64_t times[] = {
-		0, 1, 59, 3600, 951868799, 1709164800, T_2026_11_01_10, T_2026_11_01_10 + 3599,
-		INT64_C(2147483648), INT64_C(4107542400), INT64_C(253402300799),
+	        0,
+	        1,
+	        59,
+	        3600,
+	        951868799,
+	        1709164800,
+	        T_2026_11_01_10,
+	        T_2026_11_01_10 + 3599,
+	        INT64_C(2147483648),
+	        INT64_C(4107542400),
+	        INT64_C(253402300799),
 	};
 	char buf[TIME_RFC3339_LEN + 1];
 
@@ -224,8 +233,8 @@ static void
 test_timeutil_set_clock_seam(void **state)
 {
 	struct fake_clock fake = {
-		.realtime = (uint64_t)T_2026_11_01_10 * USEC_PER_SEC + 999999,
-		.monotonic = 5 * USEC_PER_SEC,
+	        .realtime = (uint64_t)T_2026_11_01_10 * USEC_PER_SEC + 999999,
+	        .monotonic = 5 * USEC_PER_SEC,
 	};
 	const struct timeutil_clock clock = {fake_realtime, fake_monotonic, &fake};
 	uint64_t before;
@@ -254,15 +263,15 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_time_parse_rfc3339_utc_forms),
-		cmocka_unit_test(test_time_parse_rfc3339_offsets),
-		cmocka_unit_test(test_time_parse_rfc3339_fractions),
-		cmocka_unit_test(test_time_parse_rfc3339_invalid_dates),
-		cmocka_unit_test(test_time_parse_rfc3339_leap_years),
-		cmocka_unit_test(test_time_parse_rfc3339_trailing_garbage),
-		cmocka_unit_test(test_time_format_rfc3339_round_trip),
-		cmocka_unit_test(test_time_on_hour_boundaries),
-		cmocka_unit_test(test_timeutil_set_clock_seam),
+	        cmocka_unit_test(test_time_parse_rfc3339_utc_forms),
+	        cmocka_unit_test(test_time_parse_rfc3339_offsets),
+	        cmocka_unit_test(test_time_parse_rfc3339_fractions),
+	        cmocka_unit_test(test_time_parse_rfc3339_invalid_dates),
+	        cmocka_unit_test(test_time_parse_rfc3339_leap_years),
+	        cmocka_unit_test(test_time_parse_rfc3339_trailing_garbage),
+	        cmocka_unit_test(test_time_format_rfc3339_round_trip),
+	        cmocka_unit_test(test_time_on_hour_boundaries),
+	        cmocka_unit_test(test_timeutil_set_clock_seam),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
