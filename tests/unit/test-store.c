@@ -1938,6 +1938,219 @@ test_store_loop_queries_use_indexes(void **state)
 	sqlite3_close(db);
 }
 
+/* A version-1 file keeps its raw texts and batch ids: a retried batch is re-sent under its id. */
+static void
+test_store_open_migrates_version_1_raw_and_batches(void **state)
+{
+	static const char uuid[] = "5f0c2d1e-8a7b-4c3d-9e2f-1a0b3c4d5e6f";
+	struct fixture *f = *state;
+	struct store_record r = {0};
+	struct store_batch b;
+	struct map_state m = {0};
+	sqlite3 *db = NULL;
+	size_t applied = 0;
+
+	f->store = store_free(f->store);
+	unlink(f->path);
+	assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, v1_ddl, NULL, NULL, NULL), SQLITE_OK);
+	assert_int_equal(
+	        sqlite3_exec(
+	                db,
+	                "INSERT INTO records (state, key, reported_hour, subscription_id, meter_id,"
+	                " quantity, event_size, next_attempt_at, collected_at, batch_id, attempts,"
+	                " charged_subscription, charge_reason, raw) VALUES"
+	                " (0, 'aabbccdd00112233aabbccdd00112233aabbccdd00112233aabbccdd00112233',"
+	                " 1793523600, 'sub', 'meter', '1.50', 700, 20, 10,"
+	                " '5f0c2d1e-8a7b-4c3d-9e2f-1a0b3c4d5e6f', 1, 'charged', 'default',"
+	                " '{\"raw\":1}'),"
+	                " (0, 'ffeeddcc00112233aabbccdd00112233aabbccdd00112233aabbccdd00112233',"
+	                " 1793523600, 'sub', 'meter', '2', 700, 10, 10, NULL, 0, NULL, NULL,"
+	                " '{\"raw\":2}');"
+	                " UPDATE counts SET n = 2 WHERE state = 0;",
+	                NULL, NULL, NULL),
+	        SQLITE_OK);
+	sqlite3_close(db);
+	reopen(f);
+
+	/* the old columns are gone, their values kept */
+	assert_int_equal(side_int(f->path, "SELECT count(*) FROM pragma_table_info('records')"
+	                                   " WHERE name IN ('raw', 'batch_id')"),
+	                 0);
+	assert_int_equal(side_int(f->path, "SELECT count(*) FROM records_raw"), 2);
+	assert_int_equal(store_record_find(f->store, "aabbccdd", -1, &r), 0);
+	assert_string_equal(r.raw, "{\"raw\":1}");
+	assert_string_equal(r.batch_id, uuid);
+	assert_int_equal(r.attempts, 1);
+	store_record_done(&r);
+	assert_int_equal(store_record_find(f->store, "ffeeddcc", -1, &r), 0);
+	assert_string_equal(r.raw, "{\"raw\":2}");
+	assert_null(r.batch_id);
+	store_record_done(&r);
+	check_counts(f);
+
+	/* the oldest due record (next attempt 10) is not batched: a new batch takes only it */
+	claim(f->store, &m, 500, 0, NOW, &b);
+	assert_int_equal(b.n_records, 1);
+	assert_string_equal(b.records[0].key,
+	                    "ffeeddcc00112233aabbccdd00112233aabbccdd00112233aabbccdd00112233");
+	assert_string_not_equal(b.batch_id, uuid);
+	assert_null(b.records[0].raw);
+	store_batch_done(&b);
+	/* then the migrated batch, under its old id */
+	claim(f->store, &m, 500, 0, NOW, &b);
+	assert_int_equal(b.n_records, 1);
+	assert_string_equal(b.batch_id, uuid);
+	assert_string_equal(b.records[0].batch_id, uuid);
+	assert_int_equal(b.attempts, 1);
+	assert_int_equal(
+	        store_apply_outcomes(f->store, uuid,
+	                             &(struct store_outcome){.id = b.records[0].id,
+	                                                     .kind = STORE_OUTCOME_FORWARDED,
+	                                                     .status = "Accepted"},
+	                             1, NOW, &applied),
+	        0);
+	assert_int_equal(applied, 1);
+	store_batch_done(&b);
+	check_counts(f);
+}
+
+/* A split batch's halves get their own batch ids, each re-sent whole under its id. */
+static void
+test_store_apply_outcomes_retry_new_batch_id(void **state)
+{
+	static const char split[] = "0d9c8b7a-6f5e-4d3c-8b2a-190817263544";
+	struct fixture *f = *state;
+	struct rec_data d[4];
+	struct store_batch b;
+	struct map_state m = {0};
+	struct store_outcome o[4];
+	char first[STORE_BATCH_ID_LEN + 1];
+	size_t applied = 0;
+
+	for (unsigned i = 0; i < 4; i++)
+		rec_init(&d[i], 40 + i, SUB_A, "1");
+	assert_int_equal(put(f->store, d, 4, NULL), 0);
+	claim(f->store, &m, 4, 0, NOW, &b);
+	assert_int_equal(b.n_records, 4);
+	memcpy(first, b.batch_id, sizeof(first));
+	for (size_t i = 0; i < 4; i++)
+		o[i] = (struct store_outcome){.id = b.records[i].id,
+		                              .kind = STORE_OUTCOME_RETRY,
+		                              .next_attempt_at = NOW + 10,
+		                              .new_batch_id = i < 2 ? split : NULL};
+	assert_int_equal(store_apply_outcomes(f->store, first, o, 4, NOW, &applied), 0);
+	assert_int_equal(applied, 4);
+	store_batch_done(&b);
+	assert_int_equal(side_int(f->path, "SELECT count(*) FROM batches"), 2);
+	check_counts(f);
+
+	/* the first two records lead, now under the new id */
+	claim(f->store, &m, 4, 0, NOW + 10, &b);
+	assert_int_equal(b.n_records, 2);
+	assert_string_equal(b.batch_id, split);
+	assert_string_equal(b.records[0].key, d[0].key);
+	assert_string_equal(b.records[1].key, d[1].key);
+	/* the old id no longer names them */
+	assert_int_equal(store_apply_outcomes(f->store, first, o, 2, NOW, &applied), 0);
+	assert_int_equal(applied, 0);
+	store_batch_done(&b);
+	claim(f->store, &m, 4, 0, NOW + 10, &b);
+	assert_int_equal(b.n_records, 2);
+	assert_string_equal(b.batch_id, first);
+	assert_string_equal(b.records[0].key, d[2].key);
+	store_batch_done(&b);
+	check_counts(f);
+}
+
+/* Pruning takes the raw texts and the batches nobody names any more along, also of conflict rows
+ * deleted with their original. */
+static void
+test_store_prune_removes_raw_and_batches(void **state)
+{
+	struct fixture *f = *state;
+	struct rec_data d[2];
+	size_t n = 0;
+	int64_t cid;
+
+	rec_init(&d[0], 1, SUB_A, "2");
+	rec_init(&d[1], 2, SUB_A, "3");
+	(void)drive(f->store, &d[0], STORE_OUTCOME_FORWARDED);
+	(void)drive(f->store, &d[1], STORE_OUTCOME_DEAD);
+	cid = make_conflict(f->store, &d[0], "1");
+	assert_int_equal(store_conflict_reject(f->store, cid, "x", NULL, NOW), 0);
+	assert_int_equal(side_int(f->path, "SELECT count(*) FROM records_raw"), 3);
+	assert_int_equal(side_int(f->path, "SELECT count(*) FROM batches"), 2);
+
+	assert_int_equal(store_prune(f->store, NOW + 1, 100, &n), 0);
+	assert_int_equal(n, 1);
+	/* the dead letter stays with its raw text and its batch */
+	assert_int_equal(side_int(f->path, "SELECT count(*) FROM records"), 1);
+	assert_int_equal(side_int(f->path, "SELECT count(*) FROM records_raw"), 1);
+	assert_int_equal(
+	        side_int(f->path, "SELECT count(*) FROM records_raw r JOIN records USING (id)"), 1);
+	assert_int_equal(side_int(f->path, "SELECT count(*) FROM batches"), 1);
+	assert_int_equal(side_int(f->path, "SELECT count(*) FROM batches b JOIN records r"
+	                                   " ON r.batch = b.id"),
+	                 1);
+	check_counts(f);
+}
+
+/* Accepting a changed quantity for an unforwarded original also takes the new raw text. */
+static void
+test_store_conflict_accept_replaces_raw(void **state)
+{
+	struct fixture *f = *state;
+	struct rec_data d;
+	struct store_record r = {0};
+	int64_t cid;
+
+	rec_init(&d, 7, SUB_A, "2.4");
+	assert_int_equal(put(f->store, &d, 1, NULL), 0);
+	snprintf(d.raw, sizeof(d.raw), "{\"changed\":true}");
+	cid = make_conflict(f->store, &d, "2.5");
+	assert_int_equal(store_conflict_accept(f->store, cid, "ops", NULL, NOW), 0);
+	assert_int_equal(store_record_find(f->store, d.key, STORE_PENDING, &r), 0);
+	assert_string_equal(r.quantity, "2.5");
+	assert_string_equal(r.raw, "{\"changed\":true}");
+	store_record_done(&r);
+}
+
+/* The oldest pending record is found by when it was collected, not by when it is due. */
+static void
+test_store_oldest_pending_after_retry(void **state)
+{
+	struct fixture *f = *state;
+	struct rec_data d[2];
+	struct store_record rec;
+	struct store_batch b;
+	struct map_state m = {0};
+	struct store_page page = {.reported_hour = T0, .scope = "", .n_records = 1};
+	int64_t t = 0;
+
+	rec_init(&d[0], 1, SUB_A, "1");
+	rec_init(&d[1], 2, SUB_A, "1");
+	assert_int_equal(put(f->store, &d[0], 1, NULL), 0); /* collected at NOW */
+	claim(f->store, &m, 1, 0, NOW, &b);
+	assert_int_equal(
+	        store_apply_outcomes(f->store, b.batch_id,
+	                             &(struct store_outcome){.id = b.records[0].id,
+	                                                     .kind = STORE_OUTCOME_RETRY,
+	                                                     .next_attempt_at = NOW + 1000},
+	                             1, NOW, NULL),
+	        0);
+	store_batch_done(&b);
+	rec = d[1].rec;
+	page.records = &rec;
+	page.now = NOW + 10;
+	assert_int_equal(store_put_page(f->store, &page, NULL), 0);
+
+	assert_int_equal(store_next_due(f->store, &t), 0);
+	assert_int_equal(t, NOW + 10);
+	assert_int_equal(store_oldest_pending(f->store, &t), 0);
+	assert_int_equal(t, NOW);
+}
+
 /* Run every store test on its own fresh database. */
 int
 main(void)
@@ -1979,6 +2192,11 @@ main(void)
 	        T(test_store_records_query_callback_may_write),
 	        T(test_store_errors_translated),
 	        T(test_store_loop_queries_use_indexes),
+	        T(test_store_open_migrates_version_1_raw_and_batches),
+	        T(test_store_apply_outcomes_retry_new_batch_id),
+	        T(test_store_prune_removes_raw_and_batches),
+	        T(test_store_conflict_accept_replaces_raw),
+	        T(test_store_oldest_pending_after_retry),
 #undef T
 	};
 
