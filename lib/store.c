@@ -773,7 +773,15 @@ store_open(const struct store_options *options, struct store **ret, char **ret_e
 	rc = sqlite3_exec(s->db,
 	                  "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;"
 	                  " PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;"
-	                  " PRAGMA journal_size_limit = 67108864;",
+	                  " PRAGMA journal_size_limit = 67108864;"
+	                  /* checkpoint every 64 MB of WAL, not every 16 MB: index pages written by
+	                   * many transactions are copied into the file once (bench-store, 1,000,000
+	                   * records, two runs each: put 174,000-182,000 -> 191,000-209,000
+	                   * records/s); the WAL stays within journal_size_limit. Tried and not
+	                   * kept: 4 and 8 KiB pages (put 150,000 and 156,000 against 166,000 in the
+	                   * same hour, claim slower too) and a 64 MiB cache (no faster, 33 MB more
+	                   * memory). */
+	                  " PRAGMA wal_autocheckpoint = 4000;",
 	                  NULL, NULL, NULL);
 	if (rc != SQLITE_OK) {
 		r = fail(s, rc);

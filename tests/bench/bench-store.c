@@ -8,7 +8,7 @@
  * store_apply_outcomes (forwarded) in batches of 500. The same rows are then inserted by a bare
  * prepared-statement loop on an own SQLite connection into a file with the store's own schema
  * (the record row and its raw text in records_raw; 1,000-row transactions, WAL,
- * synchronous=NORMAL, the store's cache size): the raw reference. Only the store
+ * synchronous=NORMAL, the store's cache and checkpoint sizes): the raw reference. Only the store
  * calls (and, for the reference, the bind/step/commit loop) are timed, not making up the records.
  *
  * Prints records/s per phase, the ratio to the reference, the peak RSS, and PASS/FAIL for the
@@ -381,7 +381,7 @@ bench_raw(const char *path, uint64_t n, double *ret)
 		/* the store's settings, so the comparison is of the code, not of the cache */
 		rc = sqlite3_exec(db,
 		                  "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"
-		                  " PRAGMA cache_size = -32768;",
+		                  " PRAGMA cache_size = -32768; PRAGMA wal_autocheckpoint = 4000;",
 		                  NULL, NULL, NULL);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_prepare_v2(db, insert, -1, &st, NULL);
