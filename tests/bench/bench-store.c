@@ -179,7 +179,8 @@ bench_page_make(struct bench_page *p, uint64_t first, size_t n)
 		               "%s\n%s\nfab6eb84500b4a09a8ca7358f8bbae%02u\n%s\n%s\n%s", hour,
 		               s->subscription, (unsigned)(k % 20), start, end, s->resource_uri);
 		hash_sha256_hex(identity, (size_t)len, s->key);
-		/* the record as the stamp sends it, less the id, name and times that repeat the rest */
+		/* the record as the stamp sends it, less the id, name and times that repeat the
+		 * rest */
 		snprintf(s->raw, sizeof(s->raw),
 		         "{\"properties\":{\"subscriptionId\":\"%s\",\"instanceData\":\""
 		         "{\\\"Microsoft.Resources\\\":{\\\"resourceUri\\\":\\\"%s\\\","
