@@ -129,14 +129,15 @@ static void pending_free(struct pending *p);
 static void handle_metadata(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q,
                             struct sim_response *r);
 static void handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q,
-                         const char *path, struct sim_response *r);
+                         const char *path, char **seg, struct sim_response *r);
 static void handle_subscriptions(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q,
-                                 const char *path, struct sim_response *r);
+                                 const char *path, char **seg, struct sim_response *r);
 static void handle_arm(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q,
                        const char *path, char **seg, int nseg, struct sim_response *r);
 static void handle_control(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q,
                            const char *path, struct sim_response *r);
 static void customer_entry(struct sim *s, const struct sim_tenant *t, struct evbuffer *b);
+static bool subscription_known(const char *id, const char *expected, struct sim_response *r);
 static const char *arm_message(const char *code);
 static const char *host_of(struct evhttp_request *req);
 static void append_encoded(struct evbuffer *b, const char *s);
@@ -501,10 +502,10 @@ on_request(struct evhttp_request *req, void *arg)
 		identity_token(s, req, path, &r);
 		break;
 	case SIM_EP_USAGE:
-		handle_usage(s, req, &q, path, &r);
+		handle_usage(s, req, &q, path, seg, &r);
 		break;
 	case SIM_EP_SUBSCRIPTIONS:
-		handle_subscriptions(s, req, &q, path, &r);
+		handle_subscriptions(s, req, &q, path, seg, &r);
 		break;
 	case SIM_EP_ARM:
 		handle_arm(s, req, &q, path, seg, nseg, &r);
@@ -1018,7 +1019,7 @@ handle_metadata(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q,
 /* The usage API: one reported hour, pages of pre-formatted records, nextLink with a token. */
 static void
 handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, const char *path,
-             struct sim_response *r)
+             char **seg, struct sim_response *r)
 {
 	struct sim_world *w = &s->world;
 	const char *start = evhttp_find_header(q, "reportedStartTime");
@@ -1041,7 +1042,8 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 		sim_arm_error(r, 405, "MethodNotAllowed", "Use GET.");
 		return;
 	}
-	if (!identity_check(s, req, w->aud_stack, r))
+	if (!identity_check(s, req, w->aud_stack, r) ||
+	    !subscription_known(seg[1], w->provider_sub, r))
 		return;
 	if (!version || !streq(version, USAGE_API_VERSION)) {
 		sim_arm_error(r, 400,
@@ -1172,7 +1174,7 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 /* The admin user-subscriptions list, paged with $skipToken. */
 static void
 handle_subscriptions(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q,
-                     const char *path, struct sim_response *r)
+                     const char *path, char **seg, struct sim_response *r)
 {
 	struct sim_world *w = &s->world;
 	const char *version = evhttp_find_header(q, "api-version");
@@ -1184,7 +1186,8 @@ handle_subscriptions(struct sim *s, struct evhttp_request *req, struct evkeyvalq
 		sim_arm_error(r, 405, "MethodNotAllowed", "Use GET.");
 		return;
 	}
-	if (!identity_check(s, req, w->aud_stack, r))
+	if (!identity_check(s, req, w->aud_stack, r) ||
+	    !subscription_known(seg[1], w->provider_sub, r))
 		return;
 	if (!version || !streq(version, SUBS_API_VERSION)) {
 		sim_arm_error(r, 400,
@@ -1239,7 +1242,7 @@ handle_arm(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, const
 	const char *version = evhttp_find_header(q, "api-version");
 	int method = (int)evhttp_request_get_command(req);
 
-	if (!identity_check(s, req, w->aud_arm, r))
+	if (!identity_check(s, req, w->aud_arm, r) || !subscription_known(seg[1], w->reg_sub, r))
 		return;
 	if (!version || (!streq(version, "2017-06-01") && !streq(version, "2020-06-01-preview") &&
 	                 !streq(version, "2022-06-01"))) {
@@ -1247,11 +1250,6 @@ handle_arm(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, const
 		        r, 400,
 		        version ? "InvalidApiVersionParameter" : "MissingApiVersionParameter",
 		        "The api-version must be 2017-06-01, 2020-06-01-preview or 2022-06-01.");
-		return;
-	}
-	if (strcasecmp(seg[1], w->reg_sub) != 0) {
-		sim_arm_error(r, 404, "SubscriptionNotFound",
-		              "The subscription could not be found.");
 		return;
 	}
 	if (strcasecmp(seg[3], w->reg_rg) != 0 || strcasecmp(seg[7], w->reg_name) != 0) {
@@ -1513,6 +1511,22 @@ customer_entry(struct sim *s, const struct sim_tenant *t, struct evbuffer *b)
 	                    ",\"name\":\"%s/%s\",\"type\":\"Microsoft.AzureStack/registrations/"
 	                    "customerSubscriptions\",\"properties\":{\"tenantId\":\"%s\"}}",
 	                    s->world.reg_name, up, t->id);
+}
+
+/*
+ * Check the subscription segment of a path against the one this endpoint serves (any case, like
+ * ARM); false with ARM's 404 SubscriptionNotFound when it names another.
+ */
+static bool
+subscription_known(const char *id, const char *expected, struct sim_response *r)
+{
+	_cleanup_free_ char *message = NULL;
+
+	if (strcasecmp(id, expected) == 0)
+		return true;
+	message = xasprintf("The subscription '%s' could not be found.", id);
+	sim_arm_error(r, 404, "SubscriptionNotFound", message);
+	return false;
 }
 
 /* The documented message of an ARM error code. */

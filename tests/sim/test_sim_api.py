@@ -302,6 +302,34 @@ def test_usage_validates_query(sim):
     assert r.json() == load_testdata("usage-error-future.json")
 
 
+OTHER_SUB = "0badc0de-0000-4000-8000-000000000000"
+
+
+def test_usage_and_subscriptions_only_for_the_provider_subscription(sim):
+    tok = stack_token(sim)
+    provider = sim.world()["providerSubscription"]
+    subs_path = ("/subscriptions/%s/providers/Microsoft.Subscriptions.Admin/subscriptions"
+                 "?api-version=2015-11-01")
+    for path in (sim.usage_path(HOUR).replace(provider, OTHER_SUB), subs_path % OTHER_SUB):
+        r = sim.get(path, token=tok)
+        assert r.status == 404, path
+        assert r.json() == {"error": {"code": "SubscriptionNotFound", "message":
+                                      "The subscription '%s' could not be found." % OTHER_SUB}}
+    # ARM compares subscription ids without regard to case
+    for path in (sim.usage_path(HOUR).replace(provider, provider.upper()),
+                 subs_path % provider.upper()):
+        assert sim.get(path, token=tok).status == 200, path
+
+
+def test_registration_in_another_subscription_not_found(sim):
+    reg = sim.registration_path()
+    r = sim.get(reg.replace(sim.world()["defaultSubscription"], OTHER_SUB) +
+                "?api-version=2017-06-01", token=arm_token(sim))
+    assert r.status == 404
+    assert r.json()["error"] == {"code": "SubscriptionNotFound", "message":
+                                 "The subscription '%s' could not be found." % OTHER_SUB}
+
+
 def test_clock_moves_future_boundary(sim):
     tok = stack_token(sim)
     assert sim.get(sim.usage_path("2026-11-03T00:00:00Z"), token=tok).status == 400
