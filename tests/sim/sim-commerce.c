@@ -238,7 +238,9 @@ commerce_batch(struct sim *s, struct evhttp_request *req, struct sim_response *r
 			s->rejected++;
 		} else if ((rule = sim_fault_take(s, SIM_EP_COMMERCE, SIM_ACT_EVENTS, id, -1))) {
 			status = rule->code ? rule->code : "Error";
-			message = rule->message ? rule->message : "Simulated per-event fault.";
+			message = rule->message            ? rule->message
+			          : streq(status, "Error") ? "Try again."
+			                                   : "Simulated per-event fault.";
 			s->rejected++;
 		} else {
 			static const char *const keys[] = {
@@ -277,8 +279,10 @@ commerce_batch(struct sim *s, struct evhttp_request *req, struct sim_response *r
 		}
 		evbuffer_add_printf(r->body, ",\"status\":");
 		sim_json_str(r->body, status);
+		/* a transient Error carries the code InternalError (commerce-batch-response.json)
+		 */
 		evbuffer_add_printf(r->body, ",\"error\":{\"code\":");
-		sim_json_str(r->body, status);
+		sim_json_str(r->body, streq(status, "Error") ? "InternalError" : status);
 		evbuffer_add_printf(r->body, ",\"message\":");
 		sim_json_str(r->body, message);
 		evbuffer_add_printf(r->body, "}}");

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import load_testdata
-from azsim import Sim, scenario, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET
+from azsim import Sim, scenario, shape, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET
 
 NOW = "2026-11-03T00:00:00Z"
 HOUR = "2026-11-01T10:00:00Z"
@@ -190,13 +190,17 @@ def events(sim, n):
 def test_commerce_per_event_codes(sim):
     ev = events(sim, 5)
     ids = [e["usageEventId"] for e in ev]
-    sim.set_faults([{"endpoint": "commerce", "events": [ids[0]], "code": "Error"},
+    sim.set_faults([{"endpoint": "commerce", "events": [ids[0]]},
                     {"endpoint": "commerce", "events": [ids[1]], "code": "InvalidQuantity"},
                     {"endpoint": "commerce", "events": [ids[2]], "code": "Expired", "times": 1}])
     r = sim.commerce_post(ev)
     assert r.status == 200
     res = {x["usageEventId"]: x for x in r.json()["result"]}
-    assert res[ids[0]]["status"] == "Error" and res[ids[0]]["error"]["code"] == "Error"
+    # shaped like the Error entry of commerce-batch-response.json
+    ref = [x for x in load_testdata("commerce-batch-response.json")["result"]
+           if x["status"] == "Error"][0]
+    assert res[ids[0]]["status"] == "Error" and res[ids[0]]["error"] == ref["error"]
+    assert shape(res[ids[0]]) == shape(ref)
     assert res[ids[1]]["status"] == "InvalidQuantity"
     assert res[ids[2]]["status"] == "Expired"
     assert res[ids[3]]["status"] == "Accepted" and res[ids[4]]["status"] == "Accepted"
