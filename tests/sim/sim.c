@@ -61,10 +61,9 @@
 #include "timeutil.h"
 #include "xmalloc.h"
 
-#define USAGE_API_VERSION    "2015-06-01-preview"
-#define SUBS_API_VERSION     "2015-11-01"
-#define METADATA_API_VERSION "2015-01-01"
-#define MAX_SEGMENTS         16
+#define USAGE_API_VERSION "2015-06-01-preview"
+#define SUBS_API_VERSION  "2015-11-01"
+#define MAX_SEGMENTS      16
 
 /* A reply held back by a fault (delay, slow body, reset). */
 struct pending {
@@ -79,6 +78,13 @@ struct pending {
 	size_t chunk;
 	bool started;
 };
+
+/* The api-version values each endpoint accepts (NULL-terminated). */
+static const char *const metadata_versions[] = {"2015-01-01", NULL};
+static const char *const usage_versions[] = {USAGE_API_VERSION, NULL};
+static const char *const subs_versions[] = {SUBS_API_VERSION, NULL};
+static const char *const registration_versions[] = {"2017-06-01", "2020-06-01-preview",
+                                                    "2022-06-01", NULL};
 
 static const char *const endpoint_names[SIM_EP_MAX] = {
         "metadata", "token", "usage", "subscriptions", "arm", "commerce", "control", "unknown",
@@ -138,6 +144,8 @@ static void handle_control(struct sim *s, struct evhttp_request *req, struct evk
                            const char *path, struct sim_response *r);
 static void customer_entry(struct sim *s, const struct sim_tenant *t, struct evbuffer *b);
 static bool subscription_known(const char *id, const char *expected, struct sim_response *r);
+static bool api_version_ok(const char *version, const char *const *supported,
+                           struct sim_response *r);
 static const char *arm_message(const char *code);
 static const char *host_of(struct evhttp_request *req);
 static void append_encoded(struct evbuffer *b, const char *s);
@@ -1000,12 +1008,8 @@ handle_metadata(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q,
 	const char *v = evhttp_find_header(q, "api-version");
 	const char *host = host_of(req);
 
-	if (!v) {
-		sim_arm_error(r, 400, "MissingApiVersionParameter",
-		              "The api-version query parameter (?api-version=) is required for all "
-		              "requests.");
+	if (!api_version_ok(v, metadata_versions, r))
 		return;
-	}
 	evbuffer_add_printf(
 	        r->body,
 	        "{\"galleryEndpoint\":\"https://%s/gallery/\",\"graphEndpoint\":"
@@ -1045,12 +1049,8 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 	if (!identity_check(s, req, w->aud_stack, r) ||
 	    !subscription_known(seg[1], w->provider_sub, r))
 		return;
-	if (!version || !streq(version, USAGE_API_VERSION)) {
-		sim_arm_error(r, 400,
-		              version ? "InvalidApiVersionParameter" : "MissingApiVersionParameter",
-		              "The api-version must be " USAGE_API_VERSION ".");
+	if (!api_version_ok(version, usage_versions, r))
 		return;
-	}
 	if (!start || !end || time_parse_rfc3339(start, &ts) < 0 ||
 	    time_parse_rfc3339(end, &te) < 0) {
 		sim_arm_error(r, 400, "BadRequest",
@@ -1189,12 +1189,8 @@ handle_subscriptions(struct sim *s, struct evhttp_request *req, struct evkeyvalq
 	if (!identity_check(s, req, w->aud_stack, r) ||
 	    !subscription_known(seg[1], w->provider_sub, r))
 		return;
-	if (!version || !streq(version, SUBS_API_VERSION)) {
-		sim_arm_error(r, 400,
-		              version ? "InvalidApiVersionParameter" : "MissingApiVersionParameter",
-		              "The api-version must be " SUBS_API_VERSION ".");
+	if (!api_version_ok(version, subs_versions, r))
 		return;
-	}
 	evbuffer_add_printf(r->body, "{\"value\":[");
 	to = from;
 	for (size_t i = from, emitted = 0; i < w->n_subs; i++) {
@@ -1244,14 +1240,8 @@ handle_arm(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, const
 
 	if (!identity_check(s, req, w->aud_arm, r) || !subscription_known(seg[1], w->reg_sub, r))
 		return;
-	if (!version || (!streq(version, "2017-06-01") && !streq(version, "2020-06-01-preview") &&
-	                 !streq(version, "2022-06-01"))) {
-		sim_arm_error(
-		        r, 400,
-		        version ? "InvalidApiVersionParameter" : "MissingApiVersionParameter",
-		        "The api-version must be 2017-06-01, 2020-06-01-preview or 2022-06-01.");
+	if (!api_version_ok(version, registration_versions, r))
 		return;
-	}
 	if (strcasecmp(seg[3], w->reg_rg) != 0 || strcasecmp(seg[7], w->reg_name) != 0) {
 		sim_arm_error(r, 404, "RegistrationNotFound", NULL);
 		return;
@@ -1526,6 +1516,38 @@ subscription_known(const char *id, const char *expected, struct sim_response *r)
 		return true;
 	message = xasprintf("The subscription '%s' could not be found.", id);
 	sim_arm_error(r, 404, "SubscriptionNotFound", message);
+	return false;
+}
+
+/*
+ * Check an api-version query value against the versions an endpoint supports; false with ARM's
+ * 400 MissingApiVersionParameter or InvalidApiVersionParameter (naming the supported ones).
+ */
+static bool
+api_version_ok(const char *version, const char *const *supported, struct sim_response *r)
+{
+	_cleanup_free_ char *message = NULL;
+	struct evbuffer *list;
+
+	if (!version) {
+		sim_arm_error(r, 400, "MissingApiVersionParameter",
+		              "The api-version query parameter (?api-version=) is required for all "
+		              "requests.");
+		return false;
+	}
+	for (const char *const *v = supported; *v; v++)
+		if (streq(version, *v))
+			return true;
+	list = evbuffer_new();
+	if (!list)
+		abort();
+	for (const char *const *v = supported; *v; v++)
+		evbuffer_add_printf(list, "%s%s", v == supported ? "" : ",", *v);
+	evbuffer_add(list, "", 1);
+	message = xasprintf("The api-version '%s' is invalid. The supported versions are '%s'.",
+	                    version, (const char *)evbuffer_pullup(list, -1));
+	evbuffer_free(list);
+	sim_arm_error(r, 400, "InvalidApiVersionParameter", message);
 	return false;
 }
 

@@ -39,6 +39,21 @@ def test_metadata_matches_testdata_aad(sim):
     assert doc["authentication"]["audiences"] == [sim.audiences()["stack"]]
 
 
+def test_metadata_api_version_checked_like_other_endpoints(sim):
+    r = sim.get("/metadata/endpoints?api-version=2099-01-01")
+    assert r.status == 400
+    assert r.json() == {"error": {"code": "InvalidApiVersionParameter", "message":
+                                  "The api-version '2099-01-01' is invalid. The supported "
+                                  "versions are '2015-01-01'."}}
+    r = sim.get("/metadata/endpoints")
+    assert r.status == 400 and r.json()["error"]["code"] == "MissingApiVersionParameter"
+    # the same shape as the usage API's answer to an unsupported version
+    u = sim.get(sim.usage_path(HOUR, api_version="2099-01-01"), token=stack_token(sim))
+    assert u.status == 400 and shape(u.json()) == shape(r.json())
+    assert u.json()["error"]["message"] == ("The api-version '2099-01-01' is invalid. The "
+                                            "supported versions are '2015-06-01-preview'.")
+
+
 def test_metadata_adfs_variant():
     with Sim(scenario(identity="adfs"), now=NOW) as s:
         doc = s.get("/metadata/endpoints?api-version=2015-01-01").json()
