@@ -285,6 +285,7 @@ main(int argc, char **argv)
 		goto out;
 	}
 	s.hour_queries = json_object();
+	s.loops = json_object();
 	if (commerce_open(&s) < 0)
 		goto out;
 	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
@@ -360,6 +361,7 @@ out:
 	identity_reset(&s);
 	log_reset(&s);
 	json_decref(s.hour_queries);
+	json_decref(s.loops);
 	world_free(&s.world);
 	json_decref(sc);
 	free(authority);
@@ -1033,13 +1035,13 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 	const char *subscriber = evhttp_find_header(q, "subscriberId");
 	const char *token = evhttp_find_header(q, "continuationToken");
 	const struct sim_hour *hr;
-	struct sim_rule *loop, *change;
+	struct sim_rule *change;
 	int64_t ts, te;
 	long offset = 0, gen;
 	size_t emitted = 0, idx = 0, next = 0;
 	bool more = false;
 	char th[32];
-	_cleanup_free_ char *qkey = NULL;
+	_cleanup_free_ char *qkey = NULL, *lkey = NULL;
 	int usersub = -1;
 
 	if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
@@ -1133,8 +1135,15 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 	}
 	next = (size_t)offset + emitted;
 	evbuffer_add_printf(r->body, "]");
-	loop = sim_fault_take(s, SIM_EP_USAGE, SIM_ACT_NEXTLINK_LOOP, NULL, ts);
-	if (loop) {
+	/*
+	 * A nextLink loop answers with the very nextLink that led to this page (on the first page:
+	 * one to this offset, which then repeats itself), so a client that remembers the nextLinks
+	 * of the hour sees one again at once. Once fired, the loop lasts for this query.
+	 */
+	lkey = xasprintf("%s|%ld|%ld", qkey, gen, offset);
+	if ((token && json_object_get(s->loops, lkey)) ||
+	    sim_fault_take(s, SIM_EP_USAGE, SIM_ACT_NEXTLINK_LOOP, NULL, ts)) {
+		json_object_set_new(s->loops, lkey, json_true());
 		more = true;
 		next = (size_t)offset;
 	}
@@ -1463,6 +1472,7 @@ handle_control(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, c
 		memset(s->counts, 0, sizeof(s->counts));
 		world_reset_registrations(&s->world);
 		json_object_clear(s->hour_queries);
+		json_object_clear(s->loops);
 		s->pages_served = s->records_served = 0;
 		if (s->world.faults)
 			faults_load(s, s->world.faults, &err);

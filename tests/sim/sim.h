@@ -198,6 +198,7 @@ struct sim {
 	sqlite3 *db;
 	sqlite3_stmt *insert;
 	json_t *hour_queries; /* "hour|subscriber" -> number of first-page queries */
+	json_t *loops;        /* "hour|subscriber|query|offset" of pages whose nextLink loops */
 	uint64_t duplicates;
 	uint64_t rejected;
 	uint64_t batches;

@@ -160,13 +160,29 @@ def test_token_endpoint_fault(sim):
 
 
 def test_nextlink_loop(sim):
-    sim.set_faults([{"endpoint": "usage", "action": "nextLinkLoop", "times": 2}])
+    sim.set_faults([{"endpoint": "usage", "action": "nextLinkLoop", "times": 1}])
     first = usage(sim).json()
     link = first["nextLink"]
     second = sim.get(link, token=sim.tok).json()
-    assert second["nextLink"] == link  # the same nextLink again: a loop
-    third = sim.get(link, token=sim.tok).json()
-    assert "nextLink" not in third
+    assert second["nextLink"] == link  # a nextLink seen before in this hour: a loop
+    assert second["value"] == first["value"]
+    assert sim.get(link, token=sim.tok).json()["nextLink"] == link  # it stays a loop
+    assert sim.faults()[0]["fired"] == 1
+    assert "nextLink" not in usage(sim).json()  # the next query of the hour is clean
+
+
+def test_nextlink_loop_mid_hour():
+    with Sim(scenario(pageSize=7), now=NOW) as s:
+        tok = s.token(s.audiences()["stack"])
+        s.set_faults([{"endpoint": "usage", "action": "nextLinkLoop", "after": 1, "times": 1}])
+        seen = []
+        doc = s.get(s.usage_path(HOUR), token=tok).json()
+        while "nextLink" in doc and doc["nextLink"] not in seen:
+            seen.append(doc["nextLink"])
+            doc = s.get(seen[-1], token=tok).json()
+        # the second page answers with the nextLink that led to it: the client saw it before
+        assert len(seen) == 1 and doc["nextLink"] == seen[0]
+        assert len(doc["value"]) == 7
 
 
 def test_changed_quantity_on_second_query(sim):
