@@ -19,7 +19,8 @@
  *    "status": 503, "code", "message", "retryAfter": "2" | "http-date:+5",
  *    "action": "status|timeout|reset|slow|delay|malformed|events|poison|nextLinkLoop|
  *               changeQuantity",
- *    "times": N, "after": N, "rate": 0..1, "delayMs", "events": [usageEventId…], "hour", "count"}
+ *    "times": N, "after": N, "rate": 0..1, "delayMs", "events": [usageEventId…], "hour", "count",
+ *    "delta"}
  * A matching request counts as seen; the rule fires once seen > after, while fired < times and
  * (with rate) when the seeded generator draws below rate. status/timeout/reset/slow/delay/
  * malformed are applied here around the handler; events/poison (Commerce) and nextLinkLoop/
@@ -124,6 +125,8 @@ static void fault_reply(struct sim_rule *rule, int ep, struct sim_response *r);
 static struct sim_rule *fault_generic(struct sim *s, int ep, struct evhttp_request *req,
                                       const char *path);
 static bool rule_fires(struct sim *s, struct sim_rule *rule);
+static int delta_parse(const char *text, int64_t *ret);
+static uint64_t changed_quantity(uint64_t quantity, int64_t delta);
 static int faults_load(struct sim *s, json_t *plan, char **ret_error);
 static void faults_free(struct sim *s);
 static json_t *faults_dump(const struct sim *s);
@@ -732,6 +735,48 @@ rule_fires(struct sim *s, struct sim_rule *rule)
 	return true;
 }
 
+/*
+ * Parse a changeQuantity delta ("2.5", "-0.0000000001", "3") into integers of 10^-10, the unit of
+ * the generated quantities; at most 10 decimals and 8 integer digits.
+ */
+static int
+delta_parse(const char *text, int64_t *ret)
+{
+	const char *p = text + (*text == '-');
+	int64_t v = 0;
+	int ip = 0, fp = 0;
+
+	for (; *p >= '0' && *p <= '9'; p++, ip++) {
+		if (ip == 8)
+			return -ERANGE;
+		v = v * 10 + (*p - '0');
+	}
+	if (*p == '.') {
+		for (p++; *p >= '0' && *p <= '9'; p++, fp++) {
+			if (fp == 10)
+				return -ERANGE;
+			v = v * 10 + (*p - '0');
+		}
+		if (fp == 0)
+			return -EINVAL;
+	}
+	if (*p || ip == 0)
+		return -EINVAL;
+	for (; fp < 10; fp++)
+		v *= 10;
+	*ret = *text == '-' ? -v : v;
+	return 0;
+}
+
+/* A quantity moved by a delta, clamped at zero (a usage quantity is never negative). */
+static uint64_t
+changed_quantity(uint64_t quantity, int64_t delta)
+{
+	if (delta < 0 && (uint64_t)(-delta) > quantity)
+		return 0;
+	return delta < 0 ? quantity - (uint64_t)(-delta) : quantity + (uint64_t)delta;
+}
+
 /* Replace the fault plan with a JSON list of rules. */
 static int
 faults_load(struct sim *s, json_t *plan, char **ret_error)
@@ -831,6 +876,14 @@ faults_load(struct sim *s, json_t *plan, char **ret_error)
 			ok = false;
 		if (rule->action == SIM_ACT_CHANGE_QUANTITY && rule->count == 0)
 			rule->count = 1;
+		rule->delta = (int64_t)SIM_QTY_SCALE;
+		v = json_object_get(o, "delta");
+		if (json_is_integer(v) && json_integer_value(v) > -100000000 &&
+		    json_integer_value(v) < 100000000)
+			rule->delta = (int64_t)json_integer_value(v) * (int64_t)SIM_QTY_SCALE;
+		else if (v && (!json_is_string(v) ||
+		               delta_parse(json_string_value(v), &rule->delta) < 0))
+			ok = false;
 		if (!ok || rule->rate < 0 || rule->rate > 1) {
 			struct sim_rule *old = s->rules;
 			size_t old_n = s->n_rules;
@@ -842,7 +895,8 @@ faults_load(struct sim *s, json_t *plan, char **ret_error)
 			s->n_rules = old_n;
 			*ret_error =
 			        xasprintf("rule %zu: needs a known endpoint and action, a status "
-			                  "100..599 for a status rule, rate 0..1, hour RFC 3339",
+			                  "100..599 for a status rule, rate 0..1, hour RFC 3339, "
+			                  "delta a decimal string with at most 10 decimals",
 			                  i);
 			return -EINVAL;
 		}
@@ -1036,7 +1090,8 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 	const char *token = evhttp_find_header(q, "continuationToken");
 	const struct sim_hour *hr;
 	struct sim_rule *change;
-	int64_t ts, te;
+	unsigned change_count = 0;
+	int64_t ts, te, delta = 0;
 	long offset = 0, gen;
 	size_t emitted = 0, idx = 0, next = 0;
 	bool more = false;
@@ -1105,14 +1160,22 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 		}
 		offset = (long)json_integer_value(json_object_get(t, "o"));
 		gen = (long)json_integer_value(json_object_get(t, "g"));
+		change_count = (unsigned)json_integer_value(json_object_get(t, "c"));
+		delta = (int64_t)json_integer_value(json_object_get(t, "d"));
 		json_decref(t);
 	} else {
 		gen = (long)json_integer_value(json_object_get(s->hour_queries, qkey)) + 1;
 		json_object_set_new(s->hour_queries, qkey, json_integer(gen));
+		/* a changed quantity is decided per query; its later pages carry it in the token */
+		change = gen >= 2 ? sim_fault_take(s, SIM_EP_USAGE, SIM_ACT_CHANGE_QUANTITY, NULL,
+		                                   ts)
+		                  : NULL;
+		if (change) {
+			change_count = change->count;
+			delta = change->delta;
+		}
 	}
 	hr = world_hour(w, ts);
-	change = gen >= 2 ? sim_fault_take(s, SIM_EP_USAGE, SIM_ACT_CHANGE_QUANTITY, NULL, ts)
-	                  : NULL;
 	evbuffer_add_printf(r->body, "{\"value\":[");
 	for (size_t i = 0; hr && i < hr->n; i++) {
 		if (usersub != -1 &&
@@ -1126,9 +1189,9 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 		}
 		if (emitted)
 			evbuffer_add(r->body, ",", 1);
-		if (change && i < change->count)
-			world_format_record(w, &hr->recs[i], hr->recs[i].quantity + SIM_QTY_SCALE,
-			                    r->body);
+		if (idx - 1 < change_count)
+			world_format_record(w, &hr->recs[i],
+			                    changed_quantity(hr->recs[i].quantity, delta), r->body);
 		else
 			evbuffer_add(r->body, hr->text[i], hr->len[i]);
 		emitted++;
@@ -1150,8 +1213,12 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 	if (more) {
 		_cleanup_free_ char *tok = NULL, *b64 = NULL;
 
-		tok = xasprintf("{\"r\":\"%s\",\"s\":\"%s\",\"o\":%zu,\"g\":%ld}", th,
-		                subscriber ? subscriber : "", next, gen);
+		tok = change_count ? xasprintf("{\"r\":\"%s\",\"s\":\"%s\",\"o\":%zu,\"g\":%ld,"
+		                               "\"c\":%u,\"d\":%lld}",
+		                               th, subscriber ? subscriber : "", next, gen,
+		                               change_count, (long long)delta)
+		                   : xasprintf("{\"r\":\"%s\",\"s\":\"%s\",\"o\":%zu,\"g\":%ld}",
+		                               th, subscriber ? subscriber : "", next, gen);
 		while (strlen(tok) % 3 != 1) {
 			char *t2 = xasprintf("%s ", tok);
 

@@ -68,6 +68,7 @@ struct sim_rule {
 	size_t n_events;
 	int64_t hour; /* -1: any */
 	unsigned count;
+	int64_t delta; /* changeQuantity: integers of 10^-10, may be negative */
 	unsigned delay_ms;
 };
 

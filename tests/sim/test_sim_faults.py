@@ -3,8 +3,10 @@ Retry-After (seconds and HTTP date), after/times/rate counters, time-outs, conne
 slow and delayed bodies, malformed JSON, 401 for a valid token, usage-API errors, a nextLink
 loop, changed quantities on a second query, ARM error codes on demand, and the Commerce
 per-event and poison-batch faults."""
+import decimal
 import email.utils
 import json
+import re
 import socket
 import ssl
 import time
@@ -197,6 +199,52 @@ def test_changed_quantity_on_second_query(sim):
     assert qa[0] != qb[0] and qa[1] != qb[1]
     assert [v["name"] for v in a] == [v["name"] for v in b]
     assert other == other2
+
+
+def quantities(doc):
+    """The quantity literals of a usage page, exactly as written (no float on the way)."""
+    return [decimal.Decimal(q.decode()) for q in re.findall(rb'"quantity":([^,}]*)', doc.body)]
+
+
+@pytest.mark.parametrize("delta", ["2.5", "-0.0000000001", "-1000000", "7"])
+def test_changed_quantity_by_a_delta(sim, delta):
+    sim.set_faults([{"endpoint": "usage", "action": "changeQuantity", "count": 3,
+                     "delta": delta, "times": 1}])
+    a, b, c = quantities(usage(sim)), quantities(usage(sim)), quantities(usage(sim))
+    want = [max(q + decimal.Decimal(delta), decimal.Decimal(0)) for q in a[:3]]
+    assert b[:3] == want and b[3:] == a[3:]
+    if delta == "-1000000":
+        assert b[:3] == [0, 0, 0]  # clamped at zero, never negative
+    assert c == a  # times: 1 changes one query
+
+
+def test_changed_quantity_applies_to_the_served_subscriber_and_pages():
+    with Sim(scenario(pageSize=2, recordsPerHour=60), now=NOW) as s:
+        tok = s.token(s.audiences()["stack"])
+        sub = s.world()["tenants"][1]["subscriptions"][1]
+
+        def query():
+            r = s.get(s.usage_path(HOUR, subscriber=sub), token=tok)
+            got = quantities(r)
+            while "nextLink" in r.json():
+                r = s.get(r.json()["nextLink"], token=tok)
+                got += quantities(r)
+            return got
+        first = query()
+        s.set_faults([{"endpoint": "usage", "action": "changeQuantity", "count": 3,
+                       "delta": "-0.25"}])
+        second = query()
+        assert len(first) == len(second) == 10
+        # the first three records of this subscriber's answer, across the page boundary
+        assert second[:3] == [max(q - decimal.Decimal("0.25"), 0) for q in first[:3]]
+        assert second[3:] == first[3:]
+
+
+def test_changed_quantity_delta_must_be_decimal(sim):
+    for bad in ("abc", "1e3", "0.00000000001", 2.5, "1."):
+        r = sim.post("/_sim/faults", [{"endpoint": "usage", "action": "changeQuantity",
+                                       "delta": bad}])
+        assert r.status == 400, bad
 
 
 def events(sim, n):
