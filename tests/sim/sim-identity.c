@@ -3,8 +3,8 @@
  * (POST /adfs/oauth2/token), client credentials with a client secret or a certificate
  * assertion (an RS256 JWT checked against the scenario's certificate: signature, x5t, aud, iss,
  * sub, exp, nbf). Issued tokens are random opaque strings remembered with their audience and
- * expiry; the other endpoints check them here. Token times use the real clock (the daemon's
- * refresh logic runs on it), never the simulated one.
+ * expiry until they expire; the other endpoints check them here. Token times use the real clock
+ * (the daemon's refresh logic runs on it), never the simulated one.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -129,17 +129,18 @@ identity_token(struct sim *s, struct evhttp_request *req, const char *path, stru
 		goto out;
 	}
 
-	/* issue */
-	if (s->n_tokens >= TOKENS_MAX) {
+	/* issue; expired tokens are dropped now and then, valid ones never */
+	if (s->n_tokens >= MAX((size_t)TOKENS_MAX, s->tokens_compact_at)) {
 		size_t k = 0;
 
 		for (size_t i = 0; i < s->n_tokens; i++) {
-			if (s->tokens[i].expires > (int64_t)now && k < TOKENS_MAX / 2)
+			if (s->tokens[i].expires > (int64_t)now)
 				s->tokens[k++] = s->tokens[i];
 			else
 				free(s->tokens[i].audience);
 		}
 		s->n_tokens = k;
+		s->tokens_compact_at = 2 * k;
 	}
 	s->tokens = xreallocarray(s->tokens, s->n_tokens + 1, sizeof(*s->tokens));
 	t = &s->tokens[s->n_tokens++];
@@ -215,6 +216,7 @@ identity_reset(struct sim *s)
 	free(s->tokens);
 	s->tokens = NULL;
 	s->n_tokens = 0;
+	s->tokens_compact_at = 0;
 }
 
 /* Base64 (padded) or base64url (unpadded) of data, as a new string. */

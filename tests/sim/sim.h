@@ -196,6 +196,7 @@ struct sim {
 	size_t n_rules;
 	struct sim_token *tokens;
 	size_t n_tokens;
+	size_t tokens_compact_at; /* drop expired tokens when n_tokens reaches this */
 	sqlite3 *db;
 	sqlite3_stmt *insert;
 	json_t *hour_queries; /* "hour|subscriber" -> number of first-page queries */

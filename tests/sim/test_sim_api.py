@@ -7,6 +7,8 @@ import urllib.parse
 
 import pytest
 
+import azsim
+
 from conftest import load_testdata, TESTDATA
 from azsim import (Sim, scenario, shape, record_key, make_assertion, AZURE_CLIENT_ID,
                    AZURE_CLIENT_SECRET, CERT_CLIENT_ID, STACK_CLIENT_ID, STACK_CLIENT_SECRET)
@@ -141,6 +143,31 @@ def test_token_not_yet_valid_rejected(sim):
     jwt = make_assertion(CERT_CLIENT_ID, sim.token_endpoint(), nbf_in=3600, exp_in=4000)
     r = sim.token_request(sim.audiences()["commerce"], CERT_CLIENT_ID, assertion=jwt)
     assert r.status == 401 and r.json()["error_codes"] == [700024]
+
+
+def test_token_table_keeps_every_valid_token():
+    import http.client
+    import ssl
+    import urllib.parse
+    with Sim(scenario(), now=NOW) as s:
+        aud = s.audiences()["stack"]
+        issued = []
+        form = urllib.parse.urlencode({"grant_type": "client_credentials",
+                                       "client_id": STACK_CLIENT_ID, "resource": aud,
+                                       "client_secret": STACK_CLIENT_SECRET})
+        conn = http.client.HTTPSConnection("127.0.0.1", s.port, timeout=30,
+                                           context=ssl.create_default_context(cafile=s.ca_file))
+        try:
+            for _ in range(4200):  # more than the table's compaction point
+                conn.request("POST", "/%s/oauth2/token" % azsim.AAD_TENANT, body=form, headers={
+                    "Content-Type": "application/x-www-form-urlencoded"})
+                r = conn.getresponse()
+                assert r.status == 200
+                issued.append(json.loads(r.read())["access_token"])
+        finally:
+            conn.close()
+        for i in (0, 2500, 4095, 4199):
+            assert s.get(s.usage_path(HOUR), token=issued[i]).status == 200, i
 
 
 def test_endpoints_require_token_for_their_audience(sim):
