@@ -105,15 +105,18 @@ def x5t(cert_file):
 
 
 def make_assertion(client_id, aud, key_file=None, cert_file=None, exp_in=600, nbf_in=0,
-                   thumbprint=None, alg="RS256"):
-    """Build an RS256 client assertion JWT (signed with `openssl dgst -sha256 -sign`)."""
+                   thumbprint=None, alg="RS256", claims=None):
+    """Build an RS256 client assertion JWT (signed with `openssl dgst -sha256 -sign`).
+    claims replaces or adds claims; a claim set to None is left out."""
     d = pki()
     key_file = key_file or os.path.join(d, "client.key")
     cert_file = cert_file or os.path.join(d, "client.pem")
     now = int(time.time())
     header = {"alg": alg, "typ": "JWT", "x5t": thumbprint or x5t(cert_file)}
-    claims = {"aud": aud, "iss": client_id, "sub": client_id, "jti": str(uuid.uuid4()),
-              "nbf": now + nbf_in, "exp": now + exp_in}
+    body = {"aud": aud, "iss": client_id, "sub": client_id, "jti": str(uuid.uuid4()),
+            "nbf": now + nbf_in, "exp": now + exp_in}
+    body.update(claims or {})
+    claims = {k: v for k, v in body.items() if v is not None}
     signing_input = (b64url(json.dumps(header, separators=(",", ":")).encode()) + "." +
                      b64url(json.dumps(claims, separators=(",", ":")).encode()))
     sig = _openssl("dgst", "-sha256", "-sign", key_file, data=signing_input.encode())

@@ -2,12 +2,13 @@
  * The simulated identity provider: Azure AD (POST /{tenant}/oauth2/token) and AD FS
  * (POST /adfs/oauth2/token), client credentials with a client secret or a certificate
  * assertion (an RS256 JWT checked against the scenario's certificate: signature, x5t, aud, iss,
- * sub, exp, nbf). Issued tokens are random opaque strings remembered with their audience and
- * expiry until they expire; the other endpoints check them here. Token times use the real clock
- * (the daemon's refresh logic runs on it), never the simulated one.
+ * sub, exp, nbf, and a jti used only once). Issued tokens are random opaque strings remembered
+ * with their audience and expiry until they expire; the other endpoints check them here. Token
+ * times use the real clock (the daemon's refresh logic runs on it), never the simulated one.
  */
 #include <ctype.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -18,21 +19,39 @@
 
 #include "hash.h"
 #include "sim.h"
+#include "timeutil.h"
 #include "xmalloc.h"
 
 #define TOKENS_MAX     4096
 #define JWT_SKEW       60
 #define ASSERTION_TYPE "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+#define CERT_DOCS                      \
+	"Review the documentation at " \
+	"https://learn.microsoft.com/entra/identity-platform/certificate-credentials ."
 
-static void token_error(struct sim_response *r, int status, const char *error, unsigned code,
-                        const char *description);
-static int check_assertion(const struct sim_client *c, const char *jwt, const char *aud,
-                           const char **ret_desc, unsigned *ret_code);
+/* Why an assertion was refused: the answer's status, OAuth error and AADSTS description. */
+struct refusal {
+	int status;
+	const char *error;
+	char description[512];
+};
+
+static int check_assertion(struct sim *s, const struct sim_client *c, const char *jwt,
+                           const char *aud, struct refusal *ret);
+static void refuse(struct refusal *ret, int status, const char *error, const char *fmt, ...)
+        _printf_(4, 5);
+static void remember_assertion(struct sim *s, const char *key, int64_t until);
+static void azure_time(int64_t t, char out[static 40]);
 static unsigned char *b64_decode(const char *s, size_t n, size_t *ret_size);
 static bool audience_eq(const char *a, const char *b);
 static const struct sim_client *find_client(const struct sim *s, const char *id);
 
-/* Answer a token request like Azure AD / AD FS do. */
+/*
+ * Answer a token request like Azure AD / AD FS do. The stamp's identity decides who issues the
+ * stack audience: Azure AD (/{tenant}/oauth2/token) or AD FS (/adfs/oauth2/token, routed here
+ * only when the scenario says adfs). The registration and Commerce audiences are public Azure,
+ * always Azure AD; AD FS does not know them.
+ */
 void
 identity_token(struct sim *s, struct evhttp_request *req, const char *path, struct sim_response *r)
 {
@@ -44,6 +63,7 @@ identity_token(struct sim *s, struct evhttp_request *req, const char *path, stru
 	const char *host = evhttp_find_header(evhttp_request_get_input_headers(req), "Host");
 	const char *grant, *client_id, *resource, *secret, *assertion, *atype;
 	const struct sim_client *c;
+	bool adfs_path = streq(path, "/adfs/oauth2/token"), known;
 	unsigned char raw[24];
 	struct sim_token *t;
 	time_t now = time(NULL);
@@ -51,24 +71,24 @@ identity_token(struct sim *s, struct evhttp_request *req, const char *path, stru
 	evbuffer_copyout(in, body, n);
 	body[n] = '\0';
 	if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
-		token_error(r, 405, "invalid_request", 900561,
-		            "AADSTS900561: The endpoint only accepts POST requests.");
+		identity_error(r, 405, "invalid_request",
+		               "AADSTS900561: The endpoint only accepts POST requests.");
 		return;
 	}
-	if (!streq(path, "/adfs/oauth2/token") && !isempty(w->aad_tenant)) {
+	if (!adfs_path && !isempty(w->aad_tenant)) {
 		size_t tl = strlen(w->aad_tenant);
 
 		if (strncasecmp(path + 1, w->aad_tenant, tl) != 0 || path[1 + tl] != '/') {
-			token_error(
-			        r, 400, "invalid_request", 90002,
+			identity_error(
+			        r, 400, "invalid_request",
 			        "AADSTS90002: Tenant not found. Check to make sure you have the "
 			        "correct tenant ID.");
 			return;
 		}
 	}
 	if (evhttp_parse_query_str(body, &form) < 0) {
-		token_error(r, 400, "invalid_request", 900144,
-		            "AADSTS900144: The request body must be form-encoded.");
+		identity_error(r, 400, "invalid_request",
+		               "AADSTS900144: The request body must be form-encoded.");
 		return;
 	}
 	grant = evhttp_find_header(&form, "grant_type");
@@ -78,54 +98,62 @@ identity_token(struct sim *s, struct evhttp_request *req, const char *path, stru
 	assertion = evhttp_find_header(&form, "client_assertion");
 	atype = evhttp_find_header(&form, "client_assertion_type");
 	if (!grant || !streq(grant, "client_credentials")) {
-		token_error(r, 400, "unsupported_grant_type", 70003,
-		            "AADSTS70003: The app requested an unsupported grant type.");
+		identity_error(r, 400, "unsupported_grant_type",
+		               "AADSTS70003: The app requested an unsupported grant type.");
 		goto out;
 	}
 	c = client_id ? find_client(s, client_id) : NULL;
 	if (!c) {
-		token_error(r, 400, "unauthorized_client", 700016,
-		            "AADSTS700016: Application with the given identifier was not found in "
-		            "the directory.");
+		identity_error(r, 400, "unauthorized_client",
+		               "AADSTS700016: Application with the given identifier was not found "
+		               "in the directory.");
 		goto out;
 	}
-	if (!resource ||
-	    (!audience_eq(resource, w->aud_stack) && !audience_eq(resource, w->aud_arm) &&
-	     !audience_eq(resource, w->aud_commerce))) {
-		token_error(r, 400, "invalid_resource", 500011,
-		            "AADSTS500011: The resource principal was not found in the tenant.");
+	/* which audiences this issuer knows (see above) */
+	if (!resource)
+		known = false;
+	else if (adfs_path)
+		known = audience_eq(resource, w->aud_stack);
+	else
+		known = (!w->adfs && audience_eq(resource, w->aud_stack)) ||
+		        audience_eq(resource, w->aud_arm) || audience_eq(resource, w->aud_commerce);
+	if (!known) {
+		identity_error(r, 400, "invalid_resource",
+		               "AADSTS500011: The resource principal was not found in the tenant.");
 		goto out;
 	}
 	if (secret) {
 		if (!c->secret || strlen(secret) != strlen(c->secret) ||
 		    CRYPTO_memcmp(secret, c->secret, strlen(secret)) != 0) {
-			token_error(r, 401, "invalid_client", 7000215,
-			            "AADSTS7000215: Invalid client secret provided.");
+			identity_error(r, 401, "invalid_client",
+			               "AADSTS7000215: Invalid client secret provided.");
 			goto out;
 		}
 	} else if (assertion) {
-		const char *desc = NULL;
-		unsigned code = 0;
+		struct refusal why;
 
 		if (!atype || !streq(atype, ASSERTION_TYPE)) {
-			token_error(r, 400, "invalid_request", 700025,
-			            "AADSTS700025: client_assertion_type must be " ASSERTION_TYPE
-			            ".");
+			identity_error(r, 400, "invalid_request",
+			               "AADSTS700025: client_assertion_type must be " ASSERTION_TYPE
+			               ".");
 			goto out;
 		}
 		endpoint = xasprintf("https://%s%s", host ? host : "", path);
-		if (!c->pubkey || check_assertion(c, assertion, endpoint, &desc, &code) < 0) {
-			token_error(r, 401, "invalid_client", c->pubkey ? code : 700027,
-			            c->pubkey
-			                    ? desc
-			                    : "AADSTS700027: No certificate is registered for the "
-			                      "client.");
+		if (!c->pubkey) {
+			identity_error(
+			        r, 401, "invalid_client",
+			        "AADSTS700027: No certificate is registered for the client.");
+			goto out;
+		}
+		if (check_assertion(s, c, assertion, endpoint, &why) < 0) {
+			identity_error(r, why.status, why.error, why.description);
 			goto out;
 		}
 	} else {
-		token_error(r, 400, "invalid_client", 7000218,
-		            "AADSTS7000218: The request body must contain the following parameter: "
-		            "'client_assertion' or 'client_secret'.");
+		identity_error(
+		        r, 400, "invalid_client",
+		        "AADSTS7000218: The request body must contain the following parameter: "
+		        "'client_assertion' or 'client_secret'.");
 		goto out;
 	}
 
@@ -217,6 +245,9 @@ identity_reset(struct sim *s)
 	s->tokens = NULL;
 	s->n_tokens = 0;
 	s->tokens_compact_at = 0;
+	json_decref(s->assertions);
+	s->assertions = NULL;
+	s->assertions_prune_at = 0;
 }
 
 /* Base64 (padded) or base64url (unpadded) of data, as a new string. */
@@ -256,43 +287,60 @@ identity_b64(const unsigned char *data, size_t size, bool url)
 	return out;
 }
 
-/* Write an OAuth2 error like Azure AD (error, description, codes, timestamp, ids). */
-static void
-token_error(struct sim_response *r, int status, const char *error, unsigned code,
-            const char *description)
+/*
+ * Write an OAuth2 error like Azure AD: error, description, error_codes (the AADSTS number the
+ * description starts with, so the two always agree), timestamp, trace and correlation ids.
+ */
+void
+identity_error(struct sim_response *r, int status, const char *error, const char *description)
 {
 	char trace[HASH_UUID_LEN + 1], corr[HASH_UUID_LEN + 1], ts[32];
+	unsigned long code = 0;
 	time_t now = time(NULL);
 	struct tm tm;
 
 	if (hash_uuid4(trace) < 0 || hash_uuid4(corr) < 0)
 		abort();
+	if (strncmp(description, "AADSTS", 6) == 0)
+		code = strtoul(description + 6, NULL, 10);
 	gmtime_r(&now, &tm);
 	strftime(ts, sizeof(ts), "%Y-%m-%d %H:%M:%SZ", &tm);
+	evbuffer_drain(r->body, evbuffer_get_length(r->body));
 	r->status = status;
-	evbuffer_add_printf(r->body, "{\"error\":\"%s\",\"error_description\":", error);
+	evbuffer_add_printf(r->body, "{\"error\":");
+	sim_json_str(r->body, error);
+	evbuffer_add_printf(r->body, ",\"error_description\":");
 	sim_json_str(r->body, description);
+	evbuffer_add_printf(r->body, ",\"error_codes\":[");
+	if (code)
+		evbuffer_add_printf(r->body, "%lu", code);
 	evbuffer_add_printf(r->body,
-	                    ",\"error_codes\":[%u],\"timestamp\":\"%s\",\"trace_id\":\"%s\","
-	                    "\"correlation_id\":\"%s\"}",
-	                    code, ts, trace, corr);
+	                    "],\"timestamp\":\"%s\",\"trace_id\":\"%s\",\"correlation_id\":\"%s\"}",
+	                    ts, trace, corr);
 }
 
-/* Verify a client assertion JWT; on failure an AADSTS description and code. */
+/*
+ * Verify a client assertion JWT as Azure AD does: RS256 only, x5t and signature against the
+ * client's certificate, aud = the token endpoint, iss = sub = client id, exp required and nbf
+ * optional (NumericDate, JWT_SKEW of clock skew), a jti that was not used before. On failure
+ * the refusal says how to answer.
+ */
 static int
-check_assertion(const struct sim_client *c, const char *jwt, const char *aud, const char **ret_desc,
-                unsigned *ret_code)
+check_assertion(struct sim *s, const struct sim_client *c, const char *jwt, const char *aud,
+                struct refusal *ret)
 {
 	const char *d1 = strchr(jwt, '.'), *d2 = d1 ? strchr(d1 + 1, '.') : NULL;
 	_cleanup_free_ unsigned char *hdr = NULL, *pay = NULL, *sig = NULL;
+	_cleanup_free_ char *key = NULL;
 	size_t hn, pn, sn;
-	json_t *h = NULL, *p = NULL, *a;
+	json_t *h = NULL, *p = NULL, *exp, *nbf;
+	const char *jti;
 	EVP_MD_CTX *md = NULL;
 	int64_t now = (int64_t)time(NULL);
+	double e, b;
 	int r = -EINVAL;
 
-	*ret_code = 50027;
-	*ret_desc = "AADSTS50027: JWT token is invalid or malformed.";
+	refuse(ret, 401, "invalid_client", "AADSTS50027: JWT token is invalid or malformed.");
 	if (!d2 || strchr(d2 + 1, '.'))
 		return -EINVAL;
 	hdr = b64_decode(jwt, (size_t)(d1 - jwt), &hn);
@@ -305,53 +353,124 @@ check_assertion(const struct sim_client *c, const char *jwt, const char *aud, co
 	if (!json_is_object(h) || !json_is_object(p))
 		goto out;
 	if (!streq_ptr(json_string_value(json_object_get(h, "alg")), "RS256")) {
-		*ret_desc = "AADSTS5002730: Invalid JWT token. Unsupported key for the signing "
-		            "algorithm.";
+		refuse(ret, 401, "invalid_client",
+		       "AADSTS5002730: Invalid JWT token. Unsupported key for the signing "
+		       "algorithm.");
 		goto out;
 	}
-	*ret_code = 700027;
 	if (!streq_ptr(json_string_value(json_object_get(h, "x5t")), c->x5t)) {
-		*ret_desc =
-		        "AADSTS700027: Client assertion contains an invalid signature. [Reason - "
-		        "The key was not found.]";
+		refuse(ret, 401, "invalid_client",
+		       "AADSTS700027: Client assertion contains an invalid signature. [Reason - The "
+		       "key was not found.] %s",
+		       CERT_DOCS);
 		goto out;
 	}
 	md = EVP_MD_CTX_new();
 	if (!md || EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, c->pubkey) != 1 ||
 	    EVP_DigestVerify(md, sig, sn, (const unsigned char *)jwt, (size_t)(d2 - jwt)) != 1) {
-		*ret_desc = "AADSTS700027: Client assertion failed signature validation.";
+		refuse(ret, 401, "invalid_client",
+		       "AADSTS700027: Client assertion failed signature validation. %s", CERT_DOCS);
 		goto out;
 	}
-	a = json_object_get(p, "aud");
-	*ret_code = 700016;
-	if (!streq_ptr(json_string_value(a), aud)) {
-		*ret_desc =
-		        "AADSTS50027: JWT token is invalid or malformed. [Reason - The audience "
-		        "claim does not match the token endpoint.]";
-		*ret_code = 50027;
+	if (!streq_ptr(json_string_value(json_object_get(p, "aud")), aud)) {
+		refuse(ret, 401, "invalid_client",
+		       "AADSTS50027: JWT token is invalid or malformed. [Reason - The audience claim "
+		       "does not match the token endpoint.]");
 		goto out;
 	}
 	if (!streq_ptr(json_string_value(json_object_get(p, "iss")), c->client_id) ||
 	    !streq_ptr(json_string_value(json_object_get(p, "sub")), c->client_id)) {
-		*ret_desc = "AADSTS700021: Client assertion application identifier doesn't match "
-		            "'client_id' parameter.";
-		*ret_code = 700021;
+		refuse(ret, 401, "invalid_client",
+		       "AADSTS700021: Client assertion application identifier doesn't match "
+		       "'client_id' parameter. %s",
+		       CERT_DOCS);
 		goto out;
 	}
-	*ret_code = 700024;
-	*ret_desc = "AADSTS700024: Client assertion is not within its valid time range.";
-	if (!json_is_integer(json_object_get(p, "exp")) ||
-	    json_integer_value(json_object_get(p, "exp")) + JWT_SKEW <= now)
+	exp = json_object_get(p, "exp");
+	nbf = json_object_get(p, "nbf");
+	jti = json_string_value(json_object_get(p, "jti"));
+	if (!json_is_number(exp) || (nbf && !json_is_number(nbf)) || isempty(jti)) {
+		refuse(ret, 401, "invalid_client",
+		       "AADSTS50027: JWT token is invalid or malformed. [Reason - exp and jti are "
+		       "required, exp and nbf are NumericDate numbers.]");
 		goto out;
-	if (json_is_integer(json_object_get(p, "nbf")) &&
-	    json_integer_value(json_object_get(p, "nbf")) > now + JWT_SKEW)
+	}
+	e = json_number_value(exp);
+	b = nbf ? json_number_value(nbf) : 0;
+	if (e + JWT_SKEW <= (double)now || b > (double)(now + JWT_SKEW)) {
+		char tn[40], tb[40], te[40];
+
+		azure_time(now, tn);
+		azure_time((int64_t)b, tb);
+		azure_time((int64_t)e, te);
+		refuse(ret, 401, "invalid_client",
+		       "AADSTS700024: Client assertion is not within its valid time range. Current "
+		       "time: %s, assertion valid from %s, expiry time of assertion %s. %s",
+		       tn, tb, te, CERT_DOCS);
 		goto out;
+	}
+	key = xasprintf("%s|%s", c->client_id, jti);
+	if (s->assertions && json_integer_value(json_object_get(s->assertions, key)) >= now) {
+		refuse(ret, 400, "invalid_request",
+		       "AADSTS50013: Assertion is invalid: its jti claim was already used. A client "
+		       "assertion is valid for one request; make a new one with a new jti.");
+		goto out;
+	}
+	remember_assertion(s, key, (int64_t)e + JWT_SKEW);
 	r = 0;
 out:
 	EVP_MD_CTX_free(md);
 	json_decref(h);
 	json_decref(p);
 	return r;
+}
+
+/* Fill a refusal. */
+static void
+refuse(struct refusal *ret, int status, const char *error, const char *fmt, ...)
+{
+	va_list ap;
+
+	ret->status = status;
+	ret->error = error;
+	va_start(ap, fmt);
+	vsnprintf(ret->description, sizeof(ret->description), fmt, ap);
+	va_end(ap);
+}
+
+/*
+ * Remember an accepted assertion's client and jti until it expires (a replay before then is
+ * refused); forget the expired ones whenever the table has doubled.
+ */
+static void
+remember_assertion(struct sim *s, const char *key, int64_t until)
+{
+	int64_t now = (int64_t)time(NULL);
+	const char *k;
+	json_t *v;
+	void *tmp;
+
+	if (!s->assertions)
+		s->assertions = json_object();
+	json_object_set_new(s->assertions, key, json_integer(until));
+	if (json_object_size(s->assertions) < MAX((size_t)1024, s->assertions_prune_at))
+		return;
+	json_object_foreach_safe(s->assertions, tmp, k, v)
+	{
+		if (json_integer_value(v) < now)
+			json_object_del(s->assertions, k);
+	}
+	s->assertions_prune_at = 2 * json_object_size(s->assertions);
+}
+
+/* Write a time as Azure AD does in its messages: 2026-11-01T10:00:00.0000000Z. */
+static void
+azure_time(int64_t t, char out[static 40])
+{
+	char base[TIME_RFC3339_LEN + 1];
+
+	time_format_rfc3339(t, base);
+	snprintf(out, 40, "%.19s.0000000Z", base);
 }
 
 /* Decode base64 or base64url, padded or not; NULL when malformed. */

@@ -6,7 +6,8 @@
  *   - the stamp:  GET /metadata/endpoints, the provider usage API
  *                 (…/Microsoft.Commerce.Admin/subscriberUsageAggregates) and the admin
  *                 user-subscriptions API (…/Microsoft.Subscriptions.Admin/subscriptions);
- *   - identity:   POST /{tenant}/oauth2/token (Azure AD) and POST /adfs/oauth2/token (AD FS);
+ *   - identity:   POST /{tenant}/oauth2/token (Azure AD) and, on an AD FS stamp,
+ *                 POST /adfs/oauth2/token (AD FS, the only issuer of the stack audience then);
  *   - ARM:        the registration, its customerSubscriptions list, PUT and DELETE of one;
  *   - Commerce:   POST {commerce.path} (default /api/usageEvents/batch), with a SQLite ledger;
  *   - control:    /_sim/... (loopback only, no token): world, faults, clock, ledger summary,
@@ -597,8 +598,9 @@ classify(struct sim *s, const char *path, char **seg, int nseg)
 		return SIM_EP_COMMERCE;
 	if (nseg == 2 && streq(seg[0], "metadata") && streq(seg[1], "endpoints"))
 		return SIM_EP_METADATA;
+	/* AD FS exists only on a stamp whose identity is adfs; Azure AD always (public Azure) */
 	if (nseg == 3 && streq(seg[1], "oauth2") && streq(seg[2], "token"))
-		return SIM_EP_TOKEN;
+		return streq(seg[0], "adfs") && !s->world.adfs ? SIM_EP_UNKNOWN : SIM_EP_TOKEN;
 	if (nseg == 5 && strcasecmp(seg[0], "subscriptions") == 0 &&
 	    strcasecmp(seg[2], "providers") == 0) {
 		if (strcasecmp(seg[3], "Microsoft.Commerce.Admin") == 0 &&
@@ -664,14 +666,11 @@ fault_reply(struct sim_rule *rule, int ep, struct sim_response *r)
 	if (!code)
 		code = "SimulatedFault";
 	if (ep == SIM_EP_TOKEN) {
-		r->status = rule->status;
-		evbuffer_add_printf(r->body, "{\"error\":");
-		sim_json_str(r->body, rule->code ? rule->code : "temporarily_unavailable");
-		evbuffer_add_printf(r->body, ",\"error_description\":");
-		sim_json_str(r->body, rule->message ? rule->message
-		                                    : "AADSTS50196: The server is temporarily "
-		                                      "unavailable (simulated).");
-		evbuffer_add_printf(r->body, "}");
+		identity_error(r, rule->status, rule->code ? rule->code : "temporarily_unavailable",
+		               rule->message
+		                       ? rule->message
+		                       : "AADSTS90033: A transient error has occurred. Please "
+		                         "try again.");
 	} else {
 		sim_arm_error(r, rule->status, code, rule->message);
 	}

@@ -197,6 +197,8 @@ struct sim {
 	struct sim_token *tokens;
 	size_t n_tokens;
 	size_t tokens_compact_at; /* drop expired tokens when n_tokens reaches this */
+	json_t *assertions;       /* "client id|jti" of accepted assertions -> their expiry */
+	size_t assertions_prune_at;
 	sqlite3 *db;
 	sqlite3_stmt *insert;
 	json_t *hour_queries; /* "hour|subscriber" -> number of first-page queries */
@@ -257,6 +259,7 @@ void identity_token(struct sim *s, struct evhttp_request *req, const char *path,
 bool identity_check(struct sim *s, struct evhttp_request *req, const char *audience,
                     struct sim_response *r);
 void identity_reset(struct sim *s);
+void identity_error(struct sim_response *r, int status, const char *error, const char *description);
 char *identity_b64(const unsigned char *data, size_t size, bool url);
 
 /* sim-commerce.c */

@@ -7,10 +7,8 @@ import urllib.parse
 
 import pytest
 
-import azsim
-
 from conftest import load_testdata, TESTDATA
-from azsim import (Sim, scenario, shape, record_key, make_assertion, AZURE_CLIENT_ID,
+from azsim import (Sim, scenario, shape, record_key, make_assertion, AAD_TENANT, AZURE_CLIENT_ID,
                    AZURE_CLIENT_SECRET, CERT_CLIENT_ID, STACK_CLIENT_ID, STACK_CLIENT_SECRET)
 
 NOW = "2026-11-03T00:00:00Z"
@@ -145,6 +143,106 @@ def test_token_not_yet_valid_rejected(sim):
     assert r.status == 401 and r.json()["error_codes"] == [700024]
 
 
+def aadsts(doc):
+    """The AADSTS number an error description starts with."""
+    return int(re.match(r"AADSTS(\d+):", doc["error_description"]).group(1))
+
+
+def test_token_jwt_replayed_jti_rejected(sim):
+    jwt = make_assertion(CERT_CLIENT_ID, sim.token_endpoint())
+    aud = sim.audiences()["commerce"]
+    assert sim.token_request(aud, CERT_CLIENT_ID, assertion=jwt).status == 200
+    r = sim.token_request(aud, CERT_CLIENT_ID, assertion=jwt)
+    assert r.status == 400 and r.json()["error"] in ("invalid_client", "invalid_request")
+    assert r.json()["error_codes"] == [aadsts(r.json())] == [50013]
+    assert "jti" in r.json()["error_description"]
+    # the same claims with a new jti are fine
+    again = make_assertion(CERT_CLIENT_ID, sim.token_endpoint())
+    assert sim.token_request(aud, CERT_CLIENT_ID, assertion=again).status == 200
+
+
+@pytest.mark.parametrize("claims,status", [
+    ({"nbf": None}, 200),                        # nbf is optional
+    ({"nbf_in": 30}, 200),                       # within the clock skew
+    ({"nbf_in": 120}, 401),                      # beyond it
+    ({"nbf_in": 0.5}, 200),                      # a NumericDate may have a fraction
+    ({"nbf": "now"}, 401),                       # not a NumericDate
+    ({"exp": None}, 401),                        # exp is required
+    ({"jti": None}, 401),                        # jti is required
+])
+def test_token_jwt_time_and_id_claims(sim, claims, status):
+    import time
+    claims = dict(claims)
+    if "nbf_in" in claims:
+        claims["nbf"] = int(time.time()) + claims.pop("nbf_in")
+    jwt = make_assertion(CERT_CLIENT_ID, sim.token_endpoint(), claims=claims)
+    r = sim.token_request(sim.audiences()["commerce"], CERT_CLIENT_ID, assertion=jwt)
+    assert r.status == status, r.body
+    if status != 200:
+        assert r.json()["error"] == "invalid_client"
+        assert r.json()["error_codes"] == [aadsts(r.json())]
+
+
+def test_token_jwt_iss_or_sub_other_than_client_rejected(sim):
+    for claim in ("iss", "sub"):
+        jwt = make_assertion(CERT_CLIENT_ID, sim.token_endpoint(),
+                             claims={claim: AZURE_CLIENT_ID})
+        r = sim.token_request(sim.audiences()["commerce"], CERT_CLIENT_ID, assertion=jwt)
+        assert r.status == 401 and r.json()["error_codes"] == [700021], claim
+
+
+@pytest.mark.parametrize("alg", ["HS256", "none", "RS512"])
+def test_token_jwt_other_alg_rejected(sim, alg):
+    jwt = make_assertion(CERT_CLIENT_ID, sim.token_endpoint(), alg=alg)
+    r = sim.token_request(sim.audiences()["commerce"], CERT_CLIENT_ID, assertion=jwt)
+    assert r.status == 401 and r.json()["error"] == "invalid_client"
+    assert r.json()["error_codes"] == [aadsts(r.json())] == [5002730]
+
+
+def test_token_error_codes_match_their_description(sim):
+    import urllib.parse
+    aud = sim.audiences()["commerce"]
+    answers = [
+        sim.token_request(aud, AZURE_CLIENT_ID, secret="wrong"),
+        sim.token_request(aud, "00000000-0000-4000-8000-000000000000", secret="x"),
+        sim.token_request("https://nowhere.example/", AZURE_CLIENT_ID, secret="x"),
+        sim.token_request(aud, AZURE_CLIENT_ID, secret="x", tenant="other.example"),
+        sim.token_request(aud, AZURE_CLIENT_ID),
+        sim.token_request(aud, CERT_CLIENT_ID, assertion="not.a.jwt"),
+        sim.token_request(aud, CERT_CLIENT_ID, assertion=make_assertion(
+            CERT_CLIENT_ID, sim.token_endpoint(), thumbprint="AAAA")),
+        sim.token_request(aud, CERT_CLIENT_ID, assertion=make_assertion(
+            CERT_CLIENT_ID, "https://elsewhere.example/token")),
+        sim.token_request(aud, CERT_CLIENT_ID, assertion=make_assertion(
+            CERT_CLIENT_ID, sim.token_endpoint(), exp_in=-3600, nbf_in=-4000)),
+        sim.post("/%s/oauth2/token" % AAD_TENANT, urllib.parse.urlencode(
+            {"grant_type": "password", "client_id": AZURE_CLIENT_ID}),
+            headers={"Content-Type": "application/x-www-form-urlencoded"}),
+    ]
+    for r in answers:
+        assert r.status in (400, 401), r.body
+        doc = r.json()
+        assert shape(doc) == shape(load_testdata("token-error.json")), doc
+        assert doc["error_codes"] == [aadsts(doc)], doc
+
+
+def test_token_paths_follow_the_stamp_identity(sim):
+    # an Azure AD stamp has no AD FS
+    r = sim.token_request(sim.audiences()["stack"], secret=STACK_CLIENT_SECRET, adfs=True)
+    assert r.status == 404
+    with Sim(scenario(identity="adfs"), now=NOW) as s:
+        aud = s.audiences()
+        # AD FS issues the stamp's audience, and only that
+        assert s.token_request(aud["stack"], secret=STACK_CLIENT_SECRET, adfs=True).status == 200
+        r = s.token_request(aud["arm"], AZURE_CLIENT_ID, secret=AZURE_CLIENT_SECRET, adfs=True)
+        assert r.status == 400 and r.json()["error"] == "invalid_resource"
+        # Azure AD (the registration's and Commerce's identity) does not know the stamp
+        r = s.token_request(aud["stack"], secret=STACK_CLIENT_SECRET)
+        assert r.status == 400 and r.json()["error"] == "invalid_resource"
+        assert s.token_request(aud["arm"], AZURE_CLIENT_ID,
+                               secret=AZURE_CLIENT_SECRET).status == 200
+
+
 def test_token_table_keeps_every_valid_token():
     import http.client
     import ssl
@@ -159,7 +257,7 @@ def test_token_table_keeps_every_valid_token():
                                            context=ssl.create_default_context(cafile=s.ca_file))
         try:
             for _ in range(4200):  # more than the table's compaction point
-                conn.request("POST", "/%s/oauth2/token" % azsim.AAD_TENANT, body=form, headers={
+                conn.request("POST", "/%s/oauth2/token" % AAD_TENANT, body=form, headers={
                     "Content-Type": "application/x-www-form-urlencoded"})
                 r = conn.getresponse()
                 assert r.status == 200
