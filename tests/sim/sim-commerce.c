@@ -33,8 +33,9 @@ struct smap {
 
 /*
  * One Commerce event as the batch parser leaves it: member names and string values point into
- * the (decoded in place) request body; other values only keep their type. Parsing the flat
- * events by hand instead of building jansson trees halves the simulator's cost per event.
+ * the (decoded in place) request body; other values keep their type and their JSON text as
+ * received (for tags and additionalInfo). Parsing the flat events by hand instead of building
+ * jansson trees halves the simulator's cost per event.
  */
 enum jtype {
 	JT_NONE, /* member absent */
@@ -52,6 +53,8 @@ struct jevent {
 	const char *keys[EVENT_MEMBERS_MAX];
 	const char *strs[EVENT_MEMBERS_MAX];
 	enum jtype types[EVENT_MEMBERS_MAX];
+	const char *raw[EVENT_MEMBERS_MAX]; /* the value's JSON text, as received (not a string) */
+	size_t raw_len[EVENT_MEMBERS_MAX];
 	size_t n;
 	bool object; /* false: the array element was not an object */
 };
@@ -77,11 +80,13 @@ static int validate_event(struct sim *s, const struct jevent *e, const char **re
                           const char **ret_message);
 static int parse_batch(char *p, char *end, struct jevent **ret, size_t *ret_n);
 static int parse_event(char **pp, char *end, struct jevent *e);
-static int parse_string(char **pp, char *end, char **ret);
+static int parse_string(char **pp, char *end, char **ret, bool decode);
+static inline void put(char **out, bool decode, char c);
 static int skip_value(char **pp, char *end, enum jtype *ret_type);
 static void skip_ws(char **pp, char *end);
 static const char *ev_str(const struct jevent *e, const char *key);
 static enum jtype ev_type(const struct jevent *e, const char *key);
+static const char *ev_raw(const struct jevent *e, const char *key, size_t *ret_len);
 static int qty_parse(const char *text, sim_u128 *ret);
 static void qty_format(sim_u128 v, char out[static 64]);
 static bool is_utc_time(const char *s);
@@ -89,6 +94,7 @@ static int inflate_body(const unsigned char *in, size_t n, size_t limit, unsigne
                         size_t *ret_size);
 static void message_time(char out[static 40]);
 static int db_exec(sqlite3 *db, const char *sql);
+static int add_columns(sqlite3 *db);
 static void smap_free(struct smap *m);
 static size_t *smap_get(struct smap *m, const char *key, bool create);
 static void collect_expected(struct sim *s, int64_t from, int64_t until, struct expected **ret,
@@ -109,7 +115,9 @@ commerce_open(struct sim *s)
 	/*
 	 * The ledger is test infrastructure sharing the benchmark machine: no fsync (a crash of the
 	 * simulator ends the test anyway), a large page cache, and rows appended in rowid order
-	 * with the random usageEventId only in the unique index (smaller random writes).
+	 * with the random usageEventId only in the unique index (smaller random writes). Every
+	 * member of an event is kept (tags and additionalInfo as the JSON text received); the
+	 * columns after accepted_at came later and are added to a ledger made before them.
 	 */
 	if (db_exec(s->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF;"
 	                   "PRAGMA cache_size=-131072; PRAGMA temp_store=MEMORY;"
@@ -120,10 +128,16 @@ commerce_open(struct sim *s)
 	                   " quantity TEXT NOT NULL, usage_start TEXT NOT NULL,"
 	                   " usage_end TEXT NOT NULL, reported_start TEXT NOT NULL,"
 	                   " resource_uri TEXT NOT NULL, correlation_id TEXT,"
-	                   " accepted_at INTEGER NOT NULL);") < 0)
+	                   " accepted_at INTEGER NOT NULL, registration TEXT, location TEXT,"
+	                   " tags TEXT, additional_info TEXT);") < 0 ||
+	    add_columns(s->db) < 0)
 		return -EIO;
 	if (sqlite3_prepare_v2(s->db,
-	                       "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+	                       "INSERT OR IGNORE INTO events (usage_event_id, subscription_id,"
+	                       " charge_reason, tenant_id, source_subscription_id, registration,"
+	                       " meter_id, quantity, usage_start, usage_end, reported_start,"
+	                       " resource_uri, location, tags, additional_info, correlation_id,"
+	                       " accepted_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
 	                       -1, &s->insert, NULL) != SQLITE_OK) {
 		fprintf(stderr, "azs-sim: ledger: %s\n", sqlite3_errmsg(s->db));
 		return -EIO;
@@ -244,19 +258,35 @@ commerce_batch(struct sim *s, struct evhttp_request *req, struct sim_response *r
 			s->rejected++;
 		} else {
 			static const char *const keys[] = {
-			        "usageEventId",      "subscriptionId",       "chargeReason",
-			        "tenantId",          "sourceSubscriptionId", "meterId",
-			        "quantity",          "usageStartTime",       "usageEndTime",
-			        "reportedStartTime", "resourceUri",
+			        "usageEventId",
+			        "subscriptionId",
+			        "chargeReason",
+			        "tenantId",
+			        "sourceSubscriptionId",
+			        "registration",
+			        "meterId",
+			        "quantity",
+			        "usageStartTime",
+			        "usageEndTime",
+			        "reportedStartTime",
+			        "resourceUri",
+			        "location",
 			};
-			int k;
+			int k = (int)ARRAY_SIZE(keys);
 
 			sqlite3_reset(s->insert);
 			for (size_t j = 0; j < ARRAY_SIZE(keys); j++)
 				sqlite3_bind_text(s->insert, (int)j + 1, ev_str(e, keys[j]), -1,
 				                  SQLITE_STATIC);
-			sqlite3_bind_text(s->insert, 12, corr, -1, SQLITE_TRANSIENT);
-			sqlite3_bind_int64(s->insert, 13, (sqlite3_int64)time(NULL));
+			for (const char *m = "tags"; m;
+			     m = streq(m, "tags") ? "additionalInfo" : NULL) {
+				size_t len = 0;
+				const char *raw = ev_raw(e, m, &len);
+
+				sqlite3_bind_text(s->insert, ++k, raw, (int)len, SQLITE_STATIC);
+			}
+			sqlite3_bind_text(s->insert, ++k, corr, -1, SQLITE_TRANSIENT);
+			sqlite3_bind_int64(s->insert, ++k, (sqlite3_int64)time(NULL));
 			k = sqlite3_step(s->insert);
 			sqlite3_reset(s->insert);
 			if (k != SQLITE_DONE) {
@@ -494,7 +524,7 @@ commerce_expected_events(struct sim *s, int64_t from, int64_t until, size_t limi
 			        w->tenants[u->tenant].unlisted ? "" : "\"",
 			        w->tenants[u->tenant].unlisted ? "null" : w->tenants[u->tenant].id,
 			        w->tenants[u->tenant].unlisted ? "" : "\"", u->id);
-			sim_json_str(out, w->reg_id);
+			sim_json_str(out, w->reg_id_lower);
 			evbuffer_add_printf(out,
 			                    ",\"meterId\":\"%s\",\"quantity\":\"%s\","
 			                    "\"usageStartTime\":\"%s\",\"usageEndTime\":\"%s\","
@@ -627,7 +657,7 @@ parse_batch(char *p, char *end, struct jevent **ret, size_t *ret_n)
 			char *key;
 
 			skip_ws(&p, end);
-			if (parse_string(&p, end, &key) < 0)
+			if (parse_string(&p, end, &key, true) < 0)
 				goto fail;
 			skip_ws(&p, end);
 			if (p >= end || *p++ != ':')
@@ -703,18 +733,19 @@ parse_event(char **pp, char *end, struct jevent *e)
 		return 0;
 	}
 	for (;;) {
-		char *key, *str = NULL;
+		char *key, *str = NULL, *value;
 		enum jtype t;
 
 		skip_ws(&p, end);
-		if (parse_string(&p, end, &key) < 0)
+		if (parse_string(&p, end, &key, true) < 0)
 			return -EINVAL;
 		skip_ws(&p, end);
 		if (p >= end || *p++ != ':')
 			return -EINVAL;
 		skip_ws(&p, end);
+		value = p;
 		if (p < end && *p == '"') {
-			if (parse_string(&p, end, &str) < 0)
+			if (parse_string(&p, end, &str, true) < 0)
 				return -EINVAL;
 			t = JT_STRING;
 		} else if (skip_value(&p, end, &t) < 0) {
@@ -724,6 +755,8 @@ parse_event(char **pp, char *end, struct jevent *e)
 			e->keys[e->n] = key;
 			e->strs[e->n] = str;
 			e->types[e->n] = t;
+			e->raw[e->n] = value;
+			e->raw_len[e->n] = (size_t)(p - value);
 			e->n++;
 		}
 		skip_ws(&p, end);
@@ -738,9 +771,13 @@ parse_event(char **pp, char *end, struct jevent *e)
 	}
 }
 
-/* Parse a JSON string at *pp, decoding it in place (NUL-terminated) and returning its start. */
+/*
+ * Parse a JSON string at *pp and return its start; with decode, decode it in place
+ * (NUL-terminated), else only check it, leaving the text as it was (the raw text of an object
+ * member is kept for the ledger).
+ */
 static int
-parse_string(char **pp, char *end, char **ret)
+parse_string(char **pp, char *end, char **ret, bool decode)
 {
 	char *p = *pp, *out, *start;
 
@@ -753,7 +790,7 @@ parse_string(char **pp, char *end, char **ret)
 		if (ch < 0x20)
 			return -EINVAL;
 		if (ch != '\\') {
-			*out++ = *p++;
+			put(&out, decode, *p++);
 			continue;
 		}
 		if (++p >= end)
@@ -762,22 +799,22 @@ parse_string(char **pp, char *end, char **ret)
 		case '"':
 		case '\\':
 		case '/':
-			*out++ = *p;
+			put(&out, decode, *p);
 			break;
 		case 'b':
-			*out++ = '\b';
+			put(&out, decode, '\b');
 			break;
 		case 'f':
-			*out++ = '\f';
+			put(&out, decode, '\f');
 			break;
 		case 'n':
-			*out++ = '\n';
+			put(&out, decode, '\n');
 			break;
 		case 'r':
-			*out++ = '\r';
+			put(&out, decode, '\r');
 			break;
 		case 't':
-			*out++ = '\t';
+			put(&out, decode, '\t');
 			break;
 		case 'u': {
 			unsigned cp = 0;
@@ -796,14 +833,14 @@ parse_string(char **pp, char *end, char **ret)
 			if (cp == 0 || (cp >= 0xd800 && cp <= 0xdfff))
 				return -EINVAL; /* no NULs; surrogates are not used by the daemon */
 			if (cp < 0x80) {
-				*out++ = (char)cp;
+				put(&out, decode, (char)cp);
 			} else if (cp < 0x800) {
-				*out++ = (char)(0xc0 | (cp >> 6));
-				*out++ = (char)(0x80 | (cp & 0x3f));
+				put(&out, decode, (char)(0xc0 | (cp >> 6)));
+				put(&out, decode, (char)(0x80 | (cp & 0x3f)));
 			} else {
-				*out++ = (char)(0xe0 | (cp >> 12));
-				*out++ = (char)(0x80 | ((cp >> 6) & 0x3f));
-				*out++ = (char)(0x80 | (cp & 0x3f));
+				put(&out, decode, (char)(0xe0 | (cp >> 12)));
+				put(&out, decode, (char)(0x80 | ((cp >> 6) & 0x3f)));
+				put(&out, decode, (char)(0x80 | (cp & 0x3f)));
 			}
 			break;
 		}
@@ -814,10 +851,19 @@ parse_string(char **pp, char *end, char **ret)
 	}
 	if (p >= end)
 		return -EINVAL;
-	*out = '\0'; /* the decoded text is never longer than the escaped one */
+	if (decode)
+		*out = '\0'; /* the decoded text is never longer than the escaped one */
 	*pp = p + 1;
 	*ret = start;
 	return 0;
+}
+
+/* Write one decoded byte (only when decoding). */
+static inline void
+put(char **out, bool decode, char c)
+{
+	if (decode)
+		*(*out)++ = c;
 }
 
 /* Skip any JSON value at *pp (checking its syntax), reporting its type. */
@@ -831,7 +877,7 @@ skip_value(char **pp, char *end, enum jtype *ret_type)
 	switch (*p) {
 	case '"':
 		*ret_type = JT_STRING;
-		return parse_string(pp, end, &s);
+		return parse_string(pp, end, &s, false);
 	case '{':
 	case '[': {
 		char close = *p == '{' ? '}' : ']';
@@ -848,7 +894,7 @@ skip_value(char **pp, char *end, enum jtype *ret_type)
 
 			skip_ws(&p, end);
 			if (close == '}') {
-				if (parse_string(&p, end, &s) < 0)
+				if (parse_string(&p, end, &s, false) < 0)
 					return -EINVAL;
 				skip_ws(&p, end);
 				if (p >= end || *p++ != ':')
@@ -915,6 +961,18 @@ ev_str(const struct jevent *e, const char *key)
 	for (size_t i = 0; i < e->n; i++)
 		if (streq(e->keys[i], key))
 			return e->strs[i];
+	return NULL;
+}
+
+/* The JSON text of an event member as received (NULL when absent). */
+static const char *
+ev_raw(const struct jevent *e, const char *key, size_t *ret_len)
+{
+	for (size_t i = 0; i < e->n; i++)
+		if (streq(e->keys[i], key)) {
+			*ret_len = e->raw_len[i];
+			return e->raw[i];
+		}
 	return NULL;
 }
 
@@ -1072,6 +1130,34 @@ db_exec(sqlite3 *db, const char *sql)
 		fprintf(stderr, "azs-sim: ledger: %s\n", err ? err : "error");
 		sqlite3_free(err);
 		return -EIO;
+	}
+	return 0;
+}
+
+/* Add the columns a ledger made by an older simulator lacks (their rows keep NULL there). */
+static int
+add_columns(sqlite3 *db)
+{
+	static const char *const columns[] = {"registration", "location", "tags",
+	                                      "additional_info"};
+	bool have[ARRAY_SIZE(columns)] = {false};
+	sqlite3_stmt *q;
+
+	if (sqlite3_prepare_v2(db, "PRAGMA table_info(events)", -1, &q, NULL) != SQLITE_OK)
+		return -EIO;
+	while (sqlite3_step(q) == SQLITE_ROW)
+		for (size_t i = 0; i < ARRAY_SIZE(columns); i++)
+			if (streq_ptr((const char *)sqlite3_column_text(q, 1), columns[i]))
+				have[i] = true;
+	sqlite3_finalize(q);
+	for (size_t i = 0; i < ARRAY_SIZE(columns); i++) {
+		_cleanup_free_ char *sql = NULL;
+
+		if (have[i])
+			continue;
+		sql = xasprintf("ALTER TABLE events ADD COLUMN %s TEXT", columns[i]);
+		if (db_exec(db, sql) < 0)
+			return -EIO;
 	}
 	return 0;
 }

@@ -171,6 +171,9 @@ world_load(struct sim_world *w, json_t *sc, char **ret_error)
 	w->reg_id = xasprintf("/subscriptions/%s/resourceGroups/%s/providers/Microsoft.AzureStack/"
 	                      "registrations/%s",
 	                      w->reg_sub, w->reg_rg, w->reg_name);
+	w->reg_id_lower = xstrdup(w->reg_id);
+	for (char *p = w->reg_id_lower; *p; p++)
+		*p = (char)tolower((unsigned char)*p);
 
 	w->aud_stack = xstrdup(get_str(aud, "stack",
 	                               w->adfs ? "https://management.adfs.azurestack.local/"
@@ -289,6 +292,7 @@ world_free(struct sim_world *w)
 	free(w->reg_rg);
 	free(w->reg_name);
 	free(w->reg_id);
+	free(w->reg_id_lower);
 	free(w->billing_model);
 	free(w->aud_stack);
 	free(w->aud_arm);

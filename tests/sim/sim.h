@@ -134,6 +134,7 @@ struct sim_world {
 	char *reg_rg;
 	char *reg_name;
 	char *reg_id;
+	char *reg_id_lower; /* what Commerce events name (ARCHITECTURE.md section 6) */
 	char *billing_model;
 	char *aud_stack;
 	char *aud_arm;

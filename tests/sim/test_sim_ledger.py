@@ -56,13 +56,62 @@ def test_dedupe_answers_duplicate(sim):
     assert s["accepted"] == 10 and s["duplicates"] == 10
 
 
-def test_ledger_is_sqlite_in_state_dir(sim):
-    sim.commerce_post(sim.expected_events(limit=7))
+COLUMNS = {"usageEventId": "usage_event_id", "subscriptionId": "subscription_id",
+           "chargeReason": "charge_reason", "tenantId": "tenant_id",
+           "sourceSubscriptionId": "source_subscription_id", "registration": "registration",
+           "meterId": "meter_id", "quantity": "quantity", "usageStartTime": "usage_start",
+           "usageEndTime": "usage_end", "reportedStartTime": "reported_start",
+           "resourceUri": "resource_uri", "location": "location", "tags": "tags",
+           "additionalInfo": "additional_info"}
+
+
+def test_ledger_is_sqlite_in_state_dir_and_keeps_every_member(sim):
+    import json
+    ev = sim.expected_events(limit=7)
+    assert {e["tags"] is None for e in ev} == {True, False}  # both kinds are in there
+    sim.commerce_post(ev)
     db = sqlite3.connect(os.path.join(sim.state_dir, "ledger.db"))
     try:
         assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 7
+        for e in ev:
+            row = db.execute("SELECT %s FROM events WHERE usage_event_id = ?" %
+                             ", ".join(COLUMNS.values()), (e["usageEventId"],)).fetchone()
+            got = dict(zip(COLUMNS, row))
+            for k in ("tags", "additionalInfo"):  # the JSON text as received
+                got[k] = json.loads(got[k])
+            assert got == e
     finally:
         db.close()
+
+
+def test_expected_events_name_the_registration_in_lower_case(sim):
+    reg = sim.world()["registration"]["id"]
+    assert reg != reg.lower()
+    assert {e["registration"] for e in sim.expected_events()} == {reg.lower()}
+
+
+def test_ledger_of_an_older_simulator_gets_the_new_columns(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    db = sqlite3.connect(str(state / "ledger.db"))
+    db.execute("CREATE TABLE events (usage_event_id TEXT NOT NULL UNIQUE, subscription_id TEXT "
+               "NOT NULL, charge_reason TEXT NOT NULL, tenant_id TEXT, source_subscription_id "
+               "TEXT NOT NULL, meter_id TEXT NOT NULL, quantity TEXT NOT NULL, usage_start TEXT "
+               "NOT NULL, usage_end TEXT NOT NULL, reported_start TEXT NOT NULL, resource_uri "
+               "TEXT NOT NULL, correlation_id TEXT, accepted_at INTEGER NOT NULL)")
+    db.commit()
+    db.close()
+    with Sim(scenario(hours={"from": "2026-11-01T00:00:00Z", "count": 6}), now=NOW,
+             workdir=str(tmp_path)) as s:
+        ev = s.expected_events(limit=3)
+        r = s.commerce_post(ev)
+        assert [x["status"] for x in r.json()["result"]] == ["Accepted"] * 3
+        db = sqlite3.connect(str(state / "ledger.db"))
+        try:
+            assert db.execute("SELECT registration, location FROM events").fetchall() == \
+                [(e["registration"], e["location"]) for e in ev]
+        finally:
+            db.close()
 
 
 def test_gzip_body_accepted(sim):
