@@ -16,7 +16,6 @@
 #include <openssl/sha.h>
 #include <openssl/x509.h>
 
-#include "hash.h"
 #include "sim.h"
 #include "timeutil.h"
 #include "xmalloc.h"
@@ -64,7 +63,6 @@ static void make_resources(struct sim_world *w, unsigned per_sub);
 static void generate_hour(struct sim_world *w, struct sim_hour *h, int64_t hour);
 static void generate_record(const struct sim_world *w, uint64_t *rng, int64_t hour, size_t i,
                             struct sim_record *rec);
-static void format_time(int64_t t, bool zulu, char out[static 32]);
 static char *escape_json(const char *s);
 static const char *get_str(json_t *o, const char *key, const char *dflt);
 static long get_int(json_t *o, const char *key, long dflt);
@@ -128,6 +126,10 @@ world_load(struct sim_world *w, json_t *sc, char **ret_error)
 	memset(w, 0, sizeof(*w));
 	for (size_t i = 0; i < SIM_HOUR_CACHE; i++)
 		w->cache[i].hour = -1;
+	w->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+	w->md_ctx = EVP_MD_CTX_new();
+	if (!w->sha256 || !w->md_ctx)
+		abort();
 	if (!json_is_object(sc)) {
 		*ret_error = xstrdup("scenario: not a JSON object");
 		return -EINVAL;
@@ -273,8 +275,11 @@ world_free(struct sim_world *w)
 		free(w->res[i].uri_lower);
 		free(w->res[i].instance_escaped);
 	}
-	for (size_t i = 0; i < w->n_meters; i++)
+	for (size_t i = 0; i < w->n_meters; i++) {
 		free(w->meters[i]);
+		free(w->meter_keys[i]);
+	}
+	free(w->meter_keys);
 	for (size_t i = 0; i < w->n_clients; i++) {
 		free(w->clients[i].client_id);
 		free_secret(w->clients[i].secret);
@@ -299,6 +304,8 @@ world_free(struct sim_world *w)
 	free(w->aud_commerce);
 	free(w->commerce_path);
 	json_decref(w->faults);
+	EVP_MD_CTX_free(w->md_ctx);
+	EVP_MD_free(w->sha256);
 	memset(w, 0, sizeof(*w));
 }
 
@@ -309,6 +316,7 @@ world_reset_registrations(struct sim_world *w)
 	for (size_t i = 0; i < w->n_tenants; i++)
 		memcpy(w->tenants[i].customer, w->tenants[i].initial_customer,
 		       sizeof(w->tenants[i].customer));
+	w->reg_gen++;
 }
 
 /* Tell whether a reported hour holds usage in this scenario. */
@@ -346,6 +354,22 @@ world_hour(struct sim_world *w, int64_t hour)
 	return victim;
 }
 
+/*
+ * The records of one reported hour without formatting them and without the cache (for the
+ * expected charges); out has room for records_per_hour records. Returns how many (0: empty).
+ */
+size_t
+world_hour_records(const struct sim_world *w, int64_t hour, struct sim_record *out)
+{
+	uint64_t rng = w->seed ^ ((uint64_t)hour * UINT64_C(0x9E3779B97F4A7C15));
+
+	if (!world_hour_has_usage(w, hour))
+		return 0;
+	for (size_t i = 0; i < w->records_per_hour; i++)
+		generate_record(w, &rng, hour, i, &out[i]);
+	return w->records_per_hour;
+}
+
 /* Write the quantity literal of a record: 10 decimals, or an integer, or 2 decimals. */
 void
 world_quantity_text(uint64_t quantity, uint8_t style, char out[static 32])
@@ -371,8 +395,8 @@ world_format_record(const struct sim_world *w, const struct sim_record *rec, uin
 	const char *meter = w->meters[rec->meter];
 	char ts[32], te[32], q[32];
 
-	format_time(rec->usage_start, false, ts);
-	format_time(rec->usage_start + 3600, false, te);
+	world_format_time(rec->usage_start, false, ts);
+	world_format_time(rec->usage_start + 3600, false, te);
 	world_quantity_text(quantity, rec->style, q);
 	evbuffer_add_printf(out,
 	                    "{\"id\":\"/subscriptions/%s/providers/Microsoft.Commerce.Admin/"
@@ -390,23 +414,46 @@ void
 world_record_key(const struct sim_world *w, int64_t hour, const struct sim_record *rec,
                  char out[static SIM_KEY_LEN + 1])
 {
+	static const char hex[] = "0123456789abcdef";
 	const struct sim_resource *res = &w->res[rec->resource];
-	char th[32], ts[32], te[32], meter[64], buf[1024];
-	size_t k = 0;
-	int n;
+	const char *meter = w->meter_keys[rec->meter];
+	char th[32], ts[32], te[32], buf[1024];
+	unsigned char md[32];
+	unsigned int mdlen = 0;
+	size_t n = 0, ml = strlen(meter);
 
-	for (const char *p = w->meters[rec->meter]; *p && k < sizeof(meter) - 1; p++)
-		if (*p != '-')
-			meter[k++] = (char)tolower((unsigned char)*p);
-	meter[k] = '\0';
-	format_time(hour, true, th);
-	format_time(rec->usage_start, true, ts);
-	format_time(rec->usage_start + 3600, true, te);
-	n = snprintf(buf, sizeof(buf), "%s\n%s\n%s\n%s\n%s\n%s", th, w->subs[res->usersub].id,
-	             meter, ts, te, res->uri_lower);
-	if (n < 0 || (size_t)n >= sizeof(buf))
+	world_format_time(hour, true, th);
+	world_format_time(rec->usage_start, true, ts);
+	world_format_time(rec->usage_start + 3600, true, te);
+	if (4 * (TIME_RFC3339_LEN + 1) + SIM_GUID_LEN + ml + res->uri_lower_len > sizeof(buf))
 		abort();
-	hash_sha256_hex(buf, (size_t)n, out);
+	/* hour, subscription, meter, start, end, resource: joined by \n (the fields are known) */
+	memcpy(buf + n, th, TIME_RFC3339_LEN);
+	n += TIME_RFC3339_LEN;
+	buf[n++] = '\n';
+	memcpy(buf + n, w->subs[res->usersub].id, SIM_GUID_LEN);
+	n += SIM_GUID_LEN;
+	buf[n++] = '\n';
+	memcpy(buf + n, meter, ml);
+	n += ml;
+	buf[n++] = '\n';
+	memcpy(buf + n, ts, TIME_RFC3339_LEN);
+	n += TIME_RFC3339_LEN;
+	buf[n++] = '\n';
+	memcpy(buf + n, te, TIME_RFC3339_LEN);
+	n += TIME_RFC3339_LEN;
+	buf[n++] = '\n';
+	memcpy(buf + n, res->uri_lower, res->uri_lower_len);
+	n += res->uri_lower_len;
+	if (EVP_DigestInit_ex2(w->md_ctx, w->sha256, NULL) != 1 ||
+	    EVP_DigestUpdate(w->md_ctx, buf, n) != 1 ||
+	    EVP_DigestFinal_ex(w->md_ctx, md, &mdlen) != 1 || mdlen != sizeof(md))
+		abort();
+	for (size_t i = 0; i < sizeof(md); i++) {
+		out[2 * i] = hex[md[i] >> 4];
+		out[2 * i + 1] = hex[md[i] & 0xf];
+	}
+	out[SIM_KEY_LEN] = '\0';
 }
 
 /* The subscription a user subscription's usage is charged to now, and why. */
@@ -470,7 +517,7 @@ world_describe(const struct sim_world *w, json_t *out)
 	}
 	for (size_t i = 0; i < w->n_meters; i++)
 		json_array_append_new(meters, json_string(w->meters[i]));
-	format_time(w->hour_from, true, from);
+	world_format_time(w->hour_from, true, from);
 	json_object_set_new(out, "seed", json_integer((json_int_t)w->seed));
 	json_object_set_new(out, "identity", json_string(w->adfs ? "adfs" : "aad"));
 	json_object_set_new(out, "providerSubscription", json_string(w->provider_sub));
@@ -636,15 +683,22 @@ load_meters(struct sim_world *w, json_t *sc, char **ret_error)
 		return -EINVAL;
 	}
 	w->meters = xcalloc(n, sizeof(char *));
+	w->meter_keys = xcalloc(n, sizeof(char *));
 	for (size_t i = 0; i < n; i++) {
 		const char *m = json_is_array(list) ? json_string_value(json_array_get(list, i))
 		                                    : default_meters[i];
+		char *k;
 
 		if (isempty(m) || strlen(m) > 40 || strpbrk(m, "\"\\/")) {
 			*ret_error = xasprintf("scenario: meters[%zu]: not a meter id", i);
 			return -EINVAL;
 		}
-		w->meters[w->n_meters++] = xstrdup(m);
+		w->meters[w->n_meters] = xstrdup(m);
+		w->meter_keys[w->n_meters++] = k = xstrdup(m);
+		for (const char *p = m; *p; p++)
+			if (*p != '-')
+				*k++ = (char)tolower((unsigned char)*p);
+		*k = '\0';
 	}
 	return 0;
 }
@@ -668,6 +722,7 @@ make_resources(struct sim_world *w, unsigned per_sub)
 			r->uri_lower = xstrdup(r->uri);
 			for (char *p = r->uri_lower; *p; p++)
 				*p = (char)tolower((unsigned char)*p);
+			r->uri_lower_len = strlen(r->uri_lower);
 			if (w->n_res % 3 == 1)
 				tags = "{\"costcenter\":\"4711\"}";
 			else if (w->n_res % 5 == 2)
@@ -752,15 +807,38 @@ generate_record(const struct sim_world *w, uint64_t *rng, int64_t hour, size_t i
 	}
 }
 
-/* Write a time as the usage API does ("+00:00") or as keys and Commerce do ("Z"). */
-static void
-format_time(int64_t t, bool zulu, char out[static 32])
+/*
+ * Write a time as the usage API does ("+00:00") or as keys and Commerce do ("Z"). By hand
+ * (Howard Hinnant's civil_from_days) rather than gmtime_r and strftime: the summary formats
+ * three times per expected record.
+ */
+void
+world_format_time(int64_t t, bool zulu, char out[static 32])
 {
-	struct tm tm;
-	time_t tt = (time_t)t;
+	int64_t days = (t >= 0 ? t : t - 86399) / 86400, secs = t - days * 86400;
+	int64_t z = days + 719468, era = (z >= 0 ? z : z - 146096) / 146097;
+	unsigned doe = (unsigned)(z - era * 146097);
+	unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100), mp = (5 * doy + 2) / 153;
+	unsigned d = doy - (153 * mp + 2) / 5 + 1, m = mp < 10 ? mp + 3 : mp - 9;
+	int64_t y = (int64_t)yoe + era * 400 + (m <= 2);
 
-	gmtime_r(&tt, &tm);
-	strftime(out, 32, zulu ? "%Y-%m-%dT%H:%M:%SZ" : "%Y-%m-%dT%H:%M:%S+00:00", &tm);
+	unsigned f[6] = {
+	        (unsigned)(y % 10000), m, d, (unsigned)(secs / 3600), (unsigned)(secs / 60 % 60),
+	        (unsigned)(secs % 60)};
+	char *p = out;
+
+	for (size_t i = 0; i < ARRAY_SIZE(f); i++) {
+		if (i == 0) {
+			*p++ = (char)('0' + f[0] / 1000);
+			*p++ = (char)('0' + f[0] / 100 % 10);
+		}
+		*p++ = (char)('0' + f[i] / 10 % 10);
+		*p++ = (char)('0' + f[i] % 10);
+		if (i < ARRAY_SIZE(f) - 1)
+			*p++ = "--T::"[i];
+	}
+	memcpy(p, zulu ? "Z" : "+00:00", zulu ? 2 : 7);
 }
 
 /* Escape a JSON text so it can sit inside a JSON string literal. */

@@ -1426,12 +1426,14 @@ handle_arm(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, const
 		for (size_t i = 0; i < SIM_GUID_LEN; i++)
 			w->tenants[t].customer[i] = (char)tolower((unsigned char)seg[9][i]);
 		w->tenants[t].customer[SIM_GUID_LEN] = '\0';
+		w->reg_gen++;
 		customer_entry(s, &w->tenants[t], r->body);
 	} else if (method == EVHTTP_REQ_DELETE) {
 		r->status = 204;
 		for (size_t i = 0; i < w->n_tenants; i++)
 			if (strcasecmp(w->tenants[i].customer, seg[9]) == 0) {
 				w->tenants[i].customer[0] = '\0';
+				w->reg_gen++;
 				r->status = 200;
 			}
 	} else {

@@ -91,6 +91,7 @@ struct sim_resource {
 	size_t usersub;
 	char *uri;
 	char *uri_lower;
+	size_t uri_lower_len;
 	char *instance_escaped; /* instanceData JSON, already escaped to sit inside a JSON string */
 	const char *tags;       /* JSON text of instanceData's tags ("null" or an object) */
 	const char *info;       /* JSON text of additionalInfo */
@@ -135,6 +136,7 @@ struct sim_world {
 	char *reg_name;
 	char *reg_id;
 	char *reg_id_lower; /* what Commerce events name (ARCHITECTURE.md section 6) */
+	uint64_t reg_gen;   /* changes whenever a customer subscription does */
 	char *billing_model;
 	char *aud_stack;
 	char *aud_arm;
@@ -147,6 +149,7 @@ struct sim_world {
 	struct sim_resource *res;
 	size_t n_res;
 	char **meters;
+	char **meter_keys; /* lower case without dashes, as in the record key */
 	size_t n_meters;
 	int64_t hour_from;
 	size_t hour_count;
@@ -163,7 +166,9 @@ struct sim_world {
 	char *commerce_path;
 	unsigned max_events;
 	size_t max_bytes;
-	json_t *faults; /* the scenario's initial fault plan, or NULL */
+	json_t *faults;     /* the scenario's initial fault plan, or NULL */
+	EVP_MD *sha256;     /* fetched once: EVP_Digest fetches it again on every call */
+	EVP_MD_CTX *md_ctx; /* for record keys */
 	struct sim_hour cache[SIM_HOUR_CACHE];
 	uint64_t cache_tick;
 };
@@ -202,8 +207,9 @@ struct sim {
 	size_t assertions_prune_at;
 	sqlite3 *db;
 	sqlite3_stmt *insert;
-	json_t *hour_queries; /* "hour|subscriber" -> number of first-page queries */
-	json_t *loops;        /* "hour|subscriber|query|offset" of pages whose nextLink loops */
+	struct commerce *commerce; /* ledger index and summary state (sim-commerce.c) */
+	json_t *hour_queries;      /* "hour|subscriber" -> number of first-page queries */
+	json_t *loops; /* "hour|subscriber|query|offset" of pages whose nextLink loops */
 	uint64_t duplicates;
 	uint64_t rejected;
 	uint64_t batches;
@@ -243,11 +249,13 @@ void world_free(struct sim_world *w);
 void world_reset_registrations(struct sim_world *w);
 bool world_hour_has_usage(const struct sim_world *w, int64_t hour);
 const struct sim_hour *world_hour(struct sim_world *w, int64_t hour);
+size_t world_hour_records(const struct sim_world *w, int64_t hour, struct sim_record *out);
 void world_format_record(const struct sim_world *w, const struct sim_record *rec, uint64_t quantity,
                          struct evbuffer *out);
 void world_record_key(const struct sim_world *w, int64_t hour, const struct sim_record *rec,
                       char out[static SIM_KEY_LEN + 1]);
 void world_quantity_text(uint64_t quantity, uint8_t style, char out[static 32]);
+void world_format_time(int64_t t, bool zulu, char out[static 32]);
 const char *world_charged(const struct sim_world *w, size_t usersub, const char **ret_reason);
 int world_find_tenant(const struct sim_world *w, const char *tenant_id);
 int world_find_usersub(const struct sim_world *w, const char *sub_id);

@@ -5,6 +5,7 @@ charges (charged once → ok; a missing event, a wrong subscription, a wrong qua
 extra event are each flagged), with totals checked exactly against Python's decimal."""
 import copy
 import decimal
+import json
 import os
 import sqlite3
 
@@ -221,6 +222,129 @@ def test_summary_flags_missing_wrong_subscription_quantity_and_extra(sim):
     assert c["totalMismatches"] > 0
 
 
+def shifted(t, hours):
+    """An RFC 3339 time moved by some hours."""
+    import calendar
+    import time
+    u = calendar.timegm(time.strptime(t, "%Y-%m-%dT%H:%M:%SZ")) + 3600 * hours
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(u))
+
+
+def test_summary_checks_every_member(sim):
+    ev = sim.expected_events()
+    w = sim.world()
+    reg = w["registration"]["id"].lower()
+    pick = iter(range(len(ev)))
+
+    def take(cond=lambda e: True):
+        return next(i for i in pick if cond(ev[i]))
+    tenants = [t["tenantId"] for t in w["tenants"]]
+    subs = [x for t in w["tenants"] for x in t["subscriptions"]]
+    wrong = {}   # index -> (changes, kind, fields)
+    i = take(lambda e: e["chargeReason"] == "registered")
+    wrong[i] = ({"chargeReason": "default"}, "wrongReason", [])
+    i = take(lambda e: e["tenantId"] is not None)
+    wrong[i] = ({"tenantId": next(t for t in tenants if t != ev[i]["tenantId"])},
+                "wrongTenant", [])
+    i = take()
+    wrong[i] = ({"sourceSubscriptionId": next(x for x in subs
+                                              if x != ev[i]["sourceSubscriptionId"])},
+                "wrongSource", [])
+    i = take()
+    wrong[i] = ({"registration": reg.upper()}, "wrongField", ["registration"])
+    i = take(lambda e: e["meterId"] != e["meterId"].lower())
+    wrong[i] = ({"meterId": ev[i]["meterId"].lower()}, "wrongField", ["meterId"])
+    i = take()
+    wrong[i] = ({"usageStartTime": shifted(ev[i]["usageStartTime"], -1),
+                 "usageEndTime": shifted(ev[i]["usageEndTime"], -1)}, "wrongField",
+                ["usageStartTime", "usageEndTime"])
+    i = take()
+    wrong[i] = ({"resourceUri": ev[i]["resourceUri"].upper()}, "wrongField", ["resourceUri"])
+    i = take()
+    wrong[i] = ({"location": "elsewhere"}, "wrongField", ["location"])
+    i = take()
+    wrong[i] = ({"tags": {"costcenter": "0815"}}, "wrongField", ["tags"])
+    i = take(lambda e: e["additionalInfo"] is not None)
+    wrong[i] = ({"additionalInfo": None}, "wrongField", ["additionalInfo"])
+    sent = [dict(e, **wrong[i][0]) if i in wrong else e for i, e in enumerate(ev)]
+    post_all(sim, sent)
+    c = sim.summary()["comparison"]
+    assert c["ok"] is False
+    assert c["missingCount"] == c["extraCount"] == c["wrongSubscriptionCount"] == 0
+    assert c["wrongQuantityCount"] == 0
+    for kind in ("wrongReason", "wrongTenant", "wrongSource"):
+        (i,) = [i for i in wrong if wrong[i][1] == kind]
+        member = next(iter(wrong[i][0]))
+        assert c[kind + "Count"] == 1
+        assert c[kind] == [{"usageEventId": ev[i]["usageEventId"], "expected": ev[i][member],
+                            "actual": sent[i][member]}]
+    fielded = {ev[i]["usageEventId"]: f for i, (_, k, f) in wrong.items() if k == "wrongField"}
+    assert c["wrongFieldCount"] == len(fielded)
+    assert {x["usageEventId"]: x["fields"] for x in c["wrongField"]} == fielded
+    counts = {f: sum(f in v for v in fielded.values()) for f in c["wrongFields"]}
+    assert c["wrongFields"] == counts
+
+
+def test_summary_compares_json_members_as_json(sim):
+    ev = sim.expected_events()
+    info = next(e for e in ev if e["additionalInfo"] and len(e["additionalInfo"]) > 1)
+    tagged = next(e for e in ev if e["tags"] and "owner" in e["tags"])
+    assert '"' in tagged["tags"]["owner"]
+    body = json.dumps({"request": [dict(info, additionalInfo=dict(reversed(list(
+        info["additionalInfo"].items()))))]})
+    w = sim.world()
+    tok = sim.token(w["audiences"]["commerce"])
+    assert sim.post(w["commercePath"], body, token=tok).status == 200
+    # the same tags with an escape the expected text does not use
+    text = json.dumps({"request": [tagged]}, indent=2).replace("&", "\\u0026")
+    assert "\\u0026" in text
+    assert sim.post(w["commercePath"], text, token=tok).status == 200
+    post_all(sim, [e for e in ev if e not in (info, tagged)])
+    c = sim.summary()["comparison"]
+    assert c["ok"] is True and c["wrongFieldCount"] == 0, c
+
+
+def test_summary_reports_other_quantity_literals_without_failing(sim):
+    ev = sim.expected_events()
+    i = next(i for i, e in enumerate(ev) if "." in e["quantity"])
+    sent = list(ev)
+    sent[i] = dict(ev[i], quantity=ev[i]["quantity"] + "00")
+    post_all(sim, sent)
+    c = sim.summary()["comparison"]
+    assert c["ok"] is True and c["wrongQuantityCount"] == 0
+    assert c["quantityLiteralCount"] == 1
+    assert c["quantityLiteral"] == [{"usageEventId": ev[i]["usageEventId"],
+                                     "expected": ev[i]["quantity"],
+                                     "actual": sent[i]["quantity"]}]
+
+
+def test_summary_row_under_another_reported_hour_is_extra_and_missing(sim):
+    ev = sim.expected_events()
+    sent = list(ev)
+    sent[5] = dict(ev[5], reportedStartTime=shifted(ev[5]["reportedStartTime"], 1))
+    post_all(sim, sent)
+    c = sim.summary()["comparison"]
+    assert c["ok"] is False
+    assert c["extra"] == c["missing"] == [ev[5]["usageEventId"]]
+
+
+def test_summary_sees_rows_added_after_a_clean_summary(sim):
+    ev = sim.expected_events()
+    hour = [e for e in ev if e["reportedStartTime"] == "2026-11-01T02:00:00Z"]
+    post_all(sim, hour[:7])
+    s = sim.summary(since="2026-11-01T02:00:00Z", until="2026-11-01T03:00:00Z")
+    assert s["comparison"]["missingCount"] == 13 and s["accepted"] == 7
+    post_all(sim, ev)
+    first = sim.summary()
+    assert first["comparison"]["ok"] is True
+    again = sim.summary()
+    assert again["comparison"] == first["comparison"] and again["totals"] == first["totals"]
+    # one row more in an hour found clean before: compared again
+    post_all(sim, [dict(hour[0], usageEventId="e" * 64)])
+    c = sim.summary()["comparison"]
+    assert c["ok"] is False and c["extra"] == ["e" * 64]
+
+
 def test_summary_follows_registration_changes(sim):
     ev = sim.expected_events()
     post_all(sim, ev)
@@ -295,3 +419,39 @@ def test_batch_parser_rejects_malformed(sim, body):
     w = sim.world()
     r = sim.post(w["commercePath"], body, token=sim.token(w["audiences"]["commerce"]))
     assert r.status == 400
+
+
+def test_summary_cost_is_its_own_and_repeats_cheaply():
+    sc = scenario(hours={"from": "2026-11-01T00:00:00Z", "count": 6}, recordsPerHour=2000,
+                  tenants=10, registeredTenants=8, resourcesPerSubscription=100)
+    with Sim(sc, now=NOW) as s:
+        w = s.world()
+        post_all(s, s.expected_events(), size=1000)
+        t = w["tenants"][0]
+        reg = w["registration"]["id"] + "/customerSubscriptions/%s?api-version=2017-06-01" % \
+            t["customerSubscription"]
+        tok = s.token(w["audiences"]["arm"])
+        first = s.summary()
+        second = s.summary()
+        assert first["comparison"]["ok"] and second["comparison"] == first["comparison"]
+        assert second["totals"] == first["totals"]
+        # nothing changed: the second summary does not compare the 12,000 rows again
+        d1 = first["sim"]["summaryCpuUs"]
+        d2 = second["sim"]["summaryCpuUs"] - d1
+        assert d2 * 3 < d1, (d1, d2)
+        # registration changes make every summary compare again; its CPU time stays out of
+        # the figure per record and event
+        for i in range(4):
+            if i % 2 == 0:
+                r = s.request("DELETE", reg, token=tok)
+            else:
+                r = s.request("PUT", reg, body={"properties": {"tenantId": t["tenantId"]}},
+                              token=tok)
+            assert r.status == 200
+            last = s.summary()
+            assert last["comparison"]["ok"] is (i % 2 == 1)
+        n = last["sim"]["eventsReceived"] + last["sim"]["recordsServed"]
+        work = (last["sim"]["cpuUsPerRecord"] - second["sim"]["cpuUsPerRecord"]) * n
+        spent = last["sim"]["summaryCpuUs"] - second["sim"]["summaryCpuUs"]
+        assert spent > 4 * d2 and work < spent / 2, (work, spent)
+        assert last["sim"]["summaries"] == 6
