@@ -606,6 +606,65 @@ def test_unlisted_and_disabled_tenants():
         assert {e["chargeReason"] for e in others} == {"registered", "default"}
 
 
+def test_command_line_overrides_the_scenario():
+    hours = {"from": "2026-11-01T00:00:00Z", "count": 48}
+    args = ["--seed", "7", "--records-per-hour", "5", "--hours", "3"]
+    with Sim(scenario(seed=42, recordsPerHour=20, hours=hours), now=NOW,
+             extra_args=args) as s, \
+            Sim(scenario(seed=7, recordsPerHour=5, hours=dict(hours, count=3)), now=NOW) as ref:
+        w = s.world()
+        assert (w["seed"], w["recordsPerHour"], w["hours"]["count"]) == (7, 5, 3)
+        for hour in ("2026-11-01T02:00:00Z", "2026-11-01T03:00:00Z"):
+            got = s.get(s.usage_path(hour), token=stack_token(s))
+            want = ref.get(ref.usage_path(hour), token=stack_token(ref))
+            assert got.status == want.status == 200
+            assert got.body == want.body
+            assert len(got.json()["value"]) == (5 if hour.startswith("2026-11-01T02") else 0)
+
+
+def local_address():
+    """A non-loopback IPv4 address of this machine, or None."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        try:
+            u.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a source address
+            addr = u.getsockname()[0]
+        except OSError:
+            return None
+    return None if addr.startswith("127.") else addr
+
+
+def test_control_api_is_loopback_only():
+    import http.client
+    import ssl
+    addr = local_address()
+    if not addr:
+        pytest.skip("no non-loopback IPv4 address to reach the simulator from")
+    with Sim(scenario(), now=NOW, extra_args=["--listen", "0.0.0.0:0"]) as s:
+        assert s.world()["seed"] == 42  # from loopback
+        ctx = ssl.create_default_context(cafile=s.ca_file)
+        ctx.check_hostname = False  # the test certificate names localhost and 127.0.0.1
+        for method, path in (("GET", "/_sim/world"), ("POST", "/_sim/reset"),
+                             ("GET", "/_sim/ledger/summary")):
+            conn = http.client.HTTPSConnection(addr, s.port, context=ctx, timeout=10)
+            try:
+                conn.request(method, path)
+                r = conn.getresponse()
+                body = json.loads(r.read())
+            finally:
+                conn.close()
+            assert r.status == 403, path
+            assert body == {"error": {"code": "Forbidden",
+                                      "message": "The control API is loopback only."}}
+        # the simulated Azure itself answers from anywhere
+        conn = http.client.HTTPSConnection(addr, s.port, context=ctx, timeout=10)
+        try:
+            conn.request("GET", "/metadata/endpoints?api-version=2015-01-01")
+            assert conn.getresponse().status == 200
+        finally:
+            conn.close()
+
+
 def test_help_and_version():
     import subprocess
     from azsim import sim_binary

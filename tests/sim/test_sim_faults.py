@@ -57,6 +57,28 @@ def test_after_skips_first_requests(sim):
     assert [usage(sim).status for _ in range(4)] == [200, 200, 500, 200]
 
 
+def test_later_rule_counts_only_requests_earlier_rules_left(sim):
+    sim.set_faults([{"endpoint": "usage", "status": 503, "times": 2},
+                    {"endpoint": "usage", "status": 500, "after": 1, "times": 1}])
+    assert [usage(sim).status for _ in range(5)] == [503, 503, 200, 500, 200]
+    first, second = sim.faults()
+    assert (first["seen"], first["fired"]) == (5, 2)
+    assert (second["seen"], second["fired"]) == (3, 1)
+
+
+def test_path_filter(sim):
+    tok = sim.token(sim.audiences()["arm"], AZURE_CLIENT_ID, AZURE_CLIENT_SECRET)
+    reg = sim.registration_path()
+    sim.set_faults([{"endpoint": "any", "path": "/customerSubscriptions", "status": 503,
+                     "times": 1}])
+    assert sim.get(reg + "?api-version=2017-06-01", token=tok).status == 200
+    assert usage(sim).status == 200
+    assert sim.faults()[0]["seen"] == 0
+    r = sim.get(reg + "/customerSubscriptions?api-version=2017-06-01", token=tok)
+    assert r.status == 503 and r.json()["error"]["code"] == "ServiceUnavailable"
+    assert sim.get(reg + "/customerSubscriptions?api-version=2017-06-01", token=tok).status == 200
+
+
 def test_rate_fires_a_fraction(sim):
     sim.set_faults([{"endpoint": "metadata", "status": 503, "rate": 0.5}])
     codes = [sim.get("/metadata/endpoints?api-version=2015-01-01").status for _ in range(40)]

@@ -136,6 +136,49 @@ def test_limits_answer_413():
         assert s.summary()["accepted"] == 5
 
 
+def test_unknown_content_encoding_is_415(sim):
+    r = sim.commerce_post(sim.expected_events(limit=1), headers={"Content-Encoding": "br"})
+    assert r.status == 415
+    assert r.json()["error"]["code"] == "UnsupportedMediaType"
+    assert sim.summary()["accepted"] == 0
+
+
+def test_inflated_body_too_large_is_413():
+    sc = scenario(commerce={"path": "/batch", "maxEvents": 5, "maxBytes": 4000})
+    with Sim(sc, now=NOW) as s:
+        e = dict(s.expected_events(limit=1)[0], tags={"pad": "a" * 70000})  # > 16 × 4000
+        r = s.commerce_post([e], gzip_body=True)  # a few hundred bytes on the wire
+        assert r.status == 413
+        assert r.json()["error"] == {"code": "RequestEntityTooLarge",
+                                     "message": "The decompressed request body is too large."}
+        assert s.summary()["accepted"] == 0
+
+
+def test_body_beyond_the_http_limit_gets_libevents_own_413():
+    """Above 4 × maxBytes + 1 MiB libevent answers before the simulator sees the request: 413
+    with its own HTML page and Connection: close (README.md); a forwarder must not expect JSON."""
+    import socket
+    import ssl
+    sc = scenario(commerce={"path": "/batch", "maxEvents": 5, "maxBytes": 4000})
+    with Sim(sc, now=NOW) as s:
+        ctx = ssl.create_default_context(cafile=s.ca_file)
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as t:
+            t.sendall(b"POST /batch HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                      % (4 * 4000 + (1 << 20) + 1))
+            data = b""
+            while True:
+                d = t.recv(65536)
+                if not d:
+                    break
+                data += d
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413 ")
+        assert b"Connection: close" in head and b"413" in body
+        assert s.requests()["counts"]["commerce"] == {}  # never reached the simulator
+
+
 @pytest.mark.parametrize("change,status", [
     ({"quantity": "-1"}, "InvalidQuantity"),
     ({"quantity": "abc"}, "InvalidQuantity"),
