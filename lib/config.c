@@ -13,7 +13,8 @@
  *     the first one).
  * Values are collected per key and validated after the parse, so every problem is reported, in
  * line order, with the missing required keys last. No message ever echoes a value: they say what
- * is wrong and where. Only the paths of *_file keys are named, never their content.
+ * is wrong and where. That includes *_file keys: a message names the directory a file was looked
+ * for in, never the name after "=" (an operator may have pasted the secret there) nor the content.
  */
 #include <arpa/inet.h>
 #include <assert.h>
@@ -214,6 +215,16 @@ struct parse {
 	size_t n_problems;
 	size_t n_errors;
 	unsigned flags; /* CONFIG_SKIP_SECRETS */
+};
+
+/*
+ * A resolved *_file name. Messages say where the file is (or was looked for), never its name:
+ * whatever was written after "=" may be the secret itself, pasted by mistake.
+ */
+struct file_ref {
+	char *path;  /* what is opened */
+	char *where; /* "in DIR", "in $CREDENTIALS_DIRECTORY (DIR)", "at the absolute path given" */
+	char *searched; /* for a missing file: every place it was looked for */
 };
 
 static void problem_add(struct parse *ps, unsigned line, bool warning, const char *format, ...)
@@ -1131,24 +1142,51 @@ path_join(const char *dir, const char *name)
 	return xasprintf("%s%s%s", dir, n > 0 && dir[n - 1] == '/' ? "" : "/", name);
 }
 
-/* Resolve a *_file name: absolute as is; relative in $CREDENTIALS_DIRECTORY, else beside us. */
-static char *
-file_resolve(struct parse *ps, const char *name)
+/*
+ * Resolve a *_file name: absolute as is; relative in $CREDENTIALS_DIRECTORY, else beside us.
+ * Besides the path to open, say where that is for messages, which never repeat the name: an
+ * operator may have pasted the secret itself after "=".
+ */
+static void
+file_resolve(struct parse *ps, const char *name, struct file_ref *ret)
 {
 	const char *creds;
 
-	if (name[0] == '/')
-		return xstrdup(name);
+	*ret = (struct file_ref){0};
+	if (name[0] == '/') {
+		ret->path = xstrdup(name);
+		ret->where = xstrdup("at the absolute path given");
+		ret->searched = xstrdup(ret->where);
+		return;
+	}
 	creds = getenv("CREDENTIALS_DIRECTORY");
 	if (!isempty(creds)) {
 		char *p = path_join(creds, name);
 		struct stat st;
 
-		if (lstat(p, &st) == 0)
-			return p;
+		if (lstat(p, &st) == 0) {
+			ret->path = p;
+			ret->where = xasprintf("in $CREDENTIALS_DIRECTORY (%s)", creds);
+			ret->searched = xstrdup(ret->where);
+			return;
+		}
 		free(p);
+		ret->searched = xasprintf("in $CREDENTIALS_DIRECTORY (%s) or %s", creds, ps->dir);
+	} else {
+		ret->searched = xasprintf("in %s ($CREDENTIALS_DIRECTORY is not set)", ps->dir);
 	}
-	return path_join(ps->dir, name);
+	ret->path = path_join(ps->dir, name);
+	ret->where = xasprintf("in %s", ps->dir);
+}
+
+/* Free what file_resolve() filled in. */
+static void
+file_ref_done(struct file_ref *ref)
+{
+	free(ref->path);
+	free(ref->where);
+	free(ref->searched);
+	*ref = (struct file_ref){0};
 }
 
 /* Read all of fd (at most max bytes) into a NUL-terminated buffer. */
@@ -1215,16 +1253,19 @@ file_open_regular(const char *path, struct stat *ret_st)
 	return TAKE_FD(fd);
 }
 
-/* Report a file problem naming the path (never the content). */
+/* Report a file problem saying where the file was looked for (never its name or content). */
 static void
-file_problem(struct parse *ps, const struct key *k, unsigned line, const char *path, int r)
+file_problem(struct parse *ps, const struct key *k, unsigned line, const struct file_ref *ref,
+             int r)
 {
-	if (r == -EBADF)
-		key_problem(ps, k, line, false, "%s: not a regular file", path);
+	if (r == -ENOENT)
+		key_problem(ps, k, line, false, "no such file %s", ref->searched);
+	else if (r == -EBADF)
+		key_problem(ps, k, line, false, "file %s: not a regular file", ref->where);
 	else if (r == -EFBIG)
-		key_problem(ps, k, line, false, "%s: too large", path);
+		key_problem(ps, k, line, false, "file %s: too large", ref->where);
 	else
-		key_problem(ps, k, line, false, "%s: %s", path, strerror(-r));
+		key_problem(ps, k, line, false, "file %s: %s", ref->where, strerror(-r));
 }
 
 /*
@@ -1232,7 +1273,8 @@ file_problem(struct parse *ps, const struct key *k, unsigned line, const char *p
  * Problems are reported; returns 0 or a negative errno.
  */
 static int
-secret_file_read(struct parse *ps, const struct key *k, unsigned line, const char *path, char **ret)
+secret_file_read(struct parse *ps, const struct key *k, unsigned line, const struct file_ref *ref,
+                 char **ret)
 {
 	_cleanup_close_ int fd = -1;
 	struct stat st;
@@ -1240,32 +1282,32 @@ secret_file_read(struct parse *ps, const struct key *k, unsigned line, const cha
 	size_t size;
 	int r;
 
-	fd = file_open_regular(path, &st);
+	fd = file_open_regular(ref->path, &st);
 	if (fd < 0) {
-		file_problem(ps, k, line, path, fd);
+		file_problem(ps, k, line, ref, fd);
 		return fd;
 	}
 	r = read_whole_fd(fd, CONFIG_MAX_SECRET_SIZE, &buf, &size);
 	if (r < 0) {
-		file_problem(ps, k, line, path, r);
+		file_problem(ps, k, line, ref, r);
 		return r;
 	}
 	while (size > 0 && (buf[size - 1] == '\n' || buf[size - 1] == '\r'))
 		buf[--size] = '\0';
 	if (size == 0) {
 		free(buf);
-		key_problem(ps, k, line, false, "%s: is empty", path);
+		key_problem(ps, k, line, false, "file %s: is empty", ref->where);
 		return -ENODATA;
 	}
 	if (memchr(buf, '\0', size)) {
 		explicit_wipe(buf, size);
 		free(buf);
-		key_problem(ps, k, line, false, "%s: contains a NUL byte", path);
+		key_problem(ps, k, line, false, "file %s: contains a NUL byte", ref->where);
 		return -EINVAL;
 	}
 	if (st.st_mode & (S_IRGRP | S_IROTH))
-		key_problem(ps, k, line, true, "%s: readable by group or others (chmod 0600 it)",
-		            path);
+		key_problem(ps, k, line, true,
+		            "file %s: readable by group or others (chmod 0600 it)", ref->where);
 	*ret = buf;
 	return 0;
 }
@@ -1387,49 +1429,48 @@ key_apply(struct parse *ps, const struct key *k, const char *v, unsigned line, s
 	case KEY_SECRET_FILE:
 	case KEY_CERT_FILE: {
 		struct config_client *cl = (struct config_client *)field;
-		_cleanup_free_ char *path = NULL;
+		_cleanup_(file_ref_done) struct file_ref ref = {0};
 		char *content = NULL;
 
-		/* the path is named in messages: no control characters may reach a terminal */
 		if (!printable(v, true)) {
 			reason = "not a file path";
 			break;
 		}
-		path = file_resolve(ps, v);
+		file_resolve(ps, v, &ref);
 		if (ps->flags & CONFIG_SKIP_SECRETS) {
-			/* the caller needs no credentials: name the file, read nothing */
+			/* the caller needs no credentials: resolve the file, read nothing */
 			if (k->type == KEY_SECRET_FILE)
-				cl->secret_file = TAKE_PTR(path);
+				cl->secret_file = TAKE_PTR(ref.path);
 			else
-				cl->certificate_file = TAKE_PTR(path);
+				cl->certificate_file = TAKE_PTR(ref.path);
 			return;
 		}
-		if (secret_file_read(ps, k, line, path, &content) < 0)
+		if (secret_file_read(ps, k, line, &ref, &content) < 0)
 			return;
 		if (k->type == KEY_SECRET_FILE) {
 			if (strpbrk(content, "\r\n")) {
 				free_secret(content);
-				key_problem(ps, k, line, false, "%s: holds more than one line",
-				            path);
+				key_problem(ps, k, line, false, "file %s: holds more than one line",
+				            ref.where);
 				return;
 			}
 			cl->secret = content;
-			cl->secret_file = TAKE_PTR(path);
+			cl->secret_file = TAKE_PTR(ref.path);
 		} else {
 			const char *why = pem_check(content);
 
 			if (why) {
 				free_secret(content);
-				key_problem(ps, k, line, false, "%s: %s", path, why);
+				key_problem(ps, k, line, false, "file %s: %s", ref.where, why);
 				return;
 			}
 			cl->certificate = content;
-			cl->certificate_file = TAKE_PTR(path);
+			cl->certificate_file = TAKE_PTR(ref.path);
 		}
 		return;
 	}
 	case KEY_CA_FILE: {
-		_cleanup_free_ char *path = NULL;
+		_cleanup_(file_ref_done) struct file_ref ref = {0};
 		_cleanup_close_ int fd = -1;
 		struct stat st;
 
@@ -1437,17 +1478,17 @@ key_apply(struct parse *ps, const struct key *k, const char *v, unsigned line, s
 			reason = "not a file path";
 			break;
 		}
-		path = file_resolve(ps, v);
-		fd = file_open_regular(path, &st);
+		file_resolve(ps, v, &ref);
+		fd = file_open_regular(ref.path, &st);
 		if (fd < 0) {
-			file_problem(ps, k, line, path, fd);
+			file_problem(ps, k, line, &ref, fd);
 			return;
 		}
 		if (st.st_size == 0) {
-			key_problem(ps, k, line, false, "%s: is empty", path);
+			key_problem(ps, k, line, false, "file %s: is empty", ref.where);
 			return;
 		}
-		*str = TAKE_PTR(path);
+		*str = TAKE_PTR(ref.path);
 		return;
 	}
 	case KEY_TIME_HOUR: {

@@ -2,9 +2,10 @@
  * The configuration file (ARCHITECTURE.md section 3): INI parsed with libinih into one immutable
  * struct config. Every problem is collected (not just the first) as "FILE:LINE: section.key:
  * reason" or, for a missing required key, "FILE: section.key: required". Secrets are read from
- * *_file keys
- * ($CREDENTIALS_DIRECTORY first for relative names, then beside the config file) and registered
- * with log_add_secret() by the caller through config_register_secrets().
+ * *_file keys ($CREDENTIALS_DIRECTORY first for relative names, then beside the config file); a
+ * problem with such a file says where it was looked for, never the name given after "=" (which
+ * may be the secret itself, pasted by mistake). Secrets are registered with log_add_secret() by
+ * the caller through config_register_secrets().
  *
  * Durations are kept in microseconds (suffixes s, m, h, d; "ms" is accepted too), sizes in bytes
  * (suffixes K, M, G; powers of 1024).

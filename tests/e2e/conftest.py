@@ -385,10 +385,12 @@ def start_daemon(daemon_bin, config, notify_socket):
 
 @pytest.fixture
 def run_daemon(daemon_bin):
-    """A function running azs-usaged to completion with args; returns CompletedProcess."""
-    def run(*args, timeout=30):
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM", "CREDENTIALS_DIRECTORY")}
+    """A function running azs-usaged to completion with args (env: extra environment variables);
+    returns CompletedProcess."""
+    def run(*args, timeout=30, env=None):
+        environment = {k: v for k, v in os.environ.items()
+                       if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM", "CREDENTIALS_DIRECTORY")}
+        environment.update(env or {})
         return subprocess.run([str(daemon_bin), *map(str, args)], stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=timeout, env=env)
+                              capture_output=True, text=True, timeout=timeout, env=environment)
     return run

@@ -1,8 +1,13 @@
 """azs-usaged --check-config and the informational options: a valid file is reported OK; every
 mistake of a broken file is reported with its file and line (not just the first), a secret never
-shows in the output even beside a mistake; --help and --version succeed; usage errors exit 2.
+shows in the output even beside a mistake, nor when it was pasted as the value of a *_file key
+(the messages name the directories searched instead); --help and --version succeed; usage errors
+exit 2.
 """
+import os
 import re
+
+import pytest
 
 from conftest import AZURE_SECRET, STACK_SECRET
 
@@ -66,6 +71,89 @@ def test_check_config_never_prints_a_secret_beside_a_mistake(run_daemon, config)
         assert secret not in r.stderr
         # not even a recognisable part of it
         assert secret[-12:] not in r.stderr
+
+
+PASTED = "s3cr3tValue-Pasted-9c1e5b7a"
+
+
+def _pasted_config(config, key=("azure", "client_secret_file")):
+    """The valid file with the secret itself written as the value of a *_file key."""
+    return config.write(changes={key: PASTED})
+
+
+def _assert_pasted_not_shown(r):
+    for stream in (r.stdout, r.stderr):
+        assert PASTED not in stream, stream
+        assert "s3cr3t" not in stream, stream
+
+
+@pytest.mark.parametrize("key", [("azure", "client_secret_file"),
+                                 ("stack", "client_certificate_file"),
+                                 ("http", "ca_file")])
+def test_check_config_pasted_secret_missing_file_names_directories(run_daemon, config, key,
+                                                                    tmp_path):
+    changes = {key: PASTED}
+    if key == ("stack", "client_certificate_file"):
+        changes[("stack", "client_secret_file")] = None
+    config.write(changes=changes)
+    r = run_daemon("--check-config", "-c", config.path)
+    assert r.returncode == 1
+    _assert_pasted_not_shown(r)
+    want = (f"{config.path}:{config.line_of(*key)}: {key[0]}.{key[1]}: no such file in "
+            f"{config.dir} ($CREDENTIALS_DIRECTORY is not set)")
+    assert want in r.stderr.splitlines(), r.stderr
+
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    r = run_daemon("--check-config", "-c", config.path, env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert r.returncode == 1
+    _assert_pasted_not_shown(r)
+    want = (f"{config.path}:{config.line_of(*key)}: {key[0]}.{key[1]}: no such file in "
+            f"$CREDENTIALS_DIRECTORY ({creds}) or {config.dir}")
+    assert want in r.stderr.splitlines(), r.stderr
+
+
+def test_check_config_pasted_secret_unreadable_directory_empty_multiline(run_daemon, config):
+    _pasted_config(config)
+    line = config.line_of("azure", "client_secret_file")
+    target = config.dir / PASTED
+    prefix = f"{config.path}:{line}: azure.client_secret_file: file in {config.dir}: "
+
+    cases = []
+    if os.geteuid() != 0:  # root reads a mode-0 file; a symlink loop stops everyone
+        cases.append(("unreadable", lambda: (target.write_text("x-value\n"), target.chmod(0)),
+                      "Permission denied"))
+    else:
+        cases.append(("unreadable", lambda: target.symlink_to(target),
+                      "Too many levels of symbolic links"))
+    cases += [
+        ("directory", lambda: target.mkdir(), "Is a directory"),
+        ("empty", lambda: (target.write_text(""), target.chmod(0o600)), "is empty"),
+        ("multi-line", lambda: (target.write_text("line-one\nline-two\n"), target.chmod(0o600)),
+         "holds more than one line"),
+    ]
+    for name, make, reason in cases:
+        make()
+        try:
+            r = run_daemon("--check-config", "-c", config.path)
+            assert r.returncode == 1, name
+            _assert_pasted_not_shown(r)
+            assert "line-one" not in r.stderr
+            assert prefix + reason in r.stderr.splitlines(), (name, r.stderr)
+        finally:
+            if target.is_dir() and not target.is_symlink():
+                target.rmdir()
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+
+
+def test_check_config_pasted_secret_not_in_daemon_log(run_daemon, config):
+    # the daemon itself (not --check-config) logs the same problems before refusing to start
+    _pasted_config(config)
+    r = run_daemon("-c", config.path, "--foreground")
+    assert r.returncode == 1
+    _assert_pasted_not_shown(r)
+    assert "azure.client_secret_file: no such file in" in r.stderr
 
 
 def test_check_config_unreadable_file_exits_1_naming_it(run_daemon, tmp_path):

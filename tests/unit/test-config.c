@@ -32,9 +32,10 @@
 #include "macro.h"
 #include "xmalloc.h"
 
-#define STACK_SECRET "St4ck~Secret.Value_0123456789abcdefXYZ"
-#define AZURE_SECRET "Azur3~Secret.Value_9876543210fedcbaQRS"
-#define T_2026_11_01 INT64_C(1793491200) /* 2026-11-01T00:00:00Z, computed outside this code */
+#define STACK_SECRET  "St4ck~Secret.Value_0123456789abcdefXYZ"
+#define AZURE_SECRET  "Azur3~Secret.Value_9876543210fedcbaQRS"
+#define PASTED_SECRET "Pasted~Secret.Value_5a5a5a5a0b0b0b0b"
+#define T_2026_11_01  INT64_C(1793491200) /* 2026-11-01T00:00:00Z, computed outside this code */
 
 /* The keys every valid file needs, with secret files named relative to the file. */
 #define REQUIRED_STACK                                                       \
@@ -189,6 +190,16 @@ assert_not_in_messages(const struct fixture *f, const char *needle)
 	for (size_t i = 0; i < f->problems.n_warnings; i++)
 		if (strstr(f->problems.warnings[i], needle))
 			fail_msg("warning echoes a secret: %s", f->problems.warnings[i]);
+}
+
+/* A copy of text with the first occurrence of old replaced by new (old must occur). */
+static char *
+replace_once(const char *text, const char *old, const char *new)
+{
+	const char *p = strstr(text, old);
+
+	assert_non_null(p);
+	return xasprintf("%.*s%s%s", (int)(p - text), text, new, p + strlen(old));
 }
 
 /* Create the test directory. */
@@ -723,7 +734,7 @@ test_config_load_no_secret_nor_certificate(void **state)
 	assert_error(f, ": stack.client_secret_file: required (or stack.client_certificate_file)");
 }
 
-/* A file that cannot be read is an error naming the path. */
+/* A file that cannot be read is an error naming the directory it is in (not its name). */
 static void
 test_config_load_unreadable_secret_file(void **state)
 {
@@ -733,14 +744,15 @@ test_config_load_unreadable_secret_file(void **state)
 
 	if (geteuid() != 0) {
 		assert_int_equal(chmod(path, 0), 0);
-		rest = xasprintf(":6: stack.client_secret_file: %s: Permission denied", path);
+		rest = xasprintf(":6: stack.client_secret_file: file in %s: Permission denied",
+		                 f->dir);
 	} else {
 		/* root reads everything: a symlink loop cannot be opened by anyone */
 		assert_int_equal(unlink(path), 0);
 		assert_int_equal(symlink(path, path), 0);
-		rest = xasprintf(":6: stack.client_secret_file: %s: Too many levels of symbolic "
-		                 "links",
-		                 path);
+		rest = xasprintf(":6: stack.client_secret_file: file in %s: Too many levels of "
+		                 "symbolic links",
+		                 f->dir);
 	}
 	load(f, REQUIRED);
 	assert_failed_with(f, 1);
@@ -751,13 +763,13 @@ test_config_load_unreadable_secret_file(void **state)
 	assert_int_equal(mkdir(path, 0700), 0);
 	load(f, REQUIRED);
 	free(rest);
-	rest = xasprintf(":6: stack.client_secret_file: %s: Is a directory", path);
+	rest = xasprintf(":6: stack.client_secret_file: file in %s: Is a directory", f->dir);
 	assert_error(f, rest);
 	rmdir(path);
 	free(write_file(f, "stack-secret", "\n", 0600));
 	load(f, REQUIRED);
 	free(rest);
-	rest = xasprintf(":6: stack.client_secret_file: %s: is empty", path);
+	rest = xasprintf(":6: stack.client_secret_file: file in %s: is empty", f->dir);
 	assert_failed_with(f, 1);
 	assert_error(f, rest);
 
@@ -766,18 +778,19 @@ test_config_load_unreadable_secret_file(void **state)
 	assert_int_equal(mkfifo(path, 0600), 0);
 	load(f, REQUIRED);
 	free(rest);
-	rest = xasprintf(":6: stack.client_secret_file: %s: not a regular file", path);
+	rest = xasprintf(":6: stack.client_secret_file: file in %s: not a regular file", f->dir);
 	assert_error(f, rest);
 }
 
-/* A missing file is an error naming the path it was looked for at. */
+/* A missing file is an error naming the directory it was looked for in (not its name). */
 static void
 test_config_load_missing_secret_file(void **state)
 {
 	struct fixture *f = *state;
 	_cleanup_free_ char *path = xasprintf("%s/azure-secret", f->dir);
-	_cleanup_free_ char *rest =
-	        xasprintf(":14: azure.client_secret_file: %s: No such file or directory", path);
+	_cleanup_free_ char *rest = xasprintf(":14: azure.client_secret_file: no such file in %s "
+	                                      "($CREDENTIALS_DIRECTORY is not set)",
+	                                      f->dir);
 
 	assert_int_equal(unlink(path), 0);
 	load(f, REQUIRED);
@@ -834,13 +847,29 @@ test_config_load_credentials_directory(void **state)
 	assert_string_equal(f->config->azure.client.secret, AZURE_SECRET);
 	assert_string_equal(f->config->azure.client.secret_file, beside);
 
-	/* missing in both: named beside the config */
+	/* missing in both: both directories are named, in lookup order */
 	unlink(beside);
 	load(f, REQUIRED);
 	assert_failed_with(f, 1);
 	{
+		_cleanup_free_ char *rest = xasprintf(":14: azure.client_secret_file: no such file "
+		                                      "in $CREDENTIALS_DIRECTORY (%s) or %s",
+		                                      creds, f->dir);
+		assert_error(f, rest);
+	}
+
+	/* found in the credentials directory but unusable: that directory is named */
+	free(write_file(f, "azure-secret", AZURE_SECRET "\n", 0600));
+	assert_int_equal(chmod(in_creds, 0600), 0);
+	fp = fopen(in_creds, "w");
+	assert_non_null(fp);
+	fclose(fp);
+	load(f, REQUIRED);
+	assert_failed_with(f, 1);
+	{
 		_cleanup_free_ char *rest = xasprintf(
-		        ":14: azure.client_secret_file: %s: No such file or directory", beside);
+		        ":6: stack.client_secret_file: file in $CREDENTIALS_DIRECTORY (%s): is empty",
+		        creds);
 		assert_error(f, rest);
 	}
 }
@@ -858,7 +887,8 @@ test_config_load_world_readable_secret_warning(void **state)
 	assert_int_equal(f->r, 0);
 	assert_non_null(f->config);
 	assert_int_equal(f->problems.n_warnings, 1);
-	rest = xasprintf(":6: stack.client_secret_file: %s: readable by group or others", path);
+	rest = xasprintf(":6: stack.client_secret_file: file in %s: readable by group or others",
+	                 f->dir);
 	assert_warning(f, rest);
 	assert_not_in_messages(f, STACK_SECRET);
 
@@ -1046,6 +1076,117 @@ test_config_load_no_secret_in_messages(void **state)
 	assert_not_in_messages(f, "Azur3");
 }
 
+/*
+ * An operator who pastes the secret itself into a *_file key (client_secret_file = <secret>)
+ * never sees it echoed: every message names where the file was looked for, not the name, for a
+ * missing, unreadable, directory, empty, multi-line or exposed file, with or without
+ * $CREDENTIALS_DIRECTORY, and for the certificate and CA keys too.
+ */
+static void
+test_config_load_pasted_secret_in_file_key_not_echoed(void **state)
+{
+	struct fixture *f = *state;
+	_cleanup_free_ char *creds = xasprintf("%s/creds", f->dir);
+	_cleanup_free_ char *pasted = xasprintf("%s/" PASTED_SECRET, f->dir);
+	_cleanup_free_ char *text = replace_once(REQUIRED, "client_secret_file = azure-secret",
+	                                         "client_secret_file = " PASTED_SECRET);
+	_cleanup_free_ char *cert = replace_once(text, "client_secret_file = " PASTED_SECRET,
+	                                         "client_certificate_file = " PASTED_SECRET);
+	_cleanup_free_ char *abs = replace_once(REQUIRED, "client_secret_file = azure-secret",
+	                                        "client_secret_file = /" PASTED_SECRET);
+	_cleanup_free_ char *ca = xasprintf(REQUIRED "[http]\nca_file = " PASTED_SECRET "\n");
+	_cleanup_free_ char *rest = NULL;
+	const char *const texts[] = {text, cert, abs, ca};
+
+	/* missing, beside the file and in both places */
+	for (size_t i = 0; i < ARRAY_SIZE(texts); i++) {
+		load(f, texts[i]);
+		assert_failed_with(f, 1);
+		assert_not_in_messages(f, PASTED_SECRET);
+		assert_not_in_messages(f, "Pasted");
+	}
+	load(f, text);
+	rest = xasprintf(":14: azure.client_secret_file: no such file in %s "
+	                 "($CREDENTIALS_DIRECTORY is not set)",
+	                 f->dir);
+	assert_error(f, rest);
+	load(f, abs);
+	assert_error(f, ":14: azure.client_secret_file: no such file at the absolute path given");
+	assert_int_equal(mkdir(creds, 0700), 0);
+	setenv("CREDENTIALS_DIRECTORY", creds, 1);
+	load(f, text);
+	assert_failed_with(f, 1);
+	assert_not_in_messages(f, "Pasted");
+	free(rest);
+	rest = xasprintf(":14: azure.client_secret_file: no such file in $CREDENTIALS_DIRECTORY "
+	                 "(%s) or %s",
+	                 creds, f->dir);
+	assert_error(f, rest);
+	unsetenv("CREDENTIALS_DIRECTORY");
+
+	/* unreadable (root reads everything: a symlink loop stops anyone) */
+	free(write_file(f, PASTED_SECRET, "x-secret-value\n", 0600));
+	if (geteuid() != 0) {
+		assert_int_equal(chmod(pasted, 0), 0);
+	} else {
+		assert_int_equal(unlink(pasted), 0);
+		assert_int_equal(symlink(pasted, pasted), 0);
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(texts); i++) {
+		if (texts[i] == abs)
+			continue;
+		load(f, texts[i]);
+		assert_failed_with(f, 1);
+		assert_not_in_messages(f, "Pasted");
+	}
+	assert_int_equal(unlink(pasted), 0);
+
+	/* a directory */
+	assert_int_equal(mkdir(pasted, 0700), 0);
+	for (size_t i = 0; i < ARRAY_SIZE(texts); i++) {
+		if (texts[i] == abs)
+			continue;
+		load(f, texts[i]);
+		assert_failed_with(f, 1);
+		assert_not_in_messages(f, "Pasted");
+	}
+	load(f, text);
+	free(rest);
+	rest = xasprintf(":14: azure.client_secret_file: file in %s: Is a directory", f->dir);
+	assert_error(f, rest);
+	assert_int_equal(rmdir(pasted), 0);
+
+	/* empty */
+	free(write_file(f, PASTED_SECRET, "", 0600));
+	for (size_t i = 0; i < ARRAY_SIZE(texts); i++) {
+		if (texts[i] == abs)
+			continue;
+		load(f, texts[i]);
+		assert_failed_with(f, 1);
+		assert_not_in_messages(f, "Pasted");
+	}
+
+	/* more than one line, and readable by others (a warning) */
+	free(write_file(f, PASTED_SECRET, "first-line\nsecond-line\n", 0644));
+	load(f, text);
+	assert_failed_with(f, 1);
+	assert_int_equal(f->problems.n_warnings, 1);
+	free(rest);
+	rest = xasprintf(":14: azure.client_secret_file: file in %s: holds more than one line",
+	                 f->dir);
+	assert_error(f, rest);
+	free(rest);
+	rest = xasprintf(":14: azure.client_secret_file: file in %s: readable by group or others",
+	                 f->dir);
+	assert_warning(f, rest);
+	assert_not_in_messages(f, "Pasted");
+	assert_not_in_messages(f, "first-line");
+	load(f, cert);
+	assert_failed_with(f, 1);
+	assert_not_in_messages(f, "Pasted");
+	assert_not_in_messages(f, "first-line");
+}
+
 /* Certificates must hold a certificate and the matching unencrypted private key. */
 static void
 test_config_load_bad_certificate(void **state)
@@ -1057,20 +1198,21 @@ test_config_load_bad_certificate(void **state)
 	                   "tenant = contoso.onmicrosoft.com\n"
 	                   "client_id = aaaaaaaa-0000-0000-0000-000000000001\n"
 	                   "client_certificate_file = stack.pem\n" REQUIRED_REST;
-	_cleanup_free_ char *path = write_file(f, "stack.pem", other_key_pem, 0600);
 	_cleanup_free_ char *rest = NULL;
 
+	free(write_file(f, "stack.pem", other_key_pem, 0600));
 	load(f, text);
 	assert_failed_with(f, 1);
-	rest = xasprintf(":6: stack.client_certificate_file: %s: private key does not match the "
-	                 "certificate",
-	                 path);
+	rest = xasprintf(":6: stack.client_certificate_file: file in %s: private key does not "
+	                 "match the certificate",
+	                 f->dir);
 	assert_error(f, rest);
 
 	free(write_file(f, "stack.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n", 0600));
 	load(f, text);
 	free(rest);
-	rest = xasprintf(":6: stack.client_certificate_file: %s: holds no PEM certificate", path);
+	rest = xasprintf(":6: stack.client_certificate_file: file in %s: holds no PEM certificate",
+	                 f->dir);
 	assert_error(f, rest);
 }
 
@@ -1282,9 +1424,10 @@ test_config_load_shipped_file(void **state)
 		dump_problems(f);
 	assert_int_equal(f->problems.n_errors, 2);
 	assert_non_null(strstr(f->problems.errors[0], ": stack.client_secret_file: "));
-	assert_non_null(strstr(f->problems.errors[0], "/conf/stack-secret: No such file"));
+	assert_non_null(strstr(f->problems.errors[0], ": no such file in "));
+	assert_non_null(strstr(f->problems.errors[0], "/conf ($CREDENTIALS_DIRECTORY is not set)"));
 	assert_non_null(strstr(f->problems.errors[1], ": azure.client_secret_file: "));
-	assert_non_null(strstr(f->problems.errors[1], "/conf/azure-secret: No such file"));
+	assert_non_null(strstr(f->problems.errors[1], "/conf ($CREDENTIALS_DIRECTORY is not set)"));
 }
 
 /* Run every test, with the certificates made once. */
@@ -1322,6 +1465,8 @@ main(void)
 	        cmocka_unit_test_setup_teardown(test_config_load_three_mistakes, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_config_load_no_secret_in_messages, setup,
 	                                        teardown),
+	        cmocka_unit_test_setup_teardown(
+	                test_config_load_pasted_secret_in_file_key_not_echoed, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_config_load_bad_certificate, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_config_load_bad_values, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_config_load_missing_file, setup, teardown),
