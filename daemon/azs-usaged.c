@@ -259,9 +259,9 @@ check_config(const char *path)
 	struct config *c = NULL;
 	int r;
 
+	/* secrets read are registered by config_load() even when it fails: the lines are redacted
+	 */
 	r = config_load(path, &c, &problems);
-	if (r >= 0)
-		config_register_secrets(c);
 	for (size_t i = 0; i < problems.n_errors; i++) {
 		_cleanup_free_ char *line = log_redact(problems.errors[i]);
 
@@ -291,9 +291,8 @@ daemon_load_config(struct daemon *d)
 	struct config_problems problems = {0};
 	int r;
 
+	/* every secret read is registered by now, even from a file with errors */
 	r = config_load(d->config_path, &d->config, &problems);
-	if (r >= 0)
-		config_register_secrets(d->config);
 	daemon_log_problems(&problems);
 	config_problems_done(&problems);
 	if (r < 0)
@@ -506,8 +505,8 @@ daemon_start_watchdog(struct daemon *d)
 
 /*
  * SIGHUP: read the file again. A file with errors is refused and the running configuration
- * kept; a good one replaces it, its secrets are registered (the old ones stay registered, so
- * they remain unprintable) and the keys that only a restart can apply are named.
+ * kept; a good one replaces it and the keys that only a restart can apply are named. Either way
+ * the secrets read are registered (the old ones stay registered, so they remain unprintable).
  */
 static void
 daemon_reload(struct daemon *d)
@@ -522,9 +521,8 @@ daemon_reload(struct daemon *d)
 	         now_monotonic_usec());
 	sd_notify(0, state);
 
+	/* a rotated secret is registered even when the new file is refused */
 	r = config_load(d->config_path, &c, &problems);
-	if (r >= 0)
-		config_register_secrets(c);
 	daemon_log_problems(&problems);
 	config_problems_done(&problems);
 	if (r < 0) {

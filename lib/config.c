@@ -448,6 +448,24 @@ register_pem(const char *pem)
 	}
 }
 
+/* Register a secret file's text as a secret, and each of its lines (it should have one). */
+static void
+register_lines(const char *text)
+{
+	const char *p = text;
+
+	log_add_secret(text);
+	while (*p) {
+		size_t len = strcspn(p, "\r\n");
+		_cleanup_free_ char *line = xstrndup(p, len);
+
+		log_add_secret(line);
+		explicit_wipe(line, len);
+		p += len;
+		p += strspn(p, "\r\n");
+	}
+}
+
 /* Register every secret value of c with log_add_secret(). */
 void
 config_register_secrets(const struct config *c)
@@ -1294,6 +1312,14 @@ secret_file_read(struct parse *ps, const struct key *k, unsigned line, const str
 	}
 	while (size > 0 && (buf[size - 1] == '\n' || buf[size - 1] == '\r'))
 		buf[--size] = '\0';
+	/*
+	 * Registered now, before any check can fail: the caller prints the problems of a load
+	 * that fails too, and this value may also have been written elsewhere in the file.
+	 */
+	if (k->type == KEY_CERT_FILE)
+		register_pem(buf);
+	else
+		register_lines(buf);
 	if (size == 0) {
 		free(buf);
 		key_problem(ps, k, line, false, "file %s: is empty", ref->where);

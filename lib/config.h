@@ -4,8 +4,9 @@
  * reason" or, for a missing required key, "FILE: section.key: required". Secrets are read from
  * *_file keys ($CREDENTIALS_DIRECTORY first for relative names, then beside the config file); a
  * problem with such a file says where it was looked for, never the name given after "=" (which
- * may be the secret itself, pasted by mistake). Secrets are registered with log_add_secret() by
- * the caller through config_register_secrets().
+ * may be the secret itself, pasted by mistake). Every secret is registered with log_add_secret()
+ * as soon as it is read, before the load can fail: a caller printing the problems of a broken
+ * file (which may hold the secret elsewhere too) redacts it without further ado.
  *
  * Durations are kept in microseconds (suffixes s, m, h, d; "ms" is accepted too), sizes in bytes
  * (suffixes K, M, G; powers of 1024).
@@ -118,7 +119,8 @@ struct config_problems {
 /*
  * Read and validate path. On success *ret is set (even with warnings) and 0 returned; with any
  * error, -EINVAL is returned, *ret is untouched and problems->errors says why. A file that cannot
- * be opened is -errno with one problem line naming it. problems may be NULL.
+ * be opened is -errno with one problem line naming it. problems may be NULL. Either way, every
+ * secret and private key read from a *_file key has been registered with log_add_secret().
  */
 int config_load(const char *path, struct config **ret, struct config_problems *problems);
 
@@ -142,7 +144,10 @@ int config_load_buffer(const char *name, const char *text, size_t size, struct c
 struct config *config_free(struct config *c); /* wipes secrets; accepts NULL; returns NULL */
 void config_problems_done(struct config_problems *p);
 
-/* Register every secret value of c with log_add_secret(). */
+/*
+ * Register every secret value of c with log_add_secret() again (config_load() already did), e.g.
+ * after log_clear_secrets().
+ */
 void config_register_secrets(const struct config *c);
 
 /*

@@ -1,7 +1,8 @@
 """azs-usaged --check-config and the informational options: a valid file is reported OK; every
 mistake of a broken file is reported with its file and line (not just the first), a secret never
 shows in the output even beside a mistake, nor when it was pasted as the value of a *_file key
-(the messages name the directories searched instead); --help and --version succeed; usage errors
+(the messages name the directories searched instead), nor when the file has errors and the
+secret it read also appears elsewhere in it; --help and --version succeed; usage errors
 exit 2.
 """
 import os
@@ -154,6 +155,45 @@ def test_check_config_pasted_secret_not_in_daemon_log(run_daemon, config):
     assert r.returncode == 1
     _assert_pasted_not_shown(r)
     assert "azure.client_secret_file: no such file in" in r.stderr
+
+
+SHARED = "shared_secret_value_3e8a1f60"  # a valid key name: an unknown key is named as written
+
+
+def _broken_with_read_secret(config):
+    """A file with errors whose stack secret, read fine, also appears as an unknown key and as
+    the value of another *_file key."""
+    secret = config.dir / "stack-secret"
+    secret.write_text(SHARED + "\n")
+    secret.chmod(0o600)
+    return config.write(changes={("stack", "poll_interval"): "soon",
+                                 ("azure", "client_secret_file"): SHARED},
+                        extra={"commerce": [f"{SHARED} = 1"]})
+
+
+def test_check_config_failed_load_still_redacts_the_secret_it_read(run_daemon, config):
+    _broken_with_read_secret(config)
+    r = run_daemon("--check-config", "-c", config.path)
+    assert r.returncode == 1
+    lines = r.stderr.splitlines()
+    assert any(line.startswith(f"{config.path}:{config.line_of('stack', 'poll_interval')}: ")
+               for line in lines), r.stderr
+    unknown = (f"{config.path}:{config.line_of('commerce', SHARED)}: "
+               "commerce.[redacted]: unknown key")
+    assert any(line.startswith(unknown) for line in lines), r.stderr
+    for stream in (r.stdout, r.stderr):
+        assert SHARED not in stream
+        assert "shared_secret" not in stream
+
+
+def test_daemon_start_with_broken_file_still_redacts_the_secret_it_read(run_daemon, config):
+    _broken_with_read_secret(config)
+    r = run_daemon("-c", config.path, "--foreground")
+    assert r.returncode == 1
+    assert "unknown key" in r.stderr
+    assert "not starting" in r.stderr
+    assert "shared_secret" not in r.stderr
+    assert "shared_secret" not in r.stdout
 
 
 def test_check_config_unreadable_file_exits_1_naming_it(run_daemon, tmp_path):

@@ -1,7 +1,8 @@
 """The daemon's life cycle as systemd and an operator see it: it logs started and ready and
 notifies READY=1; SIGHUP with a broken file is refused (errors logged, old configuration kept,
-still running); SIGHUP with a good file reloads it and names the keys that need a restart;
-SIGTERM and SIGINT stop it with status 0 within a second, after STOPPING=1; the watchdog pings.
+still running) and the secrets it read are redacted from those errors; SIGHUP with a good
+file reloads it and names the keys that need a restart; SIGTERM and SIGINT stop it with status
+0 within a second, after STOPPING=1; the watchdog pings.
 """
 import signal
 import time
@@ -76,6 +77,33 @@ def test_sighup_with_broken_file_keeps_running_config(start_daemon, notify_socke
     assert str(config.path) in reloaded["msg"]
     notify_socket.wait_for("READY=1")
     assert "restart" not in "\n".join(d.lines[mark:]), d.log()
+    assert d.alive()
+
+
+def test_sighup_with_broken_file_never_logs_the_rotated_secret(start_daemon, notify_socket,
+                                                                 config):
+    # The operator rotates the stack secret and, in the same edit, breaks the file: the new
+    # secret also appears as a (misspelt, unknown) key, which is named in the error, and as the
+    # value of another *_file key. The refused file's secret must be redacted all the same.
+    d = start_ready(start_daemon, notify_socket)
+
+    rotated = "rotated_secret_4c1d9e7f2b"
+    secret = config.dir / "stack-secret"
+    secret.write_text(rotated + "\n")
+    secret.chmod(0o600)
+    config.write(changes={("commerce", "batch_size"): "0",
+                          ("azure", "client_secret_file"): rotated},
+                 extra={"store": [f"{rotated} = 1"]})
+    mark = len(d.lines)
+    d.kill(signal.SIGHUP)
+    notify_socket.wait_for("RELOADING=1")
+    _, unknown = d.wait_for_line(lambda f, line: "unknown key" in f.get("msg", ""), after=mark)
+    assert "[redacted]" in unknown["msg"], unknown
+    d.wait_for_line(lambda f, line: "keeping the running configuration" in f.get("msg", ""),
+                    after=mark)
+    notify_socket.wait_for("READY=1")
+    assert rotated not in d.log(), d.log()
+    assert "rotated_secret" not in d.log(), d.log()
     assert d.alive()
 
 

@@ -35,6 +35,7 @@
 #define STACK_SECRET  "St4ck~Secret.Value_0123456789abcdefXYZ"
 #define AZURE_SECRET  "Azur3~Secret.Value_9876543210fedcbaQRS"
 #define PASTED_SECRET "Pasted~Secret.Value_5a5a5a5a0b0b0b0b"
+#define LOWER_SECRET  "rotated_secret_value_0123456789" /* a valid key name, so it can be echoed */
 #define T_2026_11_01  INT64_C(1793491200) /* 2026-11-01T00:00:00Z, computed outside this code */
 
 /* The keys every valid file needs, with secret files named relative to the file. */
@@ -1397,6 +1398,66 @@ test_config_register_secrets_redacts(void **state)
 	log_clear_secrets();
 }
 
+/*
+ * A secret read during a load that fails is registered all the same: a file with any error
+ * that also holds the secret elsewhere (here as an unknown key, which is echoed, and pasted into
+ * another *_file key) prints nothing of it once the caller redacts, as the daemon does. The
+ * same for a private key and for every line of a multi-line secret file.
+ */
+static void
+test_config_load_failed_load_registers_secrets(void **state)
+{
+	struct fixture *f = *state;
+	_cleanup_free_ char *key_line = NULL, *text = NULL, *with_cert = NULL;
+	bool echoed = false;
+	const char *k;
+
+	free(write_file(f, "azure.pem", cert_pem, 0600));
+
+	free(write_file(f, "stack-secret", LOWER_SECRET "\n", 0600));
+	text = replace_once(
+	        REQUIRED "[commerce]\n" LOWER_SECRET " = 1\n[stack]\npoll_interval = soon\n",
+	        "client_secret_file = azure-secret", "client_secret_file = " LOWER_SECRET);
+	log_clear_secrets();
+	load(f, text);
+	assert_failed_with(f, 3);
+	for (size_t i = 0; i < f->problems.n_errors; i++) {
+		_cleanup_free_ char *out = log_redact(f->problems.errors[i]);
+
+		/* the unknown key is named as written: only redaction keeps the secret out */
+		echoed |= strstr(f->problems.errors[i], LOWER_SECRET) != NULL;
+		assert_null(strstr(out, LOWER_SECRET));
+	}
+	assert_true(echoed);
+
+	/* a private key from a file with an unrelated error */
+	log_clear_secrets();
+	with_cert = replace_once(REQUIRED "[stack]\npoll_interval = soon\n",
+	                         "client_secret_file = azure-secret",
+	                         "client_certificate_file = azure.pem");
+	load(f, with_cert);
+	assert_failed_with(f, 1);
+	k = strstr(cert_pem, "PRIVATE KEY-----\n");
+	assert_non_null(k);
+	k += strlen("PRIVATE KEY-----\n");
+	key_line = xstrndup(k, strcspn(k, "\n"));
+	{
+		_cleanup_free_ char *out = log_redact(key_line);
+		assert_string_equal(out, "[redacted]");
+	}
+
+	/* every line of a secret file refused for holding more than one */
+	log_clear_secrets();
+	free(write_file(f, "stack-secret", "first-secret-line\nsecond-secret-line\n", 0600));
+	load(f, REQUIRED);
+	assert_failed_with(f, 1);
+	{
+		_cleanup_free_ char *out = log_redact("a first-secret-line b second-secret-line");
+		assert_string_equal(out, "a [redacted] b [redacted]");
+	}
+	log_clear_secrets();
+}
+
 /* config_free wipes and frees; NULL is accepted. */
 static void
 test_config_free_accepts_null(void **state)
@@ -1475,6 +1536,8 @@ main(void)
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_config_register_secrets_redacts, setup,
 	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_config_load_failed_load_registers_secrets,
+	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_config_free_accepts_null, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_config_load_shipped_file, setup, teardown),
 	};
