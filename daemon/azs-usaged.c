@@ -201,10 +201,11 @@ print_help(void)
 	      "        Read the configuration from FILE (default " DAEMON_DEFAULT_CONFIG ").\n"
 	      "\n"
 	      "    -n, --check-config\n"
-	      "        Validate the configuration and exit. Every problem, errors and\n"
-	      "        warnings, is printed to standard error as\n"
-	      "        FILE:LINE: section.key: reason; a file without errors prints\n"
-	      "        'configuration OK' to standard output.\n"
+	      "        Validate the configuration and exit. Every error is printed to\n"
+	      "        standard error as FILE:LINE: section.key: reason, then every\n"
+	      "        warning as warning: FILE:LINE: section.key: reason; a file\n"
+	      "        without errors (warnings allowed) prints 'configuration OK' to\n"
+	      "        standard output.\n"
 	      "\n"
 	      "    -f, --foreground\n"
 	      "        Log to standard error in logfmt even when started by systemd.\n"
@@ -251,7 +252,10 @@ print_help(void)
 	      stdout);
 }
 
-/* --check-config: print every problem, "configuration OK" when there is no error. */
+/*
+ * --check-config: print every error, then every warning (prefixed "warning: "), and
+ * "configuration OK" when there is no error.
+ */
 static int
 check_config(const char *path)
 {
@@ -267,10 +271,12 @@ check_config(const char *path)
 
 		fprintf(stderr, "%s\n", line);
 	}
+	/* errors keep the contract form FILE:LINE: section.key: reason; warnings say what they are
+	 */
 	for (size_t i = 0; i < problems.n_warnings; i++) {
 		_cleanup_free_ char *line = log_redact(problems.warnings[i]);
 
-		fprintf(stderr, "%s\n", line);
+		fprintf(stderr, "warning: %s\n", line);
 	}
 	if (r < 0 && problems.n_errors == 0)
 		fprintf(stderr, "%s: %s\n", path, strerror(-r));

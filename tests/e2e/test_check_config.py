@@ -196,6 +196,32 @@ def test_daemon_start_with_broken_file_still_redacts_the_secret_it_read(run_daem
     assert "shared_secret" not in r.stdout
 
 
+def test_check_config_prints_warnings_apart_from_errors(run_daemon, config):
+    # a group-readable secret and a tenant that adfs ignores are warnings: the file is valid
+    (config.dir / "stack-secret").chmod(0o640)
+    config.write(changes={("stack", "identity"): "adfs"})
+    r = run_daemon("--check-config", "-c", config.path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "configuration OK\n"
+    assert r.stderr.splitlines() == [
+        f"warning: {config.path}:{config.line_of('stack', 'tenant')}: stack.tenant: "
+        "ignored with identity = adfs",
+        f"warning: {config.path}:{config.line_of('stack', 'client_secret_file')}: "
+        f"stack.client_secret_file: file in {config.dir}: readable by group or others "
+        "(chmod 0600 it)",
+    ], r.stderr
+
+    # beside an error, the error keeps the contract form and comes first
+    config.write(changes={("stack", "identity"): "adfs", ("commerce", "batch_size"): "0"})
+    r = run_daemon("--check-config", "-c", config.path)
+    assert r.returncode == 1
+    lines = r.stderr.splitlines()
+    assert lines[0].startswith(f"{config.path}:{config.line_of('commerce', 'batch_size')}: "
+                               "commerce.batch_size: "), r.stderr
+    assert all(line.startswith("warning: ") for line in lines[1:]), r.stderr
+    assert len(lines) == 3, r.stderr
+
+
 def test_check_config_unreadable_file_exits_1_naming_it(run_daemon, tmp_path):
     missing = tmp_path / "nowhere.conf"
     r = run_daemon("--check-config", "-c", missing)
