@@ -230,6 +230,37 @@ def test_check_config_unreadable_file_exits_1_naming_it(run_daemon, tmp_path):
     assert "configuration OK" not in r.stdout
 
 
+def test_check_config_finds_secrets_in_credentials_directory_as_readme_says(run_daemon,
+                                                                           config, tmp_path):
+    # README: the secrets live in /etc/azs-usaged/credentials/, not beside the file, and
+    # --check-config is run with CREDENTIALS_DIRECTORY pointing there
+    creds = tmp_path / "credentials"
+    creds.mkdir(mode=0o700)
+    for name in ("stack-secret", "azure-secret"):
+        (config.dir / name).rename(creds / name)
+    r = run_daemon("--check-config", "-c", config.path)
+    assert r.returncode == 1
+    assert "($CREDENTIALS_DIRECTORY is not set)" in r.stderr
+    r = run_daemon("--check-config", "-c", config.path, env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "configuration OK\n"
+
+
+def test_readme_and_help_check_config_with_the_units_credentials(run_daemon, source_dir):
+    # the directories the commands name are those the units' LoadCredential= lines read from
+    units = source_dir / "systemd"
+    assert "LoadCredential=stack-secret:/etc/azs-usaged/credentials/stack-secret" in \
+        (units / "azs-usaged.service").read_text()
+    assert "LoadCredential=stack-secret:/etc/azs-usaged/credentials/%i/stack-secret" in \
+        (units / "azs-usaged@.service").read_text()
+    readme = (source_dir / "README.md").read_text()
+    assert "CREDENTIALS_DIRECTORY=/etc/azs-usaged/credentials azs-usaged --check-config\n" in readme
+    assert ("CREDENTIALS_DIRECTORY=/etc/azs-usaged/credentials/STAMP azs-usaged --check-config "
+            "-c /etc/azs-usaged/STAMP.conf") in readme
+    r = run_daemon("--help")
+    assert "CREDENTIALS_DIRECTORY=/etc/azs-usaged/credentials" in r.stdout
+
+
 def test_help_describes_every_option_and_exits_0(run_daemon):
     r = run_daemon("--help")
     assert r.returncode == 0
