@@ -2,6 +2,7 @@
  * Logging (see log.h): one entry goes either to the journal, with structured fields and the
  * caller's CODE_FILE/CODE_LINE/CODE_FUNC, or to stderr as exactly one logfmt line. Registered
  * secrets are cut out of the message and of every field value before either target sees them.
+ * The journal sender is a seam (log_set_journal) so tests see the fields it is handed.
  *
  * Logging is not on the per-record path, so an entry is simply formatted into a fresh buffer and
  * written with one call; the state below belongs to the loop thread.
@@ -37,6 +38,7 @@ struct log_buf {
 static enum log_target log_target = LOG_TARGET_AUTO;
 static int log_max_level = LOG_INFO;
 static FILE *log_stream;
+static const struct log_journal *log_journal_override;
 static char **log_secrets;
 static size_t log_n_secrets;
 
@@ -198,6 +200,13 @@ log_set_stream(FILE *f)
 	log_stream = f;
 }
 
+/* Replace the journal sender (tests); NULL goes back to sd_journal_sendv_with_location(). */
+void
+log_set_journal(const struct log_journal *journal)
+{
+	log_journal_override = journal;
+}
+
 /* Write one entry (varargs form). */
 int
 log_internal(int level, int error, const char *module, const char *file, int line, const char *func,
@@ -335,7 +344,12 @@ log_write_journal(int level, int error, const char *module, const char *file, in
 
 	code_file = xasprintf("CODE_FILE=%s", file ? file : "");
 	code_line = xasprintf("CODE_LINE=%d", line);
-	r = sd_journal_sendv_with_location(code_file, code_line, func ? func : "", iov, (int)n_iov);
+	if (log_journal_override)
+		r = log_journal_override->sendv(log_journal_override->userdata, code_file,
+		                                code_line, func ? func : "", iov, (int)n_iov);
+	else
+		r = sd_journal_sendv_with_location(code_file, code_line, func ? func : "", iov,
+		                                   (int)n_iov);
 
 	for (size_t i = 0; i < n_owned; i++)
 		free(owned[i]);

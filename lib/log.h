@@ -16,6 +16,7 @@
 
 #include <stdarg.h>
 #include <stdbool.h>
+#include <sys/uio.h>
 #include <syslog.h>
 
 #include "macro.h"
@@ -57,6 +58,21 @@ char *log_redact(const char *s);
 
 /* Tests: send stderr-target output to this stream instead (NULL: stderr). */
 void log_set_stream(FILE *f);
+
+/*
+ * The journal seam. libsystemd's sd_journal_sendv_with_location() always writes to
+ * /run/systemd/journal/socket, so tests replace the sender to see exactly what it would be
+ * handed: code_file "CODE_FILE=...", code_line "CODE_LINE=...", code_func the bare function
+ * name, and the other fields as "KEY=value" iovecs. A sender returning < 0 makes the entry go
+ * to stderr instead, as when journald cannot be reached.
+ */
+struct log_journal {
+	int (*sendv)(void *userdata, const char *code_file, const char *code_line,
+	             const char *code_func, const struct iovec *iov, int n);
+	void *userdata;
+};
+
+void log_set_journal(const struct log_journal *journal); /* NULL restores libsystemd */
 
 /*
  * Write one entry. fields: NULL or a NULL-terminated array of key, value pairs (a NULL value

@@ -1,7 +1,9 @@
 /*
  * Unit tests for lib/log.c: the logfmt line (shape, quoting, escaping, one line per entry), level
  * filtering, structured fields, error text, redaction of registered secrets and the return
- * values of the log_*_errno macros. Output is captured through log_set_stream().
+ * values of the log_*_errno macros. Output is captured through log_set_stream(); journal entries
+ * through the log_set_journal() seam, which sees exactly the fields libsystemd would be handed
+ * (its sender cannot be aimed at a test socket).
  */
 #define LOG_MODULE "test"
 
@@ -41,6 +43,7 @@ static int
 teardown(_unused_ void **state)
 {
 	log_set_stream(NULL);
+	log_set_journal(NULL);
 	fclose(capture);
 	capture = NULL;
 	free(captured);
@@ -332,6 +335,121 @@ test_log_open_auto_follows_journal_stream(_unused_ void **state)
 	log_open(LOG_TARGET_STDERR);
 }
 
+/* What the journal seam was handed for the last entry: one "KEY=value" per line. */
+struct journal_capture {
+	char *fields;
+	unsigned calls;
+	int result; /* what the fake sender returns */
+};
+
+/* The fake journal sender: records every field of the entry, in order. */
+static int
+capture_sendv(void *userdata, const char *code_file, const char *code_line, const char *code_func,
+              const struct iovec *iov, int n)
+{
+	struct journal_capture *c = userdata;
+	char *buf = NULL;
+	size_t size = 0;
+	FILE *f = open_memstream(&buf, &size);
+
+	assert_non_null(f);
+	fprintf(f, "%s\n%s\nCODE_FUNC=%s\n", code_file, code_line, code_func);
+	for (int i = 0; i < n; i++) {
+		fwrite(iov[i].iov_base, 1, iov[i].iov_len, f);
+		fputc('\n', f);
+	}
+	fclose(f);
+	free(c->fields);
+	c->fields = buf;
+	c->calls++;
+	return c->result;
+}
+
+/* True when the captured entry holds the line "KEY=value" (want). */
+static bool
+has_field(const struct journal_capture *c, const char *want)
+{
+	size_t n = strlen(want);
+
+	for (const char *p = c->fields; p && *p;) {
+		if (strncmp(p, want, n) == 0 && (p[n] == '\n' || p[n] == '\0'))
+			return true;
+		p = strchr(p, '\n');
+		if (p)
+			p++;
+	}
+	return false;
+}
+
+/*
+ * The journal target: every entry carries MESSAGE, PRIORITY, SYSLOG_IDENTIFIER, AZS_MODULE,
+ * the caller's CODE_FILE/CODE_LINE/CODE_FUNC, ERRNO and the extra fields, with registered
+ * secrets redacted in the message and in every field; nothing goes to stderr.
+ */
+static void
+test_log_internal_journal_fields(_unused_ void **state)
+{
+	struct journal_capture c = {0};
+	const struct log_journal journal = {.sendv = capture_sendv, .userdata = &c};
+	const char *code_line;
+	int before, after, line = 0;
+
+	log_set_journal(&journal);
+	log_open(LOG_TARGET_JOURNAL);
+	log_add_secret("hunter2-secret");
+
+	before = __LINE__;
+	log_fields(LOG_WARNING,
+	           LOG_FIELDS("AZS_BATCH_ID", "b-1", "AZS_ARM_ERROR", "x hunter2-secret"),
+	           "token hunter2-secret refused for %s", "stamp");
+	after = __LINE__;
+	assert_int_equal(c.calls, 1);
+	if (!has_field(&c, "MESSAGE=token [redacted] refused for stamp"))
+		fail_msg("fields:\n%s", c.fields);
+	assert_true(has_field(&c, "PRIORITY=4"));
+	assert_true(has_field(&c, "SYSLOG_IDENTIFIER=azs-usaged"));
+	assert_true(has_field(&c, "AZS_MODULE=test"));
+	assert_true(has_field(&c, "AZS_BATCH_ID=b-1"));
+	assert_true(has_field(&c, "AZS_ARM_ERROR=x [redacted]"));
+	assert_true(has_field(&c, "CODE_FILE=" __FILE__));
+	/* the line of the call (compilers differ on which line of a multi-line call it is) */
+	code_line = strstr(c.fields, "\nCODE_LINE=");
+	assert_non_null(code_line);
+	assert_int_equal(sscanf(code_line, "\nCODE_LINE=%d\n", &line), 1);
+	assert_true(line > before && line < after);
+	assert_true(has_field(&c, "CODE_FUNC=test_log_internal_journal_fields"));
+	assert_null(strstr(c.fields, "hunter2"));
+	assert_null(strstr(c.fields, "ERRNO="));
+
+	log_error_errno(-ENOSPC, "store full");
+	assert_int_equal(c.calls, 2);
+	assert_true(has_field(&c, "MESSAGE=store full"));
+	assert_true(has_field(&c, "PRIORITY=3"));
+	assert_true(has_field(&c, "ERRNO=28"));
+	assert_string_equal(output(), "");
+
+	log_set_journal(NULL);
+	free(c.fields);
+}
+
+/* A journal that cannot take the entry: it goes to stderr as a logfmt line instead. */
+static void
+test_log_internal_journal_failure_falls_back_to_stderr(_unused_ void **state)
+{
+	struct journal_capture c = {.result = -ECONNREFUSED};
+	const struct log_journal journal = {.sendv = capture_sendv, .userdata = &c};
+
+	log_set_journal(&journal);
+	log_open(LOG_TARGET_JOURNAL);
+	log_add_secret("hunter2-secret");
+	log_warning("lost hunter2-secret");
+	assert_int_equal(c.calls, 1);
+	assert_string_equal(output_after_ts(),
+	                    "level=warning module=test msg=\"lost [redacted]\"\n");
+	log_set_journal(NULL);
+	free(c.fields);
+}
+
 /* Run the tests. */
 int
 main(void)
@@ -363,6 +481,9 @@ main(void)
 	        cmocka_unit_test_setup_teardown(test_log_add_secret_short_ignored_and_clear, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_log_level_from_string_names, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_log_internal_journal_fields, setup, teardown),
+	        cmocka_unit_test_setup_teardown(
+	                test_log_internal_journal_failure_falls_back_to_stderr, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_log_open_auto_follows_journal_stream, setup,
 	                                        teardown),
 	};
