@@ -892,7 +892,7 @@ parse_duration(const char *s, uint64_t *ret)
 	return 0;
 }
 
-/* Parse a size: bytes, or a number with K, M or G (powers of 1024). */
+/* Parse a size: bytes, or a number with K, M or G in either case (powers of 1024). */
 static int
 parse_size(const char *s, uint64_t *ret)
 {
@@ -911,10 +911,12 @@ parse_size(const char *s, uint64_t *ret)
 		s++;
 		break;
 	case 'M':
+	case 'm':
 		mult = UINT64_C(1) << 20;
 		s++;
 		break;
 	case 'G':
+	case 'g':
 		mult = UINT64_C(1) << 30;
 		s++;
 		break;

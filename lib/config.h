@@ -9,7 +9,7 @@
  * file (which may hold the secret elsewhere too) redacts it without further ado.
  *
  * Durations are kept in microseconds (suffixes s, m, h, d; "ms" is accepted too), sizes in bytes
- * (suffixes K, M, G; powers of 1024).
+ * (suffixes K, M, G in either case; powers of 1024).
  */
 #pragma once
 

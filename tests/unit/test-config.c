@@ -547,7 +547,7 @@ test_config_load_bad_duration(void **state)
 	assert_error(f, ":19: commerce.timeout: not a duration");
 }
 
-/* Sizes: K, M, G are powers of 1024; anything else is refused with its line. */
+/* Sizes: K, M, G in either case are powers of 1024; anything else is refused with its line. */
 static void
 test_config_load_bad_size(void **state)
 {
@@ -558,6 +558,22 @@ test_config_load_bad_size(void **state)
 	assert_int_equal(f->config->http.max_response, 12345);
 	load(f, REQUIRED "[http]\nmax_response = 3M\n");
 	assert_int_equal(f->config->http.max_response, 3 * 1024 * 1024);
+	/* every suffix in either case */
+	load_ok(f, REQUIRED "[http]\nmax_response = 4k\n[commerce]\nbatch_bytes = 4K\n");
+	assert_int_equal(f->config->http.max_response, 4 * 1024);
+	assert_int_equal(f->config->commerce.batch_bytes, 4 * 1024);
+	load_ok(f, REQUIRED "[http]\nmax_response = 4m\n[commerce]\nbatch_bytes = 4M\n");
+	assert_int_equal(f->config->http.max_response, 4 * 1024 * 1024);
+	assert_int_equal(f->config->commerce.batch_bytes, 4 * 1024 * 1024);
+	load_ok(f, REQUIRED "[http]\nmax_response = 4g\n[commerce]\nbatch_bytes = 1g\n");
+	assert_int_equal(f->config->http.max_response, UINT64_C(4) << 30);
+	assert_int_equal(f->config->commerce.batch_bytes, UINT64_C(1) << 30);
+	load_ok(f, REQUIRED "[http]\nmax_response = 2G\n");
+	assert_int_equal(f->config->http.max_response, UINT64_C(2) << 30);
+	load(f, REQUIRED "[http]\nmax_response = 4t\n");
+	assert_error(f, ":19: http.max_response: not a size");
+	load(f, REQUIRED "[http]\nmax_response = 4 m\n");
+	assert_error(f, ":19: http.max_response: not a size");
 	load(f, REQUIRED "[http]\nmax_response = 4MB\n");
 	assert_failed_with(f, 1);
 	assert_error(f, ":19: http.max_response: not a size");
