@@ -2554,6 +2554,51 @@ charged_quantity(struct store *s, const struct store_record *o, struct decimal *
 	return 0;
 }
 
+/*
+ * Discard the dead adjustments of a forwarded original. An accept counts what they asked for as
+ * not charged (charged_quantity skips them), so its own adjustment or credit already covers that
+ * amount: retrying one of them afterwards would charge the same usage twice.
+ */
+static int
+adjustments_supersede(struct store *s, const struct store_record *o, int64_t conflict_id,
+                      const char *actor, int64_t now)
+{
+	_cleanup_free_ char *detail = NULL;
+	sqlite3_stmt *st = NULL;
+	int64_t *ids = NULL;
+	size_t n = 0, cap = 0;
+	int r;
+
+	r = prepare_once(s,
+	                 "SELECT id FROM records WHERE adjustment_of = ?1 AND state = " S_DEAD
+	                 " AND discarded = 0",
+	                 &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, o->id);
+	while ((r = step_row(s, st)) > 0) {
+		ids = grow(ids, &cap, n + 1, sizeof(*ids));
+		ids[n++] = sqlite3_column_int64(st, 0);
+	}
+	sqlite3_finalize(st);
+	detail = xasprintf("superseded: accepting conflict %" PRId64
+	                   " counts this adjustment as not charged",
+	                   conflict_id);
+	for (size_t i = 0; r >= 0 && i < n; i++) {
+		r = prepare_once(s, "UPDATE records SET discarded = 1 WHERE id = ?1", &st);
+		if (r < 0)
+			break;
+		sqlite3_bind_int64(st, 1, ids[i]);
+		r = run_once(s, st);
+		if (r < 0)
+			break;
+		s->delta[STORE_DEAD]--;
+		r = history_add(s, ids[i], now, actor, "superseded", detail);
+	}
+	free(ids);
+	return r < 0 ? r : 0;
+}
+
 /* Queue an adjustment event for a forwarded original. */
 static int
 adjustment_add(struct store *s, const struct store_record *o, const struct decimal *diff,
@@ -2633,6 +2678,9 @@ store_conflict_accept(struct store *s, int64_t id, const char *actor, const char
 		char from[DECIMAL_STRING_MAX];
 
 		r = charged_quantity(s, &o, &charged, &n_adj);
+		if (r < 0)
+			goto finish;
+		r = adjustments_supersede(s, &o, c.id, actor, now);
 		if (r < 0)
 			goto finish;
 		decimal_format(&charged, from);

@@ -1117,6 +1117,60 @@ test_store_conflict_accept_forwarded_larger_adjusts(void **state)
 	check_counts(f);
 }
 
+/*
+ * A dead adjustment that a later accept counted as not charged is superseded: retrying it would
+ * charge its amount a second time beside the later adjustment that already covers it.
+ */
+static void
+test_store_conflict_accept_supersedes_dead_adjustment(void **state)
+{
+	struct fixture *f = *state;
+	struct rec_data d;
+	struct store_record r = {0};
+	struct store_batch b;
+	struct map_state m = {0};
+	char input[128], key[HASH_SHA256_HEX_LEN + 1];
+	int64_t cid, adj1;
+	size_t n = 0;
+
+	rec_init(&d, 1, SUB_A, "1");
+	(void)drive(f->store, &d, STORE_OUTCOME_FORWARDED);
+	cid = make_conflict(f->store, &d, "2");
+	assert_int_equal(store_conflict_accept(f->store, cid, "ops", NULL, NOW), 0);
+	/* Commerce refuses the adjustment of 1 for good */
+	claim(f->store, &m, 10, 0, NOW, &b);
+	assert_int_equal(b.n_records, 1);
+	adj1 = b.records[0].id;
+	assert_int_equal(store_apply_outcomes(f->store, b.batch_id,
+	                                      &(struct store_outcome){.id = adj1,
+	                                                              .kind = STORE_OUTCOME_DEAD,
+	                                                              .error_code = "Expired",
+	                                                              .error_message = "too old"},
+	                                      1, NOW, NULL),
+	                 0);
+	store_batch_done(&b);
+	assert_count(f->store, STORE_DEAD, 1);
+
+	/* 3 accepted: only 1 is charged, so the new adjustment is 2 and covers the dead one */
+	cid = make_conflict(f->store, &d, "3");
+	assert_int_equal(store_conflict_accept(f->store, cid, "ops", NULL, NOW + 1), 0);
+	snprintf(input, sizeof(input), "%s\nadjustment\n2", d.key);
+	hash_sha256_hex(input, strlen(input), key);
+	assert_int_equal(store_record_find(f->store, key, STORE_PENDING, &r), 0);
+	assert_string_equal(r.quantity, "2");
+	store_record_done(&r);
+	assert_count(f->store, STORE_DEAD, 0);
+	check_counts(f);
+	assert_int_equal(store_dead_retry(f->store, adj1, "ops", NULL, NOW + 2), -ENOENT);
+	assert_int_equal(store_dead_retry_all(f->store, "ops", NULL, NOW + 2, &n), 0);
+	assert_int_equal(n, 0);
+	assert_count(f->store, STORE_PENDING, 1);
+	assert_int_equal(side_int(f->path, "SELECT count(*) FROM history WHERE action ="
+	                                   " 'superseded'"),
+	                 1);
+	check_counts(f);
+}
+
 /* Accept, original forwarded, smaller: the conflict becomes dead, credit-required. */
 static void
 test_store_conflict_accept_forwarded_smaller_credit_required(void **state)
@@ -2174,6 +2228,7 @@ main(void)
 	        T(test_store_conflict_accept_replaces_unforwarded),
 	        T(test_store_conflict_accept_busy_while_forwarding),
 	        T(test_store_conflict_accept_forwarded_larger_adjusts),
+	        T(test_store_conflict_accept_supersedes_dead_adjustment),
 	        T(test_store_conflict_accept_forwarded_smaller_credit_required),
 	        T(test_store_conflict_reject_keeps_original),
 	        T(test_store_prune_in_chunks),
