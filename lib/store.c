@@ -1206,7 +1206,7 @@ static int
 put_record(struct store *s, const struct store_page *page, const struct store_record *r,
            struct store_page_result *res)
 {
-	char qkey[HASH_SHA256_HEX_LEN + 1];
+	char qkey[HASH_SHA256_HEX_LEN + 1], qtext[DECIMAL_STRING_MAX];
 	struct store_record copy;
 	struct decimal q;
 	int64_t orig_id;
@@ -1226,11 +1226,19 @@ put_record(struct store *s, const struct store_page *page, const struct store_re
 	if (!key_valid(r->key))
 		return fail_msg(s, -EINVAL, "record without a valid key");
 	if (r->state == STORE_PENDING) {
-		if (!r->quantity || decimal_parse_string(r->quantity, &q) < 0 ||
-		    !r->subscription_id || !r->meter_id)
+		if (isempty(r->subscription_id) || isempty(r->meter_id))
+			return fail_msg(s, -EINVAL, "pending record without subscription or meter");
+		if (!r->quantity || decimal_parse_string(r->quantity, &q) < 0 || q.negative)
 			return fail_msg(s, -EINVAL,
-			                "pending record without subscription, meter or a "
-			                "valid quantity");
+			                "pending record %s: quantity is not a decimal >= 0",
+			                r->key);
+		decimal_format(&q, qtext);
+		if (strcmp(qtext, r->quantity) != 0) {
+			/* exponent, sign or missing digit around the point: the plain text */
+			copy = *r;
+			copy.quantity = qtext;
+			r = &copy;
+		}
 	} else if (r->state != STORE_QUARANTINED)
 		return fail_msg(s, -EINVAL, "a record enters the store pending or quarantined");
 

@@ -139,8 +139,12 @@ int store_recollect(struct store *s, int64_t from, int64_t to, const char *actor
  * with pass + 1, or leaves the schedule when next_due_at is 0.
  *
  * Records are stored under page->reported_hour. A pending record needs a key (64 lower-case hex
- * digits), a subscription, a meter and a quantity that lib/decimal parses, else the whole page is
- * -EINVAL; a quarantined record without a valid key gets SHA-256 of "quarantined\n", its raw
+ * digits), a subscription, a meter and a quantity that lib/decimal parses and that is not
+ * negative, else the whole page is -EINVAL (the collector quarantines such records). The quantity
+ * is stored as lib/decimal formats it: the literal's own text when it is plain decimal notation
+ * ("2.4000000000" stays so), the same value at the same scale otherwise ("1e3" -> "1000",
+ * ".5" -> "0.5"), so that what is forwarded is never exponent notation; raw keeps the literal.
+ * A quarantined record without a valid key gets SHA-256 of "quarantined\n", its raw
  * text, "\n" and its reason. A quarantined record seen again, or a record whose stored twin is
  * quarantined, counts as a duplicate. A changed quantity already stored as a conflict row is a
  * duplicate too.

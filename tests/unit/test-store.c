@@ -6,6 +6,7 @@
  * foreign and newer files (byte-compared before and after), read-only opens, the full-disk path,
  * exact report sums, and the query plans of every statement the daemon's loop runs.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -206,6 +207,21 @@ side_int(const char *path, const char *sql)
 	sqlite3_finalize(st);
 	sqlite3_close(db);
 	return v;
+}
+
+/* Assert that quick_check on the side connection answers exactly "ok". */
+static void
+side_quick_check_ok(const char *path)
+{
+	sqlite3 *db = side_open(path);
+	sqlite3_stmt *st = NULL;
+
+	assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &st, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	assert_string_equal((const char *)sqlite3_column_text(st, 0), "ok");
+	assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
 }
 
 /* Compare the store's counts with COUNT(*) by state on the side connection. */
@@ -446,6 +462,138 @@ test_store_put_page_failure_changes_nothing(void **state)
 	assert_int_equal(res.inserted, 2);
 	assert_int_equal(store_cursor_hour(f->store, &cursor), 0);
 	assert_int_equal(cursor, T0);
+	check_counts(f);
+}
+
+/* Put one record changed by edit; the page must be refused and leave nothing behind. */
+static void
+put_refused(struct fixture *f, void (*edit)(struct store_record *r, struct store_page *p))
+{
+	struct rec_data d;
+	struct store_page_result res = {0};
+	struct store_page page = {.reported_hour = T0, .scope = "", .n_records = 1, .now = NOW};
+
+	rec_init(&d, 7, SUB_A, "1.5");
+	page.records = &d.rec;
+	edit(&d.rec, &page);
+	assert_int_equal(store_put_page(f->store, &page, &res), -EINVAL);
+	assert_int_equal(side_int(f->path, "SELECT count(*) FROM records"), 0);
+	assert_int_equal(side_int(f->path, "SELECT count(*) FROM hours"), 0);
+	check_counts(f);
+}
+
+static void
+edit_state_dead(struct store_record *r, struct store_page *p)
+{
+	r->state = STORE_DEAD;
+}
+static void
+edit_state_forwarded(struct store_record *r, struct store_page *p)
+{
+	r->state = STORE_FORWARDED;
+}
+static void
+edit_key_upper(struct store_record *r, struct store_page *p)
+{
+	static char key[HASH_SHA256_HEX_LEN + 1];
+
+	for (size_t i = 0; i <= HASH_SHA256_HEX_LEN; i++)
+		key[i] = (char)toupper((unsigned char)r->key[i]);
+	r->key = key;
+}
+static void
+edit_key_short(struct store_record *r, struct store_page *p)
+{
+	r->key = "abc123";
+}
+static void
+edit_hour_off(struct store_record *r, struct store_page *p)
+{
+	p->reported_hour = T0 + 60;
+}
+static void
+edit_scope_null(struct store_record *r, struct store_page *p)
+{
+	p->scope = NULL;
+}
+static void
+edit_quantity_bad(struct store_record *r, struct store_page *p)
+{
+	r->quantity = "2,4";
+}
+static void
+edit_quantity_negative(struct store_record *r, struct store_page *p)
+{
+	r->quantity = "-0.5";
+}
+static void
+edit_quantity_null(struct store_record *r, struct store_page *p)
+{
+	r->quantity = NULL;
+}
+static void
+edit_subscription_empty(struct store_record *r, struct store_page *p)
+{
+	r->subscription_id = "";
+}
+static void
+edit_meter_null(struct store_record *r, struct store_page *p)
+{
+	r->meter_id = NULL;
+}
+
+/* Every kind of bad record or page is refused whole. */
+static void
+test_store_put_page_refuses_bad_input(void **state)
+{
+	struct fixture *f = *state;
+
+	put_refused(f, edit_state_dead);
+	put_refused(f, edit_state_forwarded);
+	put_refused(f, edit_key_upper);
+	put_refused(f, edit_key_short);
+	put_refused(f, edit_hour_off);
+	put_refused(f, edit_scope_null);
+	put_refused(f, edit_quantity_bad);
+	put_refused(f, edit_quantity_negative);
+	put_refused(f, edit_quantity_null);
+	put_refused(f, edit_subscription_empty);
+	put_refused(f, edit_meter_null);
+}
+
+/* A quantity in exponent or other non-plain notation is stored as plain decimal text. */
+static void
+test_store_put_page_normalises_quantity(void **state)
+{
+	static const struct {
+		const char *in, *stored;
+	} cases[] = {
+	        {"2.4000000000", "2.4000000000"},
+	        {"1e3", "1000"},
+	        {"1.5E-3", "0.0015"},
+	        {".5", "0.5"},
+	        {"+7", "7"},
+	        {"0", "0"},
+	        {"12345678901234567.8", "12345678901234567.8"},
+	};
+	struct fixture *f = *state;
+	struct store_page_result res;
+
+	for (unsigned i = 0; i < ARRAY_SIZE(cases); i++) {
+		struct rec_data d;
+		struct store_record r = {0};
+
+		rec_init(&d, 100 + i, SUB_A, cases[i].in);
+		assert_int_equal(put(f->store, &d, 1, &res), 0);
+		assert_int_equal(res.inserted, 1);
+		assert_int_equal(store_record_find(f->store, d.key, STORE_PENDING, &r), 0);
+		assert_string_equal(r.quantity, cases[i].stored);
+		store_record_done(&r);
+		/* the literal seen again is the same value: a duplicate, not a conflict */
+		assert_int_equal(put(f->store, &d, 1, &res), 0);
+		assert_int_equal(res.duplicates, 1);
+		assert_int_equal(res.conflicts, 0);
+	}
 	check_counts(f);
 }
 
@@ -895,6 +1043,41 @@ drive(struct store *s, struct rec_data *d, enum store_outcome_kind kind)
 	                 0);
 	store_batch_done(&b);
 	return id;
+}
+
+/* A malformed outcome refuses the whole batch's outcomes: nothing of them is applied. */
+static void
+test_store_apply_outcomes_refuses_bad_input(void **state)
+{
+	struct fixture *f = *state;
+	struct rec_data d[2];
+	struct store_batch b;
+	struct map_state m = {0};
+	struct store_outcome o[2];
+
+	rec_init(&d[0], 1, SUB_A, "1");
+	rec_init(&d[1], 2, SUB_A, "1");
+	assert_int_equal(put(f->store, d, 2, NULL), 0);
+	claim(f->store, &m, 10, 0, NOW, &b);
+	assert_int_equal(b.n_records, 2);
+	o[0] = (struct store_outcome){
+	        .id = b.records[0].id, .kind = STORE_OUTCOME_FORWARDED, .status = "Accepted"};
+
+	o[1] = (struct store_outcome){.id = b.records[1].id, .kind = STORE_OUTCOME_FORWARDED};
+	assert_int_equal(store_apply_outcomes(f->store, b.batch_id, o, 2, NOW, NULL), -EINVAL);
+	o[1] = (struct store_outcome){
+	        .id = b.records[1].id, .kind = STORE_OUTCOME_RETRY, .new_batch_id = "short"};
+	assert_int_equal(store_apply_outcomes(f->store, b.batch_id, o, 2, NOW, NULL), -EINVAL);
+	o[1] = (struct store_outcome){.id = b.records[1].id, .kind = (enum store_outcome_kind)99};
+	assert_int_equal(store_apply_outcomes(f->store, b.batch_id, o, 2, NOW, NULL), -EINVAL);
+	assert_int_equal(store_apply_outcomes(f->store, NULL, o, 1, NOW, NULL), -EINVAL);
+	assert_int_equal(store_apply_outcomes(f->store, b.batch_id, NULL, 1, NOW, NULL), -EINVAL);
+
+	assert_count(f->store, STORE_INFLIGHT, 2); /* the good first outcome was rolled back */
+	assert_count(f->store, STORE_FORWARDED, 0);
+	assert_int_equal(side_int(f->path, "SELECT max(attempts) FROM records"), 0);
+	check_counts(f);
+	store_batch_done(&b);
 }
 
 /* Dead letters: retry back to pending with history, discard only with a reason. */
@@ -1550,7 +1733,7 @@ test_store_put_page_full_disk(void **state)
 	check_counts(f);
 	assert_int_equal(store_cursor_hour(f->store, &cursor), 0);
 	assert_int_equal(cursor, T0 + HOUR * (i - 1));
-	assert_int_equal(side_int(f->path, "PRAGMA quick_check = 1") != 0, 0);
+	side_quick_check_ok(f->path);
 
 	assert_int_equal(store_set_size_limit(f->store, 0), 0);
 	assert_int_equal(put(f->store, d, 50, &res), 0);
@@ -2215,6 +2398,8 @@ main(void)
 	        T(test_store_put_page_counts_duplicates),
 	        T(test_store_put_page_conflict_once),
 	        T(test_store_put_page_failure_changes_nothing),
+	        T(test_store_put_page_refuses_bad_input),
+	        T(test_store_put_page_normalises_quantity),
 	        T(test_store_put_page_moves_cursor),
 	        T(test_store_put_page_quarantine),
 	        T(test_store_claim_batch_forwarded),
@@ -2223,6 +2408,7 @@ main(void)
 	        T(test_store_reset_inflight_keeps_batch_id),
 	        T(test_store_claim_batch_holds_and_unhold),
 	        T(test_store_claim_batch_limits),
+	        T(test_store_apply_outcomes_refuses_bad_input),
 	        T(test_store_dead_retry_and_discard),
 	        T(test_store_dead_retry_all_moves_every_dead_letter),
 	        T(test_store_conflict_accept_replaces_unforwarded),
