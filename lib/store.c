@@ -783,6 +783,14 @@ store_open(const struct store_options *options, struct store **ret, char **ret_e
 	                   * memory). */
 	                  " PRAGMA wal_autocheckpoint = 4000;",
 	                  NULL, NULL, NULL);
+	if (rc == SQLITE_OK && options->checkpoint_pages) {
+		/* the crash test checkpoints often, so that its kills land inside checkpoints */
+		char pragma[64];
+
+		snprintf(pragma, sizeof(pragma), "PRAGMA wal_autocheckpoint = %u;",
+		         options->checkpoint_pages);
+		rc = sqlite3_exec(s->db, pragma, NULL, NULL, NULL);
+	}
 	if (rc != SQLITE_OK) {
 		r = fail(s, rc);
 		open_error(ret_error, "%s: %s", s->path, s->errmsg);

@@ -43,8 +43,9 @@ struct store;
 
 struct store_options {
 	const char *path;
-	bool readonly;            /* azs-usagectl read verbs: never creates, migrates or writes */
-	unsigned busy_timeout_ms; /* 0: 5000 */
+	bool readonly;             /* azs-usagectl read verbs: never creates, migrates or writes */
+	unsigned busy_timeout_ms;  /* 0: 5000 */
+	unsigned checkpoint_pages; /* WAL pages between automatic checkpoints; 0: 4000 (64 MB) */
 };
 
 /*

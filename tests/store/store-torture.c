@@ -10,10 +10,13 @@
  *   store-torture fill DB [--records R] [--raw-bytes B]
  *       Put pages until the store says -ENOSPC, print "enospc page <n>", wait for a line on
  *       stdin, put the same page again and print "page <n> committed" (exit 0) or fail (exit 1).
- *   store-torture verify DB [--records R]
- *       Open the store (quick_check) and check: every page before the cursor is complete, no
- *       page at or after it has a record, the per-state counters equal a count by state, no key
- *       is stored twice. Prints "cursor <K> records <N>" and exits 0, or "FAIL: ..." and 1.
+ *   store-torture verify DB [--records R] [--raw-bytes B]
+ *       Open the store (quick_check) and check: every page before the cursor is complete, each
+ *       of its records with its raw text, no page at or after it has a record, the per-state
+ *       counters equal a count by state, no key is stored twice. Prints "cursor <K> records <N>"
+ * and exits 0, or "FAIL: ..." and 1.
+ *   --checkpoint-pages P (any mode): checkpoint the WAL every P pages instead of the store's
+ *       default, so that a kill can land inside a checkpoint.
  *   store-torture seed DB
  *       Build a small store for the azs-usagectl tests: two reported hours, three
  *       subscriptions, forwarded, dead, pending, quarantined and conflict records. Prints a
@@ -61,8 +64,12 @@ struct torture_options {
 /* One key we saw while scanning, with its state. */
 struct torture_seen {
 	char key[HASH_SHA256_HEX_LEN + 1];
+	char raw_hash[HASH_SHA256_HEX_LEN + 1]; /* of the raw text, "" when it has none */
 	int state;
 };
+
+/* --checkpoint-pages: handed to every store_open of this process */
+static unsigned torture_checkpoint_pages;
 
 struct torture_scan {
 	struct torture_seen *seen;
@@ -108,6 +115,8 @@ main(int argc, char **argv)
 			o.records = (unsigned)strtoul(argv[i + 1], NULL, 10);
 		else if (streq(argv[i], "--raw-bytes"))
 			o.raw_bytes = strtoul(argv[i + 1], NULL, 10);
+		else if (streq(argv[i], "--checkpoint-pages"))
+			torture_checkpoint_pages = (unsigned)strtoul(argv[i + 1], NULL, 10);
 		else if (streq(argv[i], "--pages"))
 			o.pages = strtol(argv[i + 1], NULL, 10);
 		else if (streq(argv[i], "--forwarded-at"))
@@ -142,7 +151,8 @@ main(int argc, char **argv)
 static int
 torture_open(const char *path, bool readonly, struct store **ret)
 {
-	struct store_options options = {.path = path, .readonly = readonly};
+	struct store_options options = {
+	        .path = path, .readonly = readonly, .checkpoint_pages = torture_checkpoint_pages};
 	_cleanup_free_ char *error = NULL;
 	int r;
 
@@ -484,15 +494,27 @@ cmd_verify(const char *path, const struct torture_options *o)
 
 		for (unsigned i = 0; i < o->records; i++) {
 			struct store_record rec = {0};
-			struct torture_seen key;
+			struct torture_seen key, *found = NULL;
+			char want[HASH_SHA256_HEX_LEN + 1];
 
 			memset(&key, 0, sizeof(key));
-			torture_record((unsigned)page, i, 0, &rec);
+			torture_record((unsigned)page, i, o->raw_bytes, &rec);
 			memcpy(key.key, rec.key, sizeof(key.key));
+			hash_sha256_hex(rec.raw, strlen(rec.raw), want);
 			store_record_done(&rec);
-			if (scan.n > 0 &&
-			    bsearch(&key, scan.seen, scan.n, sizeof(*scan.seen), torture_seen_cmp))
-				present++;
+			if (scan.n > 0)
+				found = bsearch(&key, scan.seen, scan.n, sizeof(*scan.seen),
+				                torture_seen_cmp);
+			if (!found)
+				continue;
+			present++;
+			/* the raw text lives in its own table: it must have committed with the row
+			 */
+			if (!streq(found->raw_hash, want)) {
+				printf("FAIL: page %ld record %u: raw text %s\n", page, i,
+				       found->raw_hash[0] ? "differs" : "missing");
+				failures++;
+			}
 		}
 		if (page < cursor && present != o->records) {
 			printf("FAIL: page %ld before the cursor has %u of %u records\n", page,
@@ -525,6 +547,10 @@ torture_scan_row(void *userdata, const struct store_record *r)
 		scan->seen = xreallocarray(scan->seen, scan->allocated, sizeof(*scan->seen));
 	}
 	memcpy(scan->seen[scan->n].key, r->key, HASH_SHA256_HEX_LEN + 1);
+	if (r->raw)
+		hash_sha256_hex(r->raw, strlen(r->raw), scan->seen[scan->n].raw_hash);
+	else
+		scan->seen[scan->n].raw_hash[0] = '\0';
 	scan->seen[scan->n].state = r->state;
 	scan->n++;
 	scan->by_state[r->state]++;

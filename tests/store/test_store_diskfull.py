@@ -16,10 +16,12 @@ import pytest
 BUILD = os.environ.get("AZS_BUILD_DIR", "")
 TORTURE = os.path.join(BUILD, "tests", "store", "store-torture")
 RECORDS = 10
+RAW_BYTES = 2000  # the same for every mode: verify recomputes each record's raw text
 
 
 def _verify(db):
-    p = subprocess.run([TORTURE, "verify", str(db), "--records", str(RECORDS)],
+    p = subprocess.run([TORTURE, "verify", str(db), "--records", str(RECORDS),
+                        "--raw-bytes", str(RAW_BYTES)],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
     m = re.search(r"^cursor (\d+) records (\d+)$", p.stdout, re.M)
@@ -52,7 +54,7 @@ def test_store_full_disk_fails_cleanly_and_recovers(small_tmpfs):
     db = small_tmpfs / "usage.db"
 
     p = subprocess.Popen([TORTURE, "fill", str(db), "--records", str(RECORDS),
-                          "--raw-bytes", "2000"],
+                          "--raw-bytes", str(RAW_BYTES)],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         lines = []
@@ -94,7 +96,7 @@ def test_store_full_disk_fails_cleanly_and_recovers(small_tmpfs):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     r = subprocess.run([TORTURE, "run", str(db), "--records", str(RECORDS), "--raw-bytes",
-                        "2000", "--pages", str(failed + 3)],
+                        str(RAW_BYTES), "--pages", str(failed + 3)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout
     cursor, records = _verify(db)
