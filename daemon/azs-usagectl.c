@@ -747,6 +747,7 @@ ctl_open(struct ctl *c)
 
 	options.path = c->path;
 	options.readonly = !c->verb->writes;
+	options.skip_quick_check = options.readonly; /* the daemon checks the file at its start */
 	r = store_open(&options, &c->store, &error);
 	if (r < 0) {
 		if (error)

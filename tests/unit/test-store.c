@@ -1625,6 +1625,38 @@ test_store_open_corrupt_refused_unmodified(void **state)
 	assert_refused(f->path, false, -EBADMSG);
 }
 
+/*
+ * skip_quick_check (azs-usagectl's read verbs) still refuses what is not an azs-usaged database
+ * by its header, and leaves whole-file damage to the daemon's quick_check at its start.
+ */
+static void
+test_store_open_skip_quick_check(void **state)
+{
+	struct fixture *f = *state;
+	struct store_options o = {.path = f->path, .readonly = true, .skip_quick_check = true};
+	_cleanup_free_ char *good = NULL, *err = NULL;
+	struct store *s = NULL;
+	char *bad;
+	size_t n = 0;
+
+	fill(f->store, 500);
+	f->store = store_free(f->store);
+	good = slurp(f->path, &n);
+	bad = xmemdup(good, n);
+	for (size_t i = 2 * 16384; i < 6 * 16384; i++)
+		bad[i] = (char)(i * 7 + 3);
+	spill(f->path, bad, n);
+	free(bad);
+	assert_refused(f->path, true, -EBADMSG); /* with quick_check */
+	assert_int_equal(store_open(&o, &s, &err), 0);
+	s = store_free(s);
+
+	spill(f->path, "not a database\n", 15);
+	assert_int_equal(store_open(&o, &s, &err), -EBADMSG);
+	assert_null(s);
+	spill(f->path, good, n);
+}
+
 /* A file from a newer build is refused and untouched. */
 static void
 test_store_open_newer_version_refused(void **state)
@@ -2421,6 +2453,7 @@ main(void)
 	        T(test_store_prune_keeps_open_conflicts),
 	        T(test_store_open_migrates_version_1),
 	        T(test_store_open_corrupt_refused_unmodified),
+	        T(test_store_open_skip_quick_check),
 	        T(test_store_open_newer_version_refused),
 	        T(test_store_open_readonly),
 	        T(test_store_put_page_full_disk),
