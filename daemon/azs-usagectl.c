@@ -209,6 +209,8 @@ static const char *const ctl_help[] = {
         "        List records, newest first. S is one of pending, held, inflight,\n",
         "        forwarded, dead, quarantined, conflict. --subscription matches the user\n",
         "        or the charged subscription; --since compares the collection time.\n",
+        "        --state lists what status counts; without it the list also holds\n",
+        "        discarded dead letters and resolved conflicts (state dead).\n",
         "    dead [list] [--limit N]\n",
         "        Dead letters: records Commerce refused for good, with its error.\n",
         "    dead retry KEY... | --all [--reason R]                          (writes)\n",
@@ -919,7 +921,8 @@ ctl_list(struct ctl *c)
 		q.tenant_id = c->tenant;
 		q.subscription_id = c->subscription;
 		q.since = c->since;
-		q.include_discarded = true;
+		/* --state lists what status counts; the whole list keeps the audit trail */
+		q.include_discarded = c->state < 0;
 		l.columns = ctl_records_columns;
 		l.n_columns = ARRAY_SIZE(ctl_records_columns);
 		break;
