@@ -18,6 +18,7 @@
  *
  * The one file besides lib/store.c that includes sqlite3.h: the reference needs a bare connection.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdbool.h>
@@ -162,6 +163,7 @@ bench_page_make(struct bench_page *p, uint64_t first, size_t n)
 		struct bench_slot *s = &p->slots[i];
 		uint64_t k = first + i;
 		char identity[512];
+		char uri_lower[sizeof(((struct bench_slot *)0)->resource_uri)];
 		int len;
 
 		snprintf(s->subscription, sizeof(s->subscription),
@@ -174,10 +176,16 @@ bench_page_make(struct bench_page *p, uint64_t first, size_t n)
 		         "/subscriptions/%s/resourceGroups/rg-%u/providers/Microsoft.Storage/"
 		         "storageAccounts/sa%" PRIu64,
 		         s->subscription, (unsigned)(k % 13), k % BENCH_PER_HOUR);
-		/* the record key of ARCHITECTURE.md section 4 (lower-cased parts are already so) */
+		/* the record key of ARCHITECTURE.md section 4: the subscription and meter are lower
+		 * case already, the resource URI is lower-cased for the key only */
+		for (size_t c = 0; c < sizeof(uri_lower); c++) {
+			uri_lower[c] = (char)tolower((unsigned char)s->resource_uri[c]);
+			if (!s->resource_uri[c])
+				break;
+		}
 		len = snprintf(identity, sizeof(identity),
 		               "%s\n%s\nfab6eb84500b4a09a8ca7358f8bbae%02u\n%s\n%s\n%s", hour,
-		               s->subscription, (unsigned)(k % 20), start, end, s->resource_uri);
+		               s->subscription, (unsigned)(k % 20), start, end, uri_lower);
 		hash_sha256_hex(identity, (size_t)len, s->key);
 		/* the record as the stamp sends it, less the id, name and times that repeat the
 		 * rest */
