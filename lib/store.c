@@ -188,8 +188,18 @@ static const char schema_v2[] =
          */
         "DROP INDEX records_pending_age;\n";
 
+/*
+ * Schema version 3: the registration a record was mapped on, frozen with its charge, so that
+ * every attempt of its event names the same registration (ARCHITECTURE.md section 5). A record
+ * names it by a number; the resource id (about 130 characters, the same for nearly every
+ * record) is in registrations once.
+ */
+static const char schema_v3[] =
+        "CREATE TABLE registrations (id INTEGER PRIMARY KEY, resource_id TEXT NOT NULL UNIQUE);\n"
+        "ALTER TABLE records ADD COLUMN registration INTEGER;\n";
+
 /* migrations[v] takes a file from version v to v + 1 */
-static const char *const migrations[] = {schema_v1, schema_v2};
+static const char *const migrations[] = {schema_v1, schema_v2, schema_v3};
 _Static_assert(ARRAY_SIZE(migrations) == STORE_SCHEMA_VERSION, "one migration per version");
 
 /* The record columns every record query selects, in the order record_load() reads them. */
@@ -200,7 +210,8 @@ _Static_assert(ARRAY_SIZE(migrations) == STORE_SCHEMA_VERSION, "one migration pe
 	" charged_subscription, charge_reason, attempts, next_attempt_at,"                        \
 	" (SELECT uuid FROM batches WHERE batches.id = records.batch), error_code,"               \
 	" error_message, forward_status, collected_at, forwarded_at, conflict_of, adjustment_of," \
-	" discarded, event_size"
+	" discarded, event_size,"                                                                 \
+	" (SELECT resource_id FROM registrations WHERE registrations.id = records.registration)"
 
 /* The same for a claim: the forwarder does not need the raw text, so it is not copied; the claim
  * sets the batch id itself. */
@@ -209,7 +220,8 @@ _Static_assert(ARRAY_SIZE(migrations) == STORE_SCHEMA_VERSION, "one migration pe
 	" usage_end, resource_uri, location, tags, additional_info, NULL, tenant_id,"             \
 	" charged_subscription, charge_reason, attempts, next_attempt_at, NULL, error_code,"      \
 	" error_message, forward_status, collected_at, forwarded_at, conflict_of, adjustment_of," \
-	" discarded, event_size"
+	" discarded, event_size,"                                                                 \
+	" (SELECT resource_id FROM registrations WHERE registrations.id = records.registration)"
 
 enum {
 	COL_ID,
@@ -241,6 +253,7 @@ enum {
 	COL_ADJUSTMENT_OF,
 	COL_DISCARDED,
 	COL_EVENT_SIZE,
+	COL_REGISTRATION,
 };
 
 /* Cached statements. */
@@ -271,6 +284,8 @@ enum stmt_id {
 	STMT_CLAIM_TAKE,
 	STMT_CLAIM_HOLD,
 	STMT_BATCH_ADD,
+	STMT_REGISTRATION_ADD,
+	STMT_REGISTRATION_FIND,
 	STMT_BATCH_FIND,
 	STMT_BATCH_UUID,
 	STMT_BATCH_FORGET,
@@ -311,9 +326,9 @@ static const struct stmt_def stmt_defs[_STMT_MAX] = {
                          " meter_id, quantity, usage_start, usage_end, resource_uri, location,"
                          " tags, additional_info, event_size, error_code, error_message,"
                          " next_attempt_at, collected_at, conflict_of, adjustment_of, tenant_id,"
-                         " charged_subscription, charge_reason)"
+                         " charged_subscription, charge_reason, registration)"
                          " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,"
-                         " ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22) ON CONFLICT DO NOTHING",
+                         " ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23) ON CONFLICT DO NOTHING",
                          true},
         [STMT_INSERT_RAW] = {"INSERT INTO records_raw (id, raw) VALUES (?1, ?2)"
                              " ON CONFLICT (id) DO UPDATE SET raw = excluded.raw",
@@ -363,15 +378,21 @@ static const struct stmt_def stmt_defs[_STMT_MAX] = {
                  true},
         [STMT_CLAIM_TAKE] = {"UPDATE records SET state = " S_INFLIGHT
                              ", batch = ?2, tenant_id = ?3,"
-                             " charged_subscription = ?4, charge_reason = ?5 WHERE id = ?1",
+                             " charged_subscription = ?4, charge_reason = ?5, registration = ?6"
+                             " WHERE id = ?1",
                              true},
         [STMT_CLAIM_HOLD] = {"UPDATE records SET state = " S_HELD
                              ", error_code = ?2, tenant_id = NULL,"
-                             " charged_subscription = NULL, charge_reason = NULL WHERE id = ?1",
+                             " charged_subscription = NULL, charge_reason = NULL,"
+                             " registration = NULL WHERE id = ?1",
                              true},
         [STMT_BATCH_ADD] = {"INSERT INTO batches (uuid) VALUES (?1) ON CONFLICT (uuid) DO NOTHING",
                             true},
         [STMT_BATCH_FIND] = {"SELECT id FROM batches WHERE uuid = ?1", true},
+        [STMT_REGISTRATION_ADD] = {"INSERT INTO registrations (resource_id) VALUES (?1)"
+                                   " ON CONFLICT (resource_id) DO NOTHING",
+                                   true},
+        [STMT_REGISTRATION_FIND] = {"SELECT id FROM registrations WHERE resource_id = ?1", true},
         [STMT_BATCH_UUID] = {"SELECT uuid FROM batches WHERE id = ?1", true},
         [STMT_BATCH_FORGET] = {"DELETE FROM batches WHERE id = ?1"
                                " AND NOT EXISTS (SELECT 1 FROM records WHERE batch = ?1)",
@@ -400,8 +421,8 @@ static const struct stmt_def stmt_defs[_STMT_MAX] = {
                                  true},
         [STMT_UNHOLD] = {"UPDATE records SET state = " S_PENDING
                          ", error_code = NULL, tenant_id = NULL,"
-                         " charged_subscription = NULL, charge_reason = NULL WHERE state = " S_HELD
-                                 NOT_FORWARDED,
+                         " charged_subscription = NULL, charge_reason = NULL, registration = NULL"
+                         " WHERE state = " S_HELD NOT_FORWARDED,
                          true},
         /* off the loop (azs-usagectl status): reads every pending row through records_due */
         [STMT_OLDEST_PENDING] =
@@ -437,6 +458,8 @@ static const struct stmt_def stmt_defs[_STMT_MAX] = {
 
 struct store {
 	sqlite3 *db;
+	char *registration_id; /* the last registration_number() answered, and its number */
+	int64_t registration_number;
 	bool readonly;
 	bool skip_quick_check;
 	char *path;
@@ -461,6 +484,7 @@ static int stmt_get(struct store *s, enum stmt_id id, sqlite3_stmt **ret);
 static void stmt_resetp(sqlite3_stmt **st);
 static int step_done(struct store *s, sqlite3_stmt *st);
 static int step_row(struct store *s, sqlite3_stmt *st);
+static int registration_number(struct store *s, const char *resource_id, int64_t *ret);
 static int bind_text(sqlite3_stmt *st, int i, const char *v);
 static int tx_begin(struct store *s);
 static int tx_end(struct store *s, int r);
@@ -826,6 +850,7 @@ store_free(struct store *s)
 	sqlite3_close_v2(s->db);
 	free(s->path);
 	free(s->errmsg);
+	free(s->registration_id);
 	free(s);
 	return NULL;
 }
@@ -902,6 +927,7 @@ store_record_done(struct store_record *r)
 	free(r->tenant_id);
 	free(r->charged_subscription);
 	free(r->charge_reason);
+	free(r->registration);
 	free(r->batch_id);
 	free(r->error_code);
 	free(r->error_message);
@@ -1189,6 +1215,15 @@ insert_row(struct store *s, const struct store_record *r, enum store_state state
 	rc |= bind_text(st, 20, r->tenant_id);
 	rc |= bind_text(st, 21, r->charged_subscription);
 	rc |= bind_text(st, 22, r->charge_reason);
+	if (r->registration) {
+		int64_t number = 0;
+
+		r2 = registration_number(s, r->registration, &number);
+		if (r2 < 0)
+			return r2;
+		rc |= sqlite3_bind_int64(st, 23, number);
+	} else
+		rc |= sqlite3_bind_null(st, 23);
 	if (rc != SQLITE_OK)
 		return fail(s, SQLITE_ERROR);
 	r2 = step_done(s, st);
@@ -1409,10 +1444,13 @@ claim_map(struct store *s, const struct store_claim *claim, struct claim_item *i
 		it->rec.error_code = xstrdup(charge.reason ? charge.reason : "ambiguous");
 		return 0;
 	}
-	if (!charge.charged_subscription || !charge.reason)
-		return fail_msg(s, -EINVAL, "mapping gave no charged subscription or reason");
+	if (!charge.charged_subscription || !charge.reason || isempty(charge.registration))
+		return fail_msg(s, -EINVAL,
+		                "mapping gave no charged subscription, reason or registration");
 	it->rec.charged_subscription = xstrdup(charge.charged_subscription);
 	it->rec.charge_reason = xstrdup(charge.reason);
+	free(it->rec.registration);
+	it->rec.registration = xstrdup(charge.registration);
 	free(it->rec.tenant_id);
 	it->rec.tenant_id = charge.tenant_id ? xstrdup(charge.tenant_id) : NULL;
 	return 0;
@@ -1456,6 +1494,41 @@ batch_number(struct store *s, const char *uuid, bool create, int64_t *ret)
 			return -ENOENT;
 		*ret = sqlite3_column_int64(st, 0);
 	}
+	return 0;
+}
+
+/*
+ * The number of a registration resource id, given one when new. The last one is remembered:
+ * nearly every record of a stamp names the same registration.
+ */
+static int
+registration_number(struct store *s, const char *resource_id, int64_t *ret)
+{
+	int r;
+
+	if (s->registration_id && streq(s->registration_id, resource_id)) {
+		*ret = s->registration_number;
+		return 0;
+	}
+	for (enum stmt_id id = STMT_REGISTRATION_ADD; id <= STMT_REGISTRATION_FIND; id++) {
+		_cleanup_stmt_ sqlite3_stmt *st = NULL;
+
+		r = stmt_get(s, id, &st);
+		if (r < 0)
+			return r;
+		bind_text(st, 1, resource_id);
+		r = id == STMT_REGISTRATION_ADD ? step_done(s, st) : step_row(s, st);
+		if (r < 0)
+			return r;
+		if (id == STMT_REGISTRATION_FIND) {
+			if (r == 0)
+				return fail_msg(s, -EIO, "registration was not stored");
+			*ret = sqlite3_column_int64(st, 0);
+		}
+	}
+	free(s->registration_id);
+	s->registration_id = xstrdup(resource_id);
+	s->registration_number = *ret;
 	return 0;
 }
 
@@ -1529,6 +1602,7 @@ claim_write(struct store *s, struct claim_item *items, size_t n, int64_t batch)
 	for (size_t i = 0; i < n; i++) {
 		_cleanup_stmt_ sqlite3_stmt *st = NULL;
 		struct store_record *rec = &items[i].rec;
+		int64_t number = 0;
 		int r;
 
 		r = stmt_get(s, items[i].hold ? STMT_CLAIM_HOLD : STMT_CLAIM_TAKE, &st);
@@ -1542,6 +1616,14 @@ claim_write(struct store *s, struct claim_item *items, size_t n, int64_t batch)
 			bind_text(st, 3, rec->tenant_id);
 			bind_text(st, 4, rec->charged_subscription);
 			bind_text(st, 5, rec->charge_reason);
+			/* NULL: mapped before schema version 3 and frozen without one */
+			if (rec->registration) {
+				r = registration_number(s, rec->registration, &number);
+				if (r < 0)
+					return r;
+				sqlite3_bind_int64(st, 6, number);
+			} else
+				sqlite3_bind_null(st, 6);
 		}
 		r = step_done(s, st);
 		if (r < 0)
@@ -2361,7 +2443,8 @@ dead_retry_one(struct store *s, const struct store_record *rec, const char *acto
 	r = prepare_once(s,
 	                 "UPDATE records SET state = " S_PENDING ", next_attempt_at = ?2,"
 	                 " batch = NULL, error_code = NULL, error_message = NULL,"
-	                 " tenant_id = NULL, charged_subscription = NULL, charge_reason = NULL"
+	                 " tenant_id = NULL, charged_subscription = NULL, charge_reason = NULL,"
+	                 " registration = NULL"
 	                 " WHERE id = ?1 AND state = " S_DEAD " AND discarded = 0",
 	                 &st);
 	if (r < 0)
@@ -3008,6 +3091,11 @@ tx_end(struct store *s, int r)
 	_cleanup_stmt_ sqlite3_stmt *st = NULL;
 
 	assert(s->tx_depth > 0);
+	if (r < 0) {
+		/* the number may have come from a row that the rollback takes away */
+		free(s->registration_id);
+		s->registration_id = NULL;
+	}
 	if (--s->tx_depth > 0) {
 		/* a savepoint inside the caller's transaction */
 		if (r < 0) {
@@ -3082,6 +3170,7 @@ record_load(sqlite3_stmt *st, struct store_record *r)
 	        .conflict_of = col_int64_or0(st, COL_CONFLICT_OF),
 	        .adjustment_of = col_int64_or0(st, COL_ADJUSTMENT_OF),
 	        .discarded = sqlite3_column_int(st, COL_DISCARDED) != 0,
+	        .registration = col_dup(st, COL_REGISTRATION),
 	};
 }
 

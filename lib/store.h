@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define STORE_SCHEMA_VERSION 2 /* the version this build writes; older files are migrated */
+#define STORE_SCHEMA_VERSION 3 /* the version this build writes; older files are migrated */
 #define STORE_BATCH_ID_LEN   36
 
 enum store_state {
@@ -94,6 +94,8 @@ struct store_record {
 	char *tenant_id;            /* directory tenant, set when mapped */
 	char *charged_subscription; /* set when mapped, then frozen */
 	char *charge_reason;        /* registered | default | unknown-subscription | ambiguous */
+	char *registration; /* the registration resource id it was mapped on, then frozen (NULL for
+	                       one mapped before schema version 3: the configured registration) */
 	unsigned attempts;
 	int64_t next_attempt_at;
 	char *batch_id;
@@ -190,6 +192,8 @@ struct store_charge {
 	const char *tenant_id; /* NULL when unknown */
 	const char *reason;    /* registered | default | unknown-subscription | ambiguous */
 	bool hold;
+	const char
+	        *registration; /* the registration resource id (lower case); needed unless hold */
 };
 
 typedef int (*store_map_fn)(void *userdata, const struct store_record *r, struct store_charge *ret);

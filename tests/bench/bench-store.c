@@ -229,6 +229,9 @@ bench_map(void *userdata, const struct store_record *r, struct store_charge *ret
 	*ret = (struct store_charge){
 	        .charged_subscription = BENCH_CHARGED,
 	        .reason = "default",
+	        .registration =
+	                "/subscriptions/" BENCH_CHARGED "/resourcegroups/azurestack/providers/"
+	                "microsoft.azurestack/registrations/azurestack-bench",
 	};
 	return 0;
 }

@@ -53,6 +53,9 @@
 #define TORTURE_DUPLICATES  2
 #define TORTURE_BATCH       25
 #define TORTURE_DEFAULT_SUB "11111111-1111-1111-1111-111111111111"
+#define TORTURE_REGISTRATION                                                          \
+	"/subscriptions/" TORTURE_DEFAULT_SUB "/resourcegroups/azurestack/providers/" \
+	"microsoft.azurestack/registrations/azurestack-torture"
 
 struct torture_options {
 	unsigned records;
@@ -341,6 +344,7 @@ torture_map(void *userdata, const struct store_record *r, struct store_charge *r
 	        .charged_subscription = TORTURE_DEFAULT_SUB,
 	        .tenant_id = NULL,
 	        .reason = "default",
+	        .registration = TORTURE_REGISTRATION,
 	};
 	return 0;
 }
@@ -597,13 +601,13 @@ seed_map(void *userdata, const struct store_record *r, struct store_charge *ret)
 	(void)userdata;
 	if (streq(r->subscription_id, SEED_SUB_REGISTERED))
 		*ret = (struct store_charge){SEED_CUSTOMER, SEED_TENANT_REGISTERED, "registered",
-		                             false};
+		                             false, TORTURE_REGISTRATION};
 	else if (streq(r->subscription_id, SEED_SUB_DEFAULT))
 		*ret = (struct store_charge){TORTURE_DEFAULT_SUB, SEED_TENANT_DEFAULT, "default",
-		                             false};
+		                             false, TORTURE_REGISTRATION};
 	else
 		*ret = (struct store_charge){TORTURE_DEFAULT_SUB, NULL, "unknown-subscription",
-		                             false};
+		                             false, TORTURE_REGISTRATION};
 	return 0;
 }
 

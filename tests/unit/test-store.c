@@ -36,7 +36,10 @@
 #define TENANT_A    "dbab3982-1111-4c3b-9a1e-0a1b2c3d4e5f"
 #define CUSTOMER_A  "e09a4e93-29a7-4b1c-8f3e-0d1c2b3a4f5e"
 #define DEFAULT_SUB "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
-#define METER       "FAB6EB84-500B-4A09-A8CA-7358F8BBAEA5"
+#define REGISTRATION                                                                               \
+	"/subscriptions/" DEFAULT_SUB "/resourcegroups/azurestack/providers/microsoft.azurestack/" \
+	"registrations/azurestack-1"
+#define METER "FAB6EB84-500B-4A09-A8CA-7358F8BBAEA5"
 #define REGISTRATION_ID \
 	"/subscriptions/x/resourcegroups/azurestack/providers/microsoft.azurestack/registrations/r"
 
@@ -97,7 +100,8 @@ struct rec_data {
 /* Mapping callback state. */
 struct map_state {
 	unsigned calls;
-	bool hold_b; /* hold records of SUB_B as ambiguous */
+	bool hold_b;              /* hold records of SUB_B as ambiguous */
+	const char *registration; /* of the records not of SUB_A; NULL: REGISTRATION */
 };
 
 /* Make a record with a key derived from seed. */
@@ -160,10 +164,13 @@ map_cb(void *userdata, const struct store_record *r, struct store_charge *ret)
 	if (streq(r->subscription_id, SUB_A))
 		*ret = (struct store_charge){.charged_subscription = CUSTOMER_A,
 		                             .tenant_id = TENANT_A,
-		                             .reason = "registered"};
+		                             .reason = "registered",
+		                             .registration = REGISTRATION};
 	else
 		*ret = (struct store_charge){.charged_subscription = DEFAULT_SUB,
-		                             .reason = "default"};
+		                             .reason = "default",
+		                             .registration = m->registration ? m->registration
+		                                                             : REGISTRATION};
 	return 0;
 }
 
@@ -350,7 +357,7 @@ test_store_open_creates_current_schema(void **state)
 
 	assert_int_equal(store_schema_version(f->store, &v), 0);
 	assert_int_equal(v, STORE_SCHEMA_VERSION);
-	assert_int_equal(v, 2);
+	assert_int_equal(v, 3);
 	db = side_open(f->path);
 	assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
 	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
@@ -1167,6 +1174,87 @@ test_store_dead_retry_all_moves_every_dead_letter(void **state)
 	check_counts(f);
 }
 
+/*
+ * The registration is frozen with the charge: a re-sent batch names the one it was mapped on, a
+ * record mapped later the new one; a dead letter retried is mapped again.
+ */
+static void
+test_store_claim_batch_freezes_registration(void **state)
+{
+	static const char other[] = "/subscriptions/" DEFAULT_SUB "/resourcegroups/azurestack/"
+	                            "providers/microsoft.azurestack/registrations/azurestack-2";
+	struct fixture *f = *state;
+	struct rec_data d[2];
+	struct store_batch b;
+	struct map_state m = {0};
+	struct store_record r = {0};
+	size_t n = 0;
+	char batch_id[STORE_BATCH_ID_LEN + 1];
+
+	rec_init(&d[0], 1, SUB_B, "1");
+	rec_init(&d[1], 2, SUB_B, "2");
+	assert_int_equal(put(f->store, d, 1, NULL), 0);
+	claim(f->store, &m, 10, 0, NOW, &b);
+	assert_int_equal(b.n_records, 1);
+	assert_string_equal(b.records[0].registration, REGISTRATION);
+	memcpy(batch_id, b.batch_id, sizeof(batch_id));
+	store_batch_done(&b);
+
+	/* the registration changes; the batch in flight is re-sent as it was mapped */
+	m.registration = other;
+	assert_int_equal(store_reset_inflight(f->store, &n), 0);
+	claim(f->store, &m, 10, 0, NOW, &b);
+	assert_string_equal(b.batch_id, batch_id);
+	assert_string_equal(b.records[0].registration, REGISTRATION);
+	assert_int_equal(store_apply_outcomes(f->store, b.batch_id,
+	                                      &(struct store_outcome){.id = b.records[0].id,
+	                                                              .kind = STORE_OUTCOME_DEAD,
+	                                                              .error_code = "BadArgument"},
+	                                      1, NOW, NULL),
+	                 0);
+	store_batch_done(&b);
+	assert_int_equal(store_record_find(f->store, d[0].key, STORE_DEAD, &r), 0);
+	assert_string_equal(r.registration, REGISTRATION);
+	store_record_done(&r);
+
+	/* a record mapped now, and the dead letter retried, take the new one */
+	assert_int_equal(put(f->store, &d[1], 1, NULL), 0);
+	assert_int_equal(store_record_find(f->store, d[0].key, STORE_DEAD, &r), 0);
+	assert_int_equal(store_dead_retry(f->store, r.id, "ops", NULL, NOW), 0);
+	store_record_done(&r);
+	claim(f->store, &m, 10, 0, NOW, &b);
+	assert_int_equal(b.n_records, 2);
+	assert_string_equal(b.records[0].registration, other);
+	assert_string_equal(b.records[1].registration, other);
+	store_batch_done(&b);
+	assert_int_equal(side_int(f->path, "SELECT count(*) FROM registrations"), 2);
+	check_counts(f);
+}
+
+/* A mapping without a registration is refused, and the claim leaves the records pending. */
+static int
+map_no_registration(void *userdata, const struct store_record *r, struct store_charge *ret)
+{
+	*ret = (struct store_charge){.charged_subscription = DEFAULT_SUB, .reason = "default"};
+	return 0;
+}
+
+static void
+test_store_claim_batch_needs_registration(void **state)
+{
+	struct fixture *f = *state;
+	struct rec_data d;
+	struct store_batch b;
+	struct store_claim c = {.max_records = 10, .now = NOW, .map = map_no_registration};
+
+	rec_init(&d, 1, SUB_B, "1");
+	assert_int_equal(put(f->store, &d, 1, NULL), 0);
+	assert_int_equal(store_claim_batch(f->store, &c, &b), -EINVAL);
+	assert_count(f->store, STORE_PENDING, 1);
+	assert_count(f->store, STORE_INFLIGHT, 0);
+	check_counts(f);
+}
+
 /* Put a conflicting quantity for d and return the conflict row's id. */
 static int64_t
 make_conflict(struct store *s, struct rec_data *d, const char *quantity)
@@ -1286,6 +1374,7 @@ test_store_conflict_accept_forwarded_larger_adjusts(void **state)
 	assert_int_equal(r.usage_start, T0 - HOUR);
 	assert_string_equal(r.charged_subscription, CUSTOMER_A); /* the original's charge */
 	assert_string_equal(r.charge_reason, "registered");
+	assert_string_equal(r.registration, REGISTRATION);
 	store_record_done(&r);
 
 	/* a second change on top: charged is now 3.1, so 3.5 adjusts by 0.4 under sequence 2 */
@@ -1519,8 +1608,8 @@ test_store_open_migrates_version_1(void **state)
 	}
 	reopen(f);
 	assert_int_equal(store_schema_version(f->store, &v), 0);
-	assert_int_equal(v, 2);
-	assert_int_equal(side_int(f->path, "PRAGMA user_version"), 2);
+	assert_int_equal(v, 3);
+	assert_int_equal(side_int(f->path, "PRAGMA user_version"), 3);
 	assert_int_equal(store_record_find(f->store, "AABBCCDD", STORE_DEAD, &r), 0);
 	assert_string_equal(r.quantity, "1.50");
 	assert_false(r.discarded);
@@ -1667,7 +1756,7 @@ test_store_open_newer_version_refused(void **state)
 	fill(f->store, 50);
 	f->store = store_free(f->store);
 	assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-	assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 3", NULL, NULL, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 4", NULL, NULL, NULL), SQLITE_OK);
 	sqlite3_close(db);
 	assert_refused(f->path, false, -EPROTO);
 	assert_refused(f->path, true, -EPROTO);
@@ -2064,7 +2153,9 @@ nested_map_cb(void *userdata, const struct store_record *r, struct store_charge 
 		return k;
 	if (nm->fail_b && streq(r->subscription_id, SUB_B))
 		return -ENOMEDIUM;
-	*ret = (struct store_charge){.charged_subscription = DEFAULT_SUB, .reason = "default"};
+	*ret = (struct store_charge){.charged_subscription = DEFAULT_SUB,
+	                             .reason = "default",
+	                             .registration = REGISTRATION};
 	return 0;
 }
 
@@ -2435,6 +2526,8 @@ main(void)
 	        T(test_store_put_page_moves_cursor),
 	        T(test_store_put_page_quarantine),
 	        T(test_store_claim_batch_forwarded),
+	        T(test_store_claim_batch_freezes_registration),
+	        T(test_store_claim_batch_needs_registration),
 	        T(test_store_apply_outcomes_dead),
 	        T(test_store_apply_outcomes_retry_keeps_batch),
 	        T(test_store_reset_inflight_keeps_batch_id),
