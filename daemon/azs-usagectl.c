@@ -57,6 +57,7 @@ enum ctl_verb {
 	CTL_CONFLICTS_ACCEPT,
 	CTL_CONFLICTS_REJECT,
 	CTL_QUARANTINE,
+	CTL_QUARANTINE_SHOW,
 	CTL_REPORT,
 	CTL_RECOLLECT,
 	CTL_LOOKUP,
@@ -130,6 +131,8 @@ static const struct ctl_verb_def ctl_verbs[] = {
         {"conflicts", "accept", CTL_CONFLICTS_ACCEPT, OPT_REASON, 1, 1, true, true},
         {"conflicts", "reject", CTL_CONFLICTS_REJECT, OPT_REASON, 1, 1, true, true},
         {"quarantine", NULL, CTL_QUARANTINE, OPT_LIMIT, 0, 0, false, true},
+        {"quarantine", "list", CTL_QUARANTINE, OPT_LIMIT, 0, 0, false, true},
+        {"quarantine", "show", CTL_QUARANTINE_SHOW, 0, 1, 1, false, true},
         {"report", NULL, CTL_REPORT, OPT_FROM | OPT_TO | OPT_BY | OPT_CSV, 0, 0, false, true},
         {"recollect", NULL, CTL_RECOLLECT, OPT_FROM | OPT_TO | OPT_REASON, 0, 0, true, true},
         {"lookup", NULL, CTL_LOOKUP, 0, 1, 1, false, false},
@@ -226,8 +229,11 @@ static const char *const ctl_help[] = {
         "        adjustment, a smaller one becomes dead with error credit-required.\n",
         "    conflicts reject KEY [--reason R]                               (writes)\n",
         "        Keep the original quantity.\n",
-        "    quarantine [--limit N]\n",
+        "    quarantine [list] [--limit N]\n",
         "        Records that failed validation, with the reason. Never forwarded.\n",
+        "    quarantine show KEY\n",
+        "        One quarantined record: its reason and the raw text as received (with\n",
+        "        --json: the members below and raw).\n",
         "    report --from TIME --to TIME [--by subscription|tenant|meter] [--csv]\n",
         "        Exact totals of the forwarded records whose usage started in\n",
         "        [from, to): by charged subscription and meter (default), by tenant and\n",
@@ -341,6 +347,7 @@ static int ctl_status(struct ctl *c);
 static int ctl_list(struct ctl *c);
 static int ctl_dead_retry(struct ctl *c);
 static int ctl_dead_discard(struct ctl *c);
+static int ctl_quarantine_show(struct ctl *c);
 static int ctl_conflict_resolve(struct ctl *c);
 static int ctl_report(struct ctl *c);
 static int ctl_recollect(struct ctl *c);
@@ -705,6 +712,8 @@ ctl_run(struct ctl *c)
 	case CTL_CONFLICTS_LIST:
 	case CTL_QUARANTINE:
 		return ctl_list(c);
+	case CTL_QUARANTINE_SHOW:
+		return ctl_quarantine_show(c);
 	case CTL_DEAD_RETRY:
 		return ctl_dead_retry(c);
 	case CTL_DEAD_DISCARD:
@@ -1056,6 +1065,36 @@ ctl_dead_discard(struct ctl *c)
 
 		return ctl_print_json(o) < 0 ? ctl_fail(-ENOMEM, "printing") : 0;
 	}
+	return 0;
+}
+
+/* Show one quarantined record whole: why, and the text the stamp sent. */
+static int
+ctl_quarantine_show(struct ctl *c)
+{
+	struct store_record rec = {0};
+	int r;
+
+	r = ctl_find(c, c->args[0], STORE_QUARANTINED, &rec);
+	if (r < 0)
+		return CTL_EXIT_FAILURE;
+	if (c->json) {
+		_cleanup_(json_decrefp) json_t *o = ctl_record_json(&rec);
+
+		if (o)
+			json_object_set_new(o, "raw", ctl_json_string(rec.raw));
+		store_record_done(&rec);
+		return ctl_print_json(o) < 0 ? ctl_fail(-ENOMEM, "printing") : 0;
+	}
+	printf("key:      %s\nreported: ", rec.key);
+	ctl_put_cell(time_format_rfc3339(rec.reported_hour, (char[TIME_RFC3339_LEN + 1]){0}), 0,
+	             true);
+	printf("\nreason:   ");
+	ctl_put_cell(rec.error_message ? rec.error_message : "-", 0, true);
+	printf("\nraw:\n");
+	ctl_put_cell(rec.raw ? rec.raw : "-", 0, true);
+	printf("\n");
+	store_record_done(&rec);
 	return 0;
 }
 

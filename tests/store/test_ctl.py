@@ -127,7 +127,8 @@ def test_help_names_every_verb_option_and_exit_status():
     r = ctl("--help")
     assert r.returncode == 0 and r.stderr == ""
     for word in ["status", "records", "dead [list]", "dead retry", "dead discard", "conflicts",
-                 "conflicts accept", "conflicts reject", "quarantine", "report", "recollect",
+                 "conflicts accept", "conflicts reject", "quarantine", "quarantine show", "report",
+                 "recollect",
                  "lookup", "tenants", "tenant add", "tenant remove", "registration",
                  "--state", "--tenant", "--subscription", "--since", "--limit", "--all",
                  "--reason", "--from", "--to", "--by", "--csv", "--json", "--store", "-c FILE",
@@ -242,6 +243,22 @@ def test_state_listings_json_and_table(seeded, verb, state):
         assert all(r["errorMessage"] == "quantity: not a finite decimal" for r in rows)
         assert all(r["quantity"] == "NaN" for r in rows)
     assert records_json(db, verb, "--limit", "1")[:1] == rows[:1]
+
+
+def test_quarantine_show_prints_the_reason_and_the_raw_text(seeded):
+    db, manifest = seeded
+    q = by_state(manifest, "quarantined")[0]
+    out = ok("quarantine", "show", q["key"][:10], store=db)
+    assert q["key"] in out
+    assert "reason:   quantity: not a finite decimal" in out
+    row = json.loads(ok("--json", "quarantine", "show", q["key"][:10], store=db))
+    assert list(row) == MEMBERS + ["raw"]
+    assert row["key"] == q["key"] and row["state"] == "quarantined"
+    assert row["raw"] and row["raw"] in out
+    # only quarantined records: a forwarded key is not found
+    f = by_state(manifest, "forwarded")[0]
+    r = ctl("quarantine", "show", f["key"], store=db)
+    assert r.returncode == 1 and "no quarantined record" in r.stderr
 
 
 # --- keys --------------------------------------------------------------------------------------
