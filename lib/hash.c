@@ -2,6 +2,7 @@
  * SHA-256 hex digests and random UUIDs through OpenSSL.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,18 @@
 
 #include "hash.h"
 
+static void hash_sha256_fetch(void);
+
+/*
+ * In OpenSSL 3, EVP_sha256() is a static description, not an implementation: every EVP_Digest()
+ * with it fetches the implementation from the provider store again (a lookup under a lock). Fetch
+ * it once for the process instead. The fetched
+ * object is immutable and may be shared by threads. It is never freed: it lives as long as the
+ * process, and this pointer keeps it reachable, so a leak checker does not count it.
+ */
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static EVP_MD *sha256;
+
 /* Hash data with SHA-256 and write the digest as lower-case hex. */
 void
 hash_sha256_hex(const void *data, size_t size, char out[static HASH_SHA256_HEX_LEN + 1])
@@ -19,8 +32,10 @@ hash_sha256_hex(const void *data, size_t size, char out[static HASH_SHA256_HEX_L
 	unsigned char md[32];
 	unsigned int n = 0;
 
-	/* EVP_Digest with a fixed algorithm fails only on allocation failure */
-	if (!EVP_Digest(data, size, md, &n, EVP_sha256(), NULL) || n != sizeof(md))
+	if (pthread_once(&sha256_once, hash_sha256_fetch) != 0)
+		abort();
+	/* with the algorithm fetched, EVP_Digest fails only on allocation failure */
+	if (!EVP_Digest(data, size, md, &n, sha256, NULL) || n != sizeof(md))
 		abort();
 	for (size_t i = 0; i < sizeof(md); i++) {
 		out[2 * i] = hex[md[i] >> 4];
@@ -44,4 +59,14 @@ hash_uuid4(char out[static HASH_UUID_LEN + 1])
 	         b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
 	         b[15]);
 	return 0;
+}
+
+/* Fetch the SHA-256 implementation for hash_sha256_hex(); runs once per process. */
+static void
+hash_sha256_fetch(void)
+{
+	/* the default provider always has SHA-256; without it nothing here can work */
+	sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+	if (!sha256)
+		abort();
 }

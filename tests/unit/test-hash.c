@@ -5,6 +5,7 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -35,6 +36,23 @@ static void lower(char *s);
 static char *normalize_time(const char *s, char out[static TIME_RFC3339_LEN + 1]);
 static char *record_key_text(const char *hour, json_t *properties);
 static size_t read_key_rows(struct key_row rows[static KEY_ROWS_MAX]);
+static void *hash_abc_many(void *arg);
+
+/* Threads hashing at once, the first call included (this test runs first), all get the digest. */
+static void
+test_hash_sha256_hex_concurrent_first_use(void **state)
+{
+	pthread_t threads[4];
+	bool ok[ARRAY_SIZE(threads)];
+
+	(void)state;
+	for (size_t i = 0; i < ARRAY_SIZE(threads); i++)
+		assert_int_equal(pthread_create(&threads[i], NULL, hash_abc_many, &ok[i]), 0);
+	for (size_t i = 0; i < ARRAY_SIZE(threads); i++) {
+		assert_int_equal(pthread_join(threads[i], NULL), 0);
+		assert_true(ok[i]);
+	}
+}
 
 /* SHA-256 of the empty string, "abc" and the two-block FIPS 180-2 message. */
 static void
@@ -198,6 +216,22 @@ test_hash_sha256_hex_record_keys_match_testdata(void **state)
 		assert_true(rows[r].seen);
 }
 
+/* Thread body: hash "abc" a thousand times; *arg says whether every digest was right. */
+static void *
+hash_abc_many(void *arg)
+{
+	bool *ok = arg;
+	char out[HASH_SHA256_HEX_LEN + 1];
+
+	*ok = true;
+	for (int n = 0; n < 1000; n++) {
+		hash_sha256_hex("abc", 3, out);
+		if (!streq(out, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"))
+			*ok = false;
+	}
+	return NULL;
+}
+
 /* Lower-case s in place (ASCII). */
 static void
 lower(char *s)
@@ -296,6 +330,7 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
+	        cmocka_unit_test(test_hash_sha256_hex_concurrent_first_use),
 	        cmocka_unit_test(test_hash_sha256_hex_known_vectors),
 	        cmocka_unit_test(test_hash_uuid4_shape),
 	        cmocka_unit_test(test_hash_uuid4_unique),
