@@ -16,6 +16,7 @@
 #include <openssl/sha.h>
 #include <openssl/x509.h>
 
+#include "hash.h"
 #include "sim.h"
 #include "timeutil.h"
 #include "xmalloc.h"
@@ -126,10 +127,6 @@ world_load(struct sim_world *w, json_t *sc, char **ret_error)
 	memset(w, 0, sizeof(*w));
 	for (size_t i = 0; i < SIM_HOUR_CACHE; i++)
 		w->cache[i].hour = -1;
-	w->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
-	w->md_ctx = EVP_MD_CTX_new();
-	if (!w->sha256 || !w->md_ctx)
-		abort();
 	if (!json_is_object(sc)) {
 		*ret_error = xstrdup("scenario: not a JSON object");
 		return -EINVAL;
@@ -304,8 +301,6 @@ world_free(struct sim_world *w)
 	free(w->aud_commerce);
 	free(w->commerce_path);
 	json_decref(w->faults);
-	EVP_MD_CTX_free(w->md_ctx);
-	EVP_MD_free(w->sha256);
 	memset(w, 0, sizeof(*w));
 }
 
@@ -414,14 +409,12 @@ void
 world_record_key(const struct sim_world *w, int64_t hour, const struct sim_record *rec,
                  char out[static SIM_KEY_LEN + 1])
 {
-	static const char hex[] = "0123456789abcdef";
 	const struct sim_resource *res = &w->res[rec->resource];
 	const char *meter = w->meter_keys[rec->meter];
 	char th[32], ts[32], te[32], buf[1024];
-	unsigned char md[32];
-	unsigned int mdlen = 0;
 	size_t n = 0, ml = strlen(meter);
 
+	_Static_assert(SIM_KEY_LEN == HASH_SHA256_HEX_LEN, "a record key is a SHA-256 hex digest");
 	world_format_time(hour, true, th);
 	world_format_time(rec->usage_start, true, ts);
 	world_format_time(rec->usage_start + 3600, true, te);
@@ -445,15 +438,7 @@ world_record_key(const struct sim_world *w, int64_t hour, const struct sim_recor
 	buf[n++] = '\n';
 	memcpy(buf + n, res->uri_lower, res->uri_lower_len);
 	n += res->uri_lower_len;
-	if (EVP_DigestInit_ex2(w->md_ctx, w->sha256, NULL) != 1 ||
-	    EVP_DigestUpdate(w->md_ctx, buf, n) != 1 ||
-	    EVP_DigestFinal_ex(w->md_ctx, md, &mdlen) != 1 || mdlen != sizeof(md))
-		abort();
-	for (size_t i = 0; i < sizeof(md); i++) {
-		out[2 * i] = hex[md[i] >> 4];
-		out[2 * i + 1] = hex[md[i] & 0xf];
-	}
-	out[SIM_KEY_LEN] = '\0';
+	hash_sha256_hex(buf, n, out);
 }
 
 /* The subscription a user subscription's usage is charged to now, and why. */

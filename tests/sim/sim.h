@@ -166,9 +166,7 @@ struct sim_world {
 	char *commerce_path;
 	unsigned max_events;
 	size_t max_bytes;
-	json_t *faults;     /* the scenario's initial fault plan, or NULL */
-	EVP_MD *sha256;     /* fetched once: EVP_Digest fetches it again on every call */
-	EVP_MD_CTX *md_ctx; /* for record keys */
+	json_t *faults; /* the scenario's initial fault plan, or NULL */
 	struct sim_hour cache[SIM_HOUR_CACHE];
 	uint64_t cache_tick;
 };
