@@ -3,15 +3,20 @@
  */
 #include <ctype.h>
 #include <errno.h>
-#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
 #include "timeutil.h"
 
+/* What RFC 3339's four-digit years can write: 0000-01-01T00:00:00Z to 9999-12-31T23:59:59Z. */
+#define TIME_FORMAT_MIN INT64_C(-62167219200)
+#define TIME_FORMAT_MAX INT64_C(253402300799)
+
 static const struct timeutil_clock *clock_override;
 
 static int64_t days_from_civil(int64_t y, unsigned m, unsigned d);
+static void civil_from_days(int64_t days, unsigned *ret_y, unsigned *ret_m, unsigned *ret_d);
+static char *put_digits(char *p, unsigned v, int n);
 static int parse_digits(const char **p, int n, int *ret);
 
 /* Replace the clock (tests); NULL goes back to the system clock. */
@@ -100,16 +105,39 @@ time_parse_rfc3339(const char *s, int64_t *ret)
 	return 0;
 }
 
-/* Format seconds since the epoch as "YYYY-MM-DDTHH:MM:SSZ". */
+/*
+ * Format seconds since the epoch as "YYYY-MM-DDTHH:MM:SSZ", or "invalid-time" outside the years
+ * 0000 to 9999. By hand rather than gmtime_r and strftime: the daemon formats three times per
+ * event, and this is several times faster.
+ */
 char *
 time_format_rfc3339(int64_t t, char out[static TIME_RFC3339_LEN + 1])
 {
-	struct tm tm;
-	time_t tt = (time_t)t;
+	int64_t days, secs;
+	unsigned y, m, d;
+	char *p = out;
 
-	if (!gmtime_r(&tt, &tm) ||
-	    strftime(out, TIME_RFC3339_LEN + 1, "%Y-%m-%dT%H:%M:%SZ", &tm) != TIME_RFC3339_LEN)
-		snprintf(out, TIME_RFC3339_LEN + 1, "invalid-time");
+	if (t < TIME_FORMAT_MIN || t > TIME_FORMAT_MAX) {
+		memcpy(out, "invalid-time", sizeof("invalid-time"));
+		return out;
+	}
+	/* floor division: the seconds of the day are never negative */
+	days = (t >= 0 ? t : t - 86399) / 86400;
+	secs = t - days * 86400;
+	civil_from_days(days, &y, &m, &d);
+	p = put_digits(p, y, 4);
+	*p++ = '-';
+	p = put_digits(p, m, 2);
+	*p++ = '-';
+	p = put_digits(p, d, 2);
+	*p++ = 'T';
+	p = put_digits(p, (unsigned)(secs / 3600), 2);
+	*p++ = ':';
+	p = put_digits(p, (unsigned)(secs / 60 % 60), 2);
+	*p++ = ':';
+	p = put_digits(p, (unsigned)(secs % 60), 2);
+	*p++ = 'Z';
+	*p = '\0';
 	return out;
 }
 
@@ -124,6 +152,37 @@ days_from_civil(int64_t y, unsigned m, unsigned d)
 	unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
 
 	return era * 146097 + (int64_t)doe - 719468;
+}
+
+/*
+ * The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm, the
+ * inverse of days_from_civil); the caller keeps the year within 0 to 9999.
+ */
+static void
+civil_from_days(int64_t days, unsigned *ret_y, unsigned *ret_m, unsigned *ret_d)
+{
+	int64_t z = days + 719468;
+	int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+	unsigned doe = (unsigned)(z - era * 146097);
+	unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+	unsigned mp = (5 * doy + 2) / 153;
+	unsigned m = mp < 10 ? mp + 3 : mp - 9;
+
+	*ret_y = (unsigned)((int64_t)yoe + era * 400 + (m <= 2));
+	*ret_m = m;
+	*ret_d = doy - (153 * mp + 2) / 5 + 1;
+}
+
+/* Write v as exactly n decimal digits at p; returns the end. */
+static char *
+put_digits(char *p, unsigned v, int n)
+{
+	for (int i = n - 1; i >= 0; i--) {
+		p[i] = (char)('0' + v % 10);
+		v /= 10;
+	}
+	return p + n;
 }
 
 /* Read exactly n decimal digits at *p and move *p past them. */

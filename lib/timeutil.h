@@ -29,7 +29,10 @@ int64_t now_seconds(void); /* realtime, whole seconds */
  */
 int time_parse_rfc3339(const char *s, int64_t *ret);
 
-/* Write "YYYY-MM-DDTHH:MM:SSZ"; out must hold TIME_RFC3339_LEN + 1 bytes. */
+/*
+ * Write "YYYY-MM-DDTHH:MM:SSZ", or "invalid-time" for a time outside the years 0000 to 9999; out
+ * must hold TIME_RFC3339_LEN + 1 bytes. Returns out.
+ */
 char *time_format_rfc3339(int64_t t, char out[static TIME_RFC3339_LEN + 1]);
 
 /* True when t is on the hour. */

@@ -196,6 +196,103 @@ test_time_format_rfc3339_round_trip(void **state)
 	assert_string_equal(time_format_rfc3339(t, buf), "2026-11-01T09:00:00Z");
 }
 
+/* Times before 1970 format with the seconds of the day counted forward, not negative. */
+static void
+test_time_format_rfc3339_negative_times(void **state)
+{
+	char buf[TIME_RFC3339_LEN + 1];
+
+	(void)state;
+	assert_string_equal(time_format_rfc3339(-1, buf), "1969-12-31T23:59:59Z");
+	assert_string_equal(time_format_rfc3339(-86399, buf), "1969-12-31T00:00:01Z");
+	assert_string_equal(time_format_rfc3339(-86400, buf), "1969-12-31T00:00:00Z");
+	assert_string_equal(time_format_rfc3339(-86401, buf), "1969-12-30T23:59:59Z");
+	assert_string_equal(time_format_rfc3339(INT64_C(-2208988800), buf), "1900-01-01T00:00:00Z");
+	assert_string_equal(time_format_rfc3339(INT64_C(-30610224000), buf),
+	                    "1000-01-01T00:00:00Z");
+}
+
+/* 29 February is written in leap years and skipped in centuries not divisible by 400. */
+static void
+test_time_format_rfc3339_leap_days(void **state)
+{
+	char buf[TIME_RFC3339_LEN + 1];
+
+	(void)state;
+	assert_string_equal(time_format_rfc3339(INT64_C(1709164800), buf), "2024-02-29T00:00:00Z");
+	assert_string_equal(time_format_rfc3339(INT64_C(1709164800) - 1, buf),
+	                    "2024-02-28T23:59:59Z");
+	assert_string_equal(time_format_rfc3339(INT64_C(1709164800) + 86400, buf),
+	                    "2024-03-01T00:00:00Z");
+	assert_string_equal(time_format_rfc3339(INT64_C(951782400), buf), "2000-02-29T00:00:00Z");
+	assert_string_equal(time_format_rfc3339(INT64_C(4107542400) - 1, buf),
+	                    "2100-02-28T23:59:59Z");
+	assert_string_equal(time_format_rfc3339(INT64_C(4107542400), buf), "2100-03-01T00:00:00Z");
+	assert_string_equal(time_format_rfc3339(INT64_C(-2203891200) - 1, buf),
+	                    "1900-02-28T23:59:59Z");
+	assert_string_equal(time_format_rfc3339(INT64_C(-2203891200), buf), "1900-03-01T00:00:00Z");
+	assert_string_equal(time_format_rfc3339(INT64_C(-62162121600), buf),
+	                    "0000-02-29T00:00:00Z");
+	assert_string_equal(time_format_rfc3339(INT64_C(253375862400), buf),
+	                    "9999-03-01T00:00:00Z");
+}
+
+/* Years 0000 to 9999 are written; a second outside them, or any extreme, is "invalid-time". */
+static void
+test_time_format_rfc3339_range(void **state)
+{
+	static const int64_t outside[] = {
+	        INT64_C(253402300800),
+	        INT64_C(-62167219201),
+	        INT64_C(67768036191676800),
+	        INT64_C(-67768040609740801),
+	        INT64_MAX,
+	        INT64_MIN,
+	        INT64_MIN + 86399,
+	};
+	char buf[TIME_RFC3339_LEN + 1];
+
+	(void)state;
+	assert_string_equal(time_format_rfc3339(INT64_C(253402300799), buf),
+	                    "9999-12-31T23:59:59Z");
+	assert_string_equal(time_format_rfc3339(INT64_C(253402214400), buf),
+	                    "9999-12-31T00:00:00Z");
+	assert_string_equal(time_format_rfc3339(INT64_C(-62167219200), buf),
+	                    "0000-01-01T00:00:00Z");
+	assert_string_equal(time_format_rfc3339(INT64_C(-62135596800), buf),
+	                    "0001-01-01T00:00:00Z");
+	assert_string_equal(time_format_rfc3339(INT64_C(-62135596801), buf),
+	                    "0000-12-31T23:59:59Z");
+	for (size_t i = 0; i < ARRAY_SIZE(outside); i++) {
+		assert_ptr_equal(time_format_rfc3339(outside[i], buf), buf);
+		assert_string_equal(buf, "invalid-time");
+	}
+}
+
+/* From year 1000 to 9999 the output is what gmtime_r and strftime write, one instant in ~8 days. */
+static void
+test_time_format_rfc3339_matches_gmtime(void **state)
+{
+	char buf[TIME_RFC3339_LEN + 1], want[TIME_RFC3339_LEN + 1];
+	unsigned n = 0;
+
+	(void)state;
+	for (int64_t t = INT64_C(-30610224000); t <= INT64_C(253402300799); t += 7 * 86400 + 3607) {
+		struct tm tm;
+		time_t tt = (time_t)t;
+
+		assert_non_null(gmtime_r(&tt, &tm));
+		assert_int_equal(strftime(want, sizeof(want), "%Y-%m-%dT%H:%M:%SZ", &tm),
+		                 TIME_RFC3339_LEN);
+		time_format_rfc3339(t, buf);
+		if (!streq(buf, want))
+			fail_msg("time_format_rfc3339(%lld) = %s, gmtime_r says %s", (long long)t,
+			         buf, want);
+		n++;
+	}
+	assert_true(n > 400000);
+}
+
 /* time_on_hour is true exactly on whole hours. */
 static void
 test_time_on_hour_boundaries(void **state)
@@ -270,6 +367,10 @@ main(void)
 	        cmocka_unit_test(test_time_parse_rfc3339_leap_years),
 	        cmocka_unit_test(test_time_parse_rfc3339_trailing_garbage),
 	        cmocka_unit_test(test_time_format_rfc3339_round_trip),
+	        cmocka_unit_test(test_time_format_rfc3339_negative_times),
+	        cmocka_unit_test(test_time_format_rfc3339_leap_days),
+	        cmocka_unit_test(test_time_format_rfc3339_range),
+	        cmocka_unit_test(test_time_format_rfc3339_matches_gmtime),
 	        cmocka_unit_test(test_time_on_hour_boundaries),
 	        cmocka_unit_test(test_timeutil_set_clock_seam),
 	};
