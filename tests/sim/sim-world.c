@@ -10,7 +10,6 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include <openssl/pem.h>
 #include <openssl/sha.h>
@@ -792,38 +791,13 @@ generate_record(const struct sim_world *w, uint64_t *rng, int64_t hour, size_t i
 	}
 }
 
-/*
- * Write a time as the usage API does ("+00:00") or as keys and Commerce do ("Z"). By hand
- * (Howard Hinnant's civil_from_days) rather than gmtime_r and strftime: the summary formats
- * three times per expected record.
- */
+/* Write a time as the usage API does ("+00:00") or as keys and Commerce do ("Z"). */
 void
 world_format_time(int64_t t, bool zulu, char out[static 32])
 {
-	int64_t days = (t >= 0 ? t : t - 86399) / 86400, secs = t - days * 86400;
-	int64_t z = days + 719468, era = (z >= 0 ? z : z - 146096) / 146097;
-	unsigned doe = (unsigned)(z - era * 146097);
-	unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-	unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100), mp = (5 * doy + 2) / 153;
-	unsigned d = doy - (153 * mp + 2) / 5 + 1, m = mp < 10 ? mp + 3 : mp - 9;
-	int64_t y = (int64_t)yoe + era * 400 + (m <= 2);
-
-	unsigned f[6] = {
-	        (unsigned)(y % 10000), m, d, (unsigned)(secs / 3600), (unsigned)(secs / 60 % 60),
-	        (unsigned)(secs % 60)};
-	char *p = out;
-
-	for (size_t i = 0; i < ARRAY_SIZE(f); i++) {
-		if (i == 0) {
-			*p++ = (char)('0' + f[0] / 1000);
-			*p++ = (char)('0' + f[0] / 100 % 10);
-		}
-		*p++ = (char)('0' + f[i] / 10 % 10);
-		*p++ = (char)('0' + f[i] % 10);
-		if (i < ARRAY_SIZE(f) - 1)
-			*p++ = "--T::"[i];
-	}
-	memcpy(p, zulu ? "Z" : "+00:00", zulu ? 2 : 7);
+	time_format_rfc3339(t, out);
+	if (!zulu && strlen(out) == TIME_RFC3339_LEN)
+		memcpy(out + TIME_RFC3339_LEN - 1, "+00:00", sizeof("+00:00"));
 }
 
 /* Escape a JSON text so it can sit inside a JSON string literal. */
