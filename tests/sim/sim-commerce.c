@@ -432,16 +432,17 @@ commerce_batch(struct sim *s, struct evhttp_request *req, struct sim_response *r
 			        "resourceUri",
 			        "location",
 			};
+			static const char *const raw_keys[] = {"tags", "additionalInfo"};
 			int k = (int)ARRAY_SIZE(keys);
 
 			sqlite3_reset(s->insert);
 			for (size_t j = 0; j < ARRAY_SIZE(keys); j++)
 				sqlite3_bind_text(s->insert, (int)j + 1, ev_str(e, keys[j]), -1,
 				                  SQLITE_STATIC);
-			for (const char *m = "tags"; m;
-			     m = streq(m, "tags") ? "additionalInfo" : NULL) {
+			/* tags and additionalInfo: their JSON text as received */
+			for (size_t j = 0; j < ARRAY_SIZE(raw_keys); j++) {
 				size_t len = 0;
-				const char *raw = ev_raw(e, m, &len);
+				const char *raw = ev_raw(e, raw_keys[j], &len);
 
 				sqlite3_bind_text(s->insert, ++k, raw, (int)len, SQLITE_STATIC);
 			}
