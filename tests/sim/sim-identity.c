@@ -24,6 +24,7 @@
 
 #define TOKENS_MAX     4096
 #define JWT_SKEW       60
+#define JWT_DATE_MAX   9007199254740992.0 /* 2^53: past it a double no longer counts seconds */
 #define ASSERTION_TYPE "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 #define CERT_DOCS                      \
 	"Review the documentation at " \
@@ -40,6 +41,7 @@ static int check_assertion(struct sim *s, const struct sim_client *c, const char
                            const char *aud, struct refusal *ret);
 static void refuse(struct refusal *ret, int status, const char *error, const char *fmt, ...)
         _printf_(4, 5);
+static bool numeric_date(json_t *v, double *ret);
 static void remember_assertion(struct sim *s, const char *key, int64_t until);
 static void azure_time(int64_t t, char out[static 40]);
 static unsigned char *b64_decode(const char *s, size_t n, size_t *ret_size);
@@ -337,7 +339,7 @@ check_assertion(struct sim *s, const struct sim_client *c, const char *jwt, cons
 	const char *jti;
 	EVP_MD_CTX *md = NULL;
 	int64_t now = (int64_t)time(NULL);
-	double e, b;
+	double e, b = 0;
 	int r = -EINVAL;
 
 	refuse(ret, 401, "invalid_client", "AADSTS50027: JWT token is invalid or malformed.");
@@ -389,14 +391,13 @@ check_assertion(struct sim *s, const struct sim_client *c, const char *jwt, cons
 	exp = json_object_get(p, "exp");
 	nbf = json_object_get(p, "nbf");
 	jti = json_string_value(json_object_get(p, "jti"));
-	if (!json_is_number(exp) || (nbf && !json_is_number(nbf)) || isempty(jti)) {
+	/* out of range, the casts to int64_t below would overflow (exp = 1e300) */
+	if (!numeric_date(exp, &e) || (nbf && !numeric_date(nbf, &b)) || isempty(jti)) {
 		refuse(ret, 401, "invalid_client",
 		       "AADSTS50027: JWT token is invalid or malformed. [Reason - exp and jti are "
 		       "required, exp and nbf are NumericDate numbers.]");
 		goto out;
 	}
-	e = json_number_value(exp);
-	b = nbf ? json_number_value(nbf) : 0;
 	if (e + JWT_SKEW <= (double)now || b > (double)(now + JWT_SKEW)) {
 		char tn[40], tb[40], te[40];
 
@@ -423,6 +424,24 @@ out:
 	json_decref(h);
 	json_decref(p);
 	return r;
+}
+
+/*
+ * Read a NumericDate claim: a JSON number of seconds since the epoch, a fraction allowed (RFC 7519
+ * section 2), from 0 to 2^53. False for anything else, NaN included.
+ */
+static bool
+numeric_date(json_t *v, double *ret)
+{
+	double d;
+
+	if (!json_is_number(v))
+		return false;
+	d = json_number_value(v);
+	if (!(d >= 0 && d <= JWT_DATE_MAX))
+		return false;
+	*ret = d;
+	return true;
 }
 
 /* Fill a refusal. */

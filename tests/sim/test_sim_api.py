@@ -183,6 +183,28 @@ def test_token_jwt_time_and_id_claims(sim, claims, status):
         assert r.json()["error_codes"] == [aadsts(r.json())]
 
 
+@pytest.mark.parametrize("claims", [
+    {"exp": 1e300},                              # would pass the time check, then overflow
+    {"exp": 1e300, "nbf": -1e300},
+    {"nbf": -1e300},
+    {"nbf": -1e300, "exp": 1000},                # expired: the refusal would print nbf
+    {"exp": 2.0 ** 62},                          # beyond 2^53 seconds
+    {"exp": -1},
+])
+def test_token_jwt_out_of_range_dates_malformed(sim, claims):
+    """exp and nbf outside 0 to 2^53 seconds are a malformed assertion, not a time check."""
+    jwt = make_assertion(CERT_CLIENT_ID, sim.token_endpoint(), claims=claims)
+    r = sim.token_request(sim.audiences()["commerce"], CERT_CLIENT_ID, assertion=jwt)
+    assert r.status == 401, r.body
+    assert r.json()["error"] == "invalid_client"
+    assert r.json()["error_codes"] == [aadsts(r.json())] == [50027]
+    assert "NumericDate" in r.json()["error_description"]
+    # the simulator is still serving, and a good assertion still works
+    good = make_assertion(CERT_CLIENT_ID, sim.token_endpoint())
+    assert sim.token_request(sim.audiences()["commerce"], CERT_CLIENT_ID,
+                             assertion=good).status == 200
+
+
 def test_token_jwt_iss_or_sub_other_than_client_rejected(sim):
     for claim in ("iss", "sub"):
         jwt = make_assertion(CERT_CLIENT_ID, sim.token_endpoint(),
