@@ -179,9 +179,10 @@ struct run {
 	size_t field_counts[F_MAX];
 	size_t accepted;
 	size_t unparsable;
-	struct agg base;   /* expected totals of the hours whose rows match exactly */
-	struct agg actual; /* rows charged to their record's subscription and meter */
-	struct smap tmap;  /* every other row, and the output, by (subscription, meter) text */
+	size_t hours_compared; /* reported hours compared row by row (not taken as clean) */
+	struct agg base;       /* expected totals of the hours whose rows match exactly */
+	struct agg actual;     /* rows charged to their record's subscription and meter */
+	struct smap tmap;      /* every other row, and the output, by (subscription, meter) text */
 	struct total *totals;
 	size_t n_totals;
 };
@@ -554,6 +555,7 @@ commerce_summary(struct sim *s, int64_t from, int64_t until, struct evbuffer *ou
 			g += same;
 			h = next_expected_hour(w, h + 3600, end);
 		} else if (gr) {
+			run.hours_compared++;
 			compare_rows(&run, gr, 0, NULL);
 			g++;
 		} else {
@@ -619,7 +621,8 @@ commerce_summary(struct sim *s, int64_t from, int64_t until, struct evbuffer *ou
 	        out,
 	        "\"sim\":{\"pagesServed\":%llu,\"recordsServed\":%llu,\"eventsReceived\":%llu,"
 	        "\"cpuUs\":%llu,\"usageCpuUs\":%llu,\"commerceCpuUs\":%llu,"
-	        "\"summaryCpuUs\":%llu,\"summaries\":%llu,\"controlCpuUs\":%llu,"
+	        "\"summaryCpuUs\":%llu,\"summaries\":%llu,\"hoursCompared\":%zu,"
+	        "\"controlCpuUs\":%llu,"
 	        "\"usageCpuUsPerRecord\":%.3f,\"commerceCpuUsPerEvent\":%.3f,"
 	        "\"cpuUsPerRecord\":%.3f}}",
 	        (unsigned long long)s->pages_served, (unsigned long long)s->records_served,
@@ -627,7 +630,7 @@ commerce_summary(struct sim *s, int64_t from, int64_t until, struct evbuffer *ou
 	        (unsigned long long)(s->cpu_ns[SIM_EP_USAGE] / 1000),
 	        (unsigned long long)(s->cpu_ns[SIM_EP_COMMERCE] / 1000),
 	        (unsigned long long)(summary_ns / 1000), (unsigned long long)(c->summaries + 1),
-	        (unsigned long long)(control_ns / 1000),
+	        run.hours_compared, (unsigned long long)(control_ns / 1000),
 	        s->records_served
 	                ? (double)s->cpu_ns[SIM_EP_USAGE] / 1000.0 / (double)s->records_served
 	                : 0.0,
@@ -1501,6 +1504,7 @@ compare_hour(struct run *run, int64_t h, struct group *gr)
 		run->accepted += gr->rows;
 		return; /* its rows are its records: their totals stay in base */
 	}
+	run->hours_compared++;
 	n = world_hour_records(w, h, c->recs);
 	for (size_t i = 0; i < n; i++) /* the rows give this hour's actual totals instead */
 		agg_add(&run->base, agg_key(w, &c->recs[i]),
