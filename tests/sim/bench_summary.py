@@ -3,8 +3,14 @@
 
 Starts a simulator with a scenario (default scenarios/bench.json: 168 hours of 5,000 records),
 posts every expected Commerce event hour by hour in batches of 1,000 over one keep-alive HTTPS
-connection, then asks for the summary a few times and prints the wall time of each call, the
-simulator's peak and current resident memory (VmHWM, VmRSS from /proc) and its CPU figures.
+connection, then asks for the summary a few times, changes the registration (the same tenant put
+again) and asks once more. Prints the wall and CPU time of each call, the simulator's peak and
+current resident memory (VmHWM, VmRSS from /proc) and its CPU figures, then checks two targets,
+PASS or FAIL each (exit 0 when both pass):
+  - an unchanged ledger is cheap to summarise again: each repeat costs under a third of the CPU
+    time of the first summary;
+  - summaries stay out of cpuUsPerRecord: over the repeats and the full comparison after the
+    registration change, the CPU that figure gains is under half the summaries' CPU time.
 AZS_SIM or AZS_BUILD_DIR names the binary, so an older build can be measured the same way.
 
     AZS_BUILD_DIR=build /usr/bin/python3 tests/sim/bench_summary.py [--calls 3] [--hours N]
@@ -38,8 +44,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", default=os.path.join(HERE, "scenarios", "bench.json"))
     ap.add_argument("--hours", type=int, help="override the scenario's hour count")
-    ap.add_argument("--calls", type=int, default=3, help="summaries to ask for")
+    ap.add_argument("--calls", type=int, default=3,
+                    help="summaries to ask for before the registration change (at least 2)")
     a = ap.parse_args()
+    if a.calls < 2:
+        ap.error("--calls must be at least 2: the first summary and a repeat")
 
     with open(a.scenario) as f:
         sc = json.load(f)
@@ -80,17 +89,54 @@ def main():
         print("ledger: %d events accepted in %.1f s; simulator VmHWM %d MiB, VmRSS %d MiB"
               % (posted, t_fill, proc_kib(pid, "VmHWM") // 1024, proc_kib(pid, "VmRSS") // 1024))
         print("before the summaries: cpuUsPerRecord %s" % start.get("cpuUsPerRecord"))
-        for i in range(a.calls):
+        runs = []
+        prev_cpu = start["summaryCpuUs"]
+
+        def summary(label):
+            nonlocal prev_cpu
             t0 = time.monotonic()
             s = call("GET", "/_sim/ledger/summary")
             dt = time.monotonic() - t0
-            print("summary %d: %.3f s, ok %s, accepted %d, VmHWM %d MiB, VmRSS %d MiB, "
-                  "cpuUsPerRecord %s, summaryCpuUs %s"
-                  % (i + 1, dt, s["comparison"]["ok"], s["accepted"],
-                     proc_kib(pid, "VmHWM") // 1024, proc_kib(pid, "VmRSS") // 1024,
-                     s["sim"].get("cpuUsPerRecord"), s["sim"].get("summaryCpuUs", "-")))
+            m = s["sim"]
+            cpu = m["summaryCpuUs"] - prev_cpu
+            prev_cpu = m["summaryCpuUs"]
+            print("%s: %.3f s, CPU %.1f ms, hours compared %s, ok %s, accepted %d, VmHWM %d MiB, "
+                  "VmRSS %d MiB, cpuUsPerRecord %s, summaryCpuUs %s"
+                  % (label, dt, cpu / 1000, m.get("hoursCompared", "-"), s["comparison"]["ok"],
+                     s["accepted"], proc_kib(pid, "VmHWM") // 1024,
+                     proc_kib(pid, "VmRSS") // 1024, m["cpuUsPerRecord"], m["summaryCpuUs"]))
+            runs.append((cpu, m))
+
+        for i in range(a.calls):
+            summary("summary %d" % (i + 1))
+        t = next(t for t in w["tenants"] if t.get("customerSubscription"))
+        reg = (w["registration"]["id"] + "/customerSubscriptions/%s?api-version=2017-06-01"
+               % t["customerSubscription"])
+        r = sim.request("PUT", reg, body={"properties": {"tenantId": t["tenantId"]}},
+                        token=sim.token(w["audiences"]["arm"]), timeout=60)
+        if r.status != 200:
+            raise SystemExit("PUT %s: %d %s" % (reg, r.status, r.body[:300]))
+        summary("summary %d, after a registration change" % (a.calls + 1))
+
+        status = 0
+        first = runs[0][0]
+        repeat = max(cpu for cpu, _ in runs[1:a.calls])
+        verdict = "PASS" if repeat * 3 < first else "FAIL"
+        status |= verdict == "FAIL"
+        print("%s repeat summaries: at most %.1f ms CPU each, the first %.1f ms (%.0fx)"
+              % (verdict, repeat / 1000, first / 1000, first / max(repeat, 1)))
+        after_first, last = runs[0][1], runs[-1][1]
+        n = last["eventsReceived"] + last["recordsServed"]
+        work = (last["cpuUsPerRecord"] - after_first["cpuUsPerRecord"]) * n
+        spent = last["summaryCpuUs"] - after_first["summaryCpuUs"]
+        verdict = "PASS" if work < spent / 2 else "FAIL"
+        status |= verdict == "FAIL"
+        print("%s cpuUsPerRecord gained %.1f ms over %d records and events while the summaries "
+              "after the first took %.1f ms" % (verdict, work / 1000, n, spent / 1000))
+        print("bench summary: %s" % ("FAIL" if status else "PASS"))
         conn.close()
+        return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
