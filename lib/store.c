@@ -284,8 +284,7 @@ enum stmt_id {
 	STMT_CLAIM_TAKE,
 	STMT_CLAIM_HOLD,
 	STMT_BATCH_ADD,
-	STMT_REGISTRATION_ADD,
-	STMT_REGISTRATION_FIND,
+	STMT_REGISTRATION_NUMBER,
 	STMT_BATCH_FIND,
 	STMT_BATCH_UUID,
 	STMT_BATCH_FORGET,
@@ -389,10 +388,11 @@ static const struct stmt_def stmt_defs[_STMT_MAX] = {
         [STMT_BATCH_ADD] = {"INSERT INTO batches (uuid) VALUES (?1) ON CONFLICT (uuid) DO NOTHING",
                             true},
         [STMT_BATCH_FIND] = {"SELECT id FROM batches WHERE uuid = ?1", true},
-        [STMT_REGISTRATION_ADD] = {"INSERT INTO registrations (resource_id) VALUES (?1)"
-                                   " ON CONFLICT (resource_id) DO NOTHING",
-                                   true},
-        [STMT_REGISTRATION_FIND] = {"SELECT id FROM registrations WHERE resource_id = ?1", true},
+        /* a no-op update, so that RETURNING answers for a row that exists already */
+        [STMT_REGISTRATION_NUMBER] = {"INSERT INTO registrations (resource_id) VALUES (?1)"
+                                      " ON CONFLICT (resource_id) DO UPDATE SET"
+                                      " resource_id = excluded.resource_id RETURNING id",
+                                      true},
         [STMT_BATCH_UUID] = {"SELECT uuid FROM batches WHERE id = ?1", true},
         [STMT_BATCH_FORGET] = {"DELETE FROM batches WHERE id = ?1"
                                " AND NOT EXISTS (SELECT 1 FROM records WHERE batch = ?1)",
@@ -485,6 +485,7 @@ static void stmt_resetp(sqlite3_stmt **st);
 static int step_done(struct store *s, sqlite3_stmt *st);
 static int step_row(struct store *s, sqlite3_stmt *st);
 static int registration_number(struct store *s, const char *resource_id, int64_t *ret);
+static int tx_close(struct store *s, int r);
 static int bind_text(sqlite3_stmt *st, int i, const char *v);
 static int tx_begin(struct store *s);
 static int tx_end(struct store *s, int r);
@@ -1504,28 +1505,23 @@ batch_number(struct store *s, const char *uuid, bool create, int64_t *ret)
 static int
 registration_number(struct store *s, const char *resource_id, int64_t *ret)
 {
+	_cleanup_stmt_ sqlite3_stmt *st = NULL;
 	int r;
 
 	if (s->registration_id && streq(s->registration_id, resource_id)) {
 		*ret = s->registration_number;
 		return 0;
 	}
-	for (enum stmt_id id = STMT_REGISTRATION_ADD; id <= STMT_REGISTRATION_FIND; id++) {
-		_cleanup_stmt_ sqlite3_stmt *st = NULL;
-
-		r = stmt_get(s, id, &st);
-		if (r < 0)
-			return r;
-		bind_text(st, 1, resource_id);
-		r = id == STMT_REGISTRATION_ADD ? step_done(s, st) : step_row(s, st);
-		if (r < 0)
-			return r;
-		if (id == STMT_REGISTRATION_FIND) {
-			if (r == 0)
-				return fail_msg(s, -EIO, "registration was not stored");
-			*ret = sqlite3_column_int64(st, 0);
-		}
-	}
+	r = stmt_get(s, STMT_REGISTRATION_NUMBER, &st);
+	if (r < 0)
+		return r;
+	bind_text(st, 1, resource_id);
+	r = step_row(s, st);
+	if (r < 0)
+		return r;
+	if (r == 0)
+		return fail_msg(s, -EIO, "registration was not stored");
+	*ret = sqlite3_column_int64(st, 0);
 	free(s->registration_id);
 	s->registration_id = xstrdup(resource_id);
 	s->registration_number = *ret;
@@ -3088,14 +3084,23 @@ counts_flush(struct store *s)
 static int
 tx_end(struct store *s, int r)
 {
-	_cleanup_stmt_ sqlite3_stmt *st = NULL;
-
-	assert(s->tx_depth > 0);
+	r = tx_close(s, r);
 	if (r < 0) {
-		/* the number may have come from a row that the rollback takes away */
+		/* rolled back, also when only the commit failed: the cached registration number may
+		 * name a row that went with it */
 		free(s->registration_id);
 		s->registration_id = NULL;
 	}
+	return r;
+}
+
+/* Commit or release, or roll back (to the savepoint); the result of the whole. */
+static int
+tx_close(struct store *s, int r)
+{
+	_cleanup_stmt_ sqlite3_stmt *st = NULL;
+
+	assert(s->tx_depth > 0);
 	if (--s->tx_depth > 0) {
 		/* a savepoint inside the caller's transaction */
 		if (r < 0) {

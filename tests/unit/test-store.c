@@ -8,6 +8,8 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <sys/resource.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <setjmp.h>
@@ -1228,6 +1230,48 @@ test_store_claim_batch_freezes_registration(void **state)
 	assert_string_equal(b.records[1].registration, other);
 	store_batch_done(&b);
 	assert_int_equal(side_int(f->path, "SELECT count(*) FROM registrations"), 2);
+	check_counts(f);
+}
+
+/*
+ * A claim whose COMMIT fails (the WAL cannot grow) rolls back the registration row it added: the
+ * next claim must not reuse the number it had cached for it.
+ */
+static void
+test_store_claim_commit_failure_forgets_registration(void **state)
+{
+	struct fixture *f = *state;
+	_cleanup_free_ char *wal = xasprintf("%s-wal", f->path);
+	struct rec_data d;
+	struct store_batch b;
+	struct map_state m = {0};
+	struct store_claim c = {.max_records = 10, .now = NOW, .map = map_cb, .userdata = &m};
+	struct rlimit old, lim;
+	struct stat st;
+	void (*old_handler)(int);
+	int r;
+
+	rec_init(&d, 1, SUB_B, "1");
+	assert_int_equal(put(f->store, &d, 1, NULL), 0);
+	assert_int_equal(stat(wal, &st), 0);
+	assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+	lim = (struct rlimit){.rlim_cur = (rlim_t)st.st_size, .rlim_max = old.rlim_max};
+	old_handler = signal(SIGXFSZ, SIG_IGN);
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	r = store_claim_batch(f->store, &c, &b);
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+	signal(SIGXFSZ, old_handler);
+	assert_true(r < 0);
+	assert_count(f->store, STORE_PENDING, 1);
+
+	claim(f->store, &m, 10, 0, NOW, &b);
+	assert_int_equal(b.n_records, 1);
+	assert_string_equal(b.records[0].registration, REGISTRATION);
+	store_batch_done(&b);
+	assert_int_equal(side_int(f->path, "SELECT count(*) FROM records WHERE registration IS NOT"
+	                                   " NULL AND registration NOT IN (SELECT id FROM"
+	                                   " registrations)"),
+	                 0);
 	check_counts(f);
 }
 
@@ -2528,6 +2572,7 @@ main(void)
 	        T(test_store_claim_batch_forwarded),
 	        T(test_store_claim_batch_freezes_registration),
 	        T(test_store_claim_batch_needs_registration),
+	        T(test_store_claim_commit_failure_forgets_registration),
 	        T(test_store_apply_outcomes_dead),
 	        T(test_store_apply_outcomes_retry_keeps_batch),
 	        T(test_store_reset_inflight_keeps_batch_id),
