@@ -486,6 +486,8 @@ static int step_done(struct store *s, sqlite3_stmt *st);
 static int step_row(struct store *s, sqlite3_stmt *st);
 static int registration_number(struct store *s, const char *resource_id, int64_t *ret);
 static int tx_close(struct store *s, int r);
+static int dead_discard_one(struct store *s, int64_t id, const char *actor, const char *action,
+                            const char *detail, int64_t now);
 static int bind_text(sqlite3_stmt *st, int i, const char *v);
 static int tx_begin(struct store *s);
 static int tx_end(struct store *s, int r);
@@ -2542,7 +2544,6 @@ int
 store_dead_discard(struct store *s, int64_t id, const char *actor, const char *reason, int64_t now)
 {
 	struct store_record rec = {0};
-	sqlite3_stmt *st = NULL;
 	int r;
 
 	if (!actor || isempty(reason))
@@ -2553,22 +2554,33 @@ store_dead_discard(struct store *s, int64_t id, const char *actor, const char *r
 	r = record_get(s, id, &rec);
 	if (r >= 0 && (rec.state != STORE_DEAD || rec.discarded))
 		r = fail_msg(s, -ENOENT, "record %" PRId64 " is not a dead letter", id);
-	if (r >= 0)
-		r = prepare_once(s, "UPDATE records SET discarded = 1 WHERE id = ?1", &st);
 	if (r >= 0) {
-		sqlite3_bind_int64(st, 1, id);
-		r = run_once(s, st);
-	}
-	if (r >= 0) {
-		_cleanup_free_ char *detail = NULL;
+		_cleanup_free_ char *detail = xasprintf(
+		        "was dead: %s; reason: %s", rec.error_code ? rec.error_code : "-", reason);
 
-		s->delta[STORE_DEAD]--;
-		detail = xasprintf("was dead: %s; reason: %s",
-		                   rec.error_code ? rec.error_code : "-", reason);
-		r = history_add(s, id, now, actor, "dead-discard", detail);
+		r = dead_discard_one(s, id, actor, "dead-discard", detail, now);
 	}
 	store_record_done(&rec);
 	return tx_end(s, r);
+}
+
+/* Take a dead letter off the dead list, kept for audit, with a history line. */
+static int
+dead_discard_one(struct store *s, int64_t id, const char *actor, const char *action,
+                 const char *detail, int64_t now)
+{
+	sqlite3_stmt *st = NULL;
+	int r;
+
+	r = prepare_once(s, "UPDATE records SET discarded = 1 WHERE id = ?1", &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, id);
+	r = run_once(s, st);
+	if (r < 0)
+		return r;
+	s->delta[STORE_DEAD]--;
+	return history_add(s, id, now, actor, action, detail);
 }
 
 /* Close a conflict row: dead, and discarded unless it stays an open dead letter. */
@@ -2681,17 +2693,8 @@ adjustments_supersede(struct store *s, const struct store_record *o, int64_t con
 	detail = xasprintf("superseded: accepting conflict %" PRId64
 	                   " counts this adjustment as not charged",
 	                   conflict_id);
-	for (size_t i = 0; r >= 0 && i < n; i++) {
-		r = prepare_once(s, "UPDATE records SET discarded = 1 WHERE id = ?1", &st);
-		if (r < 0)
-			break;
-		sqlite3_bind_int64(st, 1, ids[i]);
-		r = run_once(s, st);
-		if (r < 0)
-			break;
-		s->delta[STORE_DEAD]--;
-		r = history_add(s, ids[i], now, actor, "superseded", detail);
-	}
+	for (size_t i = 0; r >= 0 && i < n; i++)
+		r = dead_discard_one(s, ids[i], actor, "superseded", detail, now);
 	free(ids);
 	return r < 0 ? r : 0;
 }
