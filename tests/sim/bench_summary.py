@@ -32,7 +32,7 @@ from azsim import Sim, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET  # noqa: E402
 
 
 def proc_kib(pid, field):
-    """A VmXXX figure of /proc/PID/status in KiB."""
+    """A memory figure of /proc/PID/status (VmRSS, VmHWM, ...) in KiB."""
     with open("/proc/%d/status" % pid) as f:
         for line in f:
             if line.startswith(field + ":"):
