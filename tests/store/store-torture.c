@@ -14,9 +14,20 @@
  *       Open the store (quick_check) and check: every page before the cursor is complete, each
  *       of its records with its raw text, no page at or after it has a record, the per-state
  *       counters equal a count by state, no key is stored twice. Prints "cursor <K> records <N>"
- * and exits 0, or "FAIL: ..." and 1.
+ *       and exits 0, or "FAIL: ..." and 1. It opens the store as the daemon does (read-write,
+ *       quick_check), so closing it checkpoints the WAL away: the crash test verifies a copy
+ *       and leaves the killed program's WAL for the next run, as after a real crash.
  *   --checkpoint-pages P (any mode): checkpoint the WAL every P pages instead of the store's
  *       default, so that a kill can land inside a checkpoint.
+ *   Run mode prints "started <us>" once it is ready to put its first page (microseconds since
+ *   main began: open, quick_check, schema creation or migration, resetting inflight records)
+ *   and "finished <us>" when it stops by itself. For the crash test it can kill itself with
+ *   SIGKILL, so that a kill is placed by the program's progress, not by the test's clock:
+ *   --kill-after-us D      D microseconds after main began (a kill during start-up, if D is
+ *                          shorter than the start-up);
+ *   --kill-after-page N    once this process has committed N pages (N >= 1), then after
+ *   --kill-delay-us D      a further D microseconds (0: at once) of putting and forwarding.
+ *       It prints "armed after page <n> <us>" when the second kind is armed.
  *   store-torture seed DB
  *       Build a small store for the azs-usagectl tests: two reported hours, three
  *       subscriptions, forwarded, dead, pending, quarantined and conflict records. Prints a
@@ -35,11 +46,13 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 
 #include <jansson.h>
 
@@ -62,6 +75,9 @@ struct torture_options {
 	size_t raw_bytes;
 	long pages;           /* -1: no end */
 	int64_t forwarded_at; /* batch mode: 0 leaves the batch inflight */
+	long kill_after_us;   /* run mode: -1 none */
+	long kill_after_page; /* run mode: pages this process commits before arming; -1 none */
+	long kill_delay_us;   /* run mode: after kill_after_page */
 };
 
 /* One key we saw while scanning, with its state. */
@@ -74,6 +90,9 @@ struct torture_seen {
 /* --checkpoint-pages: handed to every store_open of this process */
 static unsigned torture_checkpoint_pages;
 
+/* when main began, for "started", "finished" and --kill-after-us */
+static uint64_t torture_started_us;
+
 struct torture_scan {
 	struct torture_seen *seen;
 	size_t n;
@@ -82,6 +101,9 @@ struct torture_scan {
 };
 
 static int torture_open(const char *path, bool readonly, struct store **ret);
+static void torture_kill_now(int signo);
+static void torture_kill_arm(long usec);
+static uint64_t torture_elapsed_us(void);
 static void torture_record(unsigned page, unsigned i, size_t raw_bytes, struct store_record *r);
 static void torture_page_records(unsigned page, const struct torture_options *o,
                                  struct store_record **ret, size_t *ret_n);
@@ -104,8 +126,14 @@ static int cmd_batch(const char *path, const struct torture_options *o);
 int
 main(int argc, char **argv)
 {
-	struct torture_options o = {.records = 10, .raw_bytes = 600, .pages = -1};
+	struct torture_options o = {.records = 10,
+	                            .raw_bytes = 600,
+	                            .pages = -1,
+	                            .kill_after_us = -1,
+	                            .kill_after_page = -1};
 	int i;
+
+	torture_started_us = now_monotonic_usec();
 
 	if (argc < 3) {
 		fprintf(stderr,
@@ -124,8 +152,19 @@ main(int argc, char **argv)
 			o.pages = strtol(argv[i + 1], NULL, 10);
 		else if (streq(argv[i], "--forwarded-at"))
 			o.forwarded_at = strtoll(argv[i + 1], NULL, 10);
+		else if (streq(argv[i], "--kill-after-us"))
+			o.kill_after_us = strtol(argv[i + 1], NULL, 10);
+		else if (streq(argv[i], "--kill-after-page"))
+			o.kill_after_page = strtol(argv[i + 1], NULL, 10);
+		else if (streq(argv[i], "--kill-delay-us"))
+			o.kill_delay_us = strtol(argv[i + 1], NULL, 10);
 		else
 			break;
+	}
+	if (o.kill_after_page == 0 || o.kill_delay_us < 0) {
+		fprintf(stderr,
+		        "--kill-after-page must be at least 1, --kill-delay-us at least 0\n");
+		return 2;
 	}
 	if (o.records < TORTURE_DUPLICATES) {
 		fprintf(stderr, "--records must be at least %d\n", TORTURE_DUPLICATES);
@@ -163,6 +202,37 @@ torture_open(const char *path, bool readonly, struct store **ret)
 	if (r < 0)
 		printf("FAIL: open %s: %s: %s\n", path, strerror(-r), error ? error : "");
 	return r;
+}
+
+/* SIGALRM handler: die as a crash would, at whatever the program was doing. */
+static void
+torture_kill_now(int signo)
+{
+	(void)signo;
+	raise(SIGKILL);
+}
+
+/* Kill this process with SIGKILL after usec microseconds (0: now). */
+static void
+torture_kill_arm(long usec)
+{
+	struct itimerval when = {.it_value = {.tv_sec = usec / 1000000, .tv_usec = usec % 1000000}};
+	struct sigaction sa = {.sa_handler = torture_kill_now};
+
+	if (usec <= 0)
+		raise(SIGKILL);
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGALRM, &sa, NULL) < 0 || setitimer(ITIMER_REAL, &when, NULL) < 0) {
+		printf("FAIL: arming the kill: %s\n", strerror(errno));
+		exit(1);
+	}
+}
+
+/* Microseconds since main began. */
+static uint64_t
+torture_elapsed_us(void)
+{
+	return now_monotonic_usec() - torture_started_us;
 }
 
 /* Record i of a page: everything derived from (page, i), so any process can recompute it. */
@@ -354,10 +424,12 @@ static int
 cmd_run(const char *path, const struct torture_options *o)
 {
 	struct store *s = NULL;
-	long page = 0;
+	long page = 0, committed = 0;
 	size_t reset = 0;
 	int r;
 
+	if (o->kill_after_us >= 0)
+		torture_kill_arm(o->kill_after_us);
 	r = torture_open(path, false, &s);
 	if (r < 0)
 		return 1;
@@ -368,16 +440,24 @@ cmd_run(const char *path, const struct torture_options *o)
 		r = store_hour_schedule(s, TORTURE_HOUR, "", TORTURE_HOUR + 3600);
 	if (r < 0)
 		goto fail;
+	printf("started %" PRIu64 "\n", torture_elapsed_us());
+	fflush(stdout);
 	for (; o->pages < 0 || page < o->pages; page++) {
 		r = torture_put(s, (unsigned)page, o);
 		if (r < 0)
 			goto fail;
 		printf("page %ld committed\n", page);
 		fflush(stdout);
+		if (++committed == o->kill_after_page) {
+			printf("armed after page %ld %" PRIu64 "\n", page, torture_elapsed_us());
+			fflush(stdout);
+			torture_kill_arm(o->kill_delay_us);
+		}
 		r = torture_forward(s);
 		if (r < 0)
 			goto fail;
 	}
+	printf("finished %" PRIu64 "\n", torture_elapsed_us());
 	store_free(s);
 	return 0;
 fail:
