@@ -12,6 +12,7 @@ import re
 import subprocess
 
 import pytest
+from waiting import limit
 
 BUILD = os.environ.get("AZS_BUILD_DIR", "")
 TORTURE = os.path.join(BUILD, "tests", "store", "store-torture")
@@ -22,7 +23,7 @@ RAW_BYTES = 2000  # the same for every mode: verify recomputes each record's raw
 def _verify(db):
     p = subprocess.run([TORTURE, "verify", str(db), "--records", str(RECORDS),
                         "--raw-bytes", str(RAW_BYTES)],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=limit(60))
     assert p.returncode == 0, p.stdout + p.stderr
     m = re.search(r"^cursor (\d+) records (\d+)$", p.stdout, re.M)
     assert m, p.stdout
@@ -80,7 +81,7 @@ def test_store_full_disk_fails_cleanly_and_recovers(small_tmpfs):
         p.stdin.write("retry\n")
         p.stdin.flush()
         rest = p.stdout.read().splitlines()
-        assert p.wait(timeout=60) == 0, rest
+        assert p.wait(timeout=limit(60)) == 0, rest
         assert rest == [f"page {failed} committed"], rest
     finally:
         if p.poll() is None:
@@ -97,7 +98,7 @@ def test_store_full_disk_fails_cleanly_and_recovers(small_tmpfs):
     assert r.returncode == 0, r.stderr
     r = subprocess.run([TORTURE, "run", str(db), "--records", str(RECORDS), "--raw-bytes",
                         str(RAW_BYTES), "--pages", str(failed + 3)],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=limit(60))
     assert r.returncode == 0, r.stdout
     cursor, records = _verify(db)
     assert cursor == failed + 3
