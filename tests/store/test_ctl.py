@@ -64,7 +64,8 @@ def history(store, key, state=None):
 @pytest.fixture
 def seeded(tmp_path):
     db = tmp_path / "usage.db"
-    r = subprocess.run([TORTURE, "seed", str(db)], capture_output=True, text=True, timeout=limit(60))
+    r = subprocess.run([TORTURE, "seed", str(db)], capture_output=True, text=True,
+                       timeout=limit(60))
     assert r.returncode == 0, r.stdout + r.stderr
     return db, json.loads(r.stdout)
 
@@ -427,7 +428,8 @@ def test_report_empty_window(seeded):
 # --- recollect and status ----------------------------------------------------------------------
 
 def hours(db):
-    r = subprocess.run([TORTURE, "hours", str(db)], capture_output=True, text=True, timeout=limit(60))
+    r = subprocess.run([TORTURE, "hours", str(db)], capture_output=True, text=True,
+                       timeout=limit(60))
     assert r.returncode == 0, r.stdout
     return [line.split() for line in r.stdout.splitlines()]
 
