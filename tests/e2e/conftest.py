@@ -3,7 +3,11 @@ binary, a running daemon whose logfmt lines are collected, and a NOTIFY_SOCKET t
 the daemon tells systemd.
 
 The build to test is named by $AZS_BUILD_DIR (meson sets it, with $AZS_SOURCE_DIR); run by hand:
-    AZS_BUILD_DIR=$PWD/build AZS_SOURCE_DIR=$PWD /usr/bin/python3 -m pytest -q tests/e2e
+    AZS_BUILD_DIR=$PWD/build AZS_SOURCE_DIR=$PWD PYTHONPATH=$PWD/tests \
+        /usr/bin/python3 -m pytest -q tests/e2e
+
+Every timeout here is a limit for giving up, in seconds before tests/waiting.py scales it for the
+build and machine ($AZS_TEST_TIME_SCALE); the waits themselves end at the event.
 """
 import os
 import re
@@ -16,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from waiting import limit
 
 STACK_SECRET = "stack-Secret-Value-1f3a9c0e"
 AZURE_SECRET = "azure-Secret-Value-7d2b4e55"
@@ -197,17 +202,20 @@ class NotifySocket:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind("\0" + self.name)  # abstract namespace: no path length or clean-up
         self.messages = []
+        self.received = []  # every datagram ever read, consumed or not
 
     @property
     def address(self):
         """The value for $NOTIFY_SOCKET."""
         return "@" + self.name
 
-    def wait_for(self, assignment, timeout=5.0):
+    def wait_for(self, assignment, timeout=10.0):
         """Wait for a datagram holding the line assignment (e.g. READY=1); return the datagram.
 
         Datagrams already seen are consumed in order, so waiting twice for READY=1 needs two.
+        Gives up after limit(timeout) seconds.
         """
+        timeout = limit(timeout)
         deadline = time.monotonic() + timeout
         while True:
             for i, message in enumerate(self.messages):
@@ -223,6 +231,7 @@ class NotifySocket:
             except socket.timeout:
                 continue
             self.messages.append(data.decode())
+            self.received.append(self.messages[-1])
 
     def drain(self):
         """Read every datagram already sent; return all not yet consumed."""
@@ -230,6 +239,7 @@ class NotifySocket:
         try:
             while True:
                 self.messages.append(self.sock.recv(4096).decode())
+                self.received.append(self.messages[-1])
         except BlockingIOError:
             pass
         finally:
@@ -275,10 +285,11 @@ class Daemon:
         with self.cond:
             self.cond.notify_all()
 
-    def wait_for_line(self, predicate, timeout=5.0, after=0):
+    def wait_for_line(self, predicate, timeout=10.0, after=0):
         """Wait for a log line (from index after) matching predicate(fields, line); return
-        (index, fields)."""
-        deadline = time.monotonic() + timeout
+        (index, fields). Gives up after limit(timeout) seconds, or when the daemon has exited
+        and all its lines are read."""
+        deadline = time.monotonic() + limit(timeout)
         with self.cond:
             while True:
                 for i in range(after, len(self.lines)):
@@ -304,9 +315,9 @@ class Daemon:
         self.proc.send_signal(signo)
 
     def wait(self, timeout):
-        """Wait for the exit; return the exit status."""
-        rc = self.proc.wait(timeout=timeout)
-        self.reader.join(timeout=5)
+        """Wait for the exit, giving up after limit(timeout) seconds; return the exit status."""
+        rc = self.proc.wait(timeout=limit(timeout))
+        self.reader.join(timeout=limit(5))
         return rc
 
     def stop(self):
@@ -315,7 +326,7 @@ class Daemon:
             return
         self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout=5)
+            self.proc.wait(timeout=limit(10))
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
@@ -386,11 +397,12 @@ def start_daemon(daemon_bin, config, notify_socket):
 @pytest.fixture
 def run_daemon(daemon_bin):
     """A function running azs-usaged to completion with args (env: extra environment variables);
-    returns CompletedProcess."""
+    returns CompletedProcess. timeout is scaled by limit()."""
     def run(*args, timeout=30, env=None):
         environment = {k: v for k, v in os.environ.items()
                        if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM", "CREDENTIALS_DIRECTORY")}
         environment.update(env or {})
         return subprocess.run([str(daemon_bin), *map(str, args)], stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=timeout, env=environment)
+                              capture_output=True, text=True, timeout=limit(timeout),
+                              env=environment)
     return run

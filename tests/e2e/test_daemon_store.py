@@ -11,6 +11,7 @@ import subprocess
 import time
 
 import pytest
+from waiting import limit
 
 READY = "4f0b7c1d2a6e4e1b9c3d8a5f6b2e7c02"
 
@@ -25,7 +26,7 @@ def tool(build_dir, *parts):
 def torture(build_dir, *args):
     """Run store-torture; return its stdout."""
     r = subprocess.run([str(tool(build_dir, "tests", "store", "store-torture")), *map(str, args)],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=limit(60))
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
 
@@ -33,7 +34,7 @@ def torture(build_dir, *args):
 def ctl_json(build_dir, db, *args):
     """azs-usagectl --store db --json args, parsed."""
     r = subprocess.run([str(tool(build_dir, "daemon", "azs-usagectl")), "--store", str(db),
-                        "--json", *args], capture_output=True, text=True, timeout=60)
+                        "--json", *args], capture_output=True, text=True, timeout=limit(60))
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
