@@ -23,10 +23,17 @@ import os
 import shutil
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
 import uuid
+
+try:
+    from waiting import limit  # tests/ is on PYTHONPATH in the test suites
+except ImportError:  # scripts/demo.py, the benchmarks
+    sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from waiting import limit
 
 # Client ids and secrets of the default scenario (test values, not secrets of anything real).
 STACK_CLIENT_ID = "5a1d0c1e-0000-4000-8000-00000000aa01"
@@ -208,7 +215,7 @@ class Sim:
         self.log_file = os.path.join(self.dir, "azs-sim.log")
         self._log = open(self.log_file, "wb")
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + limit(timeout)  # timeouts here are scaled by limit()
         while not os.path.exists(port_file):
             if self.proc.poll() is not None:
                 self._log.close()
@@ -241,7 +248,7 @@ class Sim:
         elif isinstance(body, str):
             body = body.encode()
         conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.ssl,
-                                           timeout=timeout)
+                                           timeout=limit(timeout))
         try:
             conn.request(method, path, body=body, headers=h)
             r = conn.getresponse()
@@ -426,7 +433,7 @@ class Sim:
         if status is None:
             self.proc.terminate()
             try:
-                status = self.proc.wait(5)
+                status = self.proc.wait(limit(5))
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
