@@ -1,0 +1,1513 @@
+/*
+ * The stamp's APIs as data (see stack.h): usage pages, user subscriptions, metadata endpoints,
+ * ARM errors, URLs and the nextLink authority.
+ *
+ * A usage page is read twice. jansson parses it into values, and a small scanner walks the same
+ * bytes to find what jansson cannot give back: the text of each record (kept for quarantine and
+ * audit) and the literal of each record's properties.quantity (billing data, which jansson turns
+ * into a double). The scanner follows the document's structure, value[i].properties.quantity,
+ * with member names decoded the way jansson decodes them, so a "quantity" inside a string (such
+ * as instanceData, where it is escaped) or deeper in an object is never taken for the member.
+ * It runs only on text jansson accepted, so it may assume valid JSON, but it still checks every
+ * bound. Its findings are paired with jansson's in document order; any disagreement (a record
+ * count, a number where jansson has none, a literal that does not convert to the value jansson
+ * produced) refuses the page, because then one of the two readings is wrong and billing must not
+ * guess which.
+ */
+#include <errno.h>
+#include <locale.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <jansson.h>
+
+#include "decimal.h"
+#include "hash.h"
+#include "macro.h"
+#include "stack.h"
+#include "timeutil.h"
+#include "xmalloc.h"
+
+#define NAME_MAX_DECODED 16 /* longest member name the scanner compares ("properties") */
+#define QUOTE_MAX        64 /* bytes of a value quoted in a reason */
+
+/* What the scanner found for one element of the page's value array. */
+struct scan_record {
+	const char *start; /* the element's text */
+	size_t size;
+	const char *quantity; /* the last properties.quantity value's text */
+	size_t quantity_size;
+	unsigned n_properties; /* "properties" members */
+	unsigned n_quantity;   /* "quantity" members inside them */
+};
+
+struct scan {
+	const char *p, *end;
+	struct scan_record *records;
+	size_t n_records, cap;
+	unsigned n_value; /* top-level "value" members */
+};
+
+/* A quarantine reason being built: "what: why; what: why". */
+struct reason {
+	char *text;
+};
+
+/* An https authority: host as written and the port it means. */
+struct authority {
+	const char *host;
+	size_t host_size;
+	unsigned port;
+};
+
+static int scan_page(struct scan *s);
+static void scan_free(struct scan *s);
+static int parse_record(json_t *item, const struct scan_record *sr, size_t index,
+                        int64_t reported_hour, bool ints_as_real, struct stack_record *rec,
+                        char error[static STACK_ERROR_MAX]);
+static void record_done(struct stack_record *rec);
+static int check_quantity_literal(json_t *q, const struct scan_record *sr, size_t index,
+                                  bool ints_as_real, char error[static STACK_ERROR_MAX]);
+static void reason_add(struct reason *r, const char *format, ...) _printf_(2, 3);
+static char *quote(const char *s, size_t size);
+static const char *type_name(const json_t *v);
+static bool is_guid(const char *s, bool dashes_optional);
+static char *lower_dup(const char *s);
+static bool body_blank(const char *body, size_t size);
+static const char *string_member(json_t *obj, const char *name, size_t *ret_size);
+static char *dump_compact(json_t *v, size_t flags);
+static int next_link_get(json_t *root, char **ret, char error[static STACK_ERROR_MAX]);
+static void describe_arm_error(const char *body, size_t size, char *out, size_t out_size);
+static void set_error(char error[static STACK_ERROR_MAX], const char *format, ...) _printf_(2, 3);
+static int parse_authority(const char *url, struct authority *ret);
+static char *endpoint_dup(const char *arm_endpoint);
+
+/* Parse one usage page; see stack.h for the outcomes. */
+int
+stack_usage_page_parse(long http_status, const char *body, size_t size, int64_t reported_hour,
+                       struct stack_usage_page **ret, char error[static STACK_ERROR_MAX])
+{
+	_cleanup_(json_decrefp) json_t *root = NULL;
+	_cleanup_(scan_free) struct scan scan = {0};
+	struct stack_usage_page *page;
+	char arm[STACK_ERROR_MAX];
+	json_error_t jerr;
+	bool ints_as_real = false;
+	const char *nul;
+	json_t *value;
+	size_t n;
+	int r;
+
+	error[0] = '\0';
+	if ((!body && size > 0) || !ret) {
+		set_error(error, "no page");
+		return -EINVAL;
+	}
+	if (http_status < 200 || http_status > 299) {
+		set_error(error, "HTTP status %ld does not carry a usage page", http_status);
+		return -EINVAL;
+	}
+	if (!time_on_hour(reported_hour)) {
+		set_error(error, "reported hour %lld is not on the hour", (long long)reported_hour);
+		return -EINVAL;
+	}
+	if (http_status == 202) {
+		describe_arm_error(body, size, arm, sizeof(arm));
+		set_error(error, "not ready: HTTP 202 (processing not complete)%s", arm);
+		return -EAGAIN;
+	}
+	if (body_blank(body, size)) {
+		set_error(error, "not ready: HTTP %ld with an empty body", http_status);
+		return -EAGAIN;
+	}
+
+	/*
+	 * A raw NUL byte is never JSON, but jansson skips one after a number or a literal
+	 * ("[null\0,1]" loads as [null,1]): refuse it here, where the raw text is still the truth.
+	 */
+	nul = memchr(body, '\0', size);
+	if (nul) {
+		set_error(error, "not JSON: a NUL byte at byte %zu", (size_t)(nul - body));
+		return -EBADMSG;
+	}
+	/* an escaped NUL in a string is allowed so that it quarantines one record, not the page */
+	root = json_loadb(body, size, JSON_ALLOW_NUL, &jerr);
+	if (!root && json_error_code(&jerr) == json_error_numeric_overflow) {
+		/*
+		 * An integer beyond 64 bits (jansson's "too big integer") would refuse the whole
+		 * page for good, though a quantity may have up to 38 digits. Read integers as reals
+		 * then: the literal is still what is kept, and the pairing compares it as a real.
+		 */
+		ints_as_real = true;
+		root = json_loadb(body, size, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, &jerr);
+	}
+	if (!root) {
+		set_error(error, "not JSON: line %d, column %d: %s", jerr.line, jerr.column,
+		          jerr.text);
+		return -EBADMSG;
+	}
+	if (!json_is_object(root)) {
+		set_error(error, "not a JSON object but %s", type_name(root));
+		return -EBADMSG;
+	}
+	value = json_object_get(root, "value");
+	if (!json_is_array(value)) {
+		describe_arm_error(body, size, arm, sizeof(arm));
+		set_error(error, "not ready: HTTP %ld without a value array%s", http_status, arm);
+		return -EAGAIN;
+	}
+
+	scan.p = body;
+	scan.end = body + size;
+	r = scan_page(&scan);
+	if (r < 0) {
+		/* jansson accepted the text, so this is a scanner bug: refuse rather than guess */
+		set_error(error, "raw text not understood at byte %zu", (size_t)(scan.p - body));
+		return -EBADMSG;
+	}
+	if (scan.n_value != 1) {
+		set_error(error, "member \"value\" appears %u times", scan.n_value);
+		return -EBADMSG;
+	}
+	n = json_array_size(value);
+	if (scan.n_records != n) {
+		set_error(error, "the raw text has %zu records, the parsed page %zu",
+		          scan.n_records, n);
+		return -EBADMSG;
+	}
+
+	page = xcalloc(1, sizeof(*page));
+	page->reported_hour = reported_hour;
+	page->records = xcalloc(n, sizeof(*page->records));
+	r = next_link_get(root, &page->next_link, error);
+	for (size_t i = 0; r >= 0 && i < n; i++) {
+		r = parse_record(json_array_get(value, i), &scan.records[i], i, reported_hour,
+		                 ints_as_real, &page->records[i], error);
+		page->n_records = i + 1;
+		if (r >= 0 && page->records[i].reason)
+			page->n_quarantined++;
+	}
+	if (r < 0) {
+		stack_usage_page_free(page);
+		return r;
+	}
+	*ret = page;
+	return 0;
+}
+
+/* Free a page and its records; returns NULL. */
+struct stack_usage_page *
+stack_usage_page_free(struct stack_usage_page *page)
+{
+	if (!page)
+		return NULL;
+	for (size_t i = 0; i < page->n_records; i++)
+		record_done(&page->records[i]);
+	free(page->records);
+	free(page->next_link);
+	free(page);
+	return NULL;
+}
+
+/* Hash the fields of section 4 into a record key. */
+int
+stack_record_key(int64_t reported_hour, const char *subscription_id, const char *meter_id,
+                 int64_t usage_start, int64_t usage_end, const char *instance_data,
+                 char ret[static HASH_SHA256_HEX_LEN + 1])
+{
+	char hour[TIME_RFC3339_LEN + 1], start[TIME_RFC3339_LEN + 1], end[TIME_RFC3339_LEN + 1];
+	size_t ns, nm, ni, size;
+	char *text, *p;
+
+	if (!subscription_id || !meter_id || !instance_data)
+		return -EINVAL;
+	time_format_rfc3339(reported_hour, hour);
+	time_format_rfc3339(usage_start, start);
+	time_format_rfc3339(usage_end, end);
+	if (hour[0] == 'i' || start[0] == 'i' || end[0] == 'i') /* "invalid-time" */
+		return -EINVAL;
+
+	ns = strlen(subscription_id);
+	nm = strlen(meter_id);
+	ni = strlen(instance_data);
+	size = 3 * TIME_RFC3339_LEN + ns + nm + ni + 5;
+	p = text = xmalloc(size + 1);
+	memcpy(p, hour, TIME_RFC3339_LEN);
+	p += TIME_RFC3339_LEN;
+	*p++ = '\n';
+	for (size_t i = 0; i < ns; i++)
+		*p++ = (char)(subscription_id[i] >= 'A' && subscription_id[i] <= 'Z'
+		                      ? subscription_id[i] - 'A' + 'a'
+		                      : subscription_id[i]);
+	*p++ = '\n';
+	for (size_t i = 0; i < nm; i++)
+		if (meter_id[i] != '-')
+			*p++ = (char)(meter_id[i] >= 'A' && meter_id[i] <= 'Z'
+			                      ? meter_id[i] - 'A' + 'a'
+			                      : meter_id[i]);
+	*p++ = '\n';
+	memcpy(p, start, TIME_RFC3339_LEN);
+	p += TIME_RFC3339_LEN;
+	*p++ = '\n';
+	memcpy(p, end, TIME_RFC3339_LEN);
+	p += TIME_RFC3339_LEN;
+	*p++ = '\n';
+	memcpy(p, instance_data, ni);
+	p += ni;
+	hash_sha256_hex(text, (size_t)(p - text), ret);
+	free(text);
+	return 0;
+}
+
+/* Parse an ARM error body in either of its two shapes. */
+int
+stack_arm_error_parse(const char *body, size_t size, struct stack_arm_error *ret)
+{
+	_cleanup_(json_decrefp) json_t *root = NULL;
+	const char *code, *message;
+	json_t *obj;
+
+	if ((!body && size > 0) || !ret)
+		return -EINVAL;
+	root = json_loadb(body, size, 0, NULL);
+	if (!json_is_object(root))
+		return -EBADMSG;
+	obj = json_object_get(root, "error");
+	if (!json_is_object(obj))
+		obj = root;
+	code = string_member(obj, "code", NULL);
+	if (isempty(code))
+		return -EBADMSG;
+	message = string_member(obj, "message", NULL);
+	*ret = (struct stack_arm_error){
+	        .code = xstrdup(code),
+	        .message = message ? xstrdup(message) : NULL,
+	};
+	return 0;
+}
+
+/* Free the strings of an ARM error and zero it. */
+void
+stack_arm_error_done(struct stack_arm_error *e)
+{
+	if (!e)
+		return;
+	free(e->code);
+	free(e->message);
+	*e = (struct stack_arm_error){0};
+}
+
+/* Parse one page of the user-subscriptions list. */
+int
+stack_subscriptions_parse(const char *body, size_t size, struct stack_subscription_list **ret,
+                          char error[static STACK_ERROR_MAX])
+{
+	_cleanup_(json_decrefp) json_t *root = NULL;
+	struct stack_subscription_list *list;
+	json_error_t jerr;
+	json_t *value, *item;
+	size_t i;
+	int r;
+
+	error[0] = '\0';
+	if ((!body && size > 0) || !ret) {
+		set_error(error, "no page");
+		return -EINVAL;
+	}
+	root = json_loadb(body, size, 0, &jerr);
+	if (!root) {
+		set_error(error, "not JSON: line %d, column %d: %s", jerr.line, jerr.column,
+		          jerr.text);
+		return -EBADMSG;
+	}
+	if (!json_is_object(root)) {
+		set_error(error, "not a JSON object but %s", type_name(root));
+		return -EBADMSG;
+	}
+	value = json_object_get(root, "value");
+	if (!json_is_array(value)) {
+		/* an empty list would mark every known subscription gone: refuse instead */
+		set_error(error, "no value array");
+		return -EBADMSG;
+	}
+
+	list = xcalloc(1, sizeof(*list));
+	list->subscriptions = xcalloc(json_array_size(value), sizeof(*list->subscriptions));
+	r = next_link_get(root, &list->next_link, error);
+	if (r < 0) {
+		stack_subscription_list_free(list);
+		return r;
+	}
+	json_array_foreach(value, i, item)
+	{
+		struct stack_subscription *sub = &list->subscriptions[list->n_subscriptions];
+		const char *id, *tenant, *why = NULL, *s;
+
+		id = string_member(item, "subscriptionId", NULL);
+		tenant = string_member(item, "tenantId", NULL);
+		if (!json_is_object(item))
+			why = "not a JSON object";
+		else if (!id)
+			why = "subscriptionId: missing or not a string";
+		else if (!is_guid(id, false))
+			why = "subscriptionId: not a GUID";
+		else if (isempty(tenant))
+			why = "tenantId: missing, empty or not a string";
+		if (why) {
+			if (list->n_skipped++ == 0)
+				list->skipped_reason =
+				        xasprintf("subscription %zu: %s", i + 1, why);
+			continue;
+		}
+		sub->subscription_id = lower_dup(id);
+		sub->tenant_id = lower_dup(tenant);
+		if ((s = string_member(item, "displayName", NULL)))
+			sub->display_name = xstrdup(s);
+		if ((s = string_member(item, "owner", NULL)))
+			sub->owner = xstrdup(s);
+		if ((s = string_member(item, "state", NULL)))
+			sub->state = xstrdup(s);
+		if ((s = string_member(item, "delegatedProviderSubscriptionId", NULL)))
+			sub->delegated_provider_subscription_id = lower_dup(s);
+		list->n_subscriptions++;
+	}
+	*ret = list;
+	return 0;
+}
+
+/* Free a subscription list; returns NULL. */
+struct stack_subscription_list *
+stack_subscription_list_free(struct stack_subscription_list *list)
+{
+	if (!list)
+		return NULL;
+	for (size_t i = 0; i < list->n_subscriptions; i++) {
+		struct stack_subscription *s = &list->subscriptions[i];
+
+		free(s->subscription_id);
+		free(s->tenant_id);
+		free(s->display_name);
+		free(s->owner);
+		free(s->state);
+		free(s->delegated_provider_subscription_id);
+	}
+	free(list->subscriptions);
+	free(list->skipped_reason);
+	free(list->next_link);
+	free(list);
+	return NULL;
+}
+
+/* Parse the metadata endpoints document. */
+int
+stack_metadata_parse(const char *body, size_t size, struct stack_metadata *ret,
+                     char error[static STACK_ERROR_MAX])
+{
+	_cleanup_(json_decrefp) json_t *root = NULL;
+	_cleanup_free_ char *login = NULL;
+	const char *s, *audience;
+	json_error_t jerr;
+	json_t *auth, *aud;
+	size_t n;
+
+	error[0] = '\0';
+	if ((!body && size > 0) || !ret) {
+		set_error(error, "no document");
+		return -EINVAL;
+	}
+	root = json_loadb(body, size, 0, &jerr);
+	if (!root) {
+		set_error(error, "not JSON: line %d, column %d: %s", jerr.line, jerr.column,
+		          jerr.text);
+		return -EBADMSG;
+	}
+	if (!json_is_object(root)) {
+		set_error(error, "not a JSON object but %s", type_name(root));
+		return -EBADMSG;
+	}
+	auth = json_object_get(root, "authentication");
+	s = string_member(auth, "loginEndpoint", NULL);
+	if (!s)
+		s = string_member(root, "loginEndpoint", NULL);
+	if (!s) {
+		set_error(error, "authentication.loginEndpoint: missing or not a string");
+		return -EBADMSG;
+	}
+	/* the client secret goes there: never over plain HTTP */
+	if (strncasecmp(s, "https://", 8) != 0 || s[8] == '\0' || s[8] == '/') {
+		set_error(error, "authentication.loginEndpoint: not an https URL");
+		return -EBADMSG;
+	}
+	aud = json_array_get(json_object_get(auth, "audiences"), 0);
+	audience = json_string_value(aud);
+	if (isempty(audience) || strlen(audience) != json_string_length(aud)) {
+		set_error(error, "authentication.audiences[0]: missing, empty or not a string");
+		return -EBADMSG;
+	}
+	login = xstrdup(s);
+	n = strlen(login);
+	while (n > 8 && login[n - 1] == '/')
+		login[--n] = '\0';
+	*ret = (struct stack_metadata){
+	        .login_endpoint = TAKE_PTR(login),
+	        .audience = xstrdup(audience),
+	};
+	return 0;
+}
+
+/* Free the strings of a metadata document and zero it. */
+void
+stack_metadata_done(struct stack_metadata *m)
+{
+	if (!m)
+		return;
+	free(m->login_endpoint);
+	free(m->audience);
+	*m = (struct stack_metadata){0};
+}
+
+/* Build the usage URL of one reported hour. */
+int
+stack_usage_url(const char *arm_endpoint, const char *provider_subscription, int64_t hour,
+                const char *subscriber_id, char **ret)
+{
+	char start[TIME_RFC3339_LEN + 1], end[TIME_RFC3339_LEN + 1];
+	char start_enc[TIME_RFC3339_LEN + 5], end_enc[TIME_RFC3339_LEN + 5];
+	_cleanup_free_ char *base = NULL;
+
+	if (!ret || !provider_subscription || !is_guid(provider_subscription, false) ||
+	    (subscriber_id && !is_guid(subscriber_id, false)) || !time_on_hour(hour))
+		return -EINVAL;
+	base = endpoint_dup(arm_endpoint);
+	if (!base)
+		return -EINVAL;
+	time_format_rfc3339(hour, start);
+	time_format_rfc3339(hour + 3600, end);
+	if (start[0] == 'i' || end[0] == 'i')
+		return -EINVAL;
+	/* percent-encode the colons: "2026-11-01T10%3A00%3A00Z" */
+	for (char *in = start, *out = start_enc;; in++) {
+		if (*in == ':') {
+			memcpy(out, "%3A", 3);
+			out += 3;
+		} else if (!(*out++ = *in))
+			break;
+	}
+	for (char *in = end, *out = end_enc;; in++) {
+		if (*in == ':') {
+			memcpy(out, "%3A", 3);
+			out += 3;
+		} else if (!(*out++ = *in))
+			break;
+	}
+	*ret = xasprintf("%s/subscriptions/%s/providers/Microsoft.Commerce.Admin/"
+	                 "subscriberUsageAggregates?reportedStartTime=%s&reportedEndTime=%s"
+	                 "&aggregationGranularity=Hourly&api-version=" STACK_USAGE_API_VERSION
+	                 "%s%s",
+	                 base, provider_subscription, start_enc, end_enc,
+	                 subscriber_id ? "&subscriberId=" : "", subscriber_id ? subscriber_id : "");
+	return 0;
+}
+
+/* Build the user-subscriptions URL. */
+int
+stack_subscriptions_url(const char *arm_endpoint, const char *provider_subscription, char **ret)
+{
+	_cleanup_free_ char *base = NULL;
+
+	if (!ret || !provider_subscription || !is_guid(provider_subscription, false))
+		return -EINVAL;
+	base = endpoint_dup(arm_endpoint);
+	if (!base)
+		return -EINVAL;
+	*ret = xasprintf("%s/subscriptions/%s/providers/Microsoft.Subscriptions.Admin/subscriptions"
+	                 "?api-version=" STACK_SUBSCRIPTIONS_API_VERSION,
+	                 base, provider_subscription);
+	return 0;
+}
+
+/* Build the metadata endpoints URL. */
+int
+stack_metadata_url(const char *arm_endpoint, char **ret)
+{
+	_cleanup_free_ char *base = NULL;
+
+	if (!ret)
+		return -EINVAL;
+	base = endpoint_dup(arm_endpoint);
+	if (!base)
+		return -EINVAL;
+	*ret = xasprintf("%s/metadata/endpoints?api-version=" STACK_METADATA_API_VERSION, base);
+	return 0;
+}
+
+/* Whether a link may carry the stamp's token: same https host and port as arm_endpoint. */
+bool
+stack_link_authority_ok(const char *link, const char *arm_endpoint)
+{
+	struct authority a, b;
+
+	if (!link || !arm_endpoint)
+		return false;
+	if (parse_authority(link, &a) < 0 || parse_authority(arm_endpoint, &b) < 0)
+		return false;
+	return a.port == b.port && a.host_size == b.host_size &&
+	       strncasecmp(a.host, b.host, a.host_size) == 0;
+}
+
+/* The host[:port] of a URL, without user information. */
+int
+stack_url_host(const char *url, char **ret)
+{
+	const char *p, *end, *at;
+
+	if (!url || !ret)
+		return -EINVAL;
+	p = strstr(url, "://");
+	if (!p || p == url)
+		return -EINVAL;
+	p += 3;
+	end = p + strcspn(p, "/?#");
+	/* user information may hold a password: never log it */
+	at = memrchr(p, '@', (size_t)(end - p));
+	if (at)
+		p = at + 1;
+	*ret = xstrndup(p, (size_t)(end - p));
+	return 0;
+}
+
+/* ---- the raw scanner ---- */
+
+/* Skip JSON whitespace. */
+static void
+scan_ws(struct scan *s)
+{
+	while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r'))
+		s->p++;
+}
+
+/* The value of one hex digit, or -1. */
+static int
+hex_value(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/*
+ * Read a string at s->p. With name set, decode it as jansson would into name (NAME_MAX_DECODED
+ * bytes) and report its length in *ret_size, or SIZE_MAX when it is longer or not plain ASCII (it
+ * is then none of the names compared against).
+ */
+static int
+scan_string(struct scan *s, char *name, size_t *ret_size)
+{
+	size_t n = 0;
+	bool plain = true;
+
+	if (s->p >= s->end || *s->p != '"')
+		return -EBADMSG;
+	s->p++;
+	while (s->p < s->end) {
+		unsigned char c = (unsigned char)*s->p++;
+
+		if (c == '"') {
+			if (ret_size)
+				*ret_size = plain ? n : SIZE_MAX;
+			return 0;
+		}
+		if (c < 0x20)
+			return -EBADMSG;
+		if (c == '\\') {
+			if (s->p >= s->end)
+				return -EBADMSG;
+			switch (*s->p++) {
+			case '"':
+			case '\\':
+			case '/':
+				c = (unsigned char)s->p[-1];
+				break;
+			case 'b':
+				c = '\b';
+				break;
+			case 'f':
+				c = '\f';
+				break;
+			case 'n':
+				c = '\n';
+				break;
+			case 'r':
+				c = '\r';
+				break;
+			case 't':
+				c = '\t';
+				break;
+			case 'u': {
+				int v = 0;
+
+				if (s->end - s->p < 4)
+					return -EBADMSG;
+				for (int i = 0; i < 4; i++) {
+					int h = hex_value(s->p[i]);
+
+					if (h < 0)
+						return -EBADMSG;
+					v = v * 16 + h;
+				}
+				s->p += 4;
+				if (v >= 0x80)
+					plain = false;
+				c = (unsigned char)v;
+				break;
+			}
+			default:
+				return -EBADMSG;
+			}
+		} else if (c >= 0x80)
+			plain = false;
+		if (name && plain) {
+			if (n < NAME_MAX_DECODED)
+				name[n++] = (char)c;
+			else
+				plain = false;
+		}
+	}
+	return -EBADMSG;
+}
+
+/* True when a decoded name (from scan_string) is the member name want. */
+static bool
+name_is(const char *name, size_t size, const char *want)
+{
+	return size != SIZE_MAX && size == strlen(want) && memcmp(name, want, size) == 0;
+}
+
+/* Skip one value of any kind; containers by counting brackets outside strings. */
+static int
+scan_skip(struct scan *s)
+{
+	unsigned long depth = 0;
+	const char *start;
+
+	scan_ws(s);
+	if (s->p >= s->end)
+		return -EBADMSG;
+	if (*s->p == '"')
+		return scan_string(s, NULL, NULL);
+	if (*s->p != '{' && *s->p != '[') {
+		/* a number or a literal */
+		start = s->p;
+		while (s->p < s->end &&
+		       ((*s->p >= '0' && *s->p <= '9') || (*s->p >= 'a' && *s->p <= 'z') ||
+		        *s->p == '-' || *s->p == '+' || *s->p == '.' || *s->p == 'E'))
+			s->p++;
+		return s->p > start ? 0 : -EBADMSG;
+	}
+	while (s->p < s->end) {
+		char c = *s->p;
+
+		if (c == '"') {
+			if (scan_string(s, NULL, NULL) < 0)
+				return -EBADMSG;
+			continue;
+		}
+		s->p++;
+		if (c == '{' || c == '[')
+			depth++;
+		else if (c == '}' || c == ']') {
+			if (depth == 0)
+				return -EBADMSG;
+			if (--depth == 0)
+				return 0;
+		}
+	}
+	return -EBADMSG;
+}
+
+/*
+ * Walk the members of the object at s->p. For each, member() is called with the decoded name and
+ * s->p at the value, and must consume the value.
+ */
+static int
+scan_object(struct scan *s, int (*member)(struct scan *s, const char *name, size_t size, void *u),
+            void *userdata)
+{
+	char name[NAME_MAX_DECODED];
+	size_t size;
+	int r;
+
+	scan_ws(s);
+	if (s->p >= s->end || *s->p != '{')
+		return -EBADMSG;
+	s->p++;
+	scan_ws(s);
+	if (s->p < s->end && *s->p == '}') {
+		s->p++;
+		return 0;
+	}
+	for (;;) {
+		scan_ws(s);
+		r = scan_string(s, name, &size);
+		if (r < 0)
+			return r;
+		scan_ws(s);
+		if (s->p >= s->end || *s->p != ':')
+			return -EBADMSG;
+		s->p++;
+		scan_ws(s);
+		r = member(s, name, size, userdata);
+		if (r < 0)
+			return r;
+		scan_ws(s);
+		if (s->p >= s->end)
+			return -EBADMSG;
+		if (*s->p == '}') {
+			s->p++;
+			return 0;
+		}
+		if (*s->p != ',')
+			return -EBADMSG;
+		s->p++;
+	}
+}
+
+/* A member of a record's properties: the quantity literal. */
+static int
+scan_properties_member(struct scan *s, const char *name, size_t size, void *userdata)
+{
+	struct scan_record *rec = userdata;
+	const char *start = s->p;
+	int r;
+
+	r = scan_skip(s);
+	if (r < 0 || !name_is(name, size, "quantity"))
+		return r;
+	rec->n_quantity++;
+	rec->quantity = start;
+	rec->quantity_size = (size_t)(s->p - start);
+	return 0;
+}
+
+/* A member of a record: its properties object. */
+static int
+scan_record_member(struct scan *s, const char *name, size_t size, void *userdata)
+{
+	struct scan_record *rec = userdata;
+
+	if (!name_is(name, size, "properties"))
+		return scan_skip(s);
+	/* counted whatever its type: jansson keeps the last of several */
+	rec->n_properties++;
+	if (s->p >= s->end || *s->p != '{')
+		return scan_skip(s);
+	return scan_object(s, scan_properties_member, rec);
+}
+
+/* The page's value array: one scan_record per element. */
+static int
+scan_records(struct scan *s)
+{
+	int r;
+
+	s->n_records = 0; /* a "value" given twice is refused by the caller */
+	s->p++;           /* '[' */
+	scan_ws(s);
+	if (s->p < s->end && *s->p == ']') {
+		s->p++;
+		return 0;
+	}
+	for (;;) {
+		struct scan_record *rec;
+
+		scan_ws(s);
+		if (s->n_records == s->cap) {
+			s->cap = s->cap ? 2 * s->cap : 16;
+			s->records = xreallocarray(s->records, s->cap, sizeof(*s->records));
+		}
+		rec = &s->records[s->n_records++];
+		*rec = (struct scan_record){.start = s->p};
+		if (s->p < s->end && *s->p == '{')
+			r = scan_object(s, scan_record_member, rec);
+		else
+			r = scan_skip(s);
+		if (r < 0)
+			return r;
+		rec->size = (size_t)(s->p - rec->start);
+		scan_ws(s);
+		if (s->p >= s->end)
+			return -EBADMSG;
+		if (*s->p == ']') {
+			s->p++;
+			return 0;
+		}
+		if (*s->p != ',')
+			return -EBADMSG;
+		s->p++;
+	}
+}
+
+/* A top-level member: the value array. */
+static int
+scan_page_member(struct scan *s, const char *name, size_t size, void *userdata)
+{
+	if (!name_is(name, size, "value"))
+		return scan_skip(s);
+	s->n_value++;
+	if (s->p >= s->end || *s->p != '[')
+		return scan_skip(s);
+	return scan_records(s);
+}
+
+/* Walk a whole page. */
+static int
+scan_page(struct scan *s)
+{
+	int r = scan_object(s, scan_page_member, NULL);
+
+	if (r < 0)
+		return r;
+	scan_ws(s);
+	return s->p == s->end ? 0 : -EBADMSG;
+}
+
+/* Free the scanner's record table. */
+static void
+scan_free(struct scan *s)
+{
+	free(s->records);
+	s->records = NULL;
+}
+
+/* ---- records ---- */
+
+/* A strtod that reads '.' whatever the process locale (jansson does the same). */
+static pthread_once_t c_locale_once = PTHREAD_ONCE_INIT;
+static locale_t c_locale;
+
+/* Create the C locale once per process. */
+static void
+c_locale_make(void)
+{
+	c_locale = newlocale(LC_ALL_MASK, "C", (locale_t)0);
+	if (!c_locale)
+		abort();
+}
+
+/*
+ * Check that the scanner and jansson agree on a record's quantity: a number literal exactly where
+ * jansson has a number, an integer literal for a jansson integer with the same value, a literal
+ * with a point or an exponent for a jansson real that converts to the same double. With
+ * ints_as_real (the page was read with JSON_DECODE_INT_AS_REAL) every literal is a real.
+ */
+static int
+check_quantity_literal(json_t *q, const struct scan_record *sr, size_t index, bool ints_as_real,
+                       char error[static STACK_ERROR_MAX])
+{
+	_cleanup_free_ char *literal = NULL;
+	bool literal_number, integer;
+	char *end;
+
+	if (sr->n_properties > 1 || sr->n_quantity > 1)
+		return 0; /* quarantined as ambiguous; jansson kept only the last one */
+	if (sr->n_quantity == 0) {
+		if (q) {
+			set_error(error,
+			          "record %zu: quantity parsed but not found in the raw text",
+			          index + 1);
+			return -EBADMSG;
+		}
+		return 0;
+	}
+	literal_number =
+	        sr->quantity_size > 0 &&
+	        (sr->quantity[0] == '-' || (sr->quantity[0] >= '0' && sr->quantity[0] <= '9'));
+	if (!q || literal_number != json_is_number(q)) {
+		set_error(error, "record %zu: quantity: the raw text has %s, the parsed page %s",
+		          index + 1, literal_number ? "a number" : "no number",
+		          q ? type_name(q) : "nothing");
+		return -EBADMSG;
+	}
+	if (!literal_number)
+		return 0;
+
+	literal = xstrndup(sr->quantity, sr->quantity_size);
+	integer = !ints_as_real && !strpbrk(literal, ".eE");
+	errno = 0;
+	if (integer && json_is_integer(q)) {
+		long long v = strtoll(literal, &end, 10);
+
+		if (errno == 0 && *end == '\0' && v == json_integer_value(q))
+			return 0;
+	} else if (!integer && json_is_real(q)) {
+		double v;
+
+		if (pthread_once(&c_locale_once, c_locale_make) != 0)
+			abort();
+		/*
+		 * The one place a quantity meets floating point: the literal is converted only to
+		 * compare it with the double jansson made of the same text. The quantity itself is
+		 * the literal, never this double.
+		 */
+		v = strtod_l(literal, &end, c_locale);
+		if (*end == '\0' && v == json_real_value(q))
+			return 0;
+	}
+	_cleanup_free_ char *quoted = quote(literal, strlen(literal));
+	set_error(error, "record %zu: quantity literal %s does not match the parsed %s", index + 1,
+	          quoted, type_name(q));
+	return -EBADMSG;
+}
+
+/*
+ * Read a required string member of obj for a record: NULL (with a reason) when it is missing, not
+ * a string or holds a NUL character.
+ */
+static const char *
+required_string(json_t *obj, const char *name, struct reason *why)
+{
+	json_t *v = json_object_get(obj, name);
+	const char *s;
+
+	if (!v) {
+		reason_add(why, "%s: missing", name);
+		return NULL;
+	}
+	if (!json_is_string(v)) {
+		reason_add(why, "%s: not a string but %s", name, type_name(v));
+		return NULL;
+	}
+	s = json_string_value(v);
+	if (strlen(s) != json_string_length(v)) {
+		reason_add(why, "%s: contains a NUL character", name);
+		return NULL;
+	}
+	return s;
+}
+
+/* Read one of the two usage times; false (with a reason) unless it parses and is on the hour. */
+static bool
+record_time(json_t *props, const char *name, struct reason *why, int64_t *ret)
+{
+	const char *s = required_string(props, name, why);
+	_cleanup_free_ char *quoted = NULL;
+	int64_t t;
+
+	if (!s)
+		return false;
+	if (time_parse_rfc3339(s, &t) < 0) {
+		quoted = quote(s, strlen(s));
+		reason_add(why, "%s: not an RFC 3339 time (%s)", name, quoted);
+		return false;
+	}
+	*ret = t;
+	if (!time_on_hour(t)) {
+		quoted = quote(s, strlen(s));
+		reason_add(why, "%s: not on the hour (%s)", name, quoted);
+		return false;
+	}
+	return true;
+}
+
+/* Read the quantity of a record (the literal from the raw text); false with a reason if bad. */
+static bool
+record_quantity(json_t *props, const struct scan_record *sr, struct stack_record *rec,
+                struct reason *why)
+{
+	json_t *q = json_object_get(props, "quantity");
+	_cleanup_free_ char *quoted = NULL;
+	struct decimal d;
+	int r;
+
+	if (sr->n_quantity > 1) {
+		reason_add(why, "quantity: appears %u times", sr->n_quantity);
+		return false;
+	}
+	if (!q) {
+		reason_add(why, "quantity: missing");
+		return false;
+	}
+	if (json_is_string(q)) {
+		const char *s = json_string_value(q);
+		size_t n = json_string_length(q);
+
+		rec->quantity = xstrndup(s, n);
+		quoted = quote(s, n);
+		if (strlen(s) != n || decimal_parse(s, n, &d) < 0)
+			reason_add(why, "quantity: not a finite decimal (%s)", quoted);
+		else
+			reason_add(why, "quantity: a string (%s), not a JSON number", quoted);
+		return false;
+	}
+	if (!json_is_number(q)) {
+		reason_add(why, "quantity: not a number but %s", type_name(q));
+		return false;
+	}
+	rec->quantity = xstrndup(sr->quantity, sr->quantity_size);
+	r = decimal_parse(rec->quantity, sr->quantity_size, &d);
+	if (r < 0) {
+		quoted = quote(rec->quantity, sr->quantity_size);
+		if (r == -ERANGE)
+			reason_add(why,
+			           "quantity: more than %d significant digits or out of range (%s)",
+			           DECIMAL_MAX_DIGITS, quoted);
+		else
+			reason_add(why, "quantity: not a finite decimal (%s)", quoted);
+		return false;
+	}
+	if (d.negative) {
+		quoted = quote(rec->quantity, sr->quantity_size);
+		reason_add(why, "quantity: negative (%s)", quoted);
+		return false;
+	}
+	return true;
+}
+
+/* Read an optional string member of Microsoft.Resources; a reason when it is not a string. */
+static void
+resource_string(json_t *res, const char *name, struct reason *why, char **ret)
+{
+	json_t *v = json_object_get(res, name);
+
+	if (!v || json_is_null(v))
+		return;
+	if (!json_is_string(v)) {
+		reason_add(why, "instanceData: Microsoft.Resources.%s: not a string but %s", name,
+		           type_name(v));
+		return;
+	}
+	*ret = xstrdup(json_string_value(v)); /* the inner document was parsed without NULs */
+}
+
+/* Parse instanceData: its canonical text and the members kept; problems go to the reason. */
+static int
+record_instance_data(json_t *props, struct stack_record *rec, struct reason *why)
+{
+	_cleanup_(json_decrefp) json_t *inst = NULL;
+	const char *s = required_string(props, "instanceData", why);
+	json_error_t jerr;
+	json_t *res, *v;
+
+	if (!s)
+		return 0;
+	inst = json_loads(s, JSON_DECODE_ANY, &jerr);
+	if (!inst) {
+		reason_add(why, "instanceData: not JSON: column %d: %s", jerr.column, jerr.text);
+		return 0;
+	}
+	if (!json_is_object(inst)) {
+		reason_add(why, "instanceData: not a JSON object but %s", type_name(inst));
+		return 0;
+	}
+	/* JSON_ENSURE_ASCII is not given, so non-ASCII stays UTF-8 as section 4 wants */
+	rec->instance_data = json_dumps(inst, JSON_COMPACT | JSON_SORT_KEYS);
+	if (!rec->instance_data)
+		return -ENOMEM;
+
+	res = json_object_get(inst, "Microsoft.Resources");
+	if (res && !json_is_object(res)) {
+		reason_add(why, "instanceData: Microsoft.Resources: not an object but %s",
+		           type_name(res));
+		return 0;
+	}
+	resource_string(res, "resourceUri", why, &rec->resource_uri);
+	resource_string(res, "location", why, &rec->location);
+	v = json_object_get(res, "tags");
+	if (v && !json_is_null(v) && !(rec->tags = dump_compact(v, 0)))
+		return -ENOMEM;
+	v = json_object_get(res, "additionalInfo");
+	if (v && !json_is_null(v) && !(rec->additional_info = dump_compact(v, 0)))
+		return -ENOMEM;
+	return 0;
+}
+
+/*
+ * Turn one element of the value array into a record: valid with its key, or quarantined with
+ * every problem in its reason. Returns < 0 only for what refuses the whole page.
+ */
+static int
+parse_record(json_t *item, const struct scan_record *sr, size_t index, int64_t reported_hour,
+             bool ints_as_real, struct stack_record *rec, char error[static STACK_ERROR_MAX])
+{
+	struct reason why = {0};
+	const char *s, *sub, *meter;
+	json_t *props;
+	bool times_ok;
+	int r;
+
+	*rec = (struct stack_record){.raw = xstrndup(sr->start, sr->size)};
+	if (sr->size > STACK_RECORD_MAX)
+		reason_add(&why, "%zu bytes, more than the %d allowed", sr->size, STACK_RECORD_MAX);
+	if (!json_is_object(item)) {
+		reason_add(&why, "not a JSON object but %s", type_name(item));
+		goto done;
+	}
+	if ((s = string_member(item, "id", NULL)))
+		rec->id = xstrdup(s);
+	if ((s = string_member(item, "name", NULL)))
+		rec->name = xstrdup(s);
+
+	props = json_object_get(item, "properties");
+	r = check_quantity_literal(json_is_object(props) ? json_object_get(props, "quantity")
+	                                                 : NULL,
+	                           sr, index, ints_as_real, error);
+	if (r < 0)
+		return r;
+	if (sr->n_properties > 1) {
+		/* jansson kept the last one; which one the service meant is not for us to guess */
+		reason_add(&why, "properties: appears %u times", sr->n_properties);
+		goto done;
+	}
+	if (!props) {
+		reason_add(&why, "properties: missing");
+		goto done;
+	}
+	if (!json_is_object(props)) {
+		reason_add(&why, "properties: not an object but %s", type_name(props));
+		goto done;
+	}
+
+	sub = required_string(props, "subscriptionId", &why);
+	if (sub && is_guid(sub, false))
+		rec->subscription_id = lower_dup(sub);
+	else if (sub) {
+		_cleanup_free_ char *quoted = quote(sub, strlen(sub));
+
+		rec->subscription_id = xstrdup(sub);
+		reason_add(&why, "subscriptionId: not a GUID (%s)", quoted);
+	}
+	meter = required_string(props, "meterId", &why);
+	if (meter) {
+		rec->meter_id = xstrdup(meter);
+		if (!is_guid(meter, true)) {
+			_cleanup_free_ char *quoted = quote(meter, strlen(meter));
+
+			reason_add(&why, "meterId: not a GUID (%s)", quoted);
+		}
+	}
+	times_ok = record_time(props, "usageStartTime", &why, &rec->usage_start);
+	times_ok &= record_time(props, "usageEndTime", &why, &rec->usage_end);
+	if (times_ok && rec->usage_end <= rec->usage_start) {
+		char a[TIME_RFC3339_LEN + 1], b[TIME_RFC3339_LEN + 1];
+
+		reason_add(&why, "usageEndTime: %s is not after usageStartTime %s",
+		           time_format_rfc3339(rec->usage_end, b),
+		           time_format_rfc3339(rec->usage_start, a));
+	}
+	record_quantity(props, sr, rec, &why);
+	r = record_instance_data(props, rec, &why);
+	if (r < 0) {
+		free(why.text);
+		set_error(error, "record %zu: out of memory", index + 1);
+		return r;
+	}
+
+done:
+	if (why.text) {
+		rec->reason = xasprintf("record %zu: %s", index + 1, why.text);
+		free(why.text);
+		return 0;
+	}
+	rec->key = xmalloc(HASH_SHA256_HEX_LEN + 1);
+	r = stack_record_key(reported_hour, rec->subscription_id, rec->meter_id, rec->usage_start,
+	                     rec->usage_end, rec->instance_data, rec->key);
+	if (r < 0) {
+		/* times that parse are within the years 0000 to 9999, so this cannot happen */
+		set_error(error, "record %zu: no record key", index + 1);
+		return r;
+	}
+	return 0;
+}
+
+/* Free the strings of a record. */
+static void
+record_done(struct stack_record *rec)
+{
+	free(rec->key);
+	free(rec->id);
+	free(rec->name);
+	free(rec->subscription_id);
+	free(rec->meter_id);
+	free(rec->quantity);
+	free(rec->instance_data);
+	free(rec->resource_uri);
+	free(rec->location);
+	free(rec->tags);
+	free(rec->additional_info);
+	free(rec->raw);
+	free(rec->reason);
+	*rec = (struct stack_record){0};
+}
+
+/* ---- helpers ---- */
+
+/* Append one problem to a reason. */
+static void
+reason_add(struct reason *r, const char *format, ...)
+{
+	_cleanup_free_ char *part = NULL;
+	va_list ap;
+	char *joined;
+
+	va_start(ap, format);
+	part = xvasprintf(format, ap);
+	va_end(ap);
+	if (!r->text) {
+		r->text = TAKE_PTR(part);
+		return;
+	}
+	joined = xasprintf("%s; %s", r->text, part);
+	free(r->text);
+	r->text = joined;
+}
+
+/*
+ * A value for a reason: in double quotes, '"' and '\' escaped, control bytes as \xNN, cut after
+ * QUOTE_MAX bytes (at a UTF-8 character boundary) with "..." to show it was cut.
+ */
+static char *
+quote(const char *s, size_t size)
+{
+	size_t n = MIN(size, (size_t)QUOTE_MAX), w = 0;
+	char *out;
+
+	/* do not cut inside a UTF-8 sequence */
+	while (n < size && n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
+		n--;
+	out = xmalloc(4 * n + 8);
+	out[w++] = '"';
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (c == '"' || c == '\\') {
+			out[w++] = '\\';
+			out[w++] = (char)c;
+		} else if (c < 0x20 || c == 0x7f)
+			w += (size_t)sprintf(out + w, "\\x%02x", c);
+		else
+			out[w++] = (char)c;
+	}
+	out[w++] = '"';
+	if (n < size) {
+		memcpy(out + w, "...", 3);
+		w += 3;
+	}
+	out[w] = '\0';
+	return out;
+}
+
+/* The JSON type of v, for messages. */
+static const char *
+type_name(const json_t *v)
+{
+	switch (json_typeof(v)) {
+	case JSON_OBJECT:
+		return "an object";
+	case JSON_ARRAY:
+		return "an array";
+	case JSON_STRING:
+		return "a string";
+	case JSON_INTEGER:
+		return "an integer";
+	case JSON_REAL:
+		return "a real";
+	case JSON_TRUE:
+		return "true";
+	case JSON_FALSE:
+		return "false";
+	case JSON_NULL:
+		return "null";
+	}
+	return "unknown";
+}
+
+/*
+ * True for a GUID 8-4-4-4-12 in hex digits of either case; with dashes_optional also for the 32
+ * digits without dashes (some meter ids are written so).
+ */
+static bool
+is_guid(const char *s, bool dashes_optional)
+{
+	size_t n = strlen(s);
+	bool dashes = n == 36;
+
+	if (!dashes && !(dashes_optional && n == 32))
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		if (dashes && (i == 8 || i == 13 || i == 18 || i == 23)) {
+			if (s[i] != '-')
+				return false;
+		} else if (hex_value(s[i]) < 0)
+			return false;
+	}
+	return true;
+}
+
+/* A copy of s in ASCII lower case. */
+static char *
+lower_dup(const char *s)
+{
+	char *d = xstrdup(s);
+
+	for (char *p = d; *p; p++)
+		if (*p >= 'A' && *p <= 'Z')
+			*p = (char)(*p - 'A' + 'a');
+	return d;
+}
+
+/* True when the body holds nothing but JSON whitespace. */
+static bool
+body_blank(const char *body, size_t size)
+{
+	for (size_t i = 0; i < size; i++)
+		if (body[i] != ' ' && body[i] != '\t' && body[i] != '\n' && body[i] != '\r')
+			return false;
+	return true;
+}
+
+/* A member of obj that is a string without NUL characters, or NULL. */
+static const char *
+string_member(json_t *obj, const char *name, size_t *ret_size)
+{
+	json_t *v = json_object_get(obj, name);
+	const char *s = json_string_value(v);
+
+	if (!s || strlen(s) != json_string_length(v))
+		return NULL;
+	if (ret_size)
+		*ret_size = json_string_length(v);
+	return s;
+}
+
+/* Compact JSON text of any value (a new string), or NULL when jansson runs out of memory. */
+static char *
+dump_compact(json_t *v, size_t flags)
+{
+	return json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | flags);
+}
+
+/* Read an optional nextLink: absent, null or "" is the last page. */
+static int
+next_link_get(json_t *root, char **ret, char error[static STACK_ERROR_MAX])
+{
+	json_t *v = json_object_get(root, "nextLink");
+	const char *s;
+
+	if (!v || json_is_null(v)) {
+		*ret = NULL;
+		return 0;
+	}
+	s = string_member(root, "nextLink", NULL);
+	if (!s) {
+		set_error(error, "nextLink: not a string but %s",
+		          json_is_string(v) ? "a string with a NUL character" : type_name(v));
+		return -EBADMSG;
+	}
+	*ret = *s ? xstrdup(s) : NULL;
+	return 0;
+}
+
+/* ": Code: message" of an ARM error body for a message, or "" when there is none. */
+static void
+describe_arm_error(const char *body, size_t size, char *out, size_t out_size)
+{
+	struct stack_arm_error e;
+
+	out[0] = '\0';
+	if (stack_arm_error_parse(body, size, &e) < 0)
+		return;
+	snprintf(out, out_size, ": %.64s: %.120s", e.code, e.message ? e.message : "");
+	stack_arm_error_done(&e);
+}
+
+/* Write a message into an error buffer. */
+static void
+set_error(char error[static STACK_ERROR_MAX], const char *format, ...)
+{
+	va_list ap;
+
+	va_start(ap, format);
+	vsnprintf(error, STACK_ERROR_MAX, format, ap);
+	va_end(ap);
+}
+
+/* Split "https://host[:port]/..." into host and port; -EINVAL for anything not to be trusted. */
+static int
+parse_authority(const char *url, struct authority *ret)
+{
+	const char *p, *end, *host_end, *port;
+	unsigned long v = 443;
+
+	if (strncasecmp(url, "https://", 8) != 0)
+		return -EINVAL;
+	p = url + 8;
+	end = p + strcspn(p, "/?#");
+	for (const char *c = p; c < end; c++)
+		if ((unsigned char)*c <= 0x20 || (unsigned char)*c >= 0x7f || *c == '@' ||
+		    *c == '\\' || *c == '%')
+			return -EINVAL;
+	if (p < end && *p == '[') {
+		/* an IPv6 literal */
+		host_end = memchr(p, ']', (size_t)(end - p));
+		if (!host_end)
+			return -EINVAL;
+		host_end++;
+		port = host_end < end ? host_end : NULL;
+		if (port && *port != ':')
+			return -EINVAL;
+	} else {
+		port = memchr(p, ':', (size_t)(end - p));
+		host_end = port ? port : end;
+	}
+	if (host_end == p)
+		return -EINVAL;
+	if (port) {
+		size_t digits = (size_t)(end - port - 1);
+
+		/* "host:" is the default port (RFC 3986 section 3.2.3) */
+		if (digits > 5)
+			return -EINVAL;
+		if (digits > 0) {
+			v = 0;
+			for (const char *c = port + 1; c < end; c++) {
+				if (*c < '0' || *c > '9')
+					return -EINVAL;
+				v = v * 10 + (unsigned long)(*c - '0');
+			}
+			if (v == 0 || v > 65535)
+				return -EINVAL;
+		}
+	}
+	*ret = (struct authority){
+	        .host = p,
+	        .host_size = (size_t)(host_end - p),
+	        .port = (unsigned)v,
+	};
+	return 0;
+}
+
+/* arm_endpoint without trailing slashes (a new string), or NULL unless it is an https URL. */
+static char *
+endpoint_dup(const char *arm_endpoint)
+{
+	struct authority a;
+	char *d;
+	size_t n;
+
+	if (!arm_endpoint || parse_authority(arm_endpoint, &a) < 0)
+		return NULL;
+	d = xstrdup(arm_endpoint);
+	n = strlen(d);
+	while (n > 0 && d[n - 1] == '/')
+		d[--n] = '\0';
+	return d;
+}
