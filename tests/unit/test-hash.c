@@ -1,7 +1,7 @@
 /*
- * Unit tests for lib/hash.c: SHA-256 against published vectors, the shape and randomness of
- * version-4 UUIDs, and the record key of ARCHITECTURE.md section 4 rebuilt by hand from the usage
- * pages in the test data and checked against every row of record-keys.tsv.
+ * Unit tests for lib/hash.c: SHA-256 against published vectors and the shape and randomness of
+ * version-4 UUIDs. The record key of ARCHITECTURE.md section 4, which hashes with it, is tested
+ * with lib/stack, which builds it (tests/unit/test-stack.c, against record-keys.tsv).
  */
 #include <ctype.h>
 #include <errno.h>
@@ -15,27 +15,10 @@
 #include <string.h>
 
 #include <cmocka.h>
-#include <jansson.h>
 
 #include "hash.h"
 #include "macro.h"
-#include "timeutil.h"
 
-#define KEY_ROWS_MAX 16
-
-struct key_row {
-	char file[64];
-	char hour[32];
-	char subscription[64];
-	char meter[64];
-	char key[HASH_SHA256_HEX_LEN + 1];
-	bool seen;
-};
-
-static void lower(char *s);
-static char *normalize_time(const char *s, char out[static TIME_RFC3339_LEN + 1]);
-static char *record_key_text(const char *hour, json_t *properties);
-static size_t read_key_rows(struct key_row rows[static KEY_ROWS_MAX]);
 static void *hash_abc_many(void *arg);
 
 /* Threads hashing at once, the first call included (this test runs first), all get the digest. */
@@ -130,92 +113,6 @@ test_hash_uuid4_unique(void **state)
 	free(u);
 }
 
-/* The key text of one record is exactly the fields of section 4 joined by newlines. */
-static void
-test_hash_record_key_text_shape(void **state)
-{
-	_cleanup_(json_decrefp) json_t *page = NULL;
-	_cleanup_free_ char *text = NULL;
-	json_error_t error;
-
-	(void)state;
-	page = json_load_file(TESTDATA_DIR "/usage-page-1.json", 0, &error);
-	if (!page)
-		fail_msg("usage-page-1.json: %s", error.text);
-	text = record_key_text(
-	        "2026-11-01T10:00:00Z",
-	        json_object_get(json_array_get(json_object_get(page, "value"), 0), "properties"));
-	assert_string_equal(text,
-	                    "2026-11-01T10:00:00Z\n"
-	                    "c79389af-4480-48cc-8fa2-ee8ced8e843d\n"
-	                    "fab6eb84500b4a09a8ca7358f8bbaea5\n"
-	                    "2026-11-01T09:00:00Z\n"
-	                    "2026-11-01T10:00:00Z\n"
-	                    "/subscriptions/c79389af-4480-48cc-8fa2-ee8ced8e843d/resourcegroups/"
-	                    "web/providers/microsoft.compute/virtualmachines/web01");
-}
-
-/* Every record of the two usage pages hashes to its key in record-keys.tsv. */
-static void
-test_hash_sha256_hex_record_keys_match_testdata(void **state)
-{
-	static const char *const pages[] = {"usage-page-1.json", "usage-page-2.json"};
-	struct key_row rows[KEY_ROWS_MAX];
-	size_t nrows, nrecords = 0;
-
-	(void)state;
-	nrows = read_key_rows(rows);
-	assert_int_equal(nrows, 4);
-	for (size_t p = 0; p < ARRAY_SIZE(pages); p++) {
-		_cleanup_(json_decrefp) json_t *page = NULL;
-		_cleanup_free_ char *path = NULL;
-		json_error_t error;
-		json_t *value, *record;
-		size_t i;
-
-		assert_true(asprintf(&path, "%s/%s", TESTDATA_DIR, pages[p]) > 0);
-		page = json_load_file(path, 0, &error);
-		if (!page)
-			fail_msg("%s: %s", path, error.text);
-		value = json_object_get(page, "value");
-		assert_true(json_is_array(value));
-		json_array_foreach(value, i, record)
-		{
-			json_t *props = json_object_get(record, "properties");
-			const char *sub, *meter;
-			struct key_row *row = NULL;
-			char key[HASH_SHA256_HEX_LEN + 1], other[HASH_SHA256_HEX_LEN + 1];
-
-			sub = json_string_value(json_object_get(props, "subscriptionId"));
-			meter = json_string_value(json_object_get(props, "meterId"));
-			assert_non_null(sub);
-			assert_non_null(meter);
-			for (size_t r = 0; r < nrows; r++)
-				if (streq(rows[r].file, pages[p]) &&
-				    streq(rows[r].subscription, sub) && streq(rows[r].meter, meter))
-					row = &rows[r];
-			if (!row)
-				fail_msg("%s: no key row for %s %s", pages[p], sub, meter);
-
-			_cleanup_free_ char *text = record_key_text(row->hour, props);
-			hash_sha256_hex(text, strlen(text), key);
-			if (!streq(key, row->key))
-				fail_msg("%s %s %s: key %s, expected %s\n%s", pages[p], sub, meter,
-				         key, row->key, text);
-			row->seen = true;
-			nrecords++;
-
-			/* the reported hour is part of the key */
-			_cleanup_free_ char *later = record_key_text("2026-11-01T11:00:00Z", props);
-			hash_sha256_hex(later, strlen(later), other);
-			assert_string_not_equal(other, key);
-		}
-	}
-	assert_int_equal(nrecords, nrows);
-	for (size_t r = 0; r < nrows; r++)
-		assert_true(rows[r].seen);
-}
-
 /* Thread body: hash "abc" a thousand times; *arg says whether every digest was right. */
 static void *
 hash_abc_many(void *arg)
@@ -232,99 +129,6 @@ hash_abc_many(void *arg)
 	return NULL;
 }
 
-/* Lower-case s in place (ASCII). */
-static void
-lower(char *s)
-{
-	for (; *s; s++)
-		*s = (char)tolower((unsigned char)*s);
-}
-
-/* Rewrite an RFC 3339 time as YYYY-MM-DDTHH:MM:SSZ. */
-static char *
-normalize_time(const char *s, char out[static TIME_RFC3339_LEN + 1])
-{
-	int64_t t;
-
-	assert_non_null(s);
-	assert_int_equal(time_parse_rfc3339(s, &t), 0);
-	return time_format_rfc3339(t, out);
-}
-
-/* Build the record key text of section 4 from a usage record's properties (a new string). */
-static char *
-record_key_text(const char *hour, json_t *properties)
-{
-	_cleanup_(json_decrefp) json_t *instance = NULL;
-	_cleanup_free_ char *sub = NULL, *meter = NULL, *uri = NULL;
-	char start[TIME_RFC3339_LEN + 1], end[TIME_RFC3339_LEN + 1];
-	const char *s;
-	json_error_t error;
-	char *text, *w;
-
-	assert_non_null(properties);
-	s = json_string_value(json_object_get(properties, "subscriptionId"));
-	assert_non_null(s);
-	sub = strdup(s);
-	assert_non_null(sub);
-	lower(sub);
-
-	s = json_string_value(json_object_get(properties, "meterId"));
-	assert_non_null(s);
-	meter = strdup(s);
-	assert_non_null(meter);
-	w = meter;
-	for (const char *r = meter; *r; r++)
-		if (*r != '-')
-			*w++ = (char)tolower((unsigned char)*r);
-	*w = '\0';
-
-	s = json_string_value(json_object_get(properties, "instanceData"));
-	assert_non_null(s);
-	instance = json_loads(s, 0, &error);
-	if (!instance)
-		fail_msg("instanceData: %s", error.text);
-	s = json_string_value(
-	        json_object_get(json_object_get(instance, "Microsoft.Resources"), "resourceUri"));
-	assert_non_null(s);
-	uri = strdup(s);
-	assert_non_null(uri);
-	lower(uri);
-
-	normalize_time(json_string_value(json_object_get(properties, "usageStartTime")), start);
-	normalize_time(json_string_value(json_object_get(properties, "usageEndTime")), end);
-	assert_true(asprintf(&text, "%s\n%s\n%s\n%s\n%s\n%s", hour, sub, meter, start, end, uri) >
-	            0);
-	return text;
-}
-
-/* Read record-keys.tsv (header line, then file, hour, subscription, meter, key). */
-static size_t
-read_key_rows(struct key_row rows[static KEY_ROWS_MAX])
-{
-	_cleanup_fclose_ FILE *f = fopen(TESTDATA_DIR "/record-keys.tsv", "re");
-	char line[512];
-	size_t n = 0;
-
-	assert_non_null(f);
-	assert_non_null(fgets(line, sizeof(line), f));
-	assert_true(strncmp(line, "file\treported_hour\tsubscriptionId\tmeterId\tkey", 44) == 0);
-	while (fgets(line, sizeof(line), f)) {
-		struct key_row *r = &rows[n];
-
-		if (line[0] == '\n')
-			continue;
-		assert_true(n < KEY_ROWS_MAX);
-		*r = (struct key_row){0};
-		if (sscanf(line, "%63[^\t]\t%31[^\t]\t%63[^\t]\t%63[^\t]\t%64[0-9a-f]", r->file,
-		           r->hour, r->subscription, r->meter, r->key) != 5)
-			fail_msg("record-keys.tsv: bad line: %s", line);
-		assert_int_equal(strlen(r->key), HASH_SHA256_HEX_LEN);
-		n++;
-	}
-	return n;
-}
-
 /* Run the hash tests. */
 int
 main(void)
@@ -334,8 +138,6 @@ main(void)
 	        cmocka_unit_test(test_hash_sha256_hex_known_vectors),
 	        cmocka_unit_test(test_hash_uuid4_shape),
 	        cmocka_unit_test(test_hash_uuid4_unique),
-	        cmocka_unit_test(test_hash_record_key_text_shape),
-	        cmocka_unit_test(test_hash_sha256_hex_record_keys_match_testdata),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
