@@ -323,6 +323,17 @@ class Sim:
         """Empty the ledger and request log; registrations and faults back to the scenario."""
         return self._control("POST", "/_sim/reset")
 
+    def arm_answers(self, put=None, delete=None, empty_list=None):
+        """Choose how ARM answers customerSubscriptions PUT ("201-empty", the documented
+        default, "201-body", "200-body", "200-empty"), DELETE ("204", the default, or
+        "200-204") and an empty list ("value", "none": no body, "object": {}); returns the
+        setting (unchanged without arguments)."""
+        body = {k: v for k, v in (("put", put), ("delete", delete), ("emptyList", empty_list))
+                if v is not None}
+        if not body:
+            return self._control("GET", "/_sim/arm")
+        return self._control("POST", "/_sim/arm", body)
+
     # -- helpers for talking to the simulated Azure -----------------------------------------
     def token(self, resource, client_id=STACK_CLIENT_ID, secret=STACK_CLIENT_SECRET,
               tenant=AAD_TENANT):
@@ -367,7 +378,7 @@ class Sim:
     def registration_path(self):
         return (self._world or self.world())["registration"]["id"]
 
-    def commerce_post(self, events, token=None, gzip_body=False, headers=None):
+    def commerce_post(self, events, token=None, gzip_body=False, headers=None, timeout=10.0):
         """POST a batch of events to the Commerce endpoint; returns the Response."""
         import gzip
         w = self._world or self.world()
@@ -380,7 +391,7 @@ class Sim:
         if gzip_body:
             body = gzip.compress(body)
             h["Content-Encoding"] = "gzip"
-        return self.post(w["commercePath"], body, headers=h, token=token)
+        return self.post(w["commercePath"], body, headers=h, token=token, timeout=timeout)
 
     def daemon_config(self, directory, certificate=False, **sections):
         """The azs-usaged configuration (ARCHITECTURE.md section 3) that points every endpoint at
@@ -476,15 +487,24 @@ def _fmt_time(t):
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
+def canonical_instance_data(text):
+    """The canonical instanceData of the record key (ARCHITECTURE.md section 4): the JSON text
+    parsed and written again with members sorted, no white space, non-ASCII as UTF-8 (what
+    jansson's json_dumps(JSON_COMPACT | JSON_SORT_KEYS) writes for strings, objects and null)."""
+    return json.dumps(json.loads(text), separators=(",", ":"), sort_keys=True,
+                      ensure_ascii=False)
+
+
 def record_key(reported_hour, record):
-    """The record key of ARCHITECTURE.md section 4 for a usage-API record (a parsed dict)."""
+    """The record key of ARCHITECTURE.md section 4 for a usage-API record (a parsed dict): the
+    reported hour, subscription, meter, usage window and the canonical instanceData."""
     p = record["properties"]
-    inst = json.loads(p["instanceData"])["Microsoft.Resources"]
 
     def z(t):
         return _fmt_time(_parse_time(t))
     fields = [z(reported_hour), p["subscriptionId"].lower(), p["meterId"].lower().replace("-", ""),
-              z(p["usageStartTime"]), z(p["usageEndTime"]), inst["resourceUri"].lower()]
+              z(p["usageStartTime"]), z(p["usageEndTime"]),
+              canonical_instance_data(p["instanceData"])]
     return hashlib.sha256("\n".join(fields).encode()).hexdigest()
 
 

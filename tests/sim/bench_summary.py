@@ -114,7 +114,7 @@ def main():
                % t["customerSubscription"])
         r = sim.request("PUT", reg, body={"properties": {"tenantId": t["tenantId"]}},
                         token=sim.token(w["audiences"]["arm"]), timeout=60)
-        if r.status != 200:
+        if r.status not in (200, 201):
             raise SystemExit("PUT %s: %d %s" % (reg, r.status, r.body[:300]))
         summary("summary %d, after a registration change" % (a.calls + 1))
 

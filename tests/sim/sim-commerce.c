@@ -5,8 +5,10 @@
  * the ledger, a SQLite file in the state directory with usageEventId as primary key, in one
  * transaction per batch: a key already there is answered Duplicate. The summary compares every
  * member of every ledger row with the event the scenario implies for its key, and the totals
- * exactly (quantities as scaled 128-bit integers, never floating point), one reported hour at a
- * time so that its memory does not grow with the ledger (see commerce_summary).
+ * exactly (quantities as scaled 128-bit integers, and any other quantity the contract allows --
+ * 38 significant digits at any scale -- added as decimal text; never floating point), one
+ * reported hour at a time so that its memory does not grow with the ledger (see
+ * commerce_summary). Fault rules may leave results out of an answer or reorder them.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -20,11 +22,11 @@
 #include "timeutil.h"
 #include "xmalloc.h"
 
-#define QTY_DECIMALS   18                  /* ledger totals: integers of 10^-18 */
-#define QTY_TO_TOTAL   UINT64_C(100000000) /* generated quantities (10^-10) to totals */
-#define LIST_MAX       1000 /* entries per list in the summary (the lists it always had) */
-#define SAMPLE_MAX     20   /* samples of the other mismatch kinds */
-#define INFLATE_FACTOR 16
+#define QTY_DIGITS      38   /* the most significant digits a quantity may have (section 6) */
+#define QTY_FAST_DIGITS 9    /* totals add quantities below 10^9 as integers, others as text */
+#define LIST_MAX        1000 /* entries per list in the summary (the lists it always had) */
+#define SAMPLE_MAX      20   /* samples of the other mismatch kinds */
+#define INFLATE_FACTOR  16
 
 /* A small string → index map (open addressing). */
 struct smap {
@@ -62,12 +64,17 @@ struct jevent {
 	bool object; /* false: the array element was not an object */
 };
 
-/* Totals of one (subscription, meter) by their text, as the summary reports them. */
+/*
+ * Totals of one (subscription, meter) by their text, as the summary reports them: integers of
+ * 10^-SIM_QTY_DECIMALS, and for the actual total the rows whose quantity does not fit them (any
+ * decimal of up to 38 significant digits is valid) summed exactly as decimal text.
+ */
 struct total {
 	char *sub;
 	char *meter;
 	sim_u128 expected;
 	sim_u128 actual;
+	char *actual_text; /* NULL: nothing outside the integer range */
 	uint64_t n_expected;
 	uint64_t n_actual;
 };
@@ -187,6 +194,8 @@ struct run {
 	size_t n_totals;
 };
 
+static void write_results(struct sim *s, struct sim_response *r, struct evbuffer *res,
+                          const size_t *starts, bool *omit, size_t count);
 static int validate_event(struct sim *s, const struct jevent *e, const char **ret_status,
                           const char **ret_message);
 static int parse_batch(char *p, char *end, struct jevent **ret, size_t *ret_n);
@@ -198,8 +207,10 @@ static void skip_ws(char **pp, char *end);
 static const char *ev_str(const struct jevent *e, const char *key);
 static enum jtype ev_type(const struct jevent *e, const char *key);
 static const char *ev_raw(const struct jevent *e, const char *key, size_t *ret_len);
+static int qty_check(const char *text);
 static int qty_parse(const char *text, sim_u128 *ret);
 static void qty_format(sim_u128 v, char out[static 64]);
+static char *dec_add(const char *a, const char *b);
 static bool is_utc_time(const char *s);
 static int inflate_body(const unsigned char *in, size_t n, size_t limit, unsigned char **ret,
                         size_t *ret_size);
@@ -218,9 +229,10 @@ static void compare_hour(struct run *run, int64_t h, struct group *gr);
 static void compare_rows(struct run *run, struct group *gr, int64_t h,
                          const struct sim_record *recs);
 static void compare_row(struct run *run, sqlite3_stmt *q, const struct sim_record *rec,
-                        const char *th, sim_u128 v);
+                        const char *th, sim_u128 v, bool big);
 static const char *column(sqlite3_stmt *q, enum column col);
-static void total_add(struct run *run, const char *sub, const char *meter, sim_u128 v);
+static void total_add(struct run *run, const char *sub, const char *meter, sim_u128 v,
+                      const char *text);
 static void make_totals(struct run *run);
 static void list_key(struct evbuffer *list, size_t n, const char *id);
 static void list_pair(struct run *run, enum kind k, const char *id, const char *expected,
@@ -336,6 +348,9 @@ commerce_batch(struct sim *s, struct evhttp_request *req, struct sim_response *r
 	_cleanup_free_ unsigned char *inflated = NULL;
 	const unsigned char *body;
 	_cleanup_free_ struct jevent *events = NULL;
+	struct evbuffer *res = NULL;
+	size_t *starts = NULL;
+	bool *omit = NULL;
 	char now_text[40];
 	size_t count = 0;
 
@@ -394,21 +409,26 @@ commerce_batch(struct sim *s, struct evhttp_request *req, struct sim_response *r
 		sim_arm_error(r, 500, "InternalServerError", "The ledger cannot be written.");
 		goto out;
 	}
-	r->status = 200;
-	evbuffer_add_printf(r->body, "{\"count\":%zu,\"result\":[", count);
+	/* each event's result goes to res (starts[i] is where it begins): faults may leave some
+	 * out of the answer or reorder them */
+	res = evbuffer_new();
+	if (!res)
+		abort();
+	starts = xcalloc(count + 1, sizeof(*starts));
+	omit = xcalloc(count + 1, sizeof(*omit));
 	for (size_t i = 0; i < count; i++) {
 		const struct jevent *e = &events[i];
 		const char *id = ev_str(e, "usageEventId");
 		const char *status = NULL, *message = NULL;
 		struct sim_rule *rule;
 
-		if (i > 0)
-			evbuffer_add(r->body, ",", 1);
-		evbuffer_add_printf(r->body, "{\"usageEventId\":");
+		starts[i] = evbuffer_get_length(res);
+		omit[i] = id && sim_fault_take(s, SIM_EP_COMMERCE, SIM_ACT_OMIT_RESULTS, id, -1);
+		evbuffer_add_printf(res, "{\"usageEventId\":");
 		if (id)
-			sim_json_str(r->body, id);
+			sim_json_str(res, id);
 		else
-			evbuffer_add_printf(r->body, "null");
+			evbuffer_add_printf(res, "null");
 		if (validate_event(s, e, &status, &message) < 0) {
 			s->rejected++;
 		} else if ((rule = sim_fault_take(s, SIM_EP_COMMERCE, SIM_ACT_EVENTS, id, -1))) {
@@ -456,7 +476,7 @@ commerce_batch(struct sim *s, struct evhttp_request *req, struct sim_response *r
 				message = "The ledger cannot be written.";
 			} else if (sqlite3_changes(s->db) == 0) {
 				s->duplicates++;
-				evbuffer_add_printf(r->body,
+				evbuffer_add_printf(res,
 				                    ",\"status\":\"Duplicate\",\"messageTime\":"
 				                    "\"0001-01-01T00:00:00\",\"error\":{\"code\":"
 				                    "\"Conflict\",\"message\":\"This usage event "
@@ -466,30 +486,67 @@ commerce_batch(struct sim *s, struct evhttp_request *req, struct sim_response *r
 				group_get(s->commerce, ev_str(e, "reportedStartTime"), true)
 				        ->rows++;
 				evbuffer_add_printf(
-				        r->body, ",\"status\":\"Accepted\",\"messageTime\":\"%s\"}",
+				        res, ",\"status\":\"Accepted\",\"messageTime\":\"%s\"}",
 				        now_text);
 				continue;
 			}
 		}
-		evbuffer_add_printf(r->body, ",\"status\":");
-		sim_json_str(r->body, status);
+		evbuffer_add_printf(res, ",\"status\":");
+		sim_json_str(res, status);
 		/* a transient Error carries the code InternalError (commerce-batch-response.json)
 		 */
-		evbuffer_add_printf(r->body, ",\"error\":{\"code\":");
-		sim_json_str(r->body, streq(status, "Error") ? "InternalError" : status);
-		evbuffer_add_printf(r->body, ",\"message\":");
-		sim_json_str(r->body, message);
-		evbuffer_add_printf(r->body, "}}");
+		evbuffer_add_printf(res, ",\"error\":{\"code\":");
+		sim_json_str(res, streq(status, "Error") ? "InternalError" : status);
+		evbuffer_add_printf(res, ",\"message\":");
+		sim_json_str(res, message);
+		evbuffer_add_printf(res, "}}");
 	}
-	evbuffer_add_printf(r->body, "]}");
+	starts[count] = evbuffer_get_length(res);
 	if (db_exec(s->db, "COMMIT") < 0) {
 		db_exec(s->db, "ROLLBACK");
 		groups_load(s); /* the rows counted above are not there */
-		evbuffer_drain(r->body, evbuffer_get_length(r->body));
 		sim_arm_error(r, 500, "InternalServerError", "The ledger cannot be written.");
+		goto out;
 	}
+	write_results(s, r, res, starts, omit, count);
 out:
-	return;
+	if (res)
+		evbuffer_free(res);
+	free(starts);
+	free(omit);
+}
+
+/*
+ * Write the answer {"count":N,"result":[…]}: every event's result in order, unless an
+ * omitResults rule leaves some out (those naming them, or the last `count` of the batch) or a
+ * reorderResults rule answers them in reverse order. count is the number of results written.
+ */
+static void
+write_results(struct sim *s, struct sim_response *r, struct evbuffer *res, const size_t *starts,
+              bool *omit, size_t count)
+{
+	struct sim_rule *drop = sim_fault_take(s, SIM_EP_COMMERCE, SIM_ACT_OMIT_RESULTS, NULL, -1);
+	bool reverse = sim_fault_take(s, SIM_EP_COMMERCE, SIM_ACT_REORDER_RESULTS, NULL, -1);
+	const char *text = (const char *)evbuffer_pullup(res, -1);
+	size_t n = 0;
+
+	for (size_t i = 0; drop && i < count; i++)
+		omit[i] = omit[i] || i + drop->count >= count;
+	for (size_t i = 0; i < count; i++)
+		n += !omit[i];
+	r->status = 200;
+	evbuffer_add_printf(r->body, "{\"count\":%zu,\"result\":[", n);
+	for (size_t k = 0, first = 1; k < count; k++) {
+		size_t i = reverse ? count - 1 - k : k;
+
+		if (omit[i])
+			continue;
+		if (!first)
+			evbuffer_add(r->body, ",", 1);
+		first = 0;
+		evbuffer_add(r->body, text + starts[i], starts[i + 1] - starts[i]);
+	}
+	evbuffer_add_printf(r->body, "]}");
 }
 
 /*
@@ -574,17 +631,20 @@ commerce_summary(struct sim *s, int64_t from, int64_t until, struct evbuffer *ou
 	for (size_t i = 0; i < run.n_totals; i++) {
 		const struct total *t = &run.totals[i];
 		char e[64], a[64];
+		_cleanup_free_ char *sum = NULL;
 
 		qty_format(t->expected, e);
 		qty_format(t->actual, a);
+		if (t->actual_text)
+			sum = dec_add(a, t->actual_text);
 		evbuffer_add_printf(out,
 		                    "%s{\"subscriptionId\":\"%s\",\"meterId\":\"%s\","
 		                    "\"expected\":\"%s\",\"actual\":\"%s\",\"expectedEvents\":%llu,"
 		                    "\"actualEvents\":%llu}",
-		                    i ? "," : "", t->sub, t->meter, e, a,
+		                    i ? "," : "", t->sub, t->meter, e, sum ? sum : a,
 		                    (unsigned long long)t->n_expected,
 		                    (unsigned long long)t->n_actual);
-		if (t->expected != t->actual)
+		if (!streq(e, sum ? sum : a)) /* both canonical: equal texts are equal values */
 			n_tmis++;
 	}
 	evbuffer_add_printf(out, "],\"expected\":{\"events\":%llu},\"comparison\":{",
@@ -643,6 +703,7 @@ commerce_summary(struct sim *s, int64_t from, int64_t until, struct evbuffer *ou
 	for (size_t i = 0; i < run.n_totals; i++) {
 		free(run.totals[i].sub);
 		free(run.totals[i].meter);
+		free(run.totals[i].actual_text);
 	}
 	free(run.totals);
 	smap_free(&run.tmap);
@@ -675,11 +736,12 @@ commerce_expected_events(struct sim *s, int64_t from, int64_t until, size_t limi
 			const struct sim_record *rec = &recs[i];
 			const struct sim_resource *res = &w->res[rec->resource];
 			const struct sim_usersub *u = &w->subs[res->usersub];
-			char key[SIM_KEY_LEN + 1], q[32], ts[32], te[32];
+			const struct sim_instance *in = &res->inst[rec->variant];
+			char key[SIM_KEY_LEN + 1], q[SIM_QTY_TEXT], ts[32], te[32];
 			const char *reason, *charged = world_charged(w, res->usersub, &reason);
 
 			world_record_key(w, h, rec, key);
-			world_quantity_text(rec->quantity, rec->style, q);
+			world_quantity_text(rec->quantity, rec->decimals, q);
 			time_format_rfc3339(rec->usage_start, ts);
 			time_format_rfc3339(rec->usage_start + 3600, te);
 			evbuffer_add_printf(
@@ -701,7 +763,7 @@ commerce_expected_events(struct sim *s, int64_t from, int64_t until, size_t limi
 			evbuffer_add_printf(out,
 			                    ",\"location\":\"local\",\"tags\":%s,"
 			                    "\"additionalInfo\":%s}",
-			                    res->tags, res->info);
+			                    in->tags, in->info);
 		}
 	}
 	evbuffer_add(out, "]", 1);
@@ -723,7 +785,6 @@ validate_event(struct sim *s, const struct jevent *e, const char **ret_status,
 	const char *qty = ev_str(e, "quantity");
 	enum jtype tenant = ev_type(e, "tenantId");
 	int64_t t[3];
-	sim_u128 v;
 	bool known = false;
 	int k;
 
@@ -782,14 +843,14 @@ validate_event(struct sim *s, const struct jevent *e, const char **ret_status,
 		*ret_message = "The quantity must be a decimal string.";
 		return -EINVAL;
 	}
-	k = qty_parse(qty, &v);
+	k = qty_check(qty);
 	if (k == -EDOM) {
 		*ret_message = "The quantity passed is lower than 0.";
 		return -EINVAL;
 	}
 	if (k < 0) {
-		*ret_message =
-		        "The quantity passed is not a decimal number with at most 18 decimals.";
+		*ret_message = "The quantity passed is not a decimal number (digits, an optional "
+		               "point, no exponent) with at most 38 significant digits.";
 		return -EINVAL;
 	}
 	known = strcmp(sub, w->reg_sub) == 0;
@@ -1154,46 +1215,71 @@ ev_type(const struct jevent *e, const char *key)
 }
 
 /*
- * Parse a plain decimal string ("2.4000000000", "3") into integers of 10^-18. -EDOM for a
- * negative value, -EINVAL for anything else that is not a decimal, -ERANGE when it does not fit.
+ * Check a quantity against the contract (section 6): a plain decimal string (digits, optionally
+ * a point and more digits; no sign, no exponent) of at most 38 significant digits, counted from
+ * the first non-zero digit to the last digit written (trailing zeros are what the sender wrote).
+ * -EDOM for a negative number, -ERANGE for too many digits, -EINVAL for anything else.
+ */
+static int
+qty_check(const char *text)
+{
+	const char *p = text;
+	unsigned sig = 0;
+	int ip = 0, fp = 0;
+
+	if (*p == '-')
+		return qty_check(p + 1) == 0 && strspn(p + 1, "0.") != strlen(p + 1) ? -EDOM
+		                                                                     : -EINVAL;
+	for (; *p >= '0' && *p <= '9'; p++, ip++)
+		sig += sig > 0 || *p != '0';
+	if (*p == '.') {
+		for (p++; *p >= '0' && *p <= '9'; p++, fp++)
+			sig += sig > 0 || *p != '0';
+		if (fp == 0)
+			return -EINVAL;
+	}
+	if (*p || ip == 0)
+		return -EINVAL;
+	return sig > QTY_DIGITS ? -ERANGE : 0;
+}
+
+/*
+ * The value of a valid quantity in integers of 10^-SIM_QTY_DECIMALS when it is below
+ * 10^QTY_FAST_DIGITS and has no non-zero digit past that many decimals (every generated
+ * quantity does, so one that does not cannot equal its record's); -ERANGE for another valid
+ * quantity (the summary adds it as text), -EINVAL when it is not valid.
  */
 static int
 qty_parse(const char *text, sim_u128 *ret)
 {
-	sim_u128 v = 0;
 	const char *p = text;
+	sim_u128 v = 0;
 	int ip = 0, fp = 0;
 
-	if (*p == '-')
-		return (p[1] >= '0' && p[1] <= '9' && strspn(p + 1, "0.") != strlen(p + 1))
-		               ? -EDOM
-		               : -EINVAL;
-	for (; *p >= '0' && *p <= '9'; p++, ip++) {
-		if (ip >= 20)
+	if (qty_check(text) < 0)
+		return -EINVAL;
+	p += strspn(p, "0");
+	for (; *p >= '0' && *p <= '9'; p++) {
+		if (++ip > QTY_FAST_DIGITS)
 			return -ERANGE;
 		v = v * 10 + (sim_u128)(*p - '0');
 	}
-	if (*p == '.') {
+	if (*p == '.')
 		for (p++; *p >= '0' && *p <= '9'; p++, fp++) {
-			if (fp >= QTY_DECIMALS) {
+			if (fp >= SIM_QTY_DECIMALS) {
 				if (*p != '0')
 					return -ERANGE;
 				continue;
 			}
 			v = v * 10 + (sim_u128)(*p - '0');
 		}
-		if (fp == 0)
-			return -EINVAL;
-	}
-	if (*p || ip == 0)
-		return -EINVAL;
-	for (int i = MIN(fp, QTY_DECIMALS); i < QTY_DECIMALS; i++)
+	for (int i = MIN(fp, SIM_QTY_DECIMALS); i < SIM_QTY_DECIMALS; i++)
 		v *= 10;
 	*ret = v;
 	return 0;
 }
 
-/* Write integers of 10^-18 as plain decimal text without trailing zeros ("2.4", "0"). */
+/* Write integers of 10^-SIM_QTY_DECIMALS as plain decimal text without trailing zeros. */
 static void
 qty_format(sim_u128 v, char out[static 64])
 {
@@ -1203,17 +1289,64 @@ qty_format(sim_u128 v, char out[static 64])
 	do {
 		digits[n++] = (char)('0' + (int)(v % 10));
 		v /= 10;
-	} while (v > 0 || n <= QTY_DECIMALS);
-	for (int i = n - 1; i >= QTY_DECIMALS; i--)
+	} while (v > 0 || n <= SIM_QTY_DECIMALS);
+	for (int i = n - 1; i >= SIM_QTY_DECIMALS; i--)
 		out[k++] = digits[i];
 	out[k++] = '.';
-	for (int i = QTY_DECIMALS - 1; i >= 0; i--)
+	for (int i = SIM_QTY_DECIMALS - 1; i >= 0; i--)
 		out[k++] = digits[i];
 	while (out[k - 1] == '0')
 		k--;
 	if (out[k - 1] == '.')
 		k--;
 	out[k] = '\0';
+}
+
+/*
+ * Add two valid quantities (plain non-negative decimal texts) digit by digit, exactly, whatever
+ * their length; the sum as a new text without leading or trailing zeros, like qty_format.
+ */
+static char *
+dec_add(const char *a, const char *b)
+{
+	const char *ad = strchr(a, '.'), *bd = strchr(b, '.');
+	size_t ai = ad ? (size_t)(ad - a) : strlen(a), bi = bd ? (size_t)(bd - b) : strlen(b);
+	size_t af = ad ? strlen(ad + 1) : 0, bf = bd ? strlen(bd + 1) : 0;
+	size_t ni = MAX(ai, bi) + 1, nf = MAX(af, bf), k = 0;
+	char *sum = xmalloc(ni + nf + 2), *out = xmalloc(ni + nf + 3);
+	unsigned carry = 0;
+
+	/* sum holds ni integer digits then nf fraction digits, filled from the right */
+	for (size_t i = nf; i-- > 0;) {
+		unsigned d = (i < af ? (unsigned)(ad[1 + i] - '0') : 0) +
+		             (i < bf ? (unsigned)(bd[1 + i] - '0') : 0) + carry;
+
+		sum[ni + i] = (char)('0' + d % 10);
+		carry = d / 10;
+	}
+	for (size_t i = 0; i < ni; i++) {
+		unsigned d = (i < ai ? (unsigned)(a[ai - 1 - i] - '0') : 0) +
+		             (i < bi ? (unsigned)(b[bi - 1 - i] - '0') : 0) + carry;
+
+		sum[ni - 1 - i] = (char)('0' + d % 10);
+		carry = d / 10;
+	}
+	while (nf > 0 && sum[ni + nf - 1] == '0')
+		nf--;
+	for (size_t i = 0; i < ni; i++)
+		if (sum[i] != '0' || i == ni - 1) {
+			memcpy(out, sum + i, ni - i);
+			k = ni - i;
+			break;
+		}
+	if (nf > 0) {
+		out[k++] = '.';
+		memcpy(out + k, sum + ni, nf);
+		k += nf;
+	}
+	out[k] = '\0';
+	free(sum);
+	return out;
 }
 
 /* Tell whether s is written exactly as YYYY-MM-DDTHH:MM:SSZ. */
@@ -1462,8 +1595,7 @@ expected_totals(struct sim *s, int64_t first, int64_t end)
 		size_t n = world_hour_records(w, h, c->recs);
 
 		for (size_t i = 0; i < n; i++)
-			agg_add(&c->exp, agg_key(w, &c->recs[i]),
-			        (sim_u128)c->recs[i].quantity * QTY_TO_TOTAL, 1);
+			agg_add(&c->exp, agg_key(w, &c->recs[i]), c->recs[i].quantity, 1);
 		c->exp_events += n;
 	}
 	c->exp_end = MAX(c->exp_end, end);
@@ -1507,8 +1639,8 @@ compare_hour(struct run *run, int64_t h, struct group *gr)
 	run->hours_compared++;
 	n = world_hour_records(w, h, c->recs);
 	for (size_t i = 0; i < n; i++) /* the rows give this hour's actual totals instead */
-		agg_add(&run->base, agg_key(w, &c->recs[i]),
-		        (sim_u128)0 - (sim_u128)c->recs[i].quantity * QTY_TO_TOTAL, UINT64_MAX);
+		agg_add(&run->base, agg_key(w, &c->recs[i]), (sim_u128)0 - c->recs[i].quantity,
+		        UINT64_MAX);
 	if (!gr) {
 		run->counts[K_MISSING] += n;
 		for (size_t i = 0; i < n && run->counts[K_MISSING] - n + i < LIST_MAX; i++) {
@@ -1564,40 +1696,47 @@ compare_rows(struct run *run, struct group *gr, int64_t h, const struct sim_reco
 		const char *id = column(q, C_ID), *qty = column(q, C_QUANTITY);
 		long idx = recs ? key_find(c, id) : -1;
 		sim_u128 v = 0;
+		int k = qty ? qty_parse(qty, &v) : -EINVAL;
+		bool big = k == -ERANGE; /* valid, but added as text */
 
 		run->accepted++;
-		if (!qty || qty_parse(qty, &v) < 0) {
-			run->unparsable++;
+		if (k < 0) {
+			run->unparsable += !big;
 			v = 0;
 		}
 		if (idx < 0) {
 			list_key(run->lists[K_EXTRA], run->counts[K_EXTRA]++, id);
-			total_add(run, column(q, C_SUBSCRIPTION), column(q, C_METER), v);
+			total_add(run, column(q, C_SUBSCRIPTION), column(q, C_METER), v,
+			          big ? qty : NULL);
 			continue;
 		}
 		c->seen[idx] = 1;
-		compare_row(run, q, &recs[idx], th, v);
+		compare_row(run, q, &recs[idx], th, v, big);
 	}
 	sqlite3_reset(q);
 }
 
-/* Compare one row with the record its key names. */
+/*
+ * Compare one row with the record its key names (v: its quantity; big: a valid quantity outside
+ * the integer range, which no generated quantity is).
+ */
 static void
 compare_row(struct run *run, sqlite3_stmt *q, const struct sim_record *rec, const char *th,
-            sim_u128 v)
+            sim_u128 v, bool big)
 {
 	const struct sim_world *w = &run->s->world;
 	const struct sim_resource *res = &w->res[rec->resource];
+	const struct sim_instance *in = &res->inst[rec->variant];
 	const struct sim_usersub *u = &w->subs[res->usersub];
 	const struct sim_tenant *t = &w->tenants[u->tenant];
 	const char *id = column(q, C_ID), *sub = column(q, C_SUBSCRIPTION);
 	const char *meter = column(q, C_METER), *qty = column(q, C_QUANTITY), *reason;
 	const char *charged = world_charged(w, res->usersub, &reason);
 	const char *tenant = t->unlisted ? NULL : t->id;
-	char lit[32], ts[32], te[32];
+	char lit[SIM_QTY_TEXT], ts[32], te[32];
 	bool wrong[F_MAX] = {false}, any = false;
 
-	world_quantity_text(rec->quantity, rec->style, lit);
+	world_quantity_text(rec->quantity, rec->decimals, lit);
 	world_format_time(rec->usage_start, true, ts);
 	world_format_time(rec->usage_start + 3600, true, te);
 	if (!sub || strcasecmp(sub, charged) != 0)
@@ -1608,7 +1747,7 @@ compare_row(struct run *run, sqlite3_stmt *q, const struct sim_record *rec, cons
 		list_pair(run, K_TENANT, id, tenant, column(q, C_TENANT));
 	if (!streq_ptr(column(q, C_SOURCE), u->id))
 		list_pair(run, K_SOURCE, id, u->id, column(q, C_SOURCE));
-	if (v != (sim_u128)rec->quantity * QTY_TO_TOTAL || !qty)
+	if (big || v != rec->quantity || !qty)
 		list_pair(run, K_QUANTITY, id, lit, qty);
 	else if (!streq(qty, lit))
 		list_pair(run, K_LITERAL, id, lit, qty);
@@ -1619,8 +1758,8 @@ compare_row(struct run *run, sqlite3_stmt *q, const struct sim_record *rec, cons
 	wrong[F_REPORTED_START] = !streq_ptr(column(q, C_REPORTED_START), th);
 	wrong[F_RESOURCE] = !streq_ptr(column(q, C_RESOURCE), res->uri);
 	wrong[F_LOCATION] = !streq_ptr(column(q, C_LOCATION), "local");
-	wrong[F_TAGS] = !json_text_equal(column(q, C_TAGS), res->tags);
-	wrong[F_INFO] = !json_text_equal(column(q, C_INFO), res->info);
+	wrong[F_TAGS] = !json_text_equal(column(q, C_TAGS), in->tags);
+	wrong[F_INFO] = !json_text_equal(column(q, C_INFO), in->info);
 	for (int f = 0; f < F_MAX; f++)
 		if (wrong[f]) {
 			run->field_counts[f]++;
@@ -1629,11 +1768,11 @@ compare_row(struct run *run, sqlite3_stmt *q, const struct sim_record *rec, cons
 	if (any)
 		list_fields(run, id, wrong);
 	/* charged where the record says: its totals by index, else by the row's own text */
-	if (sub && meter && strcasecmp(sub, charged) == 0 &&
+	if (!big && sub && meter && strcasecmp(sub, charged) == 0 &&
 	    strcasecmp(meter, w->meters[rec->meter]) == 0)
 		agg_add(&run->actual, agg_key(w, rec), v, 1);
 	else
-		total_add(run, sub, meter, v);
+		total_add(run, sub, meter, v, big ? qty : NULL);
 }
 
 /* A text column of the current row (NULL for SQL NULL). */
@@ -1643,15 +1782,22 @@ column(sqlite3_stmt *q, enum column col)
 	return (const char *)sqlite3_column_text(q, (int)col);
 }
 
-/* Add a row's quantity to the totals of its own (subscription, meter) text. */
+/* Add a row's quantity (v, or text when it is outside the integer range) to its own totals. */
 static void
-total_add(struct run *run, const char *sub, const char *meter, sim_u128 v)
+total_add(struct run *run, const char *sub, const char *meter, sim_u128 v, const char *text)
 {
 	size_t t = total_slot(&run->tmap, &run->totals, &run->n_totals, sub ? sub : "",
 	                      meter ? meter : "");
+	struct total *tot = &run->totals[t];
 
-	run->totals[t].actual += v;
-	run->totals[t].n_actual++;
+	tot->actual += v;
+	tot->n_actual++;
+	if (text) {
+		char *sum = dec_add(tot->actual_text ? tot->actual_text : "0", text);
+
+		free(tot->actual_text);
+		tot->actual_text = sum;
+	}
 }
 
 /*

@@ -26,6 +26,9 @@
 #define JWT_SKEW       60
 #define JWT_DATE_MAX   9007199254740992.0 /* 2^53: past it a double no longer counts seconds */
 #define ASSERTION_TYPE "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+#define MSIS_CLIENT_AUTH                                                                            \
+	"MSIS9622: Client authentication failed. Please verify the credential provided for client " \
+	"authentication is valid."
 #define CERT_DOCS                      \
 	"Review the documentation at " \
 	"https://learn.microsoft.com/entra/identity-platform/certificate-credentials ."
@@ -47,6 +50,8 @@ static void azure_time(int64_t t, char out[static 40]);
 static unsigned char *b64_decode(const char *s, size_t n, size_t *ret_size);
 static bool audience_eq(const char *a, const char *b);
 static const struct sim_client *find_client(const struct sim *s, const char *id);
+static void token_error(struct sim_response *r, bool adfs, int status, const char *error,
+                        const char *aad_description, const char *msis_description);
 
 /*
  * Answer a token request like Azure AD / AD FS do. The stamp's identity decides who issues the
@@ -73,8 +78,9 @@ identity_token(struct sim *s, struct evhttp_request *req, const char *path, stru
 	evbuffer_copyout(in, body, n);
 	body[n] = '\0';
 	if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
-		identity_error(r, 405, "invalid_request",
-		               "AADSTS900561: The endpoint only accepts POST requests.");
+		token_error(r, adfs_path, 405, "invalid_request",
+		            "AADSTS900561: The endpoint only accepts POST requests.",
+		            "MSIS9200: The OAuth token endpoint only accepts POST requests.");
 		return;
 	}
 	if (!adfs_path && !isempty(w->aad_tenant)) {
@@ -89,8 +95,10 @@ identity_token(struct sim *s, struct evhttp_request *req, const char *path, stru
 		}
 	}
 	if (evhttp_parse_query_str(body, &form) < 0) {
-		identity_error(r, 400, "invalid_request",
-		               "AADSTS900144: The request body must be form-encoded.");
+		token_error(r, adfs_path, 400, "invalid_request",
+		            "AADSTS900144: The request body must be form-encoded.",
+		            "MSIS9201: Received invalid OAuth request. The request body must be "
+		            "form-encoded.");
 		return;
 	}
 	grant = evhttp_find_header(&form, "grant_type");
@@ -100,15 +108,20 @@ identity_token(struct sim *s, struct evhttp_request *req, const char *path, stru
 	assertion = evhttp_find_header(&form, "client_assertion");
 	atype = evhttp_find_header(&form, "client_assertion_type");
 	if (!grant || !streq(grant, "client_credentials")) {
-		identity_error(r, 400, "unsupported_grant_type",
-		               "AADSTS70003: The app requested an unsupported grant type.");
+		token_error(r, adfs_path, 400, "unsupported_grant_type",
+		            "AADSTS70003: The app requested an unsupported grant type.",
+		            "MSIS9611: The authorization server does not support the requested "
+		            "'grant_type'.");
 		goto out;
 	}
 	c = client_id ? find_client(s, client_id) : NULL;
 	if (!c) {
-		identity_error(r, 400, "unauthorized_client",
-		               "AADSTS700016: Application with the given identifier was not found "
-		               "in the directory.");
+		token_error(r, adfs_path, 400, adfs_path ? "invalid_client" : "unauthorized_client",
+		            "AADSTS700016: Application with the given identifier was not found in "
+		            "the directory.",
+		            "MSIS9224: Received invalid OAuth token request. The received "
+		            "'client_id' is invalid as no registered client was found with this "
+		            "client identifier.");
 		goto out;
 	}
 	/* which audiences this issuer knows (see above) */
@@ -120,42 +133,49 @@ identity_token(struct sim *s, struct evhttp_request *req, const char *path, stru
 		known = (!w->adfs && audience_eq(resource, w->aud_stack)) ||
 		        audience_eq(resource, w->aud_arm) || audience_eq(resource, w->aud_commerce);
 	if (!known) {
-		identity_error(r, 400, "invalid_resource",
-		               "AADSTS500011: The resource principal was not found in the tenant.");
+		token_error(r, adfs_path, 400, "invalid_resource",
+		            "AADSTS500011: The resource principal was not found in the tenant.",
+		            "MSIS9602: The received 'resource' parameter is not a valid relying "
+		            "party identifier.");
 		goto out;
 	}
 	if (secret) {
 		if (!c->secret || strlen(secret) != strlen(c->secret) ||
 		    CRYPTO_memcmp(secret, c->secret, strlen(secret)) != 0) {
-			identity_error(r, 401, "invalid_client",
-			               "AADSTS7000215: Invalid client secret provided.");
+			token_error(r, adfs_path, 401, "invalid_client",
+			            "AADSTS7000215: Invalid client secret provided.",
+			            MSIS_CLIENT_AUTH);
 			goto out;
 		}
 	} else if (assertion) {
 		struct refusal why;
 
 		if (!atype || !streq(atype, ASSERTION_TYPE)) {
-			identity_error(r, 400, "invalid_request",
-			               "AADSTS700025: client_assertion_type must be " ASSERTION_TYPE
-			               ".");
+			token_error(r, adfs_path, 400, "invalid_request",
+			            "AADSTS700025: client_assertion_type must be " ASSERTION_TYPE
+			            ".",
+			            "MSIS9622: The 'client_assertion_type' must be " ASSERTION_TYPE
+			            ".");
 			goto out;
 		}
 		endpoint = xasprintf("https://%s%s", host ? host : "", path);
 		if (!c->pubkey) {
-			identity_error(
-			        r, 401, "invalid_client",
-			        "AADSTS700027: No certificate is registered for the client.");
+			token_error(r, adfs_path, 401, "invalid_client",
+			            "AADSTS700027: No certificate is registered for the client.",
+			            MSIS_CLIENT_AUTH);
 			goto out;
 		}
 		if (check_assertion(s, c, assertion, endpoint, &why) < 0) {
-			identity_error(r, why.status, why.error, why.description);
+			/* AD FS does not say which check failed */
+			token_error(r, adfs_path, why.status, why.error, why.description,
+			            MSIS_CLIENT_AUTH);
 			goto out;
 		}
 	} else {
-		identity_error(
-		        r, 400, "invalid_client",
-		        "AADSTS7000218: The request body must contain the following parameter: "
-		        "'client_assertion' or 'client_secret'.");
+		token_error(r, adfs_path, 400, "invalid_client",
+		            "AADSTS7000218: The request body must contain the following parameter: "
+		            "'client_assertion' or 'client_secret'.",
+		            MSIS_CLIENT_AUTH);
 		goto out;
 	}
 
@@ -184,6 +204,14 @@ identity_token(struct sim *s, struct evhttp_request *req, const char *path, stru
 	t->audience = xstrdup(resource);
 	t->expires = (int64_t)now + w->token_lifetime;
 	r->status = 200;
+	if (adfs_path) {
+		/* AD FS: lower-case bearer, expires_in a number, no expires_on or not_before */
+		evbuffer_add_printf(r->body,
+		                    "{\"access_token\":\"%s\",\"token_type\":\"bearer\","
+		                    "\"expires_in\":%u}",
+		                    t->value, w->token_lifetime);
+		goto out;
+	}
 	evbuffer_add_printf(
 	        r->body,
 	        "{\"token_type\":\"Bearer\",\"expires_in\":\"%u\",\"expires_on\":\"%lld\","
@@ -319,6 +347,33 @@ identity_error(struct sim_response *r, int status, const char *error, const char
 	evbuffer_add_printf(r->body,
 	                    "],\"timestamp\":\"%s\",\"trace_id\":\"%s\",\"correlation_id\":\"%s\"}",
 	                    ts, trace, corr);
+}
+
+/*
+ * Write an OAuth2 error like AD FS: error and an error_description starting with its MSIS code,
+ * nothing else (no error_codes, timestamp or trace ids).
+ */
+void
+identity_error_adfs(struct sim_response *r, int status, const char *error, const char *description)
+{
+	evbuffer_drain(r->body, evbuffer_get_length(r->body));
+	r->status = status;
+	evbuffer_add_printf(r->body, "{\"error\":");
+	sim_json_str(r->body, error);
+	evbuffer_add_printf(r->body, ",\"error_description\":");
+	sim_json_str(r->body, description);
+	evbuffer_add_printf(r->body, "}");
+}
+
+/* Refuse a token request the way the issuer that was asked does (AD FS or Azure AD). */
+static void
+token_error(struct sim_response *r, bool adfs, int status, const char *error,
+            const char *aad_description, const char *msis_description)
+{
+	if (adfs)
+		identity_error_adfs(r, status == 401 ? 400 : status, error, msis_description);
+	else
+		identity_error(r, status, error, aad_description);
 }
 
 /*

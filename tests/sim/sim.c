@@ -19,13 +19,19 @@
  *   {"endpoint": "metadata|token|usage|subscriptions|arm|commerce|any", "method", "path",
  *    "status": 503, "code", "message", "retryAfter": "2" | "http-date:+5",
  *    "action": "status|timeout|reset|slow|delay|malformed|events|poison|nextLinkLoop|
- *               changeQuantity",
+ *               changeQuantity|notReady|lateRecords|expireToken|nextLinkAuthority|
+ *               deleteSubscriptions|omitResults|reorderResults",
  *    "times": N, "after": N, "rate": 0..1, "delayMs", "events": [usageEventId…], "hour", "count",
- *    "delta"}
+ *    "delta", "body", "authority", "subscriptions": [id…], "afterProcessing": true}
  * A matching request counts as seen; the rule fires once seen > after, while fired < times and
  * (with rate) when the seeded generator draws below rate. status/timeout/reset/slow/delay/
- * malformed are applied here around the handler; events/poison (Commerce) and nextLinkLoop/
- * changeQuantity (usage) are taken by those handlers. README.md has the details.
+ * malformed are applied here around the handler (timeout/reset after it with afterProcessing);
+ * the others are taken by the handlers: events/poison/omitResults/reorderResults (Commerce),
+ * nextLinkLoop/changeQuantity/notReady/lateRecords/expireToken (usage), nextLinkAuthority
+ * (usage, subscriptions), deleteSubscriptions (subscriptions). README.md has the details.
+ *
+ * ARM answers customerSubscriptions PUT with 201 and no body and DELETE with 204, as
+ * documented; POST /_sim/arm (or the scenario's armAnswers) picks the other documented forms.
  *
  * Speed: usage records are formatted once per generated hour and pages are concatenations; the
  * Commerce body is parsed flat in place; the ledger is written in one transaction per batch; the
@@ -89,6 +95,42 @@ static const char *const subs_versions[] = {SUBS_API_VERSION, NULL};
 static const char *const registration_versions[] = {"2017-06-01", "2020-06-01-preview",
                                                     "2022-06-01", NULL};
 
+static const char *const action_names[SIM_ACT_MAX] = {
+        [SIM_ACT_STATUS] = "status",
+        [SIM_ACT_TIMEOUT] = "timeout",
+        [SIM_ACT_RESET] = "reset",
+        [SIM_ACT_SLOW] = "slow",
+        [SIM_ACT_DELAY] = "delay",
+        [SIM_ACT_MALFORMED] = "malformed",
+        [SIM_ACT_EVENTS] = "events",
+        [SIM_ACT_POISON] = "poison",
+        [SIM_ACT_NEXTLINK_LOOP] = "nextLinkLoop",
+        [SIM_ACT_CHANGE_QUANTITY] = "changeQuantity",
+        [SIM_ACT_NOT_READY] = "notReady",
+        [SIM_ACT_LATE_RECORDS] = "lateRecords",
+        [SIM_ACT_EXPIRE_TOKEN] = "expireToken",
+        [SIM_ACT_NEXTLINK_AUTHORITY] = "nextLinkAuthority",
+        [SIM_ACT_DELETE_SUBSCRIPTIONS] = "deleteSubscriptions",
+        [SIM_ACT_OMIT_RESULTS] = "omitResults",
+        [SIM_ACT_REORDER_RESULTS] = "reorderResults",
+};
+
+static const char *const put_answers[] = {
+        [SIM_PUT_201_EMPTY] = "201-empty",
+        [SIM_PUT_201_BODY] = "201-body",
+        [SIM_PUT_200_BODY] = "200-body",
+        [SIM_PUT_200_EMPTY] = "200-empty",
+};
+static const char *const delete_answers[] = {
+        [SIM_DELETE_204] = "204",
+        [SIM_DELETE_200_204] = "200-204",
+};
+static const char *const list_answers[] = {
+        [SIM_LIST_VALUE] = "value",
+        [SIM_LIST_NONE] = "none",
+        [SIM_LIST_OBJECT] = "object",
+};
+
 static const char *const endpoint_names[SIM_EP_MAX] = {
         "metadata", "token", "usage", "subscriptions", "arm", "commerce", "control", "unknown",
 };
@@ -108,6 +150,14 @@ static const struct {
         {"CustomerSubscriptionNotFound", "The customer subscription was not found."},
         {"InvalidCSPSubscription", "The provided subscription is not a CSP subscription."},
         {"MetadataResolverBadGatewayError", "The metadata resolver returned a bad gateway error."},
+        {"SubscriberIdIsNotDirectTenant",
+         "The subscriber is not a direct tenant of the provider: its usage is reported to its "
+         "own provider."},
+        {"ProcessingNotComplete",
+         "Usage data processing is not complete for the requested reported time range. Try "
+         "again later."},
+        {"ExpiredContinuationToken",
+         "The continuation token has expired. Start the query again without it."},
         {"RequestEndTimeIsInFuture",
          "The value for ReportedEndTime is in the future. Values in the future are not allowed "
          "for this argument."},
@@ -123,12 +173,20 @@ static struct bufferevent *on_bev(struct event_base *base, void *arg);
 static void on_signal(evutil_socket_t fd, short what, void *arg);
 static int classify(struct sim *s, const char *path, char **seg, int nseg);
 static void send_response(struct evhttp_request *req, struct sim_response *r);
-static void fault_reply(struct sim_rule *rule, int ep, struct sim_response *r);
+static void fault_reply(struct sim_rule *rule, int ep, const char *path, struct sim_response *r);
 static struct sim_rule *fault_generic(struct sim *s, int ep, struct evhttp_request *req,
                                       const char *path);
 static bool rule_fires(struct sim *s, struct sim_rule *rule);
-static int delta_parse(const char *text, int64_t *ret);
-static uint64_t changed_quantity(uint64_t quantity, int64_t delta);
+static int delta_parse(const char *text, sim_i128 *ret);
+static sim_i128 pow10_i128(unsigned n);
+static sim_u128 changed_quantity(sim_u128 quantity, sim_i128 delta);
+static void next_link_authority(struct sim *s, struct evhttp_request *req, int ep,
+                                struct evbuffer *b);
+static void not_ready(struct sim_rule *rule, struct sim_response *r);
+static char *retry_after_value(const struct sim_rule *rule);
+static int arm_answers_load(struct sim *s, json_t *o, char **ret_error);
+static json_t *arm_answers_dump(const struct sim *s);
+static int answer_index(const char *text, const char *const *names, size_t n);
 static int faults_load(struct sim *s, json_t *plan, char **ret_error);
 static void faults_free(struct sim *s);
 static json_t *faults_dump(const struct sim *s);
@@ -289,8 +347,13 @@ main(int argc, char **argv)
 		fprintf(stderr, "azs-sim: scenario faults: %s\n", err);
 		goto out;
 	}
+	if (s.world.arm_answers && arm_answers_load(&s, s.world.arm_answers, &err) < 0) {
+		fprintf(stderr, "azs-sim: scenario %s\n", err);
+		goto out;
+	}
 	s.hour_queries = json_object();
 	s.loops = json_object();
+	s.expired = json_object();
 	if (commerce_open(&s) < 0)
 		goto out;
 	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
@@ -374,6 +437,7 @@ out:
 	log_reset(&s);
 	json_decref(s.hour_queries);
 	json_decref(s.loops);
+	json_decref(s.expired);
 	world_free(&s.world);
 	json_decref(sc);
 	free(authority);
@@ -433,9 +497,9 @@ sim_arm_error(struct sim_response *r, int status, const char *code, const char *
 }
 
 /*
- * Take a handler-specific rule (poison, per-event code, nextLink loop, changed quantities) for
- * an endpoint: the first one that names event_id (when given) and hour (when the rule has one)
- * and whose counters let it fire.
+ * Take a handler-specific rule (poison, per-event code, nextLink loop, changed quantities, ...)
+ * for an endpoint: the first one that names event_id (when given; without it, only rules without
+ * an events list) and hour (when the rule has one) and whose counters let it fire.
  */
 struct sim_rule *
 sim_fault_take(struct sim *s, int endpoint, enum sim_action action, const char *event_id,
@@ -446,7 +510,7 @@ sim_fault_take(struct sim *s, int endpoint, enum sim_action action, const char *
 
 		if (rule->action != action || (rule->endpoint >= 0 && rule->endpoint != endpoint))
 			continue;
-		if (event_id && !sim_rule_has_event(rule, event_id))
+		if (event_id ? !sim_rule_has_event(rule, event_id) : rule->n_events > 0)
 			continue;
 		if (hour >= 0 && rule->hour >= 0 && rule->hour != hour)
 			continue;
@@ -502,14 +566,14 @@ on_request(struct evhttp_request *req, void *arg)
 	}
 	rule = fault_generic(s, ep, req, path);
 	if (rule && rule->action == SIM_ACT_STATUS) {
-		fault_reply(rule, ep, &r);
+		fault_reply(rule, ep, path, &r);
 		log_request(s, req, ep, path, r.status, "status", 0);
 		send_response(req, &r);
 		goto out;
 	}
-	if (rule && (rule->action == SIM_ACT_TIMEOUT || rule->action == SIM_ACT_RESET)) {
-		log_request(s, req, ep, path, 0,
-		            rule->action == SIM_ACT_TIMEOUT ? "timeout" : "reset", 0);
+	if (rule && (rule->action == SIM_ACT_TIMEOUT || rule->action == SIM_ACT_RESET) &&
+	    !rule->after_processing) {
+		log_request(s, req, ep, path, 0, action_names[rule->action], 0);
 		if (rule->action == SIM_ACT_RESET)
 			hold(s, req, &r, SIM_ACT_RESET, 0);
 		goto out; /* a time-out never answers: evhttp frees the request when the peer goes
@@ -542,6 +606,16 @@ on_request(struct evhttp_request *req, void *arg)
 		sim_arm_error(&r, 404, "NotFound", "The requested path does not exist.");
 		break;
 	}
+	if (rule && (rule->action == SIM_ACT_TIMEOUT || rule->action == SIM_ACT_RESET)) {
+		/* afterProcessing: the handler did its work (a batch is in the ledger), the answer
+		 * is lost */
+		log_request(s, req, ep, path, 0,
+		            rule->action == SIM_ACT_TIMEOUT ? "timeout-after" : "reset-after",
+		            r.events);
+		if (rule->action == SIM_ACT_RESET)
+			hold(s, req, &r, SIM_ACT_RESET, 0);
+		goto out;
+	}
 	if (rule && rule->action == SIM_ACT_MALFORMED) {
 		size_t n = evbuffer_get_length(r.body);
 
@@ -550,12 +624,7 @@ on_request(struct evhttp_request *req, void *arg)
 		if (evbuffer_get_length(r.body) == 0)
 			evbuffer_add_printf(r.body, "{\"value\":[{\"id\":");
 	}
-	log_request(s, req, ep, path, r.status,
-	            rule ? (rule->action == SIM_ACT_MALFORMED ? "malformed"
-	                    : rule->action == SIM_ACT_SLOW    ? "slow"
-	                                                      : "delay")
-	                 : NULL,
-	            r.events);
+	log_request(s, req, ep, path, r.status, rule ? action_names[rule->action] : NULL, r.events);
 	if (rule && (rule->action == SIM_ACT_SLOW || rule->action == SIM_ACT_DELAY)) {
 		hold(s, req, &r, rule->action, rule->delay_ms ? rule->delay_ms : 200);
 		goto out;
@@ -628,7 +697,8 @@ send_response(struct evhttp_request *req, struct sim_response *r)
 
 	if (hash_uuid4(id) < 0)
 		abort();
-	evhttp_add_header(out, "Content-Type", "application/json; charset=utf-8");
+	if (evbuffer_get_length(r->body) > 0)
+		evhttp_add_header(out, "Content-Type", "application/json; charset=utf-8");
 	evhttp_add_header(out, "x-ms-request-id", id);
 	if (r->retry_after)
 		evhttp_add_header(out, "Retry-After", r->retry_after);
@@ -639,7 +709,7 @@ send_response(struct evhttp_request *req, struct sim_response *r)
 
 /* Write the error answer of a status fault, shaped like the endpoint's own errors. */
 static void
-fault_reply(struct sim_rule *rule, int ep, struct sim_response *r)
+fault_reply(struct sim_rule *rule, int ep, const char *path, struct sim_response *r)
 {
 	static const struct {
 		int status;
@@ -665,7 +735,13 @@ fault_reply(struct sim_rule *rule, int ep, struct sim_response *r)
 			code = defaults[i].code;
 	if (!code)
 		code = "SimulatedFault";
-	if (ep == SIM_EP_TOKEN) {
+	if (ep == SIM_EP_TOKEN && strncmp(path, "/adfs/", 6) == 0) {
+		identity_error_adfs(r, rule->status, rule->code ? rule->code : "server_error",
+		                    rule->message ? rule->message
+		                                  : "MSIS7012: An error occurred while processing "
+		                                    "the request. Contact your administrator for "
+		                                    "details.");
+	} else if (ep == SIM_EP_TOKEN) {
 		identity_error(r, rule->status, rule->code ? rule->code : "temporarily_unavailable",
 		               rule->message
 		                       ? rule->message
@@ -677,19 +753,25 @@ fault_reply(struct sim_rule *rule, int ep, struct sim_response *r)
 	if (rule->status == 401)
 		r->www_authenticate = "Bearer authorization_uri=\"https://login.windows.net/\", "
 		                      "error=\"invalid_token\"";
-	if (rule->retry_after) {
-		if (strncmp(rule->retry_after, "http-date:", 10) == 0) {
-			time_t t = time(NULL) + strtol(rule->retry_after + 10, NULL, 10);
-			char buf[64];
-			struct tm tm;
+	r->retry_after = retry_after_value(rule);
+}
 
-			gmtime_r(&t, &tm);
-			strftime(buf, sizeof(buf), "%a, %d %b %Y %H:%M:%S GMT", &tm);
-			r->retry_after = xstrdup(buf);
-		} else {
-			r->retry_after = xstrdup(rule->retry_after);
-		}
+/* The Retry-After value of a rule: its seconds, or an HTTP date that many seconds ahead. */
+static char *
+retry_after_value(const struct sim_rule *rule)
+{
+	if (!rule->retry_after)
+		return NULL;
+	if (strncmp(rule->retry_after, "http-date:", 10) == 0) {
+		time_t t = time(NULL) + strtol(rule->retry_after + 10, NULL, 10);
+		char buf[64];
+		struct tm tm;
+
+		gmtime_r(&t, &tm);
+		strftime(buf, sizeof(buf), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+		return xstrdup(buf);
 	}
+	return xstrdup(rule->retry_after);
 }
 
 /* The first generic rule (status, time-out, reset, slow, delay, malformed) that fires. */
@@ -743,24 +825,24 @@ rule_fires(struct sim *s, struct sim_rule *rule)
 }
 
 /*
- * Parse a changeQuantity delta ("2.5", "-0.0000000001", "3") into integers of 10^-10, the unit of
- * the generated quantities; at most 10 decimals and 8 integer digits.
+ * Parse a changeQuantity delta ("2.5", "-0.0000000001", "3") into integers of 10^-20, the unit of
+ * the generated quantities; at most 20 decimals and 12 integer digits.
  */
 static int
-delta_parse(const char *text, int64_t *ret)
+delta_parse(const char *text, sim_i128 *ret)
 {
 	const char *p = text + (*text == '-');
-	int64_t v = 0;
+	sim_i128 v = 0;
 	int ip = 0, fp = 0;
 
 	for (; *p >= '0' && *p <= '9'; p++, ip++) {
-		if (ip == 8)
+		if (ip == 12)
 			return -ERANGE;
 		v = v * 10 + (*p - '0');
 	}
 	if (*p == '.') {
 		for (p++; *p >= '0' && *p <= '9'; p++, fp++) {
-			if (fp == 10)
+			if (fp == SIM_QTY_DECIMALS)
 				return -ERANGE;
 			v = v * 10 + (*p - '0');
 		}
@@ -769,37 +851,25 @@ delta_parse(const char *text, int64_t *ret)
 	}
 	if (*p || ip == 0)
 		return -EINVAL;
-	for (; fp < 10; fp++)
+	for (; fp < SIM_QTY_DECIMALS; fp++)
 		v *= 10;
 	*ret = *text == '-' ? -v : v;
 	return 0;
 }
 
 /* A quantity moved by a delta, clamped at zero (a usage quantity is never negative). */
-static uint64_t
-changed_quantity(uint64_t quantity, int64_t delta)
+static sim_u128
+changed_quantity(sim_u128 quantity, sim_i128 delta)
 {
-	if (delta < 0 && (uint64_t)(-delta) > quantity)
+	if (delta < 0 && (sim_u128)(-delta) > quantity)
 		return 0;
-	return delta < 0 ? quantity - (uint64_t)(-delta) : quantity + (uint64_t)delta;
+	return delta < 0 ? quantity - (sim_u128)(-delta) : quantity + (sim_u128)delta;
 }
 
 /* Replace the fault plan with a JSON list of rules. */
 static int
 faults_load(struct sim *s, json_t *plan, char **ret_error)
 {
-	static const char *const actions[] = {
-	        [SIM_ACT_STATUS] = "status",
-	        [SIM_ACT_TIMEOUT] = "timeout",
-	        [SIM_ACT_RESET] = "reset",
-	        [SIM_ACT_SLOW] = "slow",
-	        [SIM_ACT_DELAY] = "delay",
-	        [SIM_ACT_MALFORMED] = "malformed",
-	        [SIM_ACT_EVENTS] = "events",
-	        [SIM_ACT_POISON] = "poison",
-	        [SIM_ACT_NEXTLINK_LOOP] = "nextLinkLoop",
-	        [SIM_ACT_CHANGE_QUANTITY] = "changeQuantity",
-	};
 	struct sim_rule *rules;
 	size_t n;
 
@@ -817,6 +887,7 @@ faults_load(struct sim *s, json_t *plan, char **ret_error)
 		const char *ep = json_string_value(json_object_get(o, "endpoint"));
 		const char *action = json_string_value(json_object_get(o, "action"));
 		const char *hour = json_string_value(json_object_get(o, "hour"));
+		const char *body = json_string_value(json_object_get(o, "body"));
 		json_t *events = json_object_get(o, "events");
 		bool ok = json_is_object(o);
 
@@ -848,6 +919,13 @@ faults_load(struct sim *s, json_t *plan, char **ret_error)
 		if (json_object_get(o, "path"))
 			rule->path_contains = xstrdup(
 			        str_or_empty(json_string_value(json_object_get(o, "path"))));
+		if (json_object_get(o, "authority"))
+			rule->authority = xstrdup(
+			        str_or_empty(json_string_value(json_object_get(o, "authority"))));
+		rule->body = xstrdup(body ? body : "error");
+		ok = ok && (streq(rule->body, "error") || streq(rule->body, "flat") ||
+		            streq(rule->body, "empty"));
+		rule->after_processing = json_is_true(json_object_get(o, "afterProcessing"));
 		v = json_object_get(o, "rate");
 		if (v)
 			rule->rate = json_number_value(v);
@@ -858,6 +936,9 @@ faults_load(struct sim *s, json_t *plan, char **ret_error)
 		rule->delay_ms = (unsigned)json_integer_value(json_object_get(o, "delayMs"));
 		if (hour && time_parse_rfc3339(hour, &rule->hour) < 0)
 			ok = false;
+		/* events: usageEventIds; subscriptions: the user subscriptions to delete */
+		if (!json_is_array(events))
+			events = json_object_get(o, "subscriptions");
 		if (json_is_array(events)) {
 			rule->n_events = json_array_size(events);
 			rule->events = xcalloc(rule->n_events + 1, sizeof(char *));
@@ -868,8 +949,8 @@ faults_load(struct sim *s, json_t *plan, char **ret_error)
 		if (action) {
 			bool found = false;
 
-			for (size_t a = 0; a < ARRAY_SIZE(actions); a++)
-				if (streq(action, actions[a])) {
+			for (size_t a = 0; a < ARRAY_SIZE(action_names); a++)
+				if (streq(action, action_names[a])) {
 					rule->action = (enum sim_action)a;
 					found = true;
 				}
@@ -881,16 +962,26 @@ faults_load(struct sim *s, json_t *plan, char **ret_error)
 		}
 		if (rule->action == SIM_ACT_STATUS && (rule->status < 100 || rule->status > 599))
 			ok = false;
-		if (rule->action == SIM_ACT_CHANGE_QUANTITY && rule->count == 0)
+		if (rule->status != 0 && (rule->status < 100 || rule->status > 599))
+			ok = false;
+		if ((rule->action == SIM_ACT_CHANGE_QUANTITY ||
+		     rule->action == SIM_ACT_LATE_RECORDS ||
+		     rule->action == SIM_ACT_OMIT_RESULTS) &&
+		    rule->count == 0)
 			rule->count = 1;
-		rule->delta = (int64_t)SIM_QTY_SCALE;
+		rule->delta = pow10_i128(SIM_QTY_DECIMALS);
 		v = json_object_get(o, "delta");
 		if (json_is_integer(v) && json_integer_value(v) > -100000000 &&
 		    json_integer_value(v) < 100000000)
-			rule->delta = (int64_t)json_integer_value(v) * (int64_t)SIM_QTY_SCALE;
+			rule->delta =
+			        (sim_i128)json_integer_value(v) * pow10_i128(SIM_QTY_DECIMALS);
 		else if (v && (!json_is_string(v) ||
 		               delta_parse(json_string_value(v), &rule->delta) < 0))
 			ok = false;
+		rule->delta_text = json_is_string(v) ? xstrdup(json_string_value(v))
+		                   : json_is_integer(v)
+		                           ? xasprintf("%lld", (long long)json_integer_value(v))
+		                           : xstrdup("1");
 		if (!ok || rule->rate < 0 || rule->rate > 1) {
 			struct sim_rule *old = s->rules;
 			size_t old_n = s->n_rules;
@@ -903,7 +994,8 @@ faults_load(struct sim *s, json_t *plan, char **ret_error)
 			*ret_error =
 			        xasprintf("rule %zu: needs a known endpoint and action, a status "
 			                  "100..599 for a status rule, rate 0..1, hour RFC 3339, "
-			                  "delta a decimal string with at most 10 decimals",
+			                  "delta a decimal string with at most 20 decimals, body "
+			                  "error, flat or empty",
 			                  i);
 			return -EINVAL;
 		}
@@ -926,6 +1018,9 @@ faults_free(struct sim *s)
 		free(rule->code);
 		free(rule->message);
 		free(rule->retry_after);
+		free(rule->delta_text);
+		free(rule->body);
+		free(rule->authority);
 		for (size_t j = 0; j < rule->n_events; j++)
 			free(rule->events[j]);
 		free(rule->events);
@@ -939,10 +1034,6 @@ faults_free(struct sim *s)
 static json_t *
 faults_dump(const struct sim *s)
 {
-	static const char *const actions[] = {
-	        "status",    "timeout", "reset",  "slow",         "delay",
-	        "malformed", "events",  "poison", "nextLinkLoop", "changeQuantity",
-	};
 	json_t *list = json_array();
 
 	for (size_t i = 0; i < s->n_rules; i++) {
@@ -951,7 +1042,7 @@ faults_dump(const struct sim *s)
 		json_array_append_new(
 		        list, json_pack("{s:s, s:s, s:i, s:s?, s:I, s:I, s:I, s:I}", "endpoint",
 		                        sim_endpoint_name(rule->endpoint), "action",
-		                        actions[rule->action], "status", rule->status, "code",
+		                        action_names[rule->action], "status", rule->status, "code",
 		                        rule->code, "times", (json_int_t)rule->times, "after",
 		                        (json_int_t)rule->after, "seen", (json_int_t)rule->seen,
 		                        "fired", (json_int_t)rule->fired));
@@ -1083,7 +1174,11 @@ handle_metadata(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q,
 	evbuffer_add_printf(r->body, "]}}");
 }
 
-/* The usage API: one reported hour, pages of pre-formatted records, nextLink with a token. */
+/*
+ * The usage API: one reported hour, pages of pre-formatted records, nextLink with a token. The
+ * token carries what was decided on the query's first page: the query number of the hour (g),
+ * changed quantities (c, d) and records held back as late data (l).
+ */
 static void
 handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, const char *path,
              char **seg, struct sim_response *r)
@@ -1096,14 +1191,15 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 	const char *subscriber = evhttp_find_header(q, "subscriberId");
 	const char *token = evhttp_find_header(q, "continuationToken");
 	const struct sim_hour *hr;
-	struct sim_rule *change;
-	unsigned change_count = 0;
-	int64_t ts, te, delta = 0;
+	struct sim_rule *rule;
+	unsigned change_count = 0, held = 0;
+	int64_t ts, te;
+	sim_i128 delta = 0;
 	long offset = 0, gen;
-	size_t emitted = 0, idx = 0, next = 0;
+	size_t emitted = 0, idx = 0, next = 0, limit = SIZE_MAX;
 	bool more = false;
 	char th[32];
-	_cleanup_free_ char *qkey = NULL, *lkey = NULL;
+	_cleanup_free_ char *qkey = NULL, *lkey = NULL, *ekey = NULL, *delta_text = NULL;
 	int usersub = -1;
 
 	if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
@@ -1137,9 +1233,17 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 		return;
 	}
 	if (subscriber) {
+		/* a delegated provider's customer (or no subscription of this stamp at all) */
 		usersub = world_find_usersub(w, subscriber);
-		if (usersub < 0)
-			usersub = -2; /* unknown: no records */
+		if (usersub < 0 || w->tenants[w->subs[usersub].tenant].delegated[0]) {
+			_cleanup_free_ char *message = xasprintf(
+			        "The subscriber '%s' is not a direct tenant of the provider "
+			        "subscription '%s'.",
+			        subscriber, w->provider_sub);
+
+			sim_arm_error(r, 400, "SubscriberIdIsNotDirectTenant", message);
+			return;
+		}
 	}
 	time_format_rfc3339(ts, th);
 	qkey = xasprintf("%s|%s", th, subscriber ? subscriber : "");
@@ -1148,6 +1252,7 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 		_cleanup_free_ char *raw = xmalloc(n + 1);
 		json_t *t;
 		int k = EVP_DecodeBlock((unsigned char *)raw, (const unsigned char *)token, (int)n);
+		const char *d;
 
 		if (k < 0) {
 			sim_arm_error(r, 400, "InvalidContinuationToken",
@@ -1168,26 +1273,64 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 		offset = (long)json_integer_value(json_object_get(t, "o"));
 		gen = (long)json_integer_value(json_object_get(t, "g"));
 		change_count = (unsigned)json_integer_value(json_object_get(t, "c"));
-		delta = (int64_t)json_integer_value(json_object_get(t, "d"));
+		held = (unsigned)json_integer_value(json_object_get(t, "l"));
+		d = json_string_value(json_object_get(t, "d"));
+		if (d && delta_parse(d, &delta) == 0)
+			delta_text = xstrdup(d);
 		json_decref(t);
+		/* an expired query stays expired: only a new query (first page) gets new tokens */
+		ekey = xasprintf("%s|%ld", qkey, gen);
+		rule = json_object_get(s->expired, ekey)
+		               ? NULL
+		               : sim_fault_take(s, SIM_EP_USAGE, SIM_ACT_EXPIRE_TOKEN, NULL, ts);
+		if (rule)
+			json_object_set_new(s->expired, ekey,
+			                    json_integer(rule->status ? rule->status : 400));
+		if (json_object_get(s->expired, ekey)) {
+			json_t *e = json_object_get(s->expired, ekey);
+
+			sim_arm_error(r, (int)json_integer_value(e), "ExpiredContinuationToken",
+			              NULL);
+			return;
+		}
 	} else {
+		/* processing not complete: no query of the hour is served yet */
+		rule = sim_fault_take(s, SIM_EP_USAGE, SIM_ACT_NOT_READY, NULL, ts);
+		if (rule) {
+			not_ready(rule, r);
+			return;
+		}
 		gen = (long)json_integer_value(json_object_get(s->hour_queries, qkey)) + 1;
 		json_object_set_new(s->hour_queries, qkey, json_integer(gen));
 		/* a changed quantity is decided per query; its later pages carry it in the token */
-		change = gen >= 2 ? sim_fault_take(s, SIM_EP_USAGE, SIM_ACT_CHANGE_QUANTITY, NULL,
-		                                   ts)
-		                  : NULL;
-		if (change) {
-			change_count = change->count;
-			delta = change->delta;
+		rule = gen >= 2 ? sim_fault_take(s, SIM_EP_USAGE, SIM_ACT_CHANGE_QUANTITY, NULL, ts)
+		                : NULL;
+		if (rule) {
+			change_count = rule->count;
+			delta = rule->delta;
+			delta_text = xstrdup(rule->delta_text);
 		}
+		/* late data: the hour's first query does not see its last records yet */
+		rule = gen == 1 ? sim_fault_take(s, SIM_EP_USAGE, SIM_ACT_LATE_RECORDS, NULL, ts)
+		                : NULL;
+		if (rule)
+			held = rule->count;
 	}
 	hr = world_hour(w, ts);
+	if (held > 0 && hr) {
+		size_t total = 0;
+
+		for (size_t i = 0; i < hr->n; i++)
+			total += usersub < 0 ||
+			         w->res[hr->recs[i].resource].usersub == (size_t)usersub;
+		limit = total > held ? total - held : 0;
+	}
 	evbuffer_add_printf(r->body, "{\"value\":[");
 	for (size_t i = 0; hr && i < hr->n; i++) {
-		if (usersub != -1 &&
-		    (usersub < 0 || w->res[hr->recs[i].resource].usersub != (size_t)usersub))
+		if (usersub >= 0 && w->res[hr->recs[i].resource].usersub != (size_t)usersub)
 			continue;
+		if (idx == limit)
+			break;
 		if (idx++ < (size_t)offset)
 			continue;
 		if (emitted == w->page_size) {
@@ -1218,24 +1361,25 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 		next = (size_t)offset;
 	}
 	if (more) {
-		_cleanup_free_ char *tok = NULL, *b64 = NULL;
+		_cleanup_free_ char *b64 = NULL;
+		struct evbuffer *t = evbuffer_new();
 
-		tok = change_count ? xasprintf("{\"r\":\"%s\",\"s\":\"%s\",\"o\":%zu,\"g\":%ld,"
-		                               "\"c\":%u,\"d\":%lld}",
-		                               th, subscriber ? subscriber : "", next, gen,
-		                               change_count, (long long)delta)
-		                   : xasprintf("{\"r\":\"%s\",\"s\":\"%s\",\"o\":%zu,\"g\":%ld}",
-		                               th, subscriber ? subscriber : "", next, gen);
-		while (strlen(tok) % 3 != 1) {
-			char *t2 = xasprintf("%s ", tok);
-
-			free(tok);
-			tok = t2;
-		}
-		b64 = identity_b64((const unsigned char *)tok, strlen(tok), false);
-		evbuffer_add_printf(r->body,
-		                    ",\"nextLink\":\"https://%s%s?reportedStartTime=", host_of(req),
-		                    path);
+		if (!t)
+			abort();
+		evbuffer_add_printf(t, "{\"r\":\"%s\",\"s\":\"%s\",\"o\":%zu,\"g\":%ld", th,
+		                    subscriber ? subscriber : "", next, gen);
+		if (change_count)
+			evbuffer_add_printf(t, ",\"c\":%u,\"d\":\"%s\"", change_count, delta_text);
+		if (held)
+			evbuffer_add_printf(t, ",\"l\":%u", held);
+		evbuffer_add_printf(t, "}");
+		while (evbuffer_get_length(t) % 3 != 1)
+			evbuffer_add(t, " ", 1);
+		b64 = identity_b64(evbuffer_pullup(t, -1), evbuffer_get_length(t), false);
+		evbuffer_free(t);
+		evbuffer_add_printf(r->body, ",\"nextLink\":\"https://");
+		next_link_authority(s, req, SIM_EP_USAGE, r->body);
+		evbuffer_add_printf(r->body, "%s?reportedStartTime=", path);
 		append_encoded(r->body, start);
 		evbuffer_add_printf(r->body, "&reportedEndTime=");
 		append_encoded(r->body, end);
@@ -1252,6 +1396,69 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 	evbuffer_add_printf(r->body, "}");
 	s->pages_served++;
 	s->records_served += emitted;
+}
+
+/*
+ * Answer "processing not complete" for an hour: 202 (or the rule's status) with an ARM error
+ * ({"error":{code,message}}), the flat form ({code,message}) or an empty object.
+ */
+static void
+not_ready(struct sim_rule *rule, struct sim_response *r)
+{
+	const char *code = rule->code ? rule->code : "ProcessingNotComplete";
+	const char *message = rule->message ? rule->message : arm_message(code);
+
+	sim_arm_error(r, 0, code, message);
+	r->status = rule->status ? rule->status : 202;
+	if (streq(rule->body, "flat")) {
+		evbuffer_drain(r->body, evbuffer_get_length(r->body));
+		evbuffer_add_printf(r->body, "{\"code\":");
+		sim_json_str(r->body, code);
+		evbuffer_add_printf(r->body, ",\"message\":");
+		sim_json_str(r->body, message);
+		evbuffer_add_printf(r->body, "}");
+	} else if (streq(rule->body, "empty")) {
+		evbuffer_drain(r->body, evbuffer_get_length(r->body));
+		evbuffer_add_printf(r->body, "{}");
+	}
+	r->retry_after = retry_after_value(rule);
+}
+
+/*
+ * Write the authority (host[:port]) of a nextLink: the one the client used, or what a
+ * nextLinkAuthority rule says: its authority text ({port}: the listening port, {host}: the host
+ * the client used), by default the client's host in upper case with an explicit :443 when the
+ * client named no port (an equal authority written otherwise).
+ */
+static void
+next_link_authority(struct sim *s, struct evhttp_request *req, int ep, struct evbuffer *b)
+{
+	struct sim_rule *rule = sim_fault_take(s, ep, SIM_ACT_NEXTLINK_AUTHORITY, NULL, -1);
+	const char *host = host_of(req), *colon = strrchr(host, ':'), *bracket = strrchr(host, ']');
+	size_t host_len =
+	        colon && (!bracket || colon > bracket) ? (size_t)(colon - host) : strlen(host);
+
+	if (!rule) {
+		evbuffer_add_printf(b, "%s", host);
+		return;
+	}
+	if (!rule->authority) {
+		for (size_t i = 0; i < host_len; i++)
+			evbuffer_add_printf(b, "%c", toupper((unsigned char)host[i]));
+		evbuffer_add_printf(b, "%s", host_len == strlen(host) ? ":443" : host + host_len);
+		return;
+	}
+	for (const char *p = rule->authority; *p; p++) {
+		if (strncmp(p, "{port}", 6) == 0) {
+			evbuffer_add_printf(b, "%s", strrchr(authority, ':') + 1);
+			p += 5;
+		} else if (strncmp(p, "{host}", 6) == 0) {
+			evbuffer_add(b, host, host_len);
+			p += 5;
+		} else {
+			evbuffer_add(b, p, 1);
+		}
+	}
 }
 
 /* The admin user-subscriptions list, paged with $skipToken. */
@@ -1274,12 +1481,28 @@ handle_subscriptions(struct sim *s, struct evhttp_request *req, struct evkeyvalq
 		return;
 	if (!api_version_ok(version, subs_versions, r))
 		return;
+	/* deleteSubscriptions rules: checked once per listing (its first page), never undone */
+	for (size_t k = 0; !skip && k < s->n_rules; k++) {
+		struct sim_rule *rule = &s->rules[k];
+
+		if (rule->action != SIM_ACT_DELETE_SUBSCRIPTIONS ||
+		    (rule->endpoint >= 0 && rule->endpoint != SIM_EP_SUBSCRIPTIONS) ||
+		    !rule_fires(s, rule))
+			continue;
+		for (size_t j = 0; j < rule->n_events; j++) {
+			int u = world_find_usersub(w, rule->events[j]);
+
+			if (u >= 0)
+				w->subs[u].deleted = true;
+		}
+	}
 	evbuffer_add_printf(r->body, "{\"value\":[");
 	to = from;
 	for (size_t i = from, emitted = 0; i < w->n_subs; i++) {
 		const struct sim_usersub *u = &w->subs[i];
+		const struct sim_tenant *t = &w->tenants[u->tenant];
 
-		if (w->tenants[u->tenant].unlisted)
+		if (t->unlisted || u->deleted)
 			continue;
 		if (emitted == w->sub_page_size) {
 			more = true;
@@ -1291,7 +1514,7 @@ handle_subscriptions(struct sim *s, struct evhttp_request *req, struct evkeyvalq
 		                    "\"subscriptionId\":\"%s\",\"delegatedProviderSubscriptionId\":"
 		                    "\"%s\",\"displayName\":",
 		                    emitted++ ? "," : "", w->provider_sub, u->id, u->id,
-		                    w->provider_sub);
+		                    t->delegated[0] ? t->delegated : w->provider_sub);
 		sim_json_str(r->body, u->display);
 		evbuffer_add_printf(
 		        r->body,
@@ -1304,11 +1527,12 @@ handle_subscriptions(struct sim *s, struct evhttp_request *req, struct evkeyvalq
 		to = i + 1;
 	}
 	evbuffer_add_printf(r->body, "]");
-	if (more)
-		evbuffer_add_printf(r->body,
-		                    ",\"nextLink\":\"https://%s%s?api-version=" SUBS_API_VERSION
-		                    "&$skipToken=%zu\"",
-		                    host_of(req), path, to);
+	if (more) {
+		evbuffer_add_printf(r->body, ",\"nextLink\":\"https://");
+		next_link_authority(s, req, SIM_EP_SUBSCRIPTIONS, r->body);
+		evbuffer_add_printf(r->body, "%s?api-version=" SUBS_API_VERSION "&$skipToken=%zu\"",
+		                    path, to);
+	}
 	evbuffer_add_printf(r->body, "}");
 }
 
@@ -1354,6 +1578,15 @@ handle_arm(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, const
 			sim_arm_error(r, 405, "MethodNotAllowed", "Use GET.");
 			return;
 		}
+		for (size_t i = 0; i < w->n_tenants; i++)
+			k += w->tenants[i].customer[0] != '\0';
+		if (k == 0 && s->list_answer != SIM_LIST_VALUE) {
+			/* an empty list as some ARM versions write it: no body at all, or {} */
+			if (s->list_answer == SIM_LIST_OBJECT)
+				evbuffer_add_printf(r->body, "{}");
+			return;
+		}
+		k = 0;
 		evbuffer_add_printf(r->body, "{\"value\":[");
 		for (size_t i = 0; i < w->n_tenants; i++) {
 			if (!w->tenants[i].customer[0] || k++ < from)
@@ -1427,15 +1660,23 @@ handle_arm(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, const
 			w->tenants[t].customer[i] = (char)tolower((unsigned char)seg[9][i]);
 		w->tenants[t].customer[SIM_GUID_LEN] = '\0';
 		w->reg_gen++;
-		customer_entry(s, &w->tenants[t], r->body);
+		/* documented: 201 with an empty body; /_sim/arm chooses another documented form */
+		r->status = s->put_answer == SIM_PUT_200_BODY || s->put_answer == SIM_PUT_200_EMPTY
+		                    ? 200
+		                    : 201;
+		if (s->put_answer == SIM_PUT_201_BODY || s->put_answer == SIM_PUT_200_BODY)
+			customer_entry(s, &w->tenants[t], r->body);
 	} else if (method == EVHTTP_REQ_DELETE) {
-		r->status = 204;
+		bool found = false;
+
 		for (size_t i = 0; i < w->n_tenants; i++)
 			if (strcasecmp(w->tenants[i].customer, seg[9]) == 0) {
 				w->tenants[i].customer[0] = '\0';
 				w->reg_gen++;
-				r->status = 200;
+				found = true;
 			}
+		/* documented: 204 (also when it was not there); or 200 when it was there */
+		r->status = found && s->delete_answer == SIM_DELETE_200_204 ? 200 : 204;
 	} else {
 		sim_arm_error(r, 405, "MethodNotAllowed", "Use GET, PUT or DELETE.");
 	}
@@ -1505,6 +1746,20 @@ handle_control(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, c
 		}
 		time_format_rfc3339(sim_now(s), now);
 		out = json_pack("{s:s, s:b}", "now", now, "fixed", s->clock_fixed);
+	} else if (streq(path, "/_sim/arm")) {
+		if (method == EVHTTP_REQ_POST) {
+			json_t *b = body_json(req);
+			_cleanup_free_ char *err = NULL;
+
+			if (!json_is_object(b) || arm_answers_load(s, b, &err) < 0) {
+				json_decref(b);
+				sim_arm_error(r, 400, "BadRequest",
+				              err ? err : "The body is not JSON.");
+				return;
+			}
+			json_decref(b);
+		}
+		out = arm_answers_dump(s);
 	} else if (streq(path, "/_sim/ledger/summary") && method == EVHTTP_REQ_GET) {
 		commerce_summary(s, from, until, r->body);
 	} else if (streq(path, "/_sim/expected/events") && method == EVHTTP_REQ_GET) {
@@ -1533,11 +1788,12 @@ handle_control(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, c
 
 			json_array_append_new(
 			        list,
-			        json_pack("{s:s, s:s, s:s, s:i, s:s?, s:s?, s:s?, s:i}", "endpoint",
-			                  endpoint_names[l->endpoint], "method", l->method, "path",
-			                  l->path, "status", l->status, "action", l->action,
-			                  "correlationId", l->correlation_id, "requestId",
-			                  l->request_id, "events", l->events));
+			        json_pack("{s:s, s:s, s:s, s:i, s:s?, s:s?, s:s?, s:i, s:s?, s:b}",
+			                  "endpoint", endpoint_names[l->endpoint], "method",
+			                  l->method, "path", l->path, "status", l->status, "action",
+			                  l->action, "correlationId", l->correlation_id,
+			                  "requestId", l->request_id, "events", l->events, "host",
+			                  l->host, "bearer", l->bearer));
 		}
 		out = json_pack("{s:o, s:o}", "counts", counts, "requests", list);
 	} else if (streq(path, "/_sim/reset") && method == EVHTTP_REQ_POST) {
@@ -1546,9 +1802,15 @@ handle_control(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, c
 		commerce_reset(s);
 		log_reset(s);
 		memset(s->counts, 0, sizeof(s->counts));
-		world_reset_registrations(&s->world);
+		world_reset_state(&s->world);
 		json_object_clear(s->hour_queries);
 		json_object_clear(s->loops);
+		json_object_clear(s->expired);
+		s->put_answer = SIM_PUT_201_EMPTY;
+		s->delete_answer = SIM_DELETE_204;
+		s->list_answer = SIM_LIST_VALUE;
+		if (s->world.arm_answers)
+			arm_answers_load(s, s->world.arm_answers, &err);
 		s->pages_served = s->records_served = 0;
 		if (s->world.faults)
 			faults_load(s, s->world.faults, &err);
@@ -1566,6 +1828,53 @@ handle_control(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, c
 		free(text);
 		json_decref(out);
 	}
+}
+
+/*
+ * Set how ARM answers PUT and DELETE of a customer subscription and an empty list:
+ * {"put": "201-empty|201-body|200-body|200-empty", "delete": "204|200-204",
+ *  "emptyList": "value|none|object"}, each optional.
+ */
+static int
+arm_answers_load(struct sim *s, json_t *o, char **ret_error)
+{
+	const char *put = json_string_value(json_object_get(o, "put"));
+	const char *del = json_string_value(json_object_get(o, "delete"));
+	const char *list = json_string_value(json_object_get(o, "emptyList"));
+	int p = put ? answer_index(put, put_answers, ARRAY_SIZE(put_answers)) : (int)s->put_answer;
+	int d = del ? answer_index(del, delete_answers, ARRAY_SIZE(delete_answers))
+	            : (int)s->delete_answer;
+	int l = list ? answer_index(list, list_answers, ARRAY_SIZE(list_answers))
+	             : (int)s->list_answer;
+
+	if (!json_is_object(o) || p < 0 || d < 0 || l < 0) {
+		*ret_error = xstrdup("armAnswers: put 201-empty, 201-body, 200-body or 200-empty; "
+		                     "delete 204 or 200-204; emptyList value, none or object");
+		return -EINVAL;
+	}
+	s->put_answer = (enum sim_put_answer)p;
+	s->delete_answer = (enum sim_delete_answer)d;
+	s->list_answer = (enum sim_list_answer)l;
+	return 0;
+}
+
+/* How ARM answers now (GET /_sim/arm). */
+static json_t *
+arm_answers_dump(const struct sim *s)
+{
+	return json_pack("{s:s, s:s, s:s}", "put", put_answers[s->put_answer], "delete",
+	                 delete_answers[s->delete_answer], "emptyList",
+	                 list_answers[s->list_answer]);
+}
+
+/* The index of text in a table of names, or -EINVAL. */
+static int
+answer_index(const char *text, const char *const *names, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (streq(text, names[i]))
+			return (int)i;
+	return -EINVAL;
 }
 
 /* Append one customerSubscriptions entry (upper-case id and name, as the API example has). */
@@ -1707,6 +2016,8 @@ log_request(struct sim *s, struct evhttp_request *req, int ep, const char *path,
 	struct evkeyvalq *h = evhttp_request_get_input_headers(req);
 	const char *corr = evhttp_find_header(h, "x-ms-correlationid");
 	const char *rid = evhttp_find_header(h, "x-ms-requestid");
+	const char *host = evhttp_find_header(h, "Host");
+	const char *auth = evhttp_find_header(h, "Authorization");
 	int cmd = (int)evhttp_request_get_command(req);
 	struct sim_logentry *l;
 
@@ -1729,6 +2040,8 @@ log_request(struct sim *s, struct evhttp_request *req, int ep, const char *path,
 	l->action = action ? xstrdup(action) : NULL;
 	l->correlation_id = corr ? xstrndup(corr, 64) : NULL;
 	l->request_id = rid ? xstrndup(rid, 64) : NULL;
+	l->host = host ? xstrndup(host, 256) : NULL;
+	l->bearer = auth && strncasecmp(auth, "Bearer ", 7) == 0;
 	l->events = events;
 }
 
@@ -1741,6 +2054,7 @@ log_reset(struct sim *s)
 		free(s->log[i].action);
 		free(s->log[i].correlation_id);
 		free(s->log[i].request_id);
+		free(s->log[i].host);
 	}
 	free(s->log);
 	s->log = NULL;
@@ -1804,4 +2118,15 @@ help(void)
 	       "  --now RFC3339           fix the simulated clock (POST /_sim/clock moves it)\n"
 	       "  --seed N, --records-per-hour N, --hours N   override the scenario\n"
 	       "  --help, --version\n");
+}
+
+/* 10^n as a signed 128-bit integer (n <= 38). */
+static sim_i128
+pow10_i128(unsigned n)
+{
+	sim_i128 v = 1;
+
+	while (n--)
+		v *= 10;
+	return v;
 }

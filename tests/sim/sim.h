@@ -16,13 +16,17 @@
 #include <openssl/evp.h>
 #include <sqlite3.h>
 
-#define SIM_GUID_LEN   36
-#define SIM_KEY_LEN    64
-#define SIM_HOUR_CACHE 16
-#define SIM_QTY_SCALE  UINT64_C(10000000000) /* generated quantities: integers of 10^-10 */
-#define SIM_LOG_MAX    20000                 /* entries kept by /_sim/requests */
+#define SIM_GUID_LEN     36
+#define SIM_KEY_LEN      64
+#define SIM_HOUR_CACHE   16
+#define SIM_QTY_DECIMALS 20    /* generated quantities and totals: integers of 10^-20 */
+#define SIM_QTY_TEXT     64    /* room for a generated quantity literal */
+#define SIM_VARIANTS     3     /* instance data variants of a resource (split aggregates) */
+#define SIM_KINDS        8     /* resource kinds (sim-world.c) */
+#define SIM_LOG_MAX      20000 /* entries kept by /_sim/requests */
 
 __extension__ typedef unsigned __int128 sim_u128;
+__extension__ typedef __int128 sim_i128;
 
 enum sim_endpoint {
 	SIM_EP_METADATA,
@@ -47,6 +51,33 @@ enum sim_action {
 	SIM_ACT_POISON,
 	SIM_ACT_NEXTLINK_LOOP,
 	SIM_ACT_CHANGE_QUANTITY,
+	SIM_ACT_NOT_READY,
+	SIM_ACT_LATE_RECORDS,
+	SIM_ACT_EXPIRE_TOKEN,
+	SIM_ACT_NEXTLINK_AUTHORITY,
+	SIM_ACT_DELETE_SUBSCRIPTIONS,
+	SIM_ACT_OMIT_RESULTS,
+	SIM_ACT_REORDER_RESULTS,
+	SIM_ACT_MAX,
+};
+
+/* How ARM answers PUT and DELETE of a customer subscription and an empty list (/_sim/arm). */
+enum sim_put_answer {
+	SIM_PUT_201_EMPTY, /* documented */
+	SIM_PUT_201_BODY,
+	SIM_PUT_200_BODY,
+	SIM_PUT_200_EMPTY,
+};
+
+enum sim_delete_answer {
+	SIM_DELETE_204,     /* documented: 204 whether or not it was there */
+	SIM_DELETE_200_204, /* 200 when it was there, 204 when absent */
+};
+
+enum sim_list_answer {
+	SIM_LIST_VALUE,  /* {"value":[]} */
+	SIM_LIST_NONE,   /* 200 without a body */
+	SIM_LIST_OBJECT, /* {} */
 };
 
 /* One rule of the fault plan (see README.md for the JSON shape). */
@@ -64,11 +95,15 @@ struct sim_rule {
 	long after;
 	long seen;
 	long fired;
-	char **events;
+	char **events; /* usageEventIds, or subscription ids (deleteSubscriptions) */
 	size_t n_events;
 	int64_t hour; /* -1: any */
 	unsigned count;
-	int64_t delta; /* changeQuantity: integers of 10^-10, may be negative */
+	sim_i128 delta;        /* changeQuantity: integers of 10^-20, may be negative */
+	char *delta_text;      /* as given, carried in continuation tokens */
+	char *body;            /* notReady: error, flat or empty */
+	char *authority;       /* nextLinkAuthority: NULL for the default */
+	bool after_processing; /* timeout, reset: after the handler ran (the answer is lost) */
 	unsigned delay_ms;
 };
 
@@ -78,23 +113,32 @@ struct sim_tenant {
 	char customer[SIM_GUID_LEN + 1];         /* registered customer subscription or "" */
 	char initial_customer[SIM_GUID_LEN + 1]; /* as the scenario made it (reset) */
 	bool unlisted; /* its subscriptions have usage but are missing from the subscriptions API */
+	char delegated[SIM_GUID_LEN + 1]; /* a delegated provider's subscription, or "" */
 };
 
 struct sim_usersub {
 	char id[SIM_GUID_LEN + 1];
 	size_t tenant;
 	bool disabled;
+	bool deleted; /* gone from the subscriptions list (a deleteSubscriptions rule) */
 	char display[64];
+};
+
+/* One form of a resource's instanceData (a split aggregate differs in tags or additionalInfo). */
+struct sim_instance {
+	char *escaped;   /* instanceData as served, already escaped to sit inside a JSON string */
+	char *canonical; /* the key's form: members sorted, no white space, UTF-8 (section 4) */
+	size_t canonical_len;
+	char *tags; /* JSON text of instanceData's tags ("null" or an object) */
+	char *info; /* JSON text of additionalInfo */
+	unsigned cores;
 };
 
 struct sim_resource {
 	size_t usersub;
+	unsigned kind; /* index of resource_kinds (sim-world.c) */
 	char *uri;
-	char *uri_lower;
-	size_t uri_lower_len;
-	char *instance_escaped; /* instanceData JSON, already escaped to sit inside a JSON string */
-	const char *tags;       /* JSON text of instanceData's tags ("null" or an object) */
-	const char *info;       /* JSON text of additionalInfo */
+	struct sim_instance inst[SIM_VARIANTS];
 	unsigned meter_offset;
 };
 
@@ -108,11 +152,12 @@ struct sim_client {
 
 /* One generated usage record; everything else is derived from it and the world. */
 struct sim_record {
-	size_t resource;
-	size_t meter;
+	sim_u128 quantity; /* integers of 10^-SIM_QTY_DECIMALS */
 	int64_t usage_start;
-	uint64_t quantity; /* integers of 10^-10 */
-	uint8_t style;     /* how the quantity literal is written */
+	uint32_t resource;
+	uint32_t meter;
+	uint8_t decimals; /* how many decimals the quantity literal shows */
+	uint8_t variant;  /* which instanceData of the resource */
 };
 
 struct sim_hour {
@@ -149,7 +194,10 @@ struct sim_world {
 	struct sim_resource *res;
 	size_t n_res;
 	char **meters;
-	char **meter_keys; /* lower case without dashes, as in the record key */
+	char **meter_keys;              /* lower case without dashes, as in the record key */
+	uint8_t *meter_models;          /* how each meter's quantities look (sim-world.c) */
+	size_t *kind_meters[SIM_KINDS]; /* per resource kind, the meters its records use */
+	size_t n_kind_meters[SIM_KINDS];
 	size_t n_meters;
 	int64_t hour_from;
 	size_t hour_count;
@@ -157,6 +205,7 @@ struct sim_world {
 	size_t n_empty;
 	unsigned records_per_hour;
 	unsigned late_percent;
+	unsigned split_percent;
 	unsigned page_size;
 	unsigned sub_page_size;
 	unsigned arm_page_size;
@@ -166,7 +215,8 @@ struct sim_world {
 	char *commerce_path;
 	unsigned max_events;
 	size_t max_bytes;
-	json_t *faults; /* the scenario's initial fault plan, or NULL */
+	json_t *faults;      /* the scenario's initial fault plan, or NULL */
+	json_t *arm_answers; /* the scenario's armAnswers, or NULL */
 	struct sim_hour cache[SIM_HOUR_CACHE];
 	uint64_t cache_tick;
 };
@@ -185,6 +235,8 @@ struct sim_logentry {
 	char *action;
 	char *correlation_id;
 	char *request_id;
+	char *host;  /* the Host header */
+	bool bearer; /* an Authorization: Bearer header was sent */
 	unsigned events;
 };
 
@@ -207,7 +259,11 @@ struct sim {
 	sqlite3_stmt *insert;
 	struct commerce *commerce; /* ledger index and summary state (sim-commerce.c) */
 	json_t *hour_queries;      /* "hour|subscriber" -> number of first-page queries */
-	json_t *loops; /* "hour|subscriber|query|offset" of pages whose nextLink loops */
+	json_t *loops;   /* "hour|subscriber|query|offset" of pages whose nextLink loops */
+	json_t *expired; /* "hour|subscriber|query" whose continuation tokens have expired */
+	enum sim_put_answer put_answer;
+	enum sim_delete_answer delete_answer;
+	enum sim_list_answer list_answer;
 	uint64_t duplicates;
 	uint64_t rejected;
 	uint64_t batches;
@@ -244,15 +300,15 @@ uint64_t world_splitmix(uint64_t *state);
 void world_guid(uint64_t *state, char out[static SIM_GUID_LEN + 1]);
 int world_load(struct sim_world *w, json_t *scenario, char **ret_error);
 void world_free(struct sim_world *w);
-void world_reset_registrations(struct sim_world *w);
 bool world_hour_has_usage(const struct sim_world *w, int64_t hour);
 const struct sim_hour *world_hour(struct sim_world *w, int64_t hour);
 size_t world_hour_records(const struct sim_world *w, int64_t hour, struct sim_record *out);
-void world_format_record(const struct sim_world *w, const struct sim_record *rec, uint64_t quantity,
+void world_format_record(const struct sim_world *w, const struct sim_record *rec, sim_u128 quantity,
                          struct evbuffer *out);
 void world_record_key(const struct sim_world *w, int64_t hour, const struct sim_record *rec,
                       char out[static SIM_KEY_LEN + 1]);
-void world_quantity_text(uint64_t quantity, uint8_t style, char out[static 32]);
+void world_quantity_text(sim_u128 quantity, uint8_t decimals, char out[static SIM_QTY_TEXT]);
+void world_reset_state(struct sim_world *w);
 void world_format_time(int64_t t, bool zulu, char out[static 32]);
 const char *world_charged(const struct sim_world *w, size_t usersub, const char **ret_reason);
 int world_find_tenant(const struct sim_world *w, const char *tenant_id);
@@ -267,6 +323,8 @@ bool identity_check(struct sim *s, struct evhttp_request *req, const char *audie
                     struct sim_response *r);
 void identity_reset(struct sim *s);
 void identity_error(struct sim_response *r, int status, const char *error, const char *description);
+void identity_error_adfs(struct sim_response *r, int status, const char *error,
+                         const char *description);
 char *identity_b64(const unsigned char *data, size_t size, bool url);
 
 /* sim-commerce.c */

@@ -348,9 +348,10 @@ def test_usage_quantities_are_exact_number_literals():
             lits += quantity_literals(r.body)
         assert len(lits) == 1200
         for lit in lits:
-            assert re.fullmatch(rb"[0-9]+(\.[0-9]{1,10})?", lit), lit
+            assert re.fullmatch(rb"[0-9]+(\.[0-9]{1,20})?", lit), lit  # never an exponent
         digits = [len(lit.replace(b".", b"").lstrip(b"0")) for lit in lits]
-        assert max(digits) == 17
+        assert max(digits) == 17                              # a few doubles printed exactly
+        assert 0 < digits.count(17) < len(lits) // 4
         assert any(b"." not in lit for lit in lits)           # integer literals occur
         assert any(re.fullmatch(rb"[0-9]+\.[0-9]{10}", lit) for lit in lits)
 
@@ -365,7 +366,7 @@ def test_usage_paging_and_nextlink_encoding():
             assert r.status == 200, r.body
             doc = r.json()
             sizes.append(len(doc["value"]))
-            names += [v["name"] + v["properties"]["usageStartTime"] for v in doc["value"]]
+            names += [record_key(HOUR, v) for v in doc["value"]]
             if "nextLink" not in doc:
                 break
             link = doc["nextLink"]
@@ -552,22 +553,21 @@ def test_customer_subscription_put_replaces_and_delete():
         new = "0f0e0d0c-0b0a-4909-8807-060504030201"
         r = s.request("PUT", reg + "/customerSubscriptions/%s?api-version=2017-06-01" % new.upper(),
                       body={"properties": {"tenantId": t3}}, token=tok)
-        assert r.status == 200, r.body
+        assert r.status == 201 and r.body == b"", r.body
+        r = s.get(reg + "/customerSubscriptions/%s?api-version=2017-06-01" % new, token=tok)
         assert r.json()["properties"]["tenantId"] == t3
         newer = "1f0e0d0c-0b0a-4909-8807-060504030201"
         r = s.request("PUT", reg + "/customerSubscriptions/%s?api-version=2017-06-01" % newer,
                       body={"properties": {"tenantId": t3}}, token=tok)
-        assert r.status == 200
+        assert r.status == 201
         ids = [v["id"].split("/")[-1].lower() for v in
                s.get(reg + "/customerSubscriptions?api-version=2017-06-01", token=tok).json()["value"]]
         assert newer in ids and new not in ids and len(ids) == 3
         assert s.world()["tenants"][2]["customerSubscription"] == newer
-        r = s.request("DELETE", reg + "/customerSubscriptions/%s?api-version=2017-06-01" % newer,
-                      token=tok)
-        assert r.status == 200
-        r = s.request("DELETE", reg + "/customerSubscriptions/%s?api-version=2017-06-01" % newer,
-                      token=tok)
-        assert r.status == 204
+        for _ in range(2):  # 204 whether it was there or not
+            r = s.request("DELETE", reg + "/customerSubscriptions/%s?api-version=2017-06-01" %
+                          newer, token=tok)
+            assert r.status == 204 and r.body == b""
         assert s.world()["tenants"][2].get("customerSubscription") is None
 
 
@@ -739,3 +739,266 @@ def test_daemon_config_helper_passes_check_config(tmp_path):
                                  text=True)
             assert out.returncode == 0, out.stdout + out.stderr
             assert "configuration OK" in out.stdout + out.stderr
+
+
+# -- issue 9: record key, split aggregates, quantities like a stamp, AD FS --------------------
+
+def usage_records(s, hour, tok, subscriber=None):
+    """Every record of one reported hour, following nextLinks."""
+    doc = s.get(s.usage_path(hour, subscriber=subscriber), token=tok).json()
+    got = list(doc["value"])
+    while "nextLink" in doc:
+        doc = s.get(doc["nextLink"], token=tok).json()
+        got += doc["value"]
+    return got
+
+
+def test_record_key_ends_with_the_canonical_instance_data(sim):
+    """The key hashes the instanceData parsed and written again (members sorted, no spaces,
+    UTF-8), not the resource URI: served with members in the API's order and with \\u00eb
+    escapes, the canonical text is written here by hand and must give the simulator's key."""
+    import hashlib
+    tok = stack_token(sim)
+    recs = []
+    for h in range(8, 14):
+        hour = "2026-11-01T%02d:00:00Z" % h
+        recs += [(hour, r) for r in usage_records(sim, hour, tok)]
+    expected = {e["usageEventId"]: e for e in sim.expected_events(
+        since="2026-11-01T08:00:00Z", until="2026-11-01T14:00:00Z")}
+    escaped = 0
+    for hour, rec in recs:
+        p = rec["properties"]
+        text = p["instanceData"]
+        assert text.startswith('{"Microsoft.Resources":{"resourceUri":')  # the API's order
+        escaped += "\\u00eb" in text
+        inst = json.loads(text)["Microsoft.Resources"]
+
+        def obj(v):
+            if v is None:
+                return "null"
+            return "{" + ",".join('"%s":"%s"' % (k, v[k].replace("\\", "\\\\").replace(
+                '"', '\\"')) for k in sorted(v)) + "}"
+        canonical = ('{"Microsoft.Resources":{"additionalInfo":%s,"location":"%s",'
+                     '"resourceUri":"%s","tags":%s}}' % (obj(inst["additionalInfo"]),
+                                                         inst["location"], inst["resourceUri"],
+                                                         obj(inst["tags"])))
+        fields = [hour, p["subscriptionId"], p["meterId"].lower().replace("-", ""),
+                  p["usageStartTime"].replace("+00:00", "Z"),
+                  p["usageEndTime"].replace("+00:00", "Z"), canonical]
+        key = hashlib.sha256("\n".join(fields).encode()).hexdigest()
+        assert key == record_key(hour, rec)
+        assert key in expected, rec
+        assert expected[key]["tags"] == inst["tags"]
+        assert expected[key]["additionalInfo"] == inst["additionalInfo"]
+    assert len(recs) == len(expected) == 6 * 20
+    assert escaped > 0  # some instanceData writes its non-ASCII tag value as \u00eb
+
+
+def aggregate(rec):
+    p = rec["properties"]
+    return (p["subscriptionId"], p["meterId"], p["usageStartTime"],
+            json.loads(p["instanceData"])["Microsoft.Resources"]["resourceUri"])
+
+
+def test_split_aggregates_are_two_records_with_two_keys():
+    """splitPercent: one resource, meter and usage hour reported twice in one reported hour,
+    with other tags or additionalInfo (a VM resized), the hour shared between the two."""
+    from decimal import Decimal
+    with Sim(scenario(splitPercent=50, recordsPerHour=40), now=NOW) as s:
+        tok = stack_token(s)
+        splits = resized = 0
+        for h in range(0, 23):
+            hour = "2026-11-01T%02d:00:00Z" % h
+            recs = usage_records(s, hour, tok)
+            keys = [record_key(hour, r) for r in recs]
+            assert len(set(keys)) == len(recs) == 40
+            assert sorted(keys) == sorted(e["usageEventId"] for e in s.expected_events(
+                since=hour, until="2026-11-01T%02d:00:00Z" % (h + 1)))
+            groups = {}
+            for r in recs:
+                groups.setdefault(aggregate(r), []).append(r)
+            for parts in groups.values():
+                if len(parts) == 1:
+                    continue
+                assert len(parts) == 2
+                splits += 1
+                a, b = (json.loads(p["properties"]["instanceData"])["Microsoft.Resources"]
+                        for p in parts)
+                assert (a["tags"], a["additionalInfo"]) != (b["tags"], b["additionalInfo"])
+                if a["additionalInfo"] != b["additionalInfo"]:
+                    resized += 1
+                if parts[0]["properties"]["meterId"] == "6DAB500F-A4FD-49C4-956D-229BB9C8C793":
+                    total = sum(Decimal(str(p["properties"]["quantity"])) for p in parts)
+                    assert total <= 1  # VM hours of one VM and hour
+        assert splits > 50 and resized > 0
+    with Sim(scenario(splitPercent=0, recordsPerHour=40), now=NOW) as s:
+        recs = usage_records(s, HOUR, stack_token(s))
+        assert len({aggregate(r) for r in recs}) == len(recs)
+
+
+def meter_units():
+    with open(TESTDATA + "/meters.tsv") as f:
+        rows = [line.rstrip("\n").split("\t") for line in f][1:]
+    return {r[0].lower().replace("-", ""): r[2] for r in rows}
+
+
+def test_usage_quantities_look_like_a_stamp():
+    """Quantities per meter as a real stamp reports them (units of meters.tsv): VM hours at most
+    1 per VM and hour, virtual core hours at most the VM's cores, IP and App Service hours 0..1,
+    capacity in GB-hours with many decimals, disk months a 730th of a month an hour; and over
+    two days at most 48 VM hours per VM."""
+    import re as _re
+    from decimal import Decimal
+    units = meter_units()
+    cores = {"Standard_D2_v2": 2, "Standard_D4_v2": 8}
+    sc = scenario(recordsPerHour=64, resourcesPerSubscription=8, latePercent=0)
+    with Sim(sc, now=NOW) as s:
+        ev = s.expected_events()
+        seen_units = set()
+        per_hour = {}
+        many_decimals = 0
+        for e in ev:
+            q = Decimal(e["quantity"])
+            unit = units[e["meterId"].lower().replace("-", "")]
+            seen_units.add(unit)
+            assert q >= 0
+            if unit in ("VM hours", "IP addresses", "1 hour", "Per SNI SSL Binding",
+                        "Per IP Based SSL Binding", "(blank)"):
+                assert q <= 1, e
+            elif unit == "Virtual core hours":
+                info = e["additionalInfo"] or {}
+                assert q <= cores.get(info.get("ServiceType"), 1), e
+            elif unit == "Count of Disks*month":
+                assert q * 730 <= 1, e
+            elif unit == "GB*hours":
+                many_decimals += len(e["quantity"].partition(".")[2]) >= 10
+            k = (e["resourceUri"], e["meterId"], e["usageStartTime"], e["reportedStartTime"])
+            per_hour[k] = per_hour.get(k, 0) + q
+            assert _re.fullmatch(r"[0-9]+(\.[0-9]+)?", e["quantity"])
+        assert {"VM hours", "Virtual core hours", "IP addresses", "GB*hours",
+                "Count of Disks*month"} <= seen_units
+        assert many_decimals > 0
+        for (uri, meter, _, _), q in per_hour.items():  # split parts share the hour
+            if units[meter.lower().replace("-", "")] == "VM hours":
+                assert q <= 1
+        vm_hours = {}
+        for e in ev:
+            if units[e["meterId"].lower().replace("-", "")] == "VM hours":
+                vm_hours[e["resourceUri"]] = vm_hours.get(e["resourceUri"], 0) + \
+                    Decimal(e["quantity"])
+        assert vm_hours and max(vm_hours.values()) <= 48
+
+
+def test_adfs_token_answer_in_adfs_shape():
+    """AD FS answers token_type bearer, expires_in a number, no expires_on; its errors carry
+    an MSIS code in error_description and none of Azure AD's error_codes or trace ids."""
+    with Sim(scenario(identity="adfs", tokenLifetime=1800), now=NOW) as s:
+        aud = s.audiences()
+        r = s.token_request(aud["stack"], secret=STACK_CLIENT_SECRET, adfs=True)
+        assert r.status == 200
+        doc = r.json()
+        assert doc["token_type"] == "bearer"
+        assert doc["expires_in"] == 1800 and isinstance(doc["expires_in"], int)
+        assert "expires_on" not in doc and "not_before" not in doc
+        assert s.get(s.usage_path(HOUR), token=doc["access_token"]).status == 200
+        answers = [
+            s.token_request(aud["stack"], secret="wrong", adfs=True),
+            s.token_request(aud["stack"], client_id="00000000-0000-4000-8000-000000000000",
+                            secret="x", adfs=True),
+            s.token_request(aud["arm"], AZURE_CLIENT_ID, secret=AZURE_CLIENT_SECRET, adfs=True),
+            s.token_request(aud["stack"], adfs=True),
+            s.token_request(aud["stack"], CERT_CLIENT_ID, adfs=True, assertion=make_assertion(
+                CERT_CLIENT_ID, s.token_endpoint(adfs=True), thumbprint="AAAA")),
+        ]
+        for r in answers:
+            assert r.status == 400, r.body
+            doc = r.json()
+            assert set(doc) == {"error", "error_description"}, doc
+            assert re.match(r"MSIS\d{4}: ", doc["error_description"]), doc
+            assert "AADSTS" not in doc["error_description"]
+        assert answers[0].json()["error"] == "invalid_client"
+        assert answers[0].json()["error_description"].startswith("MSIS9622:")
+        assert answers[2].json()["error"] == "invalid_resource"
+        # a certificate assertion made for the AD FS endpoint works
+        jwt = make_assertion(CERT_CLIENT_ID, s.token_endpoint(adfs=True))
+        r = s.token_request(aud["stack"], CERT_CLIENT_ID, assertion=jwt, adfs=True)
+        assert r.status == 200 and r.json()["token_type"] == "bearer"
+        # a fault on the AD FS endpoint answers in AD FS's shape too
+        s.set_faults([{"endpoint": "token", "status": 503, "times": 1}])
+        r = s.token_request(aud["stack"], secret=STACK_CLIENT_SECRET, adfs=True)
+        assert r.status == 503 and set(r.json()) == {"error", "error_description"}
+        assert r.json()["error_description"].startswith("MSIS")
+    # Azure AD keeps its own shape
+    with Sim(scenario(), now=NOW) as s:
+        doc = s.token_request(s.audiences()["arm"], AZURE_CLIENT_ID,
+                              secret=AZURE_CLIENT_SECRET).json()
+        assert doc["token_type"] == "Bearer" and isinstance(doc["expires_on"], str)
+
+
+# -- issue 10: customerSubscriptions answers ----------------------------------------------------
+
+def test_customer_subscription_answer_forms():
+    """PUT answers 201 with an empty body and DELETE 204 by default (as documented); /_sim/arm
+    and the scenario's armAnswers choose the other documented forms and an empty list without a
+    body or as {}."""
+    with Sim(scenario(), now=NOW) as s:
+        tok = arm_token(s)
+        w = s.world()
+        reg = w["registration"]["id"]
+        t3 = w["tenants"][2]["tenantId"]
+        sub = "0f0e0d0c-0b0a-4909-8807-060504030201"
+        one = reg + "/customerSubscriptions/%s?api-version=2017-06-01" % sub
+        assert s.get("/_sim/arm").json() == {"put": "201-empty", "delete": "204",
+                                             "emptyList": "value"}
+
+        def put():
+            return s.request("PUT", one, body={"properties": {"tenantId": t3}}, token=tok)
+
+        def delete():
+            return s.request("DELETE", one, token=tok)
+        r = put()
+        assert (r.status, r.body) == (201, b"")
+        for form, status in (("201-body", 201), ("200-body", 200), ("200-empty", 200)):
+            assert s.post("/_sim/arm", {"put": form}).json()["put"] == form
+            r = put()
+            assert r.status == status, form
+            if form.endswith("body"):
+                assert r.json()["properties"]["tenantId"] == t3
+                assert shape(r.json()) == shape(load_testdata("customer-subscriptions.json")[
+                    "value"][0])
+            else:
+                assert r.body == b""
+        assert s.arm_answers(delete="200-204")["delete"] == "200-204"
+        assert delete().status == 200
+        assert delete().status == 204
+        s.post("/_sim/arm", {"delete": "204"})
+        put()
+        assert delete().status == 204
+        # an empty list: {"value":[]} by default, or no body, or {}
+        for t in w["tenants"]:
+            if t["customerSubscription"]:
+                s.request("DELETE", reg + "/customerSubscriptions/%s?api-version=2017-06-01" %
+                          t["customerSubscription"], token=tok)
+        lst = reg + "/customerSubscriptions?api-version=2017-06-01"
+        assert s.get(lst, token=tok).json() == {"value": []}
+        s.post("/_sim/arm", {"emptyList": "none"})
+        r = s.get(lst, token=tok)
+        assert (r.status, r.body) == (200, b"")
+        s.post("/_sim/arm", {"emptyList": "object"})
+        assert s.get(lst, token=tok).json() == {}
+        put()  # a list with entries keeps its value array
+        assert len(s.get(lst, token=tok).json()["value"]) == 1
+        assert s.post("/_sim/arm", {"put": "202"}).status == 400
+        s.reset()
+        assert s.get("/_sim/arm").json()["emptyList"] == "value"
+    with Sim(scenario(armAnswers={"put": "200-body", "delete": "200-204"}), now=NOW) as s:
+        tok = arm_token(s)
+        reg = s.world()["registration"]["id"]
+        one = reg + "/customerSubscriptions/%s?api-version=2017-06-01" % sub
+        r = s.request("PUT", one, body={"properties": {"tenantId": t3}}, token=tok)
+        assert r.status == 200 and r.json()["properties"]["tenantId"] == t3
+        assert s.request("DELETE", one, token=tok).status == 200
+        s.reset()
+        assert s.get("/_sim/arm").json()["put"] == "200-body"  # the scenario's again
+    with pytest.raises(RuntimeError, match="armAnswers"):
+        Sim(scenario(armAnswers={"delete": "410"}))

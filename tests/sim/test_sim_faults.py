@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import load_testdata
-from azsim import Sim, scenario, shape, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET
+from azsim import Sim, scenario, shape, record_key, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET
 
 NOW = "2026-11-03T00:00:00Z"
 HOUR = "2026-11-01T10:00:00Z"
@@ -268,7 +268,7 @@ def test_changed_quantity_applies_to_the_served_subscriber_and_pages():
 
 
 def test_changed_quantity_delta_must_be_decimal(sim):
-    for bad in ("abc", "1e3", "0.00000000001", 2.5, "1."):
+    for bad in ("abc", "1e3", "0.000000000000000000001", 2.5, "1."):
         r = sim.post("/_sim/faults", [{"endpoint": "usage", "action": "changeQuantity",
                                        "delta": bad}])
         assert r.status == 400, bad
@@ -336,3 +336,240 @@ def test_bad_fault_plan_refused(sim):
     assert r.status == 400
     r = sim.post("/_sim/faults", [{"endpoint": "usage", "status": 42}])
     assert r.status == 400
+
+
+# -- issue 9: collection faults ----------------------------------------------------------------
+
+def all_pages(sim, path, tok):
+    """The records of a query and the nextLinks it followed."""
+    r = sim.get(path, token=tok)
+    assert r.status == 200, r.body
+    doc = r.json()
+    got, links = list(doc["value"]), []
+    while "nextLink" in doc:
+        links.append(doc["nextLink"])
+        doc = sim.get(doc["nextLink"], token=sim.tok).json()
+        got += doc["value"]
+    return got, links
+
+
+@pytest.mark.parametrize("body,want", [
+    (None, {"error": {"code": "ProcessingNotComplete"}}),
+    ("flat", {"code": "ProcessingNotComplete"}),
+    ("empty", {}),
+])
+def test_not_ready_answers_202_for_an_hour(sim, body, want):
+    rule = {"endpoint": "usage", "action": "notReady", "hour": HOUR, "times": 2,
+            "retryAfter": "5"}
+    if body:
+        rule["body"] = body
+    sim.set_faults([rule])
+    assert usage(sim, hour="2026-11-01T11:00:00Z").status == 200  # another hour is ready
+    for _ in range(2):
+        r = usage(sim)
+        assert r.status == 202 and r.headers["retry-after"] == "5"
+        doc = r.json()
+        assert "value" not in doc
+        if "error" in want:
+            assert doc["error"]["code"] == "ProcessingNotComplete" and doc["error"]["message"]
+        elif want:
+            assert set(doc) == {"code", "message"}
+        else:
+            assert doc == {}
+    assert len(usage(sim).json()["value"]) == 20  # processed now
+    sim.set_faults([{"endpoint": "usage", "action": "notReady", "status": 200, "body": "empty",
+                     "times": 1}])
+    r = usage(sim)
+    assert r.status == 200 and r.json() == {}  # a 2xx without a value array
+
+
+def test_late_records_appear_when_the_hour_is_asked_again():
+    """lateRecords: the first query of an hour misses its last records; a later query (the
+    look-back pass) has them. The expected charges always count them."""
+    with Sim(scenario(pageSize=7), now=NOW) as s:
+        s.tok = s.token(s.audiences()["stack"])
+        s.set_faults([{"endpoint": "usage", "action": "lateRecords", "hour": HOUR, "count": 3}])
+        first, links = all_pages(s, s.usage_path(HOUR), s.tok)
+        assert len(first) == 17 and len(links) == 2  # pages of 7, 7 and 3
+        again, _ = all_pages(s, s.usage_path(HOUR), s.tok)
+        assert len(again) == 20 and again[:17] == first
+        late = {record_key(HOUR, r) for r in again[17:]}
+        expected = {e["usageEventId"] for e in s.expected_events(
+            since=HOUR, until="2026-11-01T11:00:00Z")}
+        assert late <= expected and len(expected) == 20
+        other, _ = all_pages(s, s.usage_path("2026-11-01T11:00:00Z"), s.tok)
+        assert len(other) == 20  # only the rule's hour
+        # per subscriber: the last records of that subscriber's own answer
+        sub = s.world()["tenants"][0]["subscriptions"][0]
+        s.set_faults([{"endpoint": "usage", "action": "lateRecords", "count": 1}])
+        h = "2026-11-01T12:00:00Z"
+        mine, _ = all_pages(s, s.usage_path(h, subscriber=sub), s.tok)
+        mine2, _ = all_pages(s, s.usage_path(h, subscriber=sub), s.tok)
+        assert len(mine) + 1 == len(mine2) and mine2[:-1] == mine
+
+
+@pytest.mark.parametrize("status", [400, 404])
+def test_expired_continuation_token(status):
+    """expireToken: a saved nextLink is refused (and stays refused); a new query of the hour
+    gets new tokens that work."""
+    with Sim(scenario(pageSize=7), now=NOW) as s:
+        s.tok = s.token(s.audiences()["stack"])
+        link = s.get(s.usage_path(HOUR), token=s.tok).json()["nextLink"]
+        rule = {"endpoint": "usage", "action": "expireToken", "times": 1}
+        if status == 404:
+            rule["status"] = 404
+        s.set_faults([rule])
+        assert usage(s).status == 200  # first pages are not continuations: not counted
+        assert s.faults()[0]["seen"] == 0
+        for _ in range(2):
+            r = s.get(link, token=s.tok)
+            assert r.status == status
+            assert r.json()["error"]["code"] == "ExpiredContinuationToken"
+        got, links = all_pages(s, s.usage_path(HOUR), s.tok)
+        assert len(got) == 20 and len(links) == 2
+
+
+def test_nextlink_with_an_explicit_default_port():
+    """nextLinkAuthority: the nextLink names the same authority written otherwise: the host in
+    upper case and :443 when the client named no port; or any authority text."""
+    import http.client
+    sc = scenario(pageSize=7)
+    with Sim(sc, now=NOW) as s:
+        s.tok = s.token(s.audiences()["stack"])
+        s.set_faults([{"endpoint": "usage", "action": "nextLinkAuthority"}])
+        conn = http.client.HTTPSConnection("127.0.0.1", s.port, context=s.ssl, timeout=10)
+        try:
+            # a client on the default port sends Host without a port
+            conn.request("GET", s.usage_path(HOUR), headers={
+                "Host": "localhost", "Authorization": "Bearer " + s.tok})
+            link = json.loads(conn.getresponse().read())["nextLink"]
+        finally:
+            conn.close()
+        assert link.startswith("https://LOCALHOST:443/subscriptions/"), link
+        link = usage(s).json()["nextLink"]
+        assert link.startswith("https://%s/subscriptions/" % s.host)  # an IP has no case
+        s.set_faults([{"endpoint": "usage", "action": "nextLinkAuthority",
+                       "authority": "localhost:{port}"}])
+        link = usage(s).json()["nextLink"]
+        assert link.startswith("https://localhost:%d/subscriptions/" % s.port)
+        # the request log says which host a request named and whether it carried a token
+        s.get(link.replace("https://localhost:%d" % s.port, ""), headers={"Host": "localhost"})
+        last = s.requests()["requests"][-1]
+        assert last["host"] == "localhost" and last["bearer"] is False
+        assert s.requests()["requests"][-2]["bearer"] is True
+
+
+def test_subscriptions_of_a_delegated_provider():
+    """A delegated provider's customer: listed with that provider's subscription as
+    delegatedProviderSubscriptionId, no usage in the provider's pages, and a per-subscriber
+    query for it answers 400 SubscriberIdIsNotDirectTenant (so does an unknown subscription)."""
+    reseller = "7e5e11e2-0000-4000-8000-0000000000aa"
+    sc = scenario(tenants=[{"registered": True}, {}, {"delegatedProvider": reseller},
+                           {"delegatedProvider": True}])
+    with Sim(sc, now=NOW) as s:
+        s.tok = s.token(s.audiences()["stack"])
+        w = s.world()
+        delegated = w["tenants"][2]["subscriptions"] + w["tenants"][3]["subscriptions"]
+        assert w["tenants"][2]["delegatedProvider"] == reseller
+        assert w["tenants"][3]["delegatedProvider"] not in (None, w["providerSubscription"])
+        assert w["tenants"][0]["delegatedProvider"] is None
+        listed = s.get("/subscriptions/%s/providers/Microsoft.Subscriptions.Admin/subscriptions"
+                       "?api-version=2015-11-01" % w["providerSubscription"],
+                       token=s.tok).json()["value"]
+        by_id = {v["subscriptionId"]: v["delegatedProviderSubscriptionId"] for v in listed}
+        assert len(by_id) == 8
+        assert {by_id[x] for x in w["tenants"][2]["subscriptions"]} == {reseller}
+        assert {by_id[x] for x in w["tenants"][0]["subscriptions"]} == \
+            {w["providerSubscription"]}
+        for sub in delegated + ["0badc0de-0000-4000-8000-000000000000"]:
+            r = s.get(s.usage_path(HOUR, subscriber=sub), token=s.tok)
+            assert r.status == 400, sub
+            assert r.json()["error"]["code"] == "SubscriberIdIsNotDirectTenant"
+            assert sub in r.json()["error"]["message"]
+        direct = w["tenants"][1]["subscriptions"][0]
+        assert s.get(s.usage_path(HOUR, subscriber=direct), token=s.tok).json()["value"]
+        recs = usage(s).json()["value"]
+        assert len(recs) == 20
+        assert not {r["properties"]["subscriptionId"] for r in recs} & set(delegated)
+        assert not {e["sourceSubscriptionId"] for e in s.expected_events()} & set(delegated)
+
+
+def test_deleted_subscription_late_usage_still_reported():
+    """deleteSubscriptions: after `after` listings the subscriptions are gone from the list,
+    while the usage API still reports their usage, charged to their tenant as before."""
+    with Sim(scenario(), now=NOW) as s:
+        s.tok = s.token(s.audiences()["stack"])
+        w = s.world()
+        t = w["tenants"][0]
+        gone = t["subscriptions"][0]
+        lst = ("/subscriptions/%s/providers/Microsoft.Subscriptions.Admin/subscriptions"
+               "?api-version=2015-11-01" % w["providerSubscription"])
+        s.set_faults([{"endpoint": "subscriptions", "action": "deleteSubscriptions",
+                       "subscriptions": [gone], "after": 1}])
+
+        def listed():
+            return {v["subscriptionId"] for v in s.get(lst, token=s.tok).json()["value"]}
+        assert gone in listed()
+        assert gone not in listed() and len(listed()) == 5
+        assert s.world()["tenants"][0]["deletedSubscriptions"] == [gone]
+        for h in range(20, 24):
+            r = s.get(s.usage_path("2026-11-02T%02d:00:00Z" % h, subscriber=gone), token=s.tok)
+            assert r.status == 200 and r.json()["value"]
+        mine = [e for e in s.expected_events() if e["sourceSubscriptionId"] == gone]
+        assert mine and {e["subscriptionId"] for e in mine} == {t["customerSubscription"]}
+        assert {e["chargeReason"] for e in mine} == {"registered"}
+        assert {e["tenantId"] for e in mine} == {t["tenantId"]}
+        s.reset()
+        assert gone in listed()
+
+
+def test_lost_answer_after_the_batch_was_stored(sim):
+    """afterProcessing: the batch is written to the ledger, then the answer is lost (the
+    connection reset, or no answer at all); the re-sent batch is answered Duplicate."""
+    ev = events(sim, 3)
+    sim.set_faults([{"endpoint": "commerce", "action": "reset", "afterProcessing": True,
+                     "times": 1},
+                    {"endpoint": "commerce", "action": "timeout", "afterProcessing": True,
+                     "times": 1}])
+    with pytest.raises((ConnectionError, ssl.SSLError, OSError)):
+        sim.commerce_post(ev[:2])
+    assert sim.summary()["accepted"] == 2
+    with pytest.raises((socket.timeout, TimeoutError)):
+        sim.commerce_post(ev[2:], timeout=1.0)
+    assert sim.summary()["accepted"] == 3
+    r = sim.commerce_post(ev)
+    assert [x["status"] for x in r.json()["result"]] == ["Duplicate"] * 3
+    actions = [x["action"] for x in sim.requests()["requests"] if x["endpoint"] == "commerce"]
+    assert actions[:2] == ["reset-after", "timeout-after"]
+
+
+# -- issue 11: Commerce answers with results missing or reordered ------------------------------
+
+def test_commerce_results_missing(sim):
+    """omitResults: the answer leaves out the results of the listed events, or the last
+    `count` of the batch; the events themselves are processed (stored)."""
+    ev = events(sim, 6)
+    ids = [e["usageEventId"] for e in ev]
+    sim.set_faults([{"endpoint": "commerce", "action": "omitResults", "events": [ids[1]],
+                     "times": 1},
+                    {"endpoint": "commerce", "action": "omitResults", "count": 2, "times": 1}])
+    doc = sim.commerce_post(ev).json()
+    got = [x["usageEventId"] for x in doc["result"]]
+    assert got == [ids[0], ids[2], ids[3]] and doc["count"] == 3
+    assert sim.summary()["accepted"] == 6
+    doc = sim.commerce_post(ev).json()  # both rules used up
+    assert [x["usageEventId"] for x in doc["result"]] == ids
+    assert {x["status"] for x in doc["result"]} == {"Duplicate"}
+
+
+def test_commerce_results_reordered(sim):
+    ev = events(sim, 5)
+    ids = [e["usageEventId"] for e in ev]
+    sim.set_faults([{"endpoint": "commerce", "action": "reorderResults", "times": 1}])
+    bad = dict(ev[4], quantity="1e3")
+    doc = sim.commerce_post(ev[:4] + [bad]).json()
+    assert [x["usageEventId"] for x in doc["result"]] == ids[::-1]
+    assert [x["status"] for x in doc["result"]] == ["InvalidQuantity"] + ["Accepted"] * 4
+    assert doc["count"] == 5
+    doc = sim.commerce_post(ev).json()
+    assert [x["usageEventId"] for x in doc["result"]] == ids
