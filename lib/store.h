@@ -1,7 +1,8 @@
 /*
  * The durable store (ARCHITECTURE.md section 7): one SQLite file in WAL mode holding usage records
  * and their state machine, the collection cursor, the user-subscription cache, the registration
- * cache, record history and a few daemon facts. The only module that includes sqlite3.h.
+ * cache and record history. The only module that includes sqlite3.h (lib/store*.c; the layout is
+ * explained in store-private.h).
  *
  * Every public operation is one transaction. Times are seconds since the epoch (UTC). SQLite
  * errors are translated here: BUSY/LOCKED -> -EBUSY, FULL -> -ENOSPC, CORRUPT/NOTADB -> -EBADMSG,
@@ -21,7 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define STORE_SCHEMA_VERSION 3 /* the version this build writes; older files are migrated */
+#define STORE_SCHEMA_VERSION 1 /* the version this build writes; older files are migrated */
 #define STORE_BATCH_ID_LEN   36
 
 enum store_state {
@@ -94,8 +95,7 @@ struct store_record {
 	char *tenant_id;            /* directory tenant, set when mapped */
 	char *charged_subscription; /* set when mapped, then frozen */
 	char *charge_reason;        /* registered | default | unknown-subscription | ambiguous */
-	char *registration; /* the registration resource id it was mapped on, then frozen (NULL for
-	                       one mapped before schema version 3: the configured registration) */
+	char *registration;         /* the registration resource id it was mapped on, then frozen */
 	unsigned attempts;
 	int64_t next_attempt_at;
 	char *batch_id;
@@ -133,10 +133,22 @@ int store_hours_due(struct store *s, int64_t now, size_t limit, struct store_hou
 /* The newest hour ever scheduled (the collection cursor); -ENOENT when none. */
 int store_cursor_hour(struct store *s, int64_t *ret);
 
-/* Schedule hours [from, to] (on the hour, not after the cursor: else -EINVAL) to be collected
- * again now, pass 2 or more; records who and why. ret_n: schedule rows touched. */
-int store_recollect(struct store *s, int64_t from, int64_t to, const char *actor,
-                    const char *reason, int64_t now, size_t *ret_n);
+/*
+ * Schedule hours [from, to] (on the hour, not after the cursor: else -EINVAL) to be collected
+ * again now, pass 2 or more; records who and why. A range that starts before the oldest hour ever
+ * scheduled less lookback is -ERANGE unless force is set: nothing was ever collected there, so
+ * it is most likely a typing error. ret_n: schedule rows touched.
+ */
+struct store_recollect {
+	int64_t from, to;
+	int64_t lookback; /* seconds */
+	bool force;
+	const char *actor;
+	const char *reason; /* may be NULL */
+	int64_t now;
+};
+
+int store_recollect(struct store *s, const struct store_recollect *rc, size_t *ret_n);
 
 /*
  * One collected page and the cursor that follows it, in one transaction. Per record: a new key is
@@ -153,8 +165,9 @@ int store_recollect(struct store *s, int64_t from, int64_t to, const char *actor
  * ("2.4000000000" stays so), the same value at the same scale otherwise ("1e3" -> "1000",
  * ".5" -> "0.5"), so that what is forwarded is never exponent notation; raw keeps the literal.
  * A quarantined record without a valid key gets SHA-256 of "quarantined\n", its raw
- * text, "\n" and its reason. A quarantined record seen again, or a record whose stored twin is
- * quarantined, counts as a duplicate. A changed quantity already stored as a conflict row is a
+ * text, "\n" and its reason. A quarantined record seen again (same hour and key) counts as a
+ * duplicate; a valid record under the key of a quarantined one is stored and forwarded (the
+ * quarantined one stays for the audit). A changed quantity already stored as a conflict row is a
  * duplicate too.
  */
 struct store_page {
@@ -257,9 +270,9 @@ int store_counts(struct store *s, struct store_counts *ret);
 /* Records waiting to be forwarded (pending + held + inflight): the max_pending check. */
 int store_backlog(struct store *s, uint64_t *ret);
 
-/* collected_at of the oldest pending record; -ENOENT when none. Not for the loop: no index
- * serves it (one more index on every put and claim cost ~15 %), so it reads every pending row;
- * azs-usagectl status uses it. */
+/* collected_at of the oldest pending record; -ENOENT when none. Cheap enough for the loop (a
+ * metric): records are claimed in id order, so the oldest never-claimed one is the first after
+ * the claim head, and records due for a retry are few. */
 int store_oldest_pending(struct store *s, int64_t *ret);
 
 /* Delete forwarded records forwarded before `before`, at most max_rows in this transaction. */
@@ -272,9 +285,13 @@ struct store_subscription {
 	char *display_name;
 	char *owner;
 	char *state;
+	char *delegated_provider; /* delegatedProviderSubscriptionId, lower-case, or NULL */
+	bool gone;                /* out: no longer listed; its tenant is kept (section 4) */
 };
 
 void store_subscription_done(struct store_subscription *s);
+/* Refresh from the complete list: listed ones are written, unlisted ones marked gone (never
+ * forgotten). */
 int store_subscriptions_replace(struct store *s, const struct store_subscription *subs, size_t n,
                                 int64_t now);
 int store_subscription_get(struct store *s, const char *subscription_id,
@@ -305,10 +322,6 @@ int store_customer_subscriptions(struct store *s, struct store_customer_subscrip
 int store_customer_subscriptions_for_tenant(struct store *s, const char *tenant_id, char ***ret,
                                             size_t *ret_n);
 
-/* Daemon facts (small key/value table). */
-int store_fact_set(struct store *s, const char *key, const char *value);
-int store_fact_get(struct store *s, const char *key, char **ret); /* -ENOENT */
-
 /* Queries for azs-usagectl (off the loop). */
 struct store_query {
 	int state;                   /* -1: any */
@@ -327,8 +340,12 @@ int store_records_query(struct store *s, const struct store_query *q, store_reco
 
 /* The record in `state` (-1: any) whose key starts with prefix (>= 8 hex digits): -ENOENT,
  * -ENOTUNIQ when several match, -EINVAL for a bad prefix. A conflict row shares its original's
- * key; discarded rows yield to a live one. */
+ * key (two open conflicts of one record are found by their ids, store_record_by_id); discarded
+ * rows yield to a live one. */
 int store_record_find(struct store *s, const char *prefix, int state, struct store_record *ret);
+
+/* A record by its own id (what azs-usagectl shows as a conflict's id); -ENOENT. */
+int store_record_by_id(struct store *s, int64_t id, struct store_record *ret);
 
 struct store_history {
 	int64_t at;
@@ -341,17 +358,18 @@ void store_history_done(struct store_history *h);
 int store_record_history(struct store *s, int64_t id, struct store_history **ret, size_t *ret_n);
 
 /*
- * Operator actions; each writes history with actor and reason. Retry puts a dead letter back to
- * pending, due at now, with its batch id and charge cleared (it is mapped again with the current
- * registration); a credit-required conflict row cannot be retried (-EPERM), only discarded.
- * Discard needs a reason. -ENOENT when the record is not a (non-discarded) dead letter.
+ * Operator actions; each writes history with actor and reason, and acts on all the records given
+ * or (on any error) on none. Retry puts a dead letter back to pending, due at now, with its batch
+ * id and charge cleared (it is mapped again with the current registration); a credit-required
+ * conflict row cannot be retried (-EPERM), only discarded. Discard needs a reason. -ENOENT when a
+ * record is not a (non-discarded) dead letter.
  */
-int store_dead_retry(struct store *s, int64_t id, const char *actor, const char *reason,
-                     int64_t now);
+int store_dead_retry(struct store *s, const int64_t *ids, size_t n, const char *actor,
+                     const char *reason, int64_t now);
 int store_dead_retry_all(struct store *s, const char *actor, const char *reason, int64_t now,
                          size_t *ret_n);
-int store_dead_discard(struct store *s, int64_t id, const char *actor, const char *reason,
-                       int64_t now);
+int store_dead_discard(struct store *s, const int64_t *ids, size_t n, const char *actor,
+                       const char *reason, int64_t now);
 
 /*
  * Resolve a conflict row (ARCHITECTURE.md section 4). Accept: original not forwarded -> its
