@@ -44,6 +44,7 @@
 /* key digits shown in tables: far beyond any collision, enough to paste back */
 #define CTL_KEY_SHOWN          16
 #define CTL_DEFAULT_REASON     "operator"
+#define CTL_DEFAULT_LOOKBACK   (6 * 3600) /* [stack] lookback when no configuration is read */
 #define CTL_HEALTH_TIMEOUT_SEC 2
 #define CTL_NOT_AVAILABLE      "not available yet: needs the registry (azs-usaged registry module)"
 
@@ -82,6 +83,7 @@ enum {
 	OPT_CSV = 1u << 10,
 	OPT_UNREGISTERED = 1u << 11,
 	OPT_TENANT_ID = 1u << 12,
+	OPT_FORCE = 1u << 13,
 };
 
 struct ctl_option {
@@ -104,6 +106,7 @@ static const struct ctl_option ctl_options[] = {
         {"--csv", OPT_CSV, false},
         {"--unregistered", OPT_UNREGISTERED, false},
         {"--tenant-id", OPT_TENANT_ID, true},
+        {"--force", OPT_FORCE, false},
 };
 
 struct ctl_verb_def {
@@ -134,7 +137,8 @@ static const struct ctl_verb_def ctl_verbs[] = {
         {"quarantine", "list", CTL_QUARANTINE, OPT_LIMIT, 0, 0, false, true},
         {"quarantine", "show", CTL_QUARANTINE_SHOW, 0, 1, 1, false, true},
         {"report", NULL, CTL_REPORT, OPT_FROM | OPT_TO | OPT_BY | OPT_CSV, 0, 0, false, true},
-        {"recollect", NULL, CTL_RECOLLECT, OPT_FROM | OPT_TO | OPT_REASON, 0, 0, true, true},
+        {"recollect", NULL, CTL_RECOLLECT, OPT_FROM | OPT_TO | OPT_REASON | OPT_FORCE, 0, 0, true,
+         true},
         {"lookup", NULL, CTL_LOOKUP, 0, 1, 1, false, false},
         {"tenants", NULL, CTL_TENANTS, OPT_UNREGISTERED, 0, 0, false, false},
         {"tenant", "add", CTL_TENANT_ADD, OPT_TENANT_ID, 1, 1, true, false},
@@ -217,17 +221,20 @@ static const char *const ctl_help[] = {
         "    dead [list] [--limit N]\n",
         "        Dead letters: records Commerce refused for good, with its error.\n",
         "    dead retry KEY... | --all [--reason R]                          (writes)\n",
-        "        Send dead records again (back to pending).\n",
+        "        Send dead records again (back to pending). All of them or, when one\n",
+        "        cannot be retried, none.\n",
         "    dead discard KEY... --reason R                                  (writes)\n",
         "        Give up on dead records; they stay for audit but leave the dead list.\n",
+        "        All of them or none.\n",
         "    conflicts [list] [--limit N]\n",
         "        Records collected again with a different quantity, waiting for a\n",
-        "        decision.\n",
-        "    conflicts accept KEY [--reason R]                               (writes)\n",
+        "        decision; each row with its own ID (several conflicts of one record\n",
+        "        share its key).\n",
+        "    conflicts accept CONFLICT [--reason R]                          (writes)\n",
         "        Take the new quantity: replaces the original if it was not forwarded\n",
         "        yet; if it was, a larger quantity forwards the difference as an\n",
         "        adjustment, a smaller one becomes dead with error credit-required.\n",
-        "    conflicts reject KEY [--reason R]                               (writes)\n",
+        "    conflicts reject CONFLICT [--reason R]                          (writes)\n",
         "        Keep the original quantity.\n",
         "    quarantine [list] [--limit N]\n",
         "        Records that failed validation, with the reason. Never forwarded.\n",
@@ -237,11 +244,14 @@ static const char *const ctl_help[] = {
         "    report --from TIME --to TIME [--by subscription|tenant|meter] [--csv]\n",
         "        Exact totals of the forwarded records whose usage started in\n",
         "        [from, to): by charged subscription and meter (default), by tenant and\n",
-        "        meter, or by meter. --csv prints CSV with a header line.\n",
-        "    recollect --from HOUR --to HOUR [--reason R]                    (writes)\n",
+        "        meter, or by meter. --csv prints CSV with a header line; a cell that\n",
+        "        starts with = + - or @ gets a leading ' so that no spreadsheet runs it.\n",
+        "    recollect --from HOUR --to HOUR [--reason R] [--force]          (writes)\n",
         "        Collect the reported hours from HOUR to HOUR (both included) again.\n",
         "        Records seen before are deduplicated by key; changed ones become\n",
-        "        conflicts. Hours after the collection cursor cannot be recollected.\n",
+        "        conflicts. Hours after the collection cursor cannot be recollected;\n",
+        "        a range that starts before the first hour ever collected less the\n",
+        "        configured lookback needs --force.\n",
         "\n",
         "    Coming with the registry module (now they exit 1 saying \"not available yet\"):\n",
         "    lookup USER-SUBSCRIPTION, tenants [--unregistered],\n",
@@ -250,6 +260,8 @@ static const char *const ctl_help[] = {
         "\n",
         "ARGUMENTS\n",
         "    KEY     a record key (64 hex digits) or a unique prefix of at least 8.\n",
+        "    CONFLICT  a conflict's ID as the conflicts list shows it, or the KEY of a\n",
+        "            record with a single open conflict.\n",
         "    TIME    RFC 3339 in UTC or with an offset (2026-11-01T10:00:00Z), or a date\n",
         "            (2026-11-01, midnight UTC).\n",
         "    HOUR    a TIME on the hour.\n",
@@ -277,6 +289,7 @@ static const char *const ctl_help[] = {
 };
 
 enum ctl_column {
+	COL_ID,
 	COL_KEY,
 	COL_STATE,
 	COL_HOUR,
@@ -294,6 +307,7 @@ struct ctl_column_def {
 };
 
 static const struct ctl_column_def ctl_columns[] = {
+        [COL_ID] = {"ID", 10},
         [COL_KEY] = {"KEY", CTL_KEY_SHOWN},
         [COL_STATE] = {"STATE", 11},
         [COL_HOUR] = {"REPORTED HOUR", TIME_RFC3339_LEN},
@@ -312,7 +326,7 @@ static const enum ctl_column ctl_dead_columns[] = {
         COL_KEY, COL_HOUR, COL_SUBSCRIPTION, COL_METER, COL_QUANTITY, COL_ATTEMPTS, COL_ERROR,
 };
 static const enum ctl_column ctl_conflicts_columns[] = {
-        COL_KEY, COL_HOUR, COL_SUBSCRIPTION, COL_METER, COL_QUANTITY,
+        COL_ID, COL_KEY, COL_HOUR, COL_SUBSCRIPTION, COL_METER, COL_QUANTITY,
 };
 static const enum ctl_column ctl_quarantine_columns[] = {
         COL_KEY,
@@ -349,6 +363,7 @@ static int ctl_dead_retry(struct ctl *c);
 static int ctl_dead_discard(struct ctl *c);
 static int ctl_quarantine_show(struct ctl *c);
 static int ctl_conflict_resolve(struct ctl *c);
+static int ctl_find_conflict(struct ctl *c, const char *arg, struct store_record *ret);
 static int ctl_report(struct ctl *c);
 static int ctl_recollect(struct ctl *c);
 static int ctl_parse_time(const char *s, int64_t *ret);
@@ -747,8 +762,13 @@ ctl_open(struct ctl *c)
 		/* the store verbs need no credentials, which systemd hands only to the unit */
 		r = config_load_flags(path, CONFIG_SKIP_SECRETS, &c->config, &problems);
 		if (r < 0) {
-			for (size_t i = 0; i < problems.n_errors; i++)
-				fprintf(stderr, "%s\n", problems.errors[i]);
+			/* redacted as the daemon's: a secret may stand where a value was expected
+			 */
+			for (size_t i = 0; i < problems.n_errors; i++) {
+				_cleanup_free_ char *line = log_redact(problems.errors[i]);
+
+				fprintf(stderr, "%s\n", line);
+			}
 			config_problems_done(&problems);
 			return ctl_fail(r, "cannot use the configuration %s", path);
 		}
@@ -967,6 +987,23 @@ ctl_list(struct ctl *c)
 	return 0;
 }
 
+/* Drop repeated ids (one record named twice) in place; the number left. */
+static size_t
+ctl_unique_ids(int64_t *ids, size_t n)
+{
+	size_t k = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		bool again = false;
+
+		for (size_t j = 0; j < k; j++)
+			again = again || ids[j] == ids[i];
+		if (!again)
+			ids[k++] = ids[i];
+	}
+	return k;
+}
+
 /* Send dead records again: each KEY, or every dead record with --all. */
 static int
 ctl_dead_retry(struct ctl *c)
@@ -1002,21 +1039,14 @@ ctl_dead_retry(struct ctl *c)
 		ids[i] = rec.id;
 		store_record_done(&rec);
 	}
-	for (size_t i = 0; i < c->n_args; i++) {
-		bool again = false;
-
-		for (size_t k = 0; k < i; k++)
-			again = again || ids[k] == ids[i];
-		if (again)
-			continue;
-		r = store_dead_retry(c->store, ids[i], c->actor, c->reason, now);
-		if (r < 0)
-			return ctl_fail(0, "dead retry %s: %s: %s (%zu of %zu done)", c->args[i],
-			                strerror(-r), store_errmsg(c->store), n, c->n_args);
-		n++;
-		if (!c->json)
+	n = ctl_unique_ids(ids, c->n_args);
+	r = store_dead_retry(c->store, ids, n, c->actor, c->reason, now);
+	if (r < 0)
+		return ctl_fail(0, "dead retry: %s: %s (nothing changed)", strerror(-r),
+		                store_errmsg(c->store));
+	if (!c->json)
+		for (size_t i = 0; i < c->n_args; i++)
 			printf("%s: back to pending\n", c->args[i]);
-	}
 	if (c->json) {
 		_cleanup_(json_decrefp) json_t *o =
 		        json_pack("{s:s,s:I}", "action", "dead-retry", "records", (json_int_t)n);
@@ -1044,21 +1074,14 @@ ctl_dead_discard(struct ctl *c)
 		ids[i] = rec.id;
 		store_record_done(&rec);
 	}
-	for (size_t i = 0; i < c->n_args; i++) {
-		bool again = false;
-
-		for (size_t k = 0; k < i; k++)
-			again = again || ids[k] == ids[i];
-		if (again)
-			continue;
-		r = store_dead_discard(c->store, ids[i], c->actor, c->reason, now);
-		if (r < 0)
-			return ctl_fail(0, "dead discard %s: %s: %s (%zu of %zu done)", c->args[i],
-			                strerror(-r), store_errmsg(c->store), n, c->n_args);
-		n++;
-		if (!c->json)
+	n = ctl_unique_ids(ids, c->n_args);
+	r = store_dead_discard(c->store, ids, n, c->actor, c->reason, now);
+	if (r < 0)
+		return ctl_fail(0, "dead discard: %s: %s (nothing changed)", strerror(-r),
+		                store_errmsg(c->store));
+	if (!c->json)
+		for (size_t i = 0; i < c->n_args; i++)
 			printf("%s: discarded\n", c->args[i]);
-	}
 	if (c->json) {
 		_cleanup_(json_decrefp) json_t *o =
 		        json_pack("{s:s,s:I}", "action", "dead-discard", "records", (json_int_t)n);
@@ -1106,7 +1129,7 @@ ctl_conflict_resolve(struct ctl *c)
 	struct store_record rec = {0};
 	int r;
 
-	r = ctl_find(c, c->args[0], STORE_CONFLICT, &rec);
+	r = ctl_find_conflict(c, c->args[0], &rec);
 	if (r < 0)
 		return CTL_EXIT_FAILURE;
 	if (accept)
@@ -1176,7 +1199,19 @@ ctl_recollect(struct ctl *c)
 	size_t n = 0;
 	int r;
 
-	r = store_recollect(c->store, c->from, c->to, c->actor, c->reason, now_seconds(), &n);
+	struct store_recollect rc = {
+	        .from = c->from,
+	        .to = c->to,
+	        /* without a configuration (--store alone) the default lookback */
+	        .lookback = c->config ? (int64_t)(c->config->stack.lookback_usec / 1000000)
+	                              : CTL_DEFAULT_LOOKBACK,
+	        .force = (c->seen & OPT_FORCE) != 0,
+	        .actor = c->actor,
+	        .reason = c->reason,
+	        .now = now_seconds(),
+	};
+
+	r = store_recollect(c->store, &rc, &n);
 	if (r < 0)
 		return ctl_fail(0, "recollect: %s: %s", strerror(-r), store_errmsg(c->store));
 	time_format_rfc3339(c->from, from);
@@ -1255,6 +1290,61 @@ ctl_find(struct ctl *c, const char *prefix, enum store_state state, struct store
 	return r;
 }
 
+/*
+ * Find an open conflict by its id (the conflicts list's ID) or by the key of its record when
+ * that record has only one; says why not on failure. Digits only could be either: when both
+ * readings find a conflict, and not the same one, nothing is chosen.
+ */
+static int
+ctl_find_conflict(struct ctl *c, const char *arg, struct store_record *ret)
+{
+	struct store_record by_id = {0};
+	size_t len = strlen(arg);
+	bool digits = len > 0 && len <= 18 && strspn(arg, "0123456789") == len;
+	int r;
+
+	if (digits && store_record_by_id(c->store, strtoll(arg, NULL, 10), &by_id) >= 0 &&
+	    by_id.state != STORE_CONFLICT)
+		store_record_done(&by_id);
+	if (len < 8 || strspn(arg, "0123456789abcdefABCDEF") != len) {
+		if (by_id.key) {
+			*ret = by_id;
+			return 0;
+		}
+		ctl_fail(0, "%s: no open conflict has this ID", arg);
+		return -ENOENT;
+	}
+	r = store_record_find(c->store, arg, STORE_CONFLICT, ret);
+	if (r >= 0 && by_id.key && by_id.id != ret->id) {
+		store_record_done(ret);
+		store_record_done(&by_id);
+		ctl_fail(0,
+		         "%s: both the ID of one conflict and a key of another; give more "
+		         "digits of the key",
+		         arg);
+		return -ENOTUNIQ;
+	}
+	if (r >= 0) {
+		store_record_done(&by_id);
+		return 0;
+	}
+	if (by_id.key) {
+		*ret = by_id;
+		return 0;
+	}
+	if (r == -ENOTUNIQ)
+		ctl_fail(0,
+		         "%s: several open conflicts share this key; give the ID that "
+		         "'conflicts' shows",
+		         arg);
+	else if (r == -ENOENT)
+		ctl_fail(0, "%s: no open conflict has this ID or key", arg);
+	else
+		ctl_fail(0, "%s: looking up the conflict: %s: %s", arg, strerror(-r),
+		         store_errmsg(c->store));
+	return r;
+}
+
 /* Print one record of a listing (store callback). */
 static int
 ctl_list_row(void *userdata, const struct store_record *r)
@@ -1265,6 +1355,10 @@ ctl_list_row(void *userdata, const struct store_record *r)
 	if (l->json) {
 		_cleanup_(json_decrefp) json_t *o = ctl_record_json(r);
 		_cleanup_free_ char *text = NULL;
+
+		/* a conflict's own id: several conflicts of one record share its key */
+		if (o && l->columns == ctl_conflicts_columns)
+			json_object_set_new(o, "id", json_integer(r->id));
 
 		text = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
 		if (!text)
@@ -1278,6 +1372,10 @@ ctl_list_row(void *userdata, const struct store_record *r)
 			const char *v = NULL;
 
 			switch (col) {
+			case COL_ID:
+				snprintf(buf, sizeof(buf), "%" PRId64, r->id);
+				v = buf;
+				break;
 			case COL_KEY:
 				snprintf(buf, sizeof(buf), "%.*s", CTL_KEY_SHOWN,
 				         r->key ? r->key : "-");
@@ -1465,12 +1563,20 @@ ctl_put_cell(const char *s, int width, bool last)
 		printf("%*s", width > n ? width - n + 2 : 2, "");
 }
 
-/* Print one CSV field (RFC 4180 quoting), then a comma or the end of the line. */
+/*
+ * Print one CSV field (RFC 4180 quoting), then a comma or the end of the line. A cell that a
+ * spreadsheet would run as a formula (it starts with =, +, - or @, or a tab or carriage return
+ * that some strip first) gets a leading ' and is then shown as text.
+ */
 static void
 ctl_put_csv(const char *s, bool last)
 {
-	if (strpbrk(s, ",\"\r\n")) {
+	bool formula = strchr("=+-@\t\r", s[0]) && s[0] != '\0';
+
+	if (formula || strpbrk(s, ",\"\r\n")) {
 		putchar('"');
+		if (formula)
+			putchar('\'');
 		for (const char *p = s; *p; p++) {
 			if (*p == '"')
 				putchar('"');
