@@ -1340,6 +1340,26 @@ secret_file_read(struct parse *ps, const struct key *k, unsigned line, const str
 	return 0;
 }
 
+/* Read a secret file only to register its content for redaction; any failure is ignored. */
+static void
+secret_register_quietly(const struct key *k, const char *path)
+{
+	_cleanup_close_ int fd = -1;
+	struct stat st;
+	char *buf = NULL;
+	size_t size = 0;
+
+	fd = file_open_regular(path, &st);
+	if (fd < 0 || read_whole_fd(fd, CONFIG_MAX_SECRET_SIZE, &buf, &size) < 0)
+		return;
+	if (k->type == KEY_CERT_FILE)
+		register_pem(buf);
+	else
+		register_lines(buf);
+	explicit_wipe(buf, size);
+	free(buf);
+}
+
 /* A PEM password callback that refuses: encrypted keys are not supported (and no prompt). */
 static int
 pem_no_password(char *buf, int size, int rwflag, void *u)
@@ -1466,7 +1486,10 @@ key_apply(struct parse *ps, const struct key *k, const char *v, unsigned line, s
 		}
 		file_resolve(ps, v, &ref);
 		if (ps->flags & CONFIG_SKIP_SECRETS) {
-			/* the caller needs no credentials: resolve the file, read nothing */
+			/* the caller needs no credentials: resolve the file and keep nothing, but
+			 * register what it holds when this user may read it, so that the caller's
+			 * messages are redacted as the daemon's are */
+			secret_register_quietly(k, ref.path);
 			if (k->type == KEY_SECRET_FILE)
 				cl->secret_file = TAKE_PTR(ref.path);
 			else

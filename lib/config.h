@@ -126,8 +126,10 @@ int config_load(const char *path, struct config **ret, struct config_problems *p
 
 /*
  * Flags of config_load_flags(). CONFIG_SKIP_SECRETS: *_file keys of client credentials are
- * resolved but not read (secret and certificate stay NULL), for tools such as azs-usagectl's store
+ * resolved but not kept (secret and certificate stay NULL), for tools such as azs-usagectl's store
  * verbs that need the configuration but no credentials (which systemd hands only to the unit).
+ * A file this user may read is still registered with log_add_secret(), so that the tool's
+ * messages are redacted as the daemon's are; one it may not read is no problem.
  */
 #define CONFIG_SKIP_SECRETS (1u << 0)
 
