@@ -1,18 +1,25 @@
 /*
- * The Commerce ingestion API (ARCHITECTURE.md section 6): request bodies written by hand into one
- * growing buffer, answers parsed with jansson and classified by the outcome table. No I/O.
+ * The Commerce ingestion API (ARCHITECTURE.md section 6): request bodies written and answers read
+ * by hand, answers classified by the outcome table. No I/O.
  *
- * Why by hand: json_pack + json_dumps spends most of its time allocating and freeing a tree of
- * about twenty nodes per event and sorting nothing useful (section 11: ~8 us per event, as much as
- * the rest of a record's life together). An event has a fixed shape, so the writer reserves the
- * worst case for a record once (every string escaped to six bytes per byte) and then writes
- * without further checks. What it writes is checked: strings must be valid UTF-8 and are escaped
- * as RFC 8259 asks; tags and additionalInfo, stored as JSON text, pass a strict validator (the
- * grammar, UTF-8, paired surrogates, jansson's depth limit) and are copied as they are.
+ * Why by hand: jansson spends most of its time allocating and freeing a tree, about twenty nodes
+ * per event for json_pack + json_dumps (section 11: ~8 us per event, as much as the rest of a
+ * record's life together) and ten per result for json_loadb (~2 us). An event has a fixed shape,
+ * so the writer reserves the worst case for a record once (every string escaped to six bytes per
+ * byte) and then writes without further checks; strings must be valid UTF-8 and are escaped as
+ * jansson escapes them; tags and additionalInfo, stored as JSON text, are checked and copied as
+ * they are. The answer reader checks the whole document first, then reads only the members it
+ * needs, as slices of the body (decoded only when they hold escapes).
+ *
+ * One JSON grammar serves both: what jansson accepts (RFC 8259; UTF-8; paired surrogates; no
+ * \u0000; integers within int64; reals that do not overflow; 2048 containers deep; the last of
+ * repeated members counts). tests/fuzz/fuzz-commerce-response.c holds the reader against a jansson
+ * reference; test-commerce.c parses every body written back with jansson.
  */
 #include <assert.h>
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,6 +67,22 @@ enum seen {
 	CONTRADICTED, /* results that disagree: retried */
 };
 
+/* A string of an answer: a slice of the body when it has no escape, else a decoded copy. */
+struct jstr {
+	const char *s; /* NULL: absent or not a string */
+	size_t len;
+	char *owned;
+};
+
+/* What an element of an answer's result list says. */
+struct answer_result {
+	bool object; /* the element is an object */
+	struct jstr id;
+	struct jstr status;
+	struct jstr code;    /* error.code */
+	struct jstr message; /* error.message */
+};
+
 /* One result of the answer, classified. */
 struct verdict {
 	enum store_outcome_kind kind;
@@ -77,6 +100,8 @@ static char *put_time(char *p, int64_t t);
 static int encode_event(struct jbuf *b, const struct commerce_options *o,
                         const struct store_record *r, const char **why);
 static bool json_text_valid(const char *text, size_t len, const char **ret_start, size_t *ret_len);
+static const unsigned char *json_skip_value(const unsigned char *p, const unsigned char *end,
+                                            size_t depth);
 static const unsigned char *skip_ws(const unsigned char *p, const unsigned char *end);
 static const unsigned char *scan_string(const unsigned char *p, const unsigned char *end);
 static const unsigned char *scan_number(const unsigned char *p, const unsigned char *end);
@@ -97,7 +122,22 @@ static uint32_t key_index_find(const struct key_index *x, const struct store_rec
 static void key_index_done(struct key_index *x);
 static void parse_results(struct commerce_response *resp, const struct store_record *records,
                           size_t n, const char *body, size_t size);
-static void classify_result(struct commerce_response *resp, json_t *item, struct verdict *v);
+static void answer_not_a_list(struct commerce_response *resp, const char *body, size_t size);
+static const unsigned char *answer_find_list(const char *body, size_t size);
+static const unsigned char *answer_read_result(const unsigned char *p, const unsigned char *end,
+                                               struct answer_result *r);
+static const unsigned char *answer_read_error(const unsigned char *p, const unsigned char *end,
+                                              struct answer_result *r);
+static const unsigned char *answer_read_string(const unsigned char *p, const unsigned char *end,
+                                               size_t depth, struct jstr *j);
+static void answer_result_done(struct answer_result *r);
+static const unsigned char *jstr_read(const unsigned char *p, const unsigned char *end,
+                                      struct jstr *j);
+static bool jstr_is(const struct jstr *j, const char *word);
+static void jstr_done(struct jstr *j);
+static char *put_utf8(char *o, unsigned cp);
+static void classify_result(struct commerce_response *resp, const struct answer_result *r,
+                            struct verdict *v);
 static void batch_error(struct commerce_response *resp, json_t *root, const char *fallback_code,
                         const char *fallback_message);
 static enum commerce_result result_of_status(int status);
@@ -228,8 +268,10 @@ commerce_parse_response(const struct store_record *records, size_t n, int http_s
 	assert(ret);
 	if (!records || n == 0 || n > COMMERCE_BATCH_MAX)
 		return -EINVAL;
-	if (!body)
+	if (!body) {
+		body = ""; /* no arithmetic on NULL below */
 		size = 0;
+	}
 
 	resp.http_status = http_status;
 	resp.throttle = http_status == 429 || http_status == 503;
@@ -566,39 +608,56 @@ fail:
 }
 
 /*
- * Whether text is exactly one JSON value (RFC 8259, strings in valid UTF-8 with paired
- * surrogate escapes, nesting at most JSON_DEPTH_MAX), whitespace around it allowed. On success
- * the value without the surrounding whitespace.
+ * Whether text is exactly one JSON value as jansson reads it (see json_skip_value), whitespace
+ * around it allowed. On success the value without the surrounding whitespace.
  */
 static bool
 json_text_valid(const char *text, size_t len, const char **ret_start, size_t *ret_len)
 {
-	const unsigned char *p = (const unsigned char *)text, *end = p + len, *start;
+	const unsigned char *p = (const unsigned char *)text, *end = p + len, *start, *after;
+
+	start = skip_ws(p, end);
+	after = json_skip_value(start, end, 0);
+	if (!after || skip_ws(after, end) != end)
+		return false;
+	*ret_start = (const char *)start;
+	*ret_len = (size_t)(after - start);
+	return true;
+}
+
+/*
+ * Skip one JSON value at p (whitespace before it allowed), inside depth open containers; returns
+ * the byte after it, or NULL when it is not valid. Valid means what jansson accepts: RFC 8259,
+ * strings in UTF-8 with paired surrogate escapes and no \u0000, integers within int64, reals
+ * that do not overflow, at most JSON_DEPTH_MAX containers deep counted from the document's root.
+ * Iterative, so a deep document costs no stack.
+ */
+static const unsigned char *
+json_skip_value(const unsigned char *p, const unsigned char *end, size_t depth)
+{
 	enum { WANT_VALUE, WANT_MEMBER, AFTER_VALUE } state = WANT_VALUE;
 	char closer[JSON_DEPTH_MAX];
-	size_t depth = 0;
+	size_t open = 0;
 
-	p = skip_ws(p, end);
-	start = p;
 	for (;;) {
 		p = skip_ws(p, end);
 		if (p >= end)
-			return false;
+			return NULL;
 		switch (state) {
 		case WANT_VALUE:
 			state = AFTER_VALUE;
 			switch (*p) {
 			case '{':
 			case '[':
-				if (depth == JSON_DEPTH_MAX)
-					return false;
-				closer[depth++] = *p == '{' ? '}' : ']';
+				if (depth + open >= JSON_DEPTH_MAX)
+					return NULL;
+				closer[open++] = *p == '{' ? '}' : ']';
 				p = skip_ws(p + 1, end);
-				if (p < end && *p == closer[depth - 1]) {
-					depth--;
+				if (p < end && *p == closer[open - 1]) {
+					open--;
 					p++;
 				} else {
-					state = closer[depth - 1] == '}' ? WANT_MEMBER : WANT_VALUE;
+					state = closer[open - 1] == '}' ? WANT_MEMBER : WANT_VALUE;
 				}
 				break;
 			case '"':
@@ -618,35 +677,32 @@ json_text_valid(const char *text, size_t len, const char **ret_start, size_t *re
 				break;
 			}
 			if (!p)
-				return false;
+				return NULL;
 			break;
 		case WANT_MEMBER:
 			if (*p != '"' || !(p = scan_string(p, end)))
-				return false;
+				return NULL;
 			p = skip_ws(p, end);
 			if (p >= end || *p != ':')
-				return false;
+				return NULL;
 			p++;
 			state = WANT_VALUE;
 			break;
 		case AFTER_VALUE:
 			if (*p == ',') {
 				p++;
-				state = closer[depth - 1] == '}' ? WANT_MEMBER : WANT_VALUE;
-			} else if (*p == closer[depth - 1]) {
+				state = closer[open - 1] == '}' ? WANT_MEMBER : WANT_VALUE;
+			} else if (*p == closer[open - 1]) {
 				p++;
-				depth--;
+				open--;
 			} else {
-				return false;
+				return NULL;
 			}
 			break;
 		}
-		if (state == AFTER_VALUE && depth == 0)
-			break;
+		if (state == AFTER_VALUE && open == 0)
+			return p;
 	}
-	*ret_start = (const char *)start;
-	*ret_len = (size_t)(p - start);
-	return skip_ws(p, end) == end;
 }
 
 /* Skip JSON whitespace. */
@@ -691,7 +747,8 @@ scan_string(const unsigned char *p, const unsigned char *end)
 			p += 2;
 			continue;
 		}
-		if (hex4(p + 2, end, &cp) < 0)
+		/* jansson refuses \u0000 (without JSON_ALLOW_NUL): so do we */
+		if (hex4(p + 2, end, &cp) < 0 || cp == 0)
 			return NULL;
 		p += 6;
 		if (cp >= 0xdc00 && cp <= 0xdfff) /* a low surrogate alone */
@@ -706,13 +763,21 @@ scan_string(const unsigned char *p, const unsigned char *end)
 	return NULL;
 }
 
-/* Scan a JSON number; returns the byte after it or NULL. */
+/*
+ * Scan a JSON number; returns the byte after it or NULL. Like jansson, an integer (no fraction,
+ * no exponent) must fit int64_t and a real must not overflow a double.
+ */
 static const unsigned char *
 scan_number(const unsigned char *p, const unsigned char *end)
 {
+	static const char int64_max[] = "9223372036854775807", int64_min[] = "9223372036854775808";
+	const unsigned char *start = p, *digits, *point;
+	bool real = false, exponent = false;
+
 #define DIGIT(q) ((q) < end && *(q) >= '0' && *(q) <= '9')
 	if (p < end && *p == '-')
 		p++;
+	digits = p;
 	if (!DIGIT(p))
 		return NULL;
 	if (*p == '0')
@@ -720,8 +785,10 @@ scan_number(const unsigned char *p, const unsigned char *end)
 	else
 		while (DIGIT(p))
 			p++;
+	point = p;
 	if (p < end && *p == '.') {
 		p++;
+		real = true;
 		if (!DIGIT(p))
 			return NULL;
 		while (DIGIT(p))
@@ -729,6 +796,7 @@ scan_number(const unsigned char *p, const unsigned char *end)
 	}
 	if (p < end && (*p == 'e' || *p == 'E')) {
 		p++;
+		real = exponent = true;
 		if (p < end && (*p == '+' || *p == '-'))
 			p++;
 		if (!DIGIT(p))
@@ -736,8 +804,26 @@ scan_number(const unsigned char *p, const unsigned char *end)
 		while (DIGIT(p))
 			p++;
 	}
-	return p;
 #undef DIGIT
+
+	if (!real) {
+		size_t n = (size_t)(p - digits);
+		const char *limit = digits > start ? int64_min : int64_max;
+
+		if (n > sizeof(int64_max) - 1 ||
+		    (n == sizeof(int64_max) - 1 && memcmp(digits, limit, n) > 0))
+			return NULL;
+	} else if (exponent || point - digits > 300) {
+		/* only these can pass DBL_MAX (1.8e308); strtod reads the C locale's point */
+		_cleanup_free_ char *copy = xstrndup((const char *)start, (size_t)(p - start));
+		double v;
+
+		errno = 0;
+		v = strtod(copy, NULL);
+		if (errno == ERANGE && (v == HUGE_VAL || v == -HUGE_VAL))
+			return NULL;
+	}
+	return p;
 }
 
 /* Scan the literal word; returns the byte after it or NULL. */
@@ -965,65 +1051,60 @@ key_index_done(struct key_index *x)
 	free(x->next);
 }
 
-/* A 2xx answer: the result list, matched to the records. */
+/*
+ * A 2xx answer: the result list, matched to the records. The body is read by hand in two passes
+ * (jansson would build a tree of about ten nodes per result: 2 us per event): the first checks the
+ * whole document as jansson would and finds the root's last "result" member (jansson keeps the
+ * last of repeated members), the second reads its elements. Anything else (no list, not JSON) is
+ * rare and goes through jansson for the error's code and message.
+ */
 static void
 parse_results(struct commerce_response *resp, const struct store_record *records, size_t n,
               const char *body, size_t size)
 {
-	_cleanup_(json_decrefp) json_t *root = NULL;
+	const unsigned char *p, *end = (const unsigned char *)body + size;
 	_cleanup_free_ uint8_t *seen = NULL; /* enum seen per record */
 	struct key_index index = {0};
-	json_error_t error;
-	json_t *list, *item;
-	size_t i;
 
-	if (size > 0)
-		root = json_loadb(body, size, 0, &error);
-	list = json_object_get(root, "result");
-	if (!json_is_array(list)) {
-		char message[96];
-
-		resp->result = COMMERCE_RESULT_TRANSIENT;
-		if (size == 0)
-			snprintf(message, sizeof(message), "the answer has no body");
-		else if (!root)
-			/* jansson's text may quote the body: only the position goes to the log */
-			snprintf(message, sizeof(message), "the answer is not JSON (at byte %d)",
-			         error.position);
-		else
-			snprintf(message, sizeof(message), "the answer has no result list");
-		batch_error(resp, root, "unparsable-answer", message);
+	p = size > 0 ? answer_find_list(body, size) : NULL;
+	if (!p) {
+		answer_not_a_list(resp, body, size);
 		return;
 	}
 
 	resp->result = COMMERCE_RESULT_OUTCOMES;
 	resp->outcomes = xcalloc(n, sizeof(*resp->outcomes));
 	resp->n_outcomes = n;
-	resp->n_results = json_array_size(list);
 	seen = xcalloc(n, sizeof(*seen));
 	key_index_build(&index, records, n);
 
-	json_array_foreach(list, i, item)
-	{
-		json_t *id = json_object_get(item, "usageEventId");
+	p = skip_ws(p + 1, end);
+	while (p < end && *p != ']') {
+		_cleanup_(answer_result_done) struct answer_result r = {0};
 		struct verdict v;
 		uint32_t first;
 
-		if (!json_is_string(id)) {
+		/* the document was checked: reading it again cannot fail */
+		p = answer_read_result(p, end, &r);
+		assert(p);
+		p = skip_ws(p, end);
+		if (p < end && *p == ',')
+			p = skip_ws(p + 1, end);
+		resp->n_results++;
+
+		if (!r.object || !r.id.s) {
 			resp->n_malformed++;
 			continue;
 		}
-		first = key_index_find(&index, records, json_string_value(id),
-		                       json_string_length(id));
+		first = key_index_find(&index, records, r.id.s, r.id.len);
 		if (first == INDEX_NONE) {
 			resp->n_unknown++;
 			if (!resp->unknown_id)
 				resp->unknown_id =
-				        cut_dup(json_string_value(id), json_string_length(id),
-				                COMMERCE_ERROR_CODE_MAX);
+				        cut_dup(r.id.s, r.id.len, COMMERCE_ERROR_CODE_MAX);
 			continue;
 		}
-		classify_result(resp, item, &v);
+		classify_result(resp, &r, &v);
 		if (seen[first] != UNSEEN) {
 			resp->n_duplicate++;
 			if (seen[first] == CONTRADICTED || resp->outcomes[first].kind == v.kind)
@@ -1046,7 +1127,7 @@ parse_results(struct commerce_response *resp, const struct store_record *records
 		}
 	}
 
-	for (i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++)
 		if (seen[i] == UNSEEN) {
 			struct verdict v = {.kind = STORE_OUTCOME_RETRY, .code = "missing-result"};
 
@@ -1057,21 +1138,270 @@ parse_results(struct commerce_response *resp, const struct store_record *records
 	key_index_done(&index);
 }
 
+/* A 2xx answer without a result list: transient, with what jansson makes of the body. */
+static void
+answer_not_a_list(struct commerce_response *resp, const char *body, size_t size)
+{
+	_cleanup_(json_decrefp) json_t *root = NULL;
+	json_error_t error;
+	char message[96];
+
+	if (size > 0)
+		root = json_loadb(body, size, 0, &error);
+	resp->result = COMMERCE_RESULT_TRANSIENT;
+	if (size == 0)
+		snprintf(message, sizeof(message), "the answer has no body");
+	else if (!root)
+		/* jansson's text may quote the body: only the position goes to the log */
+		snprintf(message, sizeof(message), "the answer is not JSON (at byte %d)",
+		         error.position);
+	else
+		snprintf(message, sizeof(message), "the answer has no result list");
+	batch_error(resp, root, "unparsable-answer", message);
+}
+
+/*
+ * The '[' of the result list of an answer, or NULL: the body must be one JSON document as
+ * jansson reads it, an object whose last "result" member is an array.
+ */
+static const unsigned char *
+answer_find_list(const char *body, size_t size)
+{
+	const unsigned char *p = (const unsigned char *)body, *end = p + size, *list = NULL;
+	_cleanup_(jstr_done) struct jstr key = {0};
+
+	p = skip_ws(p, end);
+	if (p >= end || *p != '{')
+		return NULL;
+	p = skip_ws(p + 1, end);
+	if (p < end && *p == '}')
+		return NULL;
+	for (;;) {
+		const unsigned char *value;
+
+		if (p >= end || *p != '"' || !scan_string(p, end))
+			return NULL;
+		p = skip_ws(jstr_read(p, end, &key), end);
+		if (p >= end || *p != ':')
+			return NULL;
+		value = skip_ws(p + 1, end);
+		p = json_skip_value(value, end, 1);
+		if (!p)
+			return NULL;
+		if (jstr_is(&key, "result"))
+			list = value;
+		p = skip_ws(p, end);
+		if (p < end && *p == ',') {
+			p = skip_ws(p + 1, end);
+			continue;
+		}
+		if (p < end && *p == '}')
+			break;
+		return NULL;
+	}
+	if (skip_ws(p + 1, end) != end)
+		return NULL;
+	return list && *list == '[' ? list : NULL;
+}
+
+/*
+ * Read one element of a checked result list: its id, status and error code and message when
+ * they are strings (the last of repeated members, as jansson keeps). Returns the byte after it.
+ */
+static const unsigned char *
+answer_read_result(const unsigned char *p, const unsigned char *end, struct answer_result *r)
+{
+	_cleanup_(jstr_done) struct jstr key = {0};
+
+	r->object = *p == '{';
+	if (!r->object)
+		return json_skip_value(p, end, 2);
+	p = skip_ws(p + 1, end);
+	while (p && p < end && *p == '"') {
+		p = skip_ws(jstr_read(p, end, &key), end);
+		if (p >= end || *p != ':')
+			return NULL;
+		p = skip_ws(p + 1, end);
+		if (jstr_is(&key, "usageEventId"))
+			p = answer_read_string(p, end, 3, &r->id);
+		else if (jstr_is(&key, "status"))
+			p = answer_read_string(p, end, 3, &r->status);
+		else if (jstr_is(&key, "error"))
+			p = answer_read_error(p, end, r);
+		else
+			p = json_skip_value(p, end, 3);
+		p = p ? skip_ws(p, end) : NULL;
+		if (p && p < end && *p == ',')
+			p = skip_ws(p + 1, end);
+	}
+	return p && p < end && *p == '}' ? p + 1 : NULL;
+}
+
+/* Read the "error" member of a result: code and message when it is an object with strings. */
+static const unsigned char *
+answer_read_error(const unsigned char *p, const unsigned char *end, struct answer_result *r)
+{
+	_cleanup_(jstr_done) struct jstr key = {0};
+
+	jstr_done(&r->code);
+	jstr_done(&r->message);
+	if (*p != '{')
+		return json_skip_value(p, end, 3);
+	p = skip_ws(p + 1, end);
+	while (p && p < end && *p == '"') {
+		p = skip_ws(jstr_read(p, end, &key), end);
+		if (p >= end || *p != ':')
+			return NULL;
+		p = skip_ws(p + 1, end);
+		if (jstr_is(&key, "code"))
+			p = answer_read_string(p, end, 4, &r->code);
+		else if (jstr_is(&key, "message"))
+			p = answer_read_string(p, end, 4, &r->message);
+		else
+			p = json_skip_value(p, end, 4);
+		p = p ? skip_ws(p, end) : NULL;
+		if (p && p < end && *p == ',')
+			p = skip_ws(p + 1, end);
+	}
+	return p && p < end && *p == '}' ? p + 1 : NULL;
+}
+
+/* Read a member's value into j when it is a string; other values leave j cleared. */
+static const unsigned char *
+answer_read_string(const unsigned char *p, const unsigned char *end, size_t depth, struct jstr *j)
+{
+	if (*p == '"')
+		return jstr_read(p, end, j);
+	jstr_done(j);
+	return json_skip_value(p, end, depth);
+}
+
+/* Free what a result element holds. */
+static void
+answer_result_done(struct answer_result *r)
+{
+	jstr_done(&r->id);
+	jstr_done(&r->status);
+	jstr_done(&r->code);
+	jstr_done(&r->message);
+}
+
+/*
+ * Read the checked string at p: a slice of the body when it has no escape, else a decoded copy.
+ * Returns the byte after its closing quote.
+ */
+static const unsigned char *
+jstr_read(const unsigned char *p, const unsigned char *end, struct jstr *j)
+{
+	const unsigned char *start = p + 1, *q = start, *after;
+	char *o;
+
+	jstr_done(j);
+	while (q < end && *q != '"' && *q != '\\')
+		q++;
+	if (q < end && *q == '"') {
+		j->s = (const char *)start;
+		j->len = (size_t)(q - start);
+		return q + 1;
+	}
+	after = scan_string(p, end);
+	assert(after);
+	/* escapes only shrink: the raw length bounds the decoded one */
+	j->owned = o = xmalloc((size_t)(after - start));
+	for (q = start; q < after - 1;) {
+		unsigned cp, low;
+
+		if (*q != '\\') {
+			*o++ = (char)*q++;
+			continue;
+		}
+		switch (q[1]) {
+		case 'b':
+			*o++ = '\b';
+			break;
+		case 'f':
+			*o++ = '\f';
+			break;
+		case 'n':
+			*o++ = '\n';
+			break;
+		case 'r':
+			*o++ = '\r';
+			break;
+		case 't':
+			*o++ = '\t';
+			break;
+		case 'u':
+			(void)hex4(q + 2, end, &cp);
+			if (cp >= 0xd800 && cp <= 0xdbff) {
+				(void)hex4(q + 8, end, &low);
+				cp = 0x10000 + ((cp - 0xd800) << 10) + (low - 0xdc00);
+				q += 6;
+			}
+			o = put_utf8(o, cp);
+			q += 4;
+			break;
+		default: /* " \ / */
+			*o++ = (char)q[1];
+			break;
+		}
+		q += 2;
+	}
+	j->s = j->owned;
+	j->len = (size_t)(o - j->owned);
+	return after;
+}
+
+/* Whether j is the word. */
+static bool
+jstr_is(const struct jstr *j, const char *word)
+{
+	size_t n = strlen(word);
+
+	return j->s && j->len == n && memcmp(j->s, word, n) == 0;
+}
+
+/* Forget a string. */
+static void
+jstr_done(struct jstr *j)
+{
+	free(j->owned);
+	*j = (struct jstr){0};
+}
+
+/* Write a code point (at most U+10FFFF, not a surrogate) as UTF-8. */
+static char *
+put_utf8(char *o, unsigned cp)
+{
+	if (cp < 0x80) {
+		*o++ = (char)cp;
+	} else if (cp < 0x800) {
+		*o++ = (char)(0xc0 | cp >> 6);
+		*o++ = (char)(0x80 | (cp & 0x3f));
+	} else if (cp < 0x10000) {
+		*o++ = (char)(0xe0 | cp >> 12);
+		*o++ = (char)(0x80 | (cp >> 6 & 0x3f));
+		*o++ = (char)(0x80 | (cp & 0x3f));
+	} else {
+		*o++ = (char)(0xf0 | cp >> 18);
+		*o++ = (char)(0x80 | (cp >> 12 & 0x3f));
+		*o++ = (char)(0x80 | (cp >> 6 & 0x3f));
+		*o++ = (char)(0x80 | (cp & 0x3f));
+	}
+	return o;
+}
+
 /* The outcome one result asks for. */
 static void
-classify_result(struct commerce_response *resp, json_t *item, struct verdict *v)
+classify_result(struct commerce_response *resp, const struct answer_result *r, struct verdict *v)
 {
-	json_t *status = json_object_get(item, "status");
-	json_t *error = json_object_get(item, "error");
-	json_t *code = json_object_get(error, "code");
-	json_t *message = json_object_get(error, "message");
-	const char *s = json_string_value(status);
-	size_t len = json_string_length(status);
+	const char *s = r->status.s;
+	size_t len = r->status.len;
 
 	*v = (struct verdict){.kind = STORE_OUTCOME_RETRY};
-	if (json_is_string(message))
-		v->message = strings_add(resp, json_string_value(message),
-		                         json_string_length(message), COMMERCE_ERROR_MESSAGE_MAX);
+	if (r->message.s)
+		v->message =
+		        strings_add(resp, r->message.s, r->message.len, COMMERCE_ERROR_MESSAGE_MAX);
 	if (!s) {
 		v->code = "no-status";
 		resp->n_unknown_status++;
@@ -1091,12 +1421,10 @@ classify_result(struct commerce_response *resp, json_t *item, struct verdict *v)
 		v->kind = STORE_OUTCOME_DEAD;
 		v->code = p;
 		/* a more specific code than the status goes in front of the message */
-		if (json_is_string(code) && json_string_length(code) > 0 &&
-		    !ascii_case_equal(json_string_value(code), json_string_length(code), p,
-		                      strlen(p))) {
+		if (r->code.s && r->code.len > 0 &&
+		    !ascii_case_equal(r->code.s, r->code.len, p, strlen(p))) {
 			_cleanup_free_ char *c =
-			        cut_dup(json_string_value(code), json_string_length(code),
-			                COMMERCE_ERROR_CODE_MAX);
+			        cut_dup(r->code.s, r->code.len, COMMERCE_ERROR_CODE_MAX);
 			_cleanup_free_ char *joined =
 			        v->message ? xasprintf("%s: %s", c, v->message) : xstrdup(c);
 
@@ -1108,9 +1436,8 @@ classify_result(struct commerce_response *resp, json_t *item, struct verdict *v)
 	/* Error (transient), or a status the contract does not name: send it again */
 	if (!ascii_case_equal(s, len, "Error", 5))
 		resp->n_unknown_status++;
-	if (json_is_string(code))
-		v->code = strings_add(resp, json_string_value(code), json_string_length(code),
-		                      COMMERCE_ERROR_CODE_MAX);
+	if (r->code.s)
+		v->code = strings_add(resp, r->code.s, r->code.len, COMMERCE_ERROR_CODE_MAX);
 	else
 		v->code = strings_add(resp, s, len, COMMERCE_ERROR_CODE_MAX);
 }

@@ -5,11 +5,12 @@
  * per record, one struct store_outcome per record that the forwarder hands to
  * store_apply_outcomes().
  *
- * The body is written directly into one growing buffer (no jansson tree): that costs a small
- * fraction of json_pack + json_dumps (tests/bench/bench-commerce.c measures both), and the unit
- * tests parse it back with jansson. Strings are escaped as JSON requires (", \ and control
- * characters); valid UTF-8 passes through unchanged; text that is not valid UTF-8, and tags or
- * additionalInfo that are not exactly one JSON value, make the record unencodable (-EBADMSG).
+ * The body is written directly into one growing buffer and the answer read without building a
+ * jansson tree: a small fraction of jansson's cost (tests/bench/bench-commerce.c measures both),
+ * with jansson's grammar and escapes (the tests compare with jansson). Strings are escaped as JSON
+ * requires (", \ and control characters); valid UTF-8 passes through unchanged; text that is not
+ * valid UTF-8, and tags or additionalInfo that are not exactly one JSON value as jansson reads it,
+ * make the record unencodable (-EBADMSG).
  *
  * Ownership: struct commerce_request and struct commerce_response own everything they point to
  * (free with the matching *_done); the records passed in are borrowed for the call only.

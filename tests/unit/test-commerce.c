@@ -212,6 +212,7 @@ test_commerce_request_build_exotic_tags(void **state)
 	        "{\"u\":\"\\u00e9\\u65e5\\ud83d\\ude00\",\"raw\":\"é日😀\"}",
 	        "{\"line-sep\":\"\xe2\x80\xa8\xe2\x80\xa9\",\"del\":\"\x7f\"}",
 	        "{\"big\":1234567890123456789,\"neg\":-1.5,\"tiny\":1e-300}",
+	        "[-9223372036854775808,9223372036854775807,1e-400,1.7976931348623157e308]",
 	        "{\"dup\":1,\"dup\":2}",
 	        "\"just a string\"",
 	        "42",
@@ -630,6 +631,12 @@ test_commerce_check_record_invalid_json(void **state)
 	        "\"bad utf-8 \xff\"",
 	        "{\"k\":\"\xc3\"}",
 	        "[[[[[[[[[[",
+	        "\"nul \\u0000\"",     /* jansson refuses it too */
+	        "9223372036854775808", /* beyond int64, as jansson */
+	        "-9223372036854775809",
+	        "1e400", /* overflows a double */
+	        "-2E+308",
+	        "10000000000000000000", /* 20 digits */
 	};
 	_cleanup_(batch_free) struct batch b = batch_new(1);
 	const char *why = NULL;
@@ -1247,6 +1254,143 @@ test_commerce_parse_response_long_unknown_id(void **state)
 	commerce_response_done(&resp);
 }
 
+/* Escaped ids, statuses, codes and messages are decoded; escaped member names are names. */
+static void
+test_commerce_parse_response_escaped_strings(void **state)
+{
+	_cleanup_(batch_free) struct batch b = batch_new(2);
+	_cleanup_free_ char *escaped = xstrdup(b.records[0].key);
+	_cleanup_free_ char *body = NULL;
+	struct commerce_response resp;
+
+	(void)state;
+	/* the key's first character as \u00XX, the second as an escaped solidus-free hex */
+	body = xasprintf("{\"res\\u0075lt\":[{\"usage\\u0045ventId\":\"\\u00%02x%s\","
+	                 "\"status\":\"Invalid\\u0051uantity\",\"error\":{\"code\":\"Bad\\/Code\","
+	                 "\"message\":\"line\\nnext \\u00e9\\u65e5 \\ud83d\\ude00 \\\"q\\\" "
+	                 "\\\\ \\t\"}},{\"usageEventId\":\"%s\",\"status\":\"\\u0041ccepted\"}]}",
+	                 (unsigned char)escaped[0], escaped + 1, b.records[1].key);
+	resp = parse_ok(b.records, 2, 200, body);
+	assert_int_equal(resp.result, COMMERCE_RESULT_OUTCOMES);
+	assert_int_equal(resp.outcomes[0].kind, STORE_OUTCOME_DEAD);
+	assert_string_equal(resp.outcomes[0].error_code, "InvalidQuantity");
+	assert_string_equal(resp.outcomes[0].error_message,
+	                    "Bad/Code: line\nnext é日 😀 \"q\" \\ \t");
+	assert_int_equal(resp.outcomes[1].kind, STORE_OUTCOME_FORWARDED);
+	assert_string_equal(resp.outcomes[1].status, "Accepted");
+	commerce_response_done(&resp);
+}
+
+/* Repeated members: the last one counts, as jansson has it. */
+static void
+test_commerce_parse_response_repeated_members(void **state)
+{
+	_cleanup_(batch_free) struct batch b = batch_new(2);
+	_cleanup_free_ char *body = NULL;
+	struct commerce_response resp;
+
+	(void)state;
+	/* the first result list is replaced by the second */
+	body = xasprintf("{\"result\":[{\"usageEventId\":\"%s\",\"status\":\"Accepted\"}],"
+	                 "\"result\":[{\"usageEventId\":\"%s\",\"status\":\"Expired\","
+	                 "\"status\":\"Duplicate\",\"usageEventId\":\"%s\","
+	                 "\"error\":{\"code\":\"X\",\"message\":\"gone\"},\"error\":null}]}",
+	                 b.records[0].key, b.records[0].key, b.records[1].key);
+	resp = parse_ok(b.records, 2, 200, body);
+	assert_int_equal(resp.n_results, 1);
+	assert_int_equal(resp.outcomes[0].kind, STORE_OUTCOME_RETRY); /* missing */
+	assert_int_equal(resp.outcomes[1].kind, STORE_OUTCOME_FORWARDED);
+	assert_string_equal(resp.outcomes[1].status, "Duplicate");
+	commerce_response_done(&resp);
+
+	/* a later "result" that is not a list makes the answer unparsable */
+	free(body);
+	body = xasprintf("{\"result\":[{\"usageEventId\":\"%s\",\"status\":\"Accepted\"}],"
+	                 "\"result\":null}",
+	                 b.records[0].key);
+	resp = parse_ok(b.records, 2, 200, body);
+	assert_int_equal(resp.result, COMMERCE_RESULT_TRANSIENT);
+	commerce_response_done(&resp);
+
+	/* a status that is not a string after one that is: no status */
+	free(body);
+	body = xasprintf("{\"result\":[{\"usageEventId\":\"%s\",\"status\":\"Accepted\","
+	                 "\"status\":1,\"error\":{\"message\":\"m\",\"message\":[]}}]}",
+	                 b.records[0].key);
+	resp = parse_ok(b.records, 2, 200, body);
+	assert_int_equal(resp.outcomes[0].kind, STORE_OUTCOME_RETRY);
+	assert_string_equal(resp.outcomes[0].error_code, "no-status");
+	assert_null(resp.outcomes[0].error_message);
+	assert_int_equal(resp.n_unknown_status, 1);
+	commerce_response_done(&resp);
+}
+
+/* The answer must be JSON as jansson reads it; other members may be anything valid. */
+static void
+test_commerce_parse_response_strict_json(void **state)
+{
+	static const char *const invalid[] = {
+	        "{\"result\":[],\"n\":9223372036854775808}",
+	        "{\"result\":[],\"n\":-9223372036854775809}",
+	        "{\"result\":[],\"n\":1e400}",
+	        "{\"result\":[],\"n\":-1.5E+309}",
+	        "{\"result\":[],\"s\":\"\\u0000\"}",
+	        "{\"result\":[],\"n\":01}",
+	        "{\"result\":[],}",
+	        "{\"result\":[,]}",
+	        "{\"result\":[{\"usageEventId\":\"x\",}]}",
+	        "{\"result\":[]",
+	        "{\"result\" []}",
+	        " {\"result\":[]} x",
+	        "\xef\xbb\xbf{\"result\":[]}",
+	};
+	static const char *const valid[] = {
+	        " \t\r\n{ \"result\" : [ ] , \"n\" : -9223372036854775808 , \"r\" : 1e-400 } \n",
+	        "{\"result\":[],\"n\":[1.7976931348623157e308,-0,0.5E-3,{\"deep\":[[{}]]}]}",
+	        "{\"x\":{\"result\":5},\"result\":[]}",
+	};
+	_cleanup_(batch_free) struct batch b = batch_new(1);
+	_cleanup_free_ char *deep = xmalloc(2 * 2049 + 64);
+	struct commerce_response resp;
+	char nul_body[] = "{\"result\":[],\"n\":1\0}";
+
+	(void)state;
+	for (size_t i = 0; i < ARRAY_SIZE(invalid); i++) {
+		resp = parse_ok(b.records, 1, 200, invalid[i]);
+		if (resp.result != COMMERCE_RESULT_TRANSIENT)
+			fail_msg("accepted: %s", invalid[i]);
+		commerce_response_done(&resp);
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(valid); i++) {
+		resp = parse_ok(b.records, 1, 200, valid[i]);
+		if (resp.result != COMMERCE_RESULT_OUTCOMES)
+			fail_msg("refused: %s", valid[i]);
+		assert_int_equal(resp.n_missing, 1);
+		commerce_response_done(&resp);
+	}
+	/* a NUL byte is never JSON (jansson drops one after a number; the parser does not) */
+	assert_int_equal(
+	        commerce_parse_response(b.records, 1, 200, nul_body, sizeof(nul_body) - 1, &resp),
+	        0);
+	assert_int_equal(resp.result, COMMERCE_RESULT_TRANSIENT);
+	commerce_response_done(&resp);
+
+	/* nesting: 2048 containers deep in all (root and member included) is jansson's limit */
+	for (size_t depth = 2048; depth <= 2049; depth++) {
+		size_t inner = depth - 1; /* the root object is one */
+		char *p = deep;
+
+		p += sprintf(p, "{\"result\":[],\"d\":");
+		memset(p, '[', inner);
+		memset(p + inner, ']', inner);
+		strcpy(p + 2 * inner, "}");
+		resp = parse_ok(b.records, 1, 200, deep);
+		assert_int_equal(resp.result, depth == 2048 ? COMMERCE_RESULT_OUTCOMES
+		                                            : COMMERCE_RESULT_TRANSIENT);
+		commerce_response_done(&resp);
+	}
+}
+
 /* Arguments the forwarder never passes. */
 static void
 test_commerce_parse_response_invalid_arguments(void **state)
@@ -1658,6 +1802,9 @@ main(void)
 	        cmocka_unit_test(test_commerce_parse_response_http_statuses),
 	        cmocka_unit_test(test_commerce_parse_response_batch_error_shapes),
 	        cmocka_unit_test(test_commerce_parse_response_long_unknown_id),
+	        cmocka_unit_test(test_commerce_parse_response_escaped_strings),
+	        cmocka_unit_test(test_commerce_parse_response_repeated_members),
+	        cmocka_unit_test(test_commerce_parse_response_strict_json),
 	        cmocka_unit_test(test_commerce_parse_response_invalid_arguments),
 	        cmocka_unit_test(test_commerce_parse_response_full_batch),
 	        cmocka_unit_test(test_commerce_result_to_string_names),
