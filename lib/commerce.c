@@ -520,6 +520,12 @@ encode_event(struct jbuf *b, const struct commerce_options *o, const struct stor
 		err = "no charge";
 		goto fail;
 	}
+	/* "ambiguous" is held, never sent: a record with it here is a bug, not a charge */
+	if (!streq(r->charge_reason, "registered") && !streq(r->charge_reason, "default") &&
+	    !streq(r->charge_reason, "unknown-subscription")) {
+		err = "the charge reason is not registered, default or unknown-subscription";
+		goto fail;
+	}
 	if (isempty(registration)) {
 		err = "no registration";
 		goto fail;

@@ -52,7 +52,8 @@ struct commerce_request {
 };
 
 /*
- * Whether a record can be encoded: it has a key, a charged subscription, a charge reason, a user
+ * Whether a record can be encoded: it has a key, a charged subscription, a charge reason that is
+ * registered, default or unknown-subscription (never ambiguous: held records are not sent), a user
  * subscription, a meter, a quantity and a registration (its own or options->registration), times
  * within the years 0000 to 9999, text in valid UTF-8, and tags and additionalInfo that are NULL or
  * exactly one JSON value. tenant_id, resource_uri and location may be NULL (sent as null).

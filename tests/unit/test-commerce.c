@@ -161,11 +161,12 @@ test_commerce_request_build_random_strings_equal_jansson(void **state)
 
 		for (size_t i = 0; i < b.n; i++) {
 			struct store_record *r = &b.records[i];
-			char **fields[] = {
-			        &r->key,         &r->charged_subscription, &r->charge_reason,
-			        &r->tenant_id,   &r->subscription_id,      &r->meter_id,
-			        &r->quantity,    &r->resource_uri,         &r->location,
-			        &r->registration};
+			/* every string member but chargeReason, which has three values */
+			char **fields[] = {&r->key,          &r->charged_subscription,
+			                   &r->tenant_id,    &r->subscription_id,
+			                   &r->meter_id,     &r->quantity,
+			                   &r->resource_uri, &r->location,
+			                   &r->registration};
 			_cleanup_free_ char *text = random_text(&seed, 16);
 			json_t *o = json_pack("{s:s}", "k", text);
 
@@ -717,6 +718,36 @@ test_commerce_check_record_missing_members(void **state)
 	assert_true(json_is_null(json_object_get(e, "location")));
 	json_decref(root);
 	commerce_request_done(&req);
+}
+
+/* Only the three charge reasons of the contract go out; a held ("ambiguous") record never. */
+static void
+test_commerce_check_record_charge_reason(void **state)
+{
+	static const char *const bad[] = {"ambiguous", "Registered", "default ", "held"};
+	static const char *const good[] = {"registered", "default", "unknown-subscription"};
+	_cleanup_(batch_free) struct batch b = batch_new(2);
+	struct commerce_request req;
+	const char *why = NULL;
+
+	(void)state;
+	for (size_t i = 0; i < ARRAY_SIZE(good); i++) {
+		free(b.records[1].charge_reason);
+		b.records[1].charge_reason = xstrdup(good[i]);
+		assert_int_equal(commerce_check_record(&options_plain, &b.records[1], NULL), 0);
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+		free(b.records[1].charge_reason);
+		b.records[1].charge_reason = xstrdup(bad[i]);
+		assert_int_equal(commerce_check_record(&options_plain, &b.records[1], &why),
+		                 -EINVAL);
+		assert_string_equal(
+		        why,
+		        "the charge reason is not registered, default or unknown-subscription");
+		assert_int_equal(
+		        commerce_request_build(&options_plain, BATCH_ID, b.records, 2, &req),
+		        -EINVAL);
+	}
 }
 
 /* A time outside the years 0000 to 9999 cannot be written. */
@@ -1788,6 +1819,7 @@ main(void)
 	        cmocka_unit_test(test_commerce_check_record_json_depth),
 	        cmocka_unit_test(test_commerce_check_record_missing_members),
 	        cmocka_unit_test(test_commerce_check_record_time_out_of_range),
+	        cmocka_unit_test(test_commerce_check_record_charge_reason),
 	        cmocka_unit_test(test_commerce_parse_response_testdata),
 	        cmocka_unit_test(test_commerce_parse_response_every_status),
 	        cmocka_unit_test(test_commerce_parse_response_dead_code_and_message),
