@@ -373,6 +373,7 @@ metrics_render(struct metrics *m, char **ret, size_t *ret_size)
 	_cleanup_fclose_ FILE *f = NULL;
 	char *text = NULL;
 	size_t size = 0;
+	int failed;
 
 	if (!m || !ret)
 		return -EINVAL;
@@ -384,12 +385,12 @@ metrics_render(struct metrics *m, char **ret, size_t *ret_size)
 		render_family(f, m->families[i]);
 	pthread_mutex_unlock(&m->lock);
 	/* a memory stream fails only when it cannot grow */
-	if (ferror(f) || fclose(f) != 0) {
-		f = NULL;
+	failed = ferror(f);
+	failed |= fclose(TAKE_PTR(f)) != 0;
+	if (failed) {
 		free(text);
 		return -ENOMEM;
 	}
-	f = NULL;
 	*ret = text;
 	if (ret_size)
 		*ret_size = size;
