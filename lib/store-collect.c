@@ -217,6 +217,29 @@ store_put_page(struct store *s, const struct store_page *page, struct store_page
 	return 0;
 }
 
+/*
+ * True for a short quantity in the plain notation that lib/decimal writes: digits, at most one
+ * point with digits on both sides, no sign, no exponent, no leading zero before other digits.
+ * Short (19 digits at most) so that it is surely within the 38 significant digits.
+ */
+static bool
+plain_decimal(const char *q)
+{
+	size_t digits = strspn(q, "0123456789"), n = digits;
+
+	if (digits == 0 || (q[0] == '0' && digits > 1))
+		return false;
+	if (q[n] == '.') {
+		size_t frac = strspn(q + n + 1, "0123456789");
+
+		if (frac == 0)
+			return false;
+		n += 1 + frac;
+		digits += frac;
+	}
+	return q[n] == '\0' && digits <= 19;
+}
+
 /* True for a record key: 64 lower-case hex digits. */
 static bool
 key_valid(const char *key)
@@ -229,6 +252,7 @@ key_valid(const char *key)
 static int
 lookup(struct store *s, int64_t hour, const char *key, int64_t *ret_id, char **ret_quantity)
 {
+	unsigned char key_bytes[STORE_KEY_BYTES];
 	_cleanup_stmt_ sqlite3_stmt *st = NULL;
 	int r;
 
@@ -236,7 +260,7 @@ lookup(struct store *s, int64_t hour, const char *key, int64_t *ret_id, char **r
 	if (r < 0)
 		return r;
 	sqlite3_bind_int64(st, 1, hour);
-	store_bind_key(st, 2, key);
+	store_bind_key(st, 2, key, key_bytes);
 	r = store_step_row(s, st);
 	if (r < 0)
 		return r;
@@ -269,6 +293,7 @@ static int
 put_quarantined(struct store *s, const struct store_page *page, const struct store_record *r,
                 struct store_page_result *res)
 {
+	unsigned char key_bytes[STORE_KEY_BYTES];
 	_cleanup_stmt_ sqlite3_stmt *st = NULL;
 	int64_t id = 0;
 	int rr;
@@ -277,7 +302,7 @@ put_quarantined(struct store *s, const struct store_page *page, const struct sto
 	if (rr < 0)
 		return rr;
 	sqlite3_bind_int64(st, 1, page->reported_hour);
-	store_bind_key(st, 2, r->key);
+	store_bind_key(st, 2, r->key, key_bytes);
 	rr = store_step_row(s, st);
 	if (rr < 0)
 		return rr;
@@ -329,15 +354,21 @@ put_record(struct store *s, const struct store_page *page, const struct store_re
 		return store_fail_msg(s, -EINVAL, "record without a valid key");
 	if (isempty(r->subscription_id) || isempty(r->meter_id))
 		return store_fail_msg(s, -EINVAL, "pending record without subscription or meter");
-	if (!r->quantity || decimal_parse_string(r->quantity, &q) < 0 || q.negative)
+	if (!r->quantity)
+		return store_fail_msg(s, -EINVAL, "pending record %s: no quantity", r->key);
+	if (plain_decimal(r->quantity)) {
+		/* already what decimal_format() would write: the common case, kept cheap */
+	} else if (decimal_parse_string(r->quantity, &q) < 0 || q.negative) {
 		return store_fail_msg(s, -EINVAL,
 		                      "pending record %s: quantity is not a decimal >= 0", r->key);
-	decimal_format(&q, qtext);
-	if (strcmp(qtext, r->quantity) != 0) {
-		/* exponent, sign or missing digit around the point: the plain text */
-		copy = *r;
-		copy.quantity = qtext;
-		r = &copy;
+	} else {
+		decimal_format(&q, qtext);
+		if (strcmp(qtext, r->quantity) != 0) {
+			/* exponent, sign or missing digit around the point: the plain text */
+			copy = *r;
+			copy.quantity = qtext;
+			r = &copy;
+		}
 	}
 
 	rr = page->pass > 0 ? lookup(s, page->reported_hour, r->key, &id, &stored) : -ENOENT;

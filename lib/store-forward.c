@@ -1,182 +1,55 @@
 /*
- * The forwarder's side of the store: claiming batches, applying their outcomes, and what moves
- * records in bulk (restart, unhold, pruning). The layout is in store-private.h: a fresh claim
- * writes one batch row for a run of record ids, an acknowledged batch updates that one row, and
- * only records whose state differs from their batch's get a narrow state row.
+ * The forwarder's side of the store after a claim (store-claim.c): applying outcomes, and what
+ * moves records in bulk (restart, unhold, pruning), and what is due next. The layout is in
+ * store-private.h: an acknowledged batch updates its one batch row, and only records whose
+ * state differs from their batch's get a narrow state row.
  */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "hash.h"
 #include "store-private.h"
 #include "xmalloc.h"
 
-/* Columns of the claim statements (store-sql.c CLAIM_RECORD and what follows it). */
-enum {
-	CC_ID,
-	CC_KIND,
-	CC_KEY,
-	CC_REPORTED_HOUR,
-	CC_SUBSCRIPTION_ID,
-	CC_METER_ID,
-	CC_QUANTITY,
-	CC_USAGE_START,
-	CC_USAGE_END,
-	CC_RESOURCE_URI,
-	CC_LOCATION,
-	CC_TAGS,
-	CC_ADDITIONAL_INFO,
-	CC_COLLECTED_AT,
-	CC_EVENT_SIZE,
-	CC_OF,
-	CC_TENANT_ID,
-	CC_CHARGED_SUBSCRIPTION,
-	CC_CHARGE_REASON,
-	CC_REGISTRATION,
-	CC_ATTEMPTS,
-};
-
-/* A batch row. */
-struct batch_row {
-	int64_t id;
-	char uuid[STORE_BATCH_ID_LEN + 1];
-	int64_t first, last; /* 0: no run */
-	int64_t members;
-	enum store_state state;
-	unsigned attempts;
-	int64_t next_attempt_at;
-	char *error_code;
-	char *error_message;
-	char *forward_status;
-	int64_t forwarded_at;
-};
-
-/* A record the claim looked at: taken into the batch or held. */
-struct claim_item {
-	struct store_record rec;
-	int64_t size;
-	bool hold;
-	bool own_charge; /* differs from the charge frozen for its subscription in this batch */
-};
-
-/* What a claim gathers. */
-struct claim_set {
-	struct claim_item *items;
-	size_t n, cap;
-	size_t taken;
-	uint64_t bytes;
-};
-
-static void claim_set_done(struct claim_set *c);
-static int claim_existing(struct store *s, int64_t batch, struct claim_set *set,
-                          struct batch_row *ret);
-static int claim_loose(struct store *s, const struct store_claim *claim, struct claim_set *set,
-                       struct batch_row *ret);
-static int claim_fresh(struct store *s, const struct store_claim *claim, struct claim_set *set,
-                       struct batch_row *ret);
-static int batch_load(struct store *s, int64_t id, struct batch_row *ret);
-static int batch_save(struct store *s, const struct batch_row *b);
-static void batch_row_done(struct batch_row *b);
-static int batch_number(struct store *s, const char *uuid, bool create, int64_t *ret);
-static int batch_new(struct store *s, int64_t first, int64_t last, int64_t members, int64_t now,
-                     struct batch_row *ret);
-static int apply_to_run(struct store *s, struct batch_row *b, const struct store_outcome **o,
+static int apply_to_run(struct store *s, struct store_batch_row *b, const struct store_outcome **o,
                         size_t n, int64_t now, size_t *applied);
 static int delete_record(struct store *s, int64_t id);
 
-/* Free a batch. */
-void
-store_batch_done(struct store_batch *b)
-{
-	if (!b)
-		return;
-	for (size_t i = 0; i < b->n_records; i++)
-		store_record_done(&b->records[i]);
-	free(b->records);
-	*b = (struct store_batch){0};
-}
-
 /*
- * Claim a batch (see store.h). What is due decides, oldest first: a batch (or records of one) to
- * be sent again; records without a batch put back to pending (unheld, retried by an operator,
- * adjustments); else the next run of fresh records.
+ * The least value that the single-value statements ids answer, and the collection time of the
+ * first record after the claim head (a fresh record is due, and pending, since it came);
+ * -ENOENT when there is none.
  */
-int
-store_claim_batch(struct store *s, const struct store_claim *claim, struct store_batch *ret)
+static int
+least_of(struct store *s, const enum stmt_id *ids, size_t n, int64_t *ret)
 {
-	struct claim_set set = {0};
-	struct batch_row b = {0};
-	struct store_batch out = {0};
-	int64_t batch_due = 0, batch_at = 0, state_batch = 0, state_at = 0;
-	bool state_due = false;
+	_cleanup_stmt_ sqlite3_stmt *st = NULL;
+	int64_t head = 0, best = INT64_MAX, t;
 	int r;
 
-	if (!claim || !ret)
-		return -EINVAL;
-	r = store_tx_begin(s);
+	for (size_t i = 0; i < n; i++) {
+		r = store_single_int64(s, ids[i], &t);
+		if (r >= 0)
+			best = MIN(best, t);
+		else if (r != -ENOENT)
+			return r;
+	}
+	r = store_meta_get(s, "claimed_through", &head);
+	if (r < 0 && r != -ENOENT)
+		return r;
+	r = store_stmt(s, STMT_OLDEST_FRESH, &st);
 	if (r < 0)
 		return r;
-	{
-		_cleanup_stmt_ sqlite3_stmt *st = NULL;
-
-		r = store_stmt(s, STMT_DUE_BATCH, &st);
-		if (r >= 0) {
-			sqlite3_bind_int64(st, 1, claim->now);
-			r = store_step_row(s, st);
-			if (r > 0) {
-				batch_due = sqlite3_column_int64(st, 0);
-				batch_at = sqlite3_column_int64(st, 1);
-			}
-		}
-	}
-	if (r >= 0) {
-		_cleanup_stmt_ sqlite3_stmt *st = NULL;
-
-		r = store_stmt(s, STMT_DUE_STATE, &st);
-		if (r >= 0) {
-			sqlite3_bind_int64(st, 1, claim->now);
-			r = store_step_row(s, st);
-			if (r > 0) {
-				state_due = true;
-				state_batch = store_col_int64_or0(st, 1);
-				state_at = sqlite3_column_int64(st, 2);
-			}
-		}
-	}
-	if (r >= 0) {
-		if (batch_due && (!state_due || batch_at <= state_at))
-			r = claim_existing(s, batch_due, &set, &b);
-		else if (state_due && state_batch)
-			r = claim_existing(s, state_batch, &set, &b);
-		else if (state_due)
-			r = claim_loose(s, claim, &set, &b);
-		/* nothing due to be sent again, or all of it held again: the next fresh run */
-		if (r >= 0 && set.taken == 0)
-			r = claim_fresh(s, claim, &set, &b);
-	}
-	r = store_tx_end(s, r);
-	if (r >= 0 && set.taken > 0) {
-		memcpy(out.batch_id, b.uuid, sizeof(out.batch_id));
-		out.records = xcalloc(set.taken, sizeof(*out.records));
-		for (size_t i = 0; i < set.n; i++) {
-			struct store_record *rec = &set.items[i].rec;
-
-			if (set.items[i].hold)
-				continue;
-			rec->state = STORE_INFLIGHT;
-			rec->batch_id = xstrdup(b.uuid);
-			out.attempts = MAX(out.attempts, rec->attempts);
-			out.records[out.n_records++] = *rec;
-			*rec = (struct store_record){0};
-		}
-	}
-	claim_set_done(&set);
-	batch_row_done(&b);
+	sqlite3_bind_int64(st, 1, head);
+	r = store_step_row(s, st);
 	if (r < 0)
 		return r;
-	*ret = out;
+	if (r > 0)
+		best = MIN(best, sqlite3_column_int64(st, 0));
+	if (best == INT64_MAX)
+		return -ENOENT;
+	*ret = best;
 	return 0;
 }
 
@@ -184,74 +57,18 @@ store_claim_batch(struct store *s, const struct store_claim *claim, struct store
 int
 store_next_due(struct store *s, int64_t *ret)
 {
-	int64_t head = 0, best = INT64_MAX, t;
-	enum stmt_id ids[] = {STMT_NEXT_DUE_BATCH, STMT_NEXT_DUE_STATE};
-	int r;
+	static const enum stmt_id ids[] = {STMT_NEXT_DUE_BATCH, STMT_NEXT_DUE_STATE};
 
-	for (size_t i = 0; i < ARRAY_SIZE(ids); i++) {
-		r = store_single_int64(s, ids[i], &t);
-		if (r >= 0)
-			best = MIN(best, t);
-		else if (r != -ENOENT)
-			return r;
-	}
-	r = store_meta_get(s, "claimed_through", &head);
-	if (r < 0 && r != -ENOENT)
-		return r;
-	{
-		_cleanup_stmt_ sqlite3_stmt *st = NULL;
-
-		r = store_stmt(s, STMT_OLDEST_FRESH, &st);
-		if (r < 0)
-			return r;
-		sqlite3_bind_int64(st, 1, head);
-		r = store_step_row(s, st);
-		if (r < 0)
-			return r;
-		if (r > 0)
-			best = MIN(best, sqlite3_column_int64(st, 0));
-	}
-	if (best == INT64_MAX)
-		return -ENOENT;
-	*ret = best;
-	return 0;
+	return least_of(s, ids, ARRAY_SIZE(ids), ret);
 }
 
 /* collected_at of the oldest pending record: the first fresh one, or one due for a retry. */
 int
 store_oldest_pending(struct store *s, int64_t *ret)
 {
-	int64_t head = 0, best = INT64_MAX, t;
-	enum stmt_id ids[] = {STMT_OLDEST_BATCH, STMT_OLDEST_STATE};
-	int r;
+	static const enum stmt_id ids[] = {STMT_OLDEST_BATCH, STMT_OLDEST_STATE};
 
-	for (size_t i = 0; i < ARRAY_SIZE(ids); i++) {
-		r = store_single_int64(s, ids[i], &t);
-		if (r >= 0)
-			best = MIN(best, t);
-		else if (r != -ENOENT)
-			return r;
-	}
-	r = store_meta_get(s, "claimed_through", &head);
-	if (r < 0 && r != -ENOENT)
-		return r;
-	{
-		_cleanup_stmt_ sqlite3_stmt *st = NULL;
-
-		r = store_stmt(s, STMT_OLDEST_FRESH, &st);
-		if (r < 0)
-			return r;
-		sqlite3_bind_int64(st, 1, head);
-		r = store_step_row(s, st);
-		if (r < 0)
-			return r;
-		if (r > 0)
-			best = MIN(best, sqlite3_column_int64(st, 0));
-	}
-	if (best == INT64_MAX)
-		return -ENOENT;
-	*ret = best;
-	return 0;
+	return least_of(s, ids, ARRAY_SIZE(ids), ret);
 }
 
 /* Whether an outcome's id sorts before another's (for bsearch and qsort). */
@@ -312,7 +129,7 @@ apply_to_state_row(struct store *s, int64_t batch, const struct store_outcome *o
 	int r;
 
 	if (o->kind == STORE_OUTCOME_RETRY && o->new_batch_id) {
-		r = batch_number(s, o->new_batch_id, true, &new_batch);
+		r = store_batch_number(s, o->new_batch_id, true, &new_batch);
 		if (r < 0)
 			return r;
 	}
@@ -359,7 +176,7 @@ store_apply_outcomes(struct store *s, const char *batch_id, const struct store_o
 {
 	_cleanup_free_ const struct store_outcome **sorted = NULL, **run = NULL;
 	_cleanup_free_ int64_t *state_ids = NULL;
-	struct batch_row b = {0};
+	struct store_batch_row b = {0};
 	size_t applied = 0, n_state = 0, n_run = 0;
 	int64_t batch = 0;
 	int r;
@@ -373,14 +190,14 @@ store_apply_outcomes(struct store *s, const char *batch_id, const struct store_o
 		r = outcome_check(s, &o[i]);
 	/* an unknown batch id: nothing is inflight in it */
 	if (r >= 0) {
-		r = batch_number(s, batch_id, false, &batch);
+		r = store_batch_number(s, batch_id, false, &batch);
 		if (r == -ENOENT) {
 			r = 0;
 			goto finish;
 		}
 	}
 	if (r >= 0)
-		r = batch_load(s, batch, &b);
+		r = store_batch_row_load(s, batch, &b);
 	if (r >= 0) {
 		_cleanup_stmt_ sqlite3_stmt *st = NULL;
 
@@ -415,7 +232,7 @@ store_apply_outcomes(struct store *s, const char *batch_id, const struct store_o
 	if (r >= 0 && n_run > 0)
 		r = apply_to_run(s, &b, run, n_run, now, &applied);
 finish:
-	batch_row_done(&b);
+	store_batch_row_done(&b);
 	r = store_tx_end(s, r);
 	if (r < 0)
 		return r;
@@ -447,9 +264,10 @@ outcome_batchable(const struct store_outcome *o)
 	       (o->kind == STORE_OUTCOME_RETRY && !o->new_batch_id);
 }
 
-/* Give one member of a run a state row: as it is now, or with an outcome applied. */
+/* Give one member of a run a state row: as it is now, or with an outcome applied. It leaves
+ * the run's members. */
 static int
-member_to_state_row(struct store *s, const struct batch_row *b, int64_t id,
+member_to_state_row(struct store *s, struct store_batch_row *b, int64_t id,
                     const struct store_outcome *o, int64_t now)
 {
 	struct store_record rec = {0};
@@ -475,13 +293,17 @@ member_to_state_row(struct store *s, const struct batch_row *b, int64_t id,
 		if (o->kind == STORE_OUTCOME_RETRY) {
 			row.next_attempt_at = o->next_attempt_at;
 			if (o->new_batch_id) {
-				r = batch_number(s, o->new_batch_id, true, &row.batch);
+				r = store_batch_number(s, o->new_batch_id, true, &row.batch);
 				if (r < 0)
 					goto finish;
 			}
 		}
 	}
 	r = store_state_put(s, &row);
+	if (r >= 0) {
+		b->members--;
+		b->members_fp -= store_member_mix(id);
+	}
 finish:
 	store_record_done(&rec);
 	return r;
@@ -493,15 +315,24 @@ finish:
  * own outcome, or inflight as it was when it has none.
  */
 static int
-apply_to_run(struct store *s, struct batch_row *b, const struct store_outcome **o, size_t n,
+apply_to_run(struct store *s, struct store_batch_row *b, const struct store_outcome **o, size_t n,
              int64_t now, size_t *applied)
 {
 	_cleanup_free_ int64_t *members = NULL;
 	const struct store_outcome *major = NULL;
 	size_t n_members = 0, n_major = 0, k = 0;
+	uint64_t fp = 0;
 	int r;
 
-	{
+	/* the common acknowledgement names exactly the members (o is sorted, each id once) */
+	for (size_t i = 0; i < n; i++)
+		fp += store_member_mix(o[i]->id);
+	if ((int64_t)n == b->members && fp == b->members_fp) {
+		members = xcalloc(n, sizeof(*members));
+		for (size_t i = 0; i < n; i++)
+			members[i] = o[i]->id;
+		n_members = n;
+	} else {
 		_cleanup_stmt_ sqlite3_stmt *st = NULL;
 
 		r = store_stmt(s, STMT_RANGE_MEMBERS, &st);
@@ -549,7 +380,6 @@ apply_to_run(struct store *s, struct batch_row *b, const struct store_outcome **
 		r = member_to_state_row(s, b, members[i], oi, now);
 		if (r < 0)
 			return r;
-		b->members--;
 	}
 	for (size_t j = 0; j < n; j++) {
 		s->delta[STORE_INFLIGHT]--;
@@ -575,7 +405,7 @@ apply_to_run(struct store *s, struct batch_row *b, const struct store_outcome **
 			        major->error_message ? xstrdup(major->error_message) : NULL;
 		}
 	}
-	return batch_save(s, b);
+	return store_batch_row_save(s, b);
 }
 
 /* Every inflight record back to pending, batch id kept. */
@@ -650,7 +480,7 @@ static int
 prune_batch(struct store *s, int64_t before, size_t budget, size_t *ret_n)
 {
 	_cleanup_free_ int64_t *ids = NULL;
-	struct batch_row b = {0};
+	struct store_batch_row b = {0};
 	int64_t id = 0;
 	size_t n = 0;
 	int r;
@@ -667,7 +497,7 @@ prune_batch(struct store *s, int64_t before, size_t budget, size_t *ret_n)
 			return r;
 		id = sqlite3_column_int64(st, 0);
 	}
-	r = batch_load(s, id, &b);
+	r = store_batch_row_load(s, id, &b);
 	if (r < 0)
 		return r;
 	{
@@ -681,11 +511,13 @@ prune_batch(struct store *s, int64_t before, size_t budget, size_t *ret_n)
 			r = store_collect_ids(s, st, &ids, &n);
 		}
 	}
-	for (size_t i = 0; r >= 0 && i < n; i++)
+	for (size_t i = 0; r >= 0 && i < n; i++) {
 		r = delete_record(s, ids[i]);
+		b.members--;
+		b.members_fp -= store_member_mix(ids[i]);
+	}
 	if (r < 0)
 		goto finish;
-	b.members -= (int64_t)n;
 	if (n < budget) {
 		/* what is left is kept for an undecided conflict: a state row of its own */
 		_cleanup_free_ int64_t *kept = NULL;
@@ -700,21 +532,13 @@ prune_batch(struct store *s, int64_t before, size_t budget, size_t *ret_n)
 		}
 		for (size_t i = 0; r >= 0 && i < n_kept; i++)
 			r = member_to_state_row(s, &b, kept[i], NULL, 0);
-		b.members -= (int64_t)n_kept;
 	}
 	if (r >= 0)
-		r = batch_save(s, &b);
+		r = store_batch_row_save(s, &b);
 	if (r >= 0 && b.members <= 0) {
 		_cleanup_stmt_ sqlite3_stmt *st = NULL;
 
-		r = store_stmt(s, STMT_CHARGES_DELETE, &st);
-		if (r >= 0) {
-			sqlite3_bind_int64(st, 1, b.id);
-			r = store_step_done(s, st);
-		}
-		store_stmt_resetp(&st);
-		if (r >= 0)
-			r = store_stmt(s, STMT_BATCH_DELETE, &st);
+		r = store_stmt(s, STMT_BATCH_DELETE, &st);
 		if (r >= 0) {
 			sqlite3_bind_int64(st, 1, b.id);
 			r = store_step_done(s, st);
@@ -723,7 +547,7 @@ prune_batch(struct store *s, int64_t before, size_t budget, size_t *ret_n)
 	if (r >= 0)
 		*ret_n = n;
 finish:
-	batch_row_done(&b);
+	store_batch_row_done(&b);
 	return r < 0 ? r : 1;
 }
 
@@ -831,564 +655,4 @@ delete_record(struct store *s, int64_t id)
 		}
 	}
 	return 0;
-}
-
-/* Free what a claim gathered. */
-static void
-claim_set_done(struct claim_set *c)
-{
-	for (size_t i = 0; i < c->n; i++)
-		store_record_done(&c->items[i].rec);
-	free(c->items);
-	*c = (struct claim_set){0};
-}
-
-/* Hex text of a 32-byte key column. */
-static char *
-key_hex(sqlite3_stmt *st, int i)
-{
-	static const char digits[] = "0123456789abcdef";
-	const unsigned char *k = sqlite3_column_blob(st, i);
-	int n = sqlite3_column_bytes(st, i);
-	char *out = xmalloc((size_t)n * 2 + 1);
-
-	for (int j = 0; j < n; j++) {
-		out[2 * j] = digits[k[j] >> 4];
-		out[2 * j + 1] = digits[k[j] & 15];
-	}
-	out[2 * n] = '\0';
-	return out;
-}
-
-/* Append the row of a claim statement to the set. */
-static struct claim_item *
-claim_add(struct claim_set *set, sqlite3_stmt *st)
-{
-	struct claim_item *it;
-
-	set->items = store_grow(set->items, &set->cap, set->n + 1, sizeof(*set->items));
-	it = &set->items[set->n++];
-	*it = (struct claim_item){
-	        .rec =
-	                {
-	                        .id = sqlite3_column_int64(st, CC_ID),
-	                        .state = STORE_PENDING,
-	                        .key = key_hex(st, CC_KEY),
-	                        .reported_hour = sqlite3_column_int64(st, CC_REPORTED_HOUR),
-	                        .subscription_id = store_col_dup(st, CC_SUBSCRIPTION_ID),
-	                        .meter_id = store_col_dup(st, CC_METER_ID),
-	                        .quantity = store_col_dup(st, CC_QUANTITY),
-	                        .usage_start = sqlite3_column_int64(st, CC_USAGE_START),
-	                        .usage_end = sqlite3_column_int64(st, CC_USAGE_END),
-	                        .resource_uri = store_col_dup(st, CC_RESOURCE_URI),
-	                        .location = store_col_dup(st, CC_LOCATION),
-	                        .tags = store_col_dup(st, CC_TAGS),
-	                        .additional_info = store_col_dup(st, CC_ADDITIONAL_INFO),
-	                        .collected_at = sqlite3_column_int64(st, CC_COLLECTED_AT),
-	                        .tenant_id = store_col_dup(st, CC_TENANT_ID),
-	                        .charged_subscription = store_col_dup(st, CC_CHARGED_SUBSCRIPTION),
-	                        .charge_reason = store_col_dup(st, CC_CHARGE_REASON),
-	                        .registration = store_col_dup(st, CC_REGISTRATION),
-	                        .attempts = (unsigned)sqlite3_column_int64(st, CC_ATTEMPTS),
-	                        .adjustment_of = sqlite3_column_int(st, CC_KIND) == KIND_ADJUSTMENT
-	                                                 ? store_col_int64_or0(st, CC_OF)
-	                                                 : 0,
-	                },
-	        .size = sqlite3_column_int64(st, CC_EVENT_SIZE),
-	};
-	return it;
-}
-
-/* Map a record without a charge; fills its charge fields or marks it held. */
-static int
-claim_map(struct store *s, const struct store_claim *claim, struct claim_item *it)
-{
-	struct store_charge charge = {0};
-	int r;
-
-	if (it->rec.charged_subscription)
-		return 0; /* frozen by an earlier claim */
-	if (!claim->map)
-		return store_fail_msg(s, -EINVAL, "record %" PRId64 " has no charge and no mapping",
-		                      it->rec.id);
-	r = claim->map(claim->userdata, &it->rec, &charge);
-	if (r < 0)
-		return store_fail_msg(s, r, "mapping record %" PRId64 " failed", it->rec.id);
-	if (charge.hold) {
-		it->hold = true;
-		free(it->rec.error_code);
-		it->rec.error_code = xstrdup(charge.reason ? charge.reason : "ambiguous");
-		return 0;
-	}
-	if (!charge.charged_subscription || !charge.reason || isempty(charge.registration))
-		return store_fail_msg(
-		        s, -EINVAL, "mapping gave no charged subscription, reason or registration");
-	it->rec.charged_subscription = xstrdup(charge.charged_subscription);
-	it->rec.charge_reason = xstrdup(charge.reason);
-	free(it->rec.registration);
-	it->rec.registration = xstrdup(charge.registration);
-	free(it->rec.tenant_id);
-	it->rec.tenant_id = charge.tenant_id ? xstrdup(charge.tenant_id) : NULL;
-	return 0;
-}
-
-/* Whether a new record still fits a new batch (which takes one at least). */
-static bool
-claim_fits(const struct store_claim *claim, const struct claim_set *set, int64_t size)
-{
-	if (set->taken == 0)
-		return true;
-	if (claim->max_records && set->taken >= claim->max_records)
-		return false;
-	return !claim->max_bytes || set->bytes + (uint64_t)size <= claim->max_bytes;
-}
-
-/* Park a record in "held", charge cleared. */
-static int
-claim_hold(struct store *s, struct claim_item *it, int64_t now)
-{
-	struct store_state_row row = {
-	        .id = it->rec.id,
-	        .state = STORE_HELD,
-	        .attempts = it->rec.attempts,
-	        .next_attempt_at = now,
-	        .error_code = it->rec.error_code,
-	};
-
-	s->delta[STORE_PENDING]--;
-	s->delta[STORE_HELD]++;
-	return store_state_put(s, &row);
-}
-
-/* The records of a batch that is sent again: the run's members and its pending state rows. */
-static int
-claim_existing(struct store *s, int64_t batch, struct claim_set *set, struct batch_row *ret)
-{
-	int r;
-
-	r = batch_load(s, batch, ret);
-	if (r < 0)
-		return r;
-	if (ret->state == STORE_PENDING && ret->members > 0) {
-		_cleanup_stmt_ sqlite3_stmt *st = NULL;
-		size_t before = set->n;
-
-		r = store_stmt(s, STMT_BATCH_MEMBERS, &st);
-		if (r < 0)
-			return r;
-		sqlite3_bind_int64(st, 1, batch);
-		sqlite3_bind_int64(st, 2, ret->first);
-		sqlite3_bind_int64(st, 3, ret->last);
-		while ((r = store_step_row(s, st)) > 0)
-			claim_add(set, st)->rec.attempts = ret->attempts;
-		if (r < 0)
-			return r;
-		ret->members = (int64_t)(set->n - before);
-		ret->state = STORE_INFLIGHT;
-		s->delta[STORE_PENDING] -= ret->members;
-		s->delta[STORE_INFLIGHT] += ret->members;
-		r = batch_save(s, ret);
-		if (r < 0)
-			return r;
-	}
-	{
-		_cleanup_stmt_ sqlite3_stmt *st = NULL;
-
-		r = store_stmt(s, STMT_BATCH_STATES, &st);
-		if (r < 0)
-			return r;
-		sqlite3_bind_int64(st, 1, batch);
-		sqlite3_bind_int(st, 2, STORE_PENDING);
-		while ((r = store_step_row(s, st)) > 0)
-			claim_add(set, st);
-		if (r < 0)
-			return r;
-	}
-	{
-		_cleanup_stmt_ sqlite3_stmt *st = NULL;
-
-		r = store_stmt(s, STMT_STATE_CLAIM, &st);
-		if (r < 0)
-			return r;
-		sqlite3_bind_int64(st, 1, batch);
-		r = store_step_done(s, st);
-		if (r < 0)
-			return r;
-		s->delta[STORE_PENDING] -= sqlite3_changes(s->db);
-		s->delta[STORE_INFLIGHT] += sqlite3_changes(s->db);
-	}
-	for (size_t i = 0; i < set->n; i++)
-		if (!set->items[i].rec.charged_subscription)
-			return store_fail_msg(s, -EBADMSG,
-			                      "record %" PRId64 " of batch %s has no charge",
-			                      set->items[i].rec.id, ret->uuid);
-	set->taken = set->n;
-	return 0;
-}
-
-/* Records back to pending without a batch (unheld, retried, adjustments): a new batch. */
-static int
-claim_loose(struct store *s, const struct store_claim *claim, struct claim_set *set,
-            struct batch_row *ret)
-{
-	_cleanup_stmt_ sqlite3_stmt *st = NULL;
-	int r;
-
-	r = store_stmt(s, STMT_LOOSE, &st);
-	if (r < 0)
-		return r;
-	sqlite3_bind_int64(st, 1, claim->now);
-	while ((r = store_step_row(s, st)) > 0) {
-		struct claim_item *it;
-
-		if (!claim_fits(claim, set, sqlite3_column_int64(st, CC_EVENT_SIZE)))
-			break;
-		it = claim_add(set, st);
-		r = claim_map(s, claim, it);
-		if (r < 0)
-			return r;
-		if (it->hold)
-			continue;
-		set->taken++;
-		set->bytes += (uint64_t)it->size;
-	}
-	store_stmt_resetp(&st);
-	if (r < 0)
-		return r;
-	if (set->taken > 0) {
-		r = batch_new(s, 0, 0, 0, claim->now, ret);
-		if (r < 0)
-			return r;
-	}
-	for (size_t i = 0; i < set->n; i++) {
-		struct claim_item *it = &set->items[i];
-		struct store_state_row row;
-
-		if (it->hold) {
-			r = claim_hold(s, it, claim->now);
-		} else {
-			row = store_state_row_of(&it->rec);
-			row.state = STORE_INFLIGHT;
-			row.batch = ret->id;
-			row.next_attempt_at = claim->now;
-			s->delta[STORE_PENDING]--;
-			s->delta[STORE_INFLIGHT]++;
-			r = store_state_put(s, &row);
-		}
-		if (r < 0)
-			return r;
-	}
-	return 0;
-}
-
-/* The charge of a claimed record, compared with another's. */
-static bool
-charge_equal(const struct store_record *a, const struct store_record *b)
-{
-	return streq_ptr(a->tenant_id, b->tenant_id) &&
-	       streq_ptr(a->charged_subscription, b->charged_subscription) &&
-	       streq_ptr(a->charge_reason, b->charge_reason) &&
-	       streq_ptr(a->registration, b->registration);
-}
-
-/* FNV-1a of a string, for the small hash table of claim_charges(). */
-static uint32_t
-hash_string(const char *str)
-{
-	uint32_t h = 2166136261u;
-
-	for (; *str; str++)
-		h = (h ^ (unsigned char)*str) * 16777619u;
-	return h;
-}
-
-/* Freeze the charges of a fresh batch: one row per subscription, state rows for the odd ones. */
-static int
-claim_charges(struct store *s, struct claim_set *set, const struct batch_row *b)
-{
-	/* the first record of each subscription, by open addressing (at most half full) */
-	size_t size = 16;
-	_cleanup_free_ struct store_record **first = NULL;
-	int r;
-
-	while (size < 2 * set->n)
-		size *= 2;
-	first = xcalloc(size, sizeof(*first));
-	for (size_t i = 0; i < set->n; i++) {
-		struct claim_item *it = &set->items[i];
-		size_t slot;
-
-		if (it->hold)
-			continue;
-		slot = hash_string(it->rec.subscription_id) & (size - 1);
-		while (first[slot] && !streq(first[slot]->subscription_id, it->rec.subscription_id))
-			slot = (slot + 1) & (size - 1);
-		if (first[slot]) {
-			it->own_charge = !charge_equal(first[slot], &it->rec);
-			continue;
-		}
-		first[slot] = &it->rec;
-		{
-			_cleanup_stmt_ sqlite3_stmt *st = NULL;
-			int64_t number = 0;
-
-			r = store_stmt(s, STMT_CHARGE_ADD, &st);
-			if (r < 0)
-				return r;
-			r = store_registration_number(s, it->rec.registration, &number);
-			if (r < 0)
-				return r;
-			sqlite3_bind_int64(st, 1, b->id);
-			store_bind_text(st, 2, it->rec.subscription_id);
-			store_bind_text(st, 3, it->rec.tenant_id);
-			store_bind_text(st, 4, it->rec.charged_subscription);
-			store_bind_text(st, 5, it->rec.charge_reason);
-			sqlite3_bind_int64(st, 6, number);
-			r = store_step_done(s, st);
-			if (r < 0)
-				return r;
-		}
-	}
-	return 0;
-}
-
-/* The next run of pending records, from the claim head on, into a new batch. */
-static int
-claim_fresh(struct store *s, const struct store_claim *claim, struct claim_set *set,
-            struct batch_row *ret)
-{
-	int64_t head = 0, first = 0, last = 0, own = 0;
-	int r;
-
-	r = store_meta_get(s, "claimed_through", &head);
-	if (r < 0 && r != -ENOENT)
-		return r;
-	{
-		_cleanup_stmt_ sqlite3_stmt *st = NULL;
-
-		r = store_stmt(s, STMT_FRESH, &st);
-		if (r < 0)
-			return r;
-		sqlite3_bind_int64(st, 1, head);
-		while ((r = store_step_row(s, st)) > 0) {
-			int64_t id = sqlite3_column_int64(st, CC_ID);
-			int kind = sqlite3_column_int(st, CC_KIND);
-			struct claim_item *it;
-
-			if (kind == KIND_QUARANTINED || kind == KIND_CONFLICT) {
-				head = id;
-				continue;
-			}
-			if (kind == KIND_ADJUSTMENT) {
-				/* an adjustment carries its original's charge in a state row and is
-				 * claimed as a loose record */
-				_cleanup_stmt_ sqlite3_stmt *sg = NULL;
-
-				r = store_stmt(s, STMT_STATE_GET, &sg);
-				if (r < 0)
-					return r;
-				sqlite3_bind_int64(sg, 1, id);
-				r = store_step_row(s, sg);
-				if (r < 0)
-					return r;
-				if (r > 0) {
-					head = id;
-					continue;
-				}
-			}
-			if (!claim_fits(claim, set, sqlite3_column_int64(st, CC_EVENT_SIZE)))
-				break;
-			it = claim_add(set, st);
-			r = claim_map(s, claim, it);
-			if (r < 0)
-				return r;
-			head = id;
-			if (it->hold) {
-				r = claim_hold(s, it, claim->now);
-				if (r < 0)
-					return r;
-				continue;
-			}
-			first = first ? first : id;
-			last = id;
-			set->taken++;
-			set->bytes += (uint64_t)it->size;
-		}
-		if (r < 0)
-			return r;
-	}
-	r = store_meta_set(s, "claimed_through", head);
-	if (r < 0 || set->taken == 0)
-		return r;
-
-	r = batch_new(s, first, last, 0, claim->now, ret);
-	if (r >= 0)
-		r = claim_charges(s, set, ret);
-	for (size_t i = 0; r >= 0 && i < set->n; i++) {
-		struct claim_item *it = &set->items[i];
-		struct store_state_row row;
-
-		if (it->hold || !it->own_charge)
-			continue;
-		row = store_state_row_of(&it->rec);
-		row.state = STORE_INFLIGHT;
-		row.batch = ret->id;
-		row.next_attempt_at = claim->now;
-		r = store_state_put(s, &row);
-		own++;
-	}
-	if (r < 0)
-		return r;
-	ret->members = (int64_t)set->taken - own;
-	s->delta[STORE_PENDING] -= (int64_t)set->taken;
-	s->delta[STORE_INFLIGHT] += (int64_t)set->taken;
-	return batch_save(s, ret);
-}
-
-/* Create a batch row, inflight, under a new id. */
-static int
-batch_new(struct store *s, int64_t first, int64_t last, int64_t members, int64_t now,
-          struct batch_row *ret)
-{
-	_cleanup_stmt_ sqlite3_stmt *st = NULL;
-	int r;
-
-	*ret = (struct batch_row){
-	        .first = first,
-	        .last = last,
-	        .members = members,
-	        .state = STORE_INFLIGHT,
-	        .next_attempt_at = now,
-	};
-	r = hash_uuid4(ret->uuid);
-	if (r < 0)
-		return store_fail_msg(s, r, "no random batch id");
-	r = store_stmt(s, STMT_BATCH_ADD, &st);
-	if (r < 0)
-		return r;
-	store_bind_text(st, 1, ret->uuid);
-	if (first) {
-		sqlite3_bind_int64(st, 2, first);
-		sqlite3_bind_int64(st, 3, last);
-	} else {
-		sqlite3_bind_null(st, 2);
-		sqlite3_bind_null(st, 3);
-	}
-	sqlite3_bind_int64(st, 4, members);
-	sqlite3_bind_int64(st, 5, now);
-	r = store_step_done(s, st);
-	if (r < 0)
-		return r;
-	if (sqlite3_changes(s->db) == 0)
-		return store_fail_msg(s, -EEXIST, "batch id %s exists already", ret->uuid);
-	ret->id = sqlite3_last_insert_rowid(s->db);
-	return 0;
-}
-
-/*
- * The number of the batch with this id. With create, an unknown id is given a row of its own
- * (a split batch: its records are state rows); without, an unknown id is -ENOENT.
- */
-static int
-batch_number(struct store *s, const char *uuid, bool create, int64_t *ret)
-{
-	_cleanup_stmt_ sqlite3_stmt *st = NULL;
-	int r;
-
-	r = store_stmt(s, STMT_BATCH_FIND, &st);
-	if (r < 0)
-		return r;
-	store_bind_text(st, 1, uuid);
-	r = store_step_row(s, st);
-	if (r < 0)
-		return r;
-	if (r > 0) {
-		*ret = sqlite3_column_int64(st, 0);
-		return 0;
-	}
-	if (!create)
-		return -ENOENT;
-	store_stmt_resetp(&st);
-	r = store_stmt(s, STMT_BATCH_ADD, &st);
-	if (r < 0)
-		return r;
-	store_bind_text(st, 1, uuid);
-	sqlite3_bind_null(st, 2);
-	sqlite3_bind_null(st, 3);
-	sqlite3_bind_int64(st, 4, 0);
-	sqlite3_bind_int64(st, 5, 0);
-	r = store_step_done(s, st);
-	if (r < 0)
-		return r;
-	*ret = sqlite3_last_insert_rowid(s->db);
-	return 0;
-}
-
-/* Load a batch row. */
-static int
-batch_load(struct store *s, int64_t id, struct batch_row *ret)
-{
-	_cleanup_stmt_ sqlite3_stmt *st = NULL;
-	const char *uuid;
-	int r;
-
-	r = store_stmt(s, STMT_BATCH_GET, &st);
-	if (r < 0)
-		return r;
-	sqlite3_bind_int64(st, 1, id);
-	r = store_step_row(s, st);
-	if (r < 0)
-		return r;
-	uuid = r > 0 ? (const char *)sqlite3_column_text(st, 0) : NULL;
-	if (!uuid || strlen(uuid) != STORE_BATCH_ID_LEN)
-		return store_fail_msg(s, -EBADMSG, "batch %" PRId64 " has no valid id", id);
-	*ret = (struct batch_row){
-	        .id = id,
-	        .first = store_col_int64_or0(st, 1),
-	        .last = store_col_int64_or0(st, 2),
-	        .members = sqlite3_column_int64(st, 3),
-	        .state = (enum store_state)sqlite3_column_int(st, 4),
-	        .attempts = (unsigned)sqlite3_column_int64(st, 5),
-	        .next_attempt_at = sqlite3_column_int64(st, 6),
-	        .error_code = store_col_dup(st, 7),
-	        .error_message = store_col_dup(st, 8),
-	        .forward_status = store_col_dup(st, 9),
-	        .forwarded_at = store_col_int64_or0(st, 10),
-	};
-	memcpy(ret->uuid, uuid, sizeof(ret->uuid));
-	return 0;
-}
-
-/* Write a batch row back. */
-static int
-batch_save(struct store *s, const struct batch_row *b)
-{
-	_cleanup_stmt_ sqlite3_stmt *st = NULL;
-	int r;
-
-	r = store_stmt(s, STMT_BATCH_SET, &st);
-	if (r < 0)
-		return r;
-	sqlite3_bind_int64(st, 1, b->id);
-	sqlite3_bind_int64(st, 2, MAX(b->members, 0));
-	sqlite3_bind_int(st, 3, b->state);
-	sqlite3_bind_int64(st, 4, b->attempts);
-	sqlite3_bind_int64(st, 5, b->next_attempt_at);
-	store_bind_text(st, 6, b->error_code);
-	store_bind_text(st, 7, b->error_message);
-	store_bind_text(st, 8, b->forward_status);
-	if (b->forwarded_at)
-		sqlite3_bind_int64(st, 9, b->forwarded_at);
-	else
-		sqlite3_bind_null(st, 9);
-	return store_step_done(s, st);
-}
-
-static void
-batch_row_done(struct batch_row *b)
-{
-	free(b->error_code);
-	free(b->error_message);
-	free(b->forward_status);
-	*b = (struct batch_row){0};
 }

@@ -64,6 +64,7 @@ enum stmt_id {
 	STMT_HOUR_SCHEDULE,
 	STMT_HOURS_DUE,
 	STMT_INSERT,
+	STMT_MAX_RECORD_ID,
 	STMT_LOOKUP,
 	STMT_LOOKUP_QUARANTINED,
 	STMT_CONFLICTS_OF,
@@ -81,8 +82,7 @@ enum stmt_id {
 	STMT_BATCH_SET,
 	STMT_BATCH_DELETE,
 	STMT_CHARGE_ADD,
-	STMT_CHARGE_GET,
-	STMT_CHARGES_DELETE,
+	STMT_CHARGE_LATEST,
 	STMT_STATE_GET,
 	STMT_STATE_PUT,
 	STMT_STATE_CLAIM,
@@ -166,8 +166,26 @@ enum {
 	COL_EVENT_SIZE,
 };
 
+/* The charge last frozen for a user subscription (store-claim.c keeps these in memory). */
+struct store_charge_entry {
+	char *subscription_id; /* NULL: an empty slot */
+	char *tenant_id;
+	char *charged_subscription;
+	char *reason;
+	char *registration;
+	uint64_t seen; /* the claim that last decided it (store.claim_seq) */
+};
+
 struct store {
 	sqlite3 *db;
+	/* the latest charge per subscription as of charges_epoch (-1: nothing known), an open
+	 * addressing table of charges_size slots; forgotten with every rollback */
+	struct store_charge_entry *charges;
+	size_t charges_size, charges_n;
+	int64_t charges_epoch;
+	uint64_t claim_seq;     /* counts claims, for store_charge_entry.seen */
+	int64_t next_record_id; /* 0: to be read from the file (store.c next_record_id()) */
+	bool next_record_id_dirty;
 	char *registration_id; /* the last registration_number() answered, and its number */
 	int64_t registration_number;
 	bool readonly;
@@ -179,6 +197,49 @@ struct store {
 	unsigned tx_depth;               /* 1: in a transaction, 2+: in savepoints inside it */
 	int64_t saved_delta[4][_STORE_STATE_MAX]; /* delta when each savepoint began */
 };
+
+/* A batch row. */
+struct store_batch_row {
+	int64_t id;
+	char uuid[STORE_BATCH_ID_LEN + 1];
+	int64_t first, last; /* 0: no run */
+	int64_t members;
+	uint64_t members_fp; /* the sum of store_member_mix() of the members' ids */
+	int64_t epoch; /* the charges of the run: the latest of each subscription up to this */
+	enum store_state state;
+	unsigned attempts;
+	int64_t next_attempt_at;
+	char *error_code;
+	char *error_message;
+	char *forward_status;
+	int64_t forwarded_at;
+};
+
+/*
+ * A record id mixed (splitmix64's finaliser) for the fingerprint of a run's members: the sum over
+ * the members, kept with the batch row, tells an acknowledgement naming exactly the members from
+ * any other set of ids of the same size (two sets agree by chance with probability 2^-64), so
+ * that it need not read the run again.
+ */
+static inline uint64_t
+store_member_mix(int64_t id)
+{
+	uint64_t z = (uint64_t)id + 0x9e3779b97f4a7c15u;
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
+	return z ^ (z >> 31);
+}
+
+int store_batch_row_load(struct store *s, int64_t id, struct store_batch_row *ret);
+int store_batch_row_save(struct store *s, const struct store_batch_row *b);
+void store_batch_row_done(struct store_batch_row *b);
+/* The number of the batch with this id; create: an unknown id gets a row of its own (a split
+ * batch, whose records are state rows); else an unknown id is -ENOENT. */
+int store_batch_number(struct store *s, const char *uuid, bool create, int64_t *ret);
+
+/* Forget the charges kept in memory (after a rollback, or when another writer moved on). */
+void store_charges_forget(struct store *s);
 
 /* Errors: remember a message and return the translated -errno. */
 int store_translate(int rc, int sys_errno);
@@ -198,7 +259,9 @@ int store_step_done(struct store *s, sqlite3_stmt *st); /* 0, or -errno */
 int store_step_row(struct store *s, sqlite3_stmt *st);  /* 1 row, 0 end, or -errno */
 int store_exec(struct store *s, enum stmt_id id);       /* no parameters, no rows */
 int store_bind_text(sqlite3_stmt *st, int i, const char *v);
-int store_bind_key(sqlite3_stmt *st, int i, const char *hex); /* 64 hex digits as 32 bytes */
+/* Bind a key (64 hex digits) as its 32 bytes, which buf holds until the statement has run. */
+int store_bind_key(sqlite3_stmt *st, int i, const char *hex,
+                   unsigned char buf[static STORE_KEY_BYTES]);
 char *store_col_dup(sqlite3_stmt *st, int i);
 int64_t store_col_int64_or0(sqlite3_stmt *st, int i);
 

@@ -32,15 +32,23 @@ _Static_assert(KIND_USAGE == 0 && KIND_ADJUSTMENT == 1 && KIND_QUARANTINED == 2 
 	" r.usage_start, r.usage_end, r.resource_uri, r.location, r.tags,"                 \
 	" r.additional_info, r.collected_at, r.event_size, r.of"
 #define REGISTRATION_OF(col) "(SELECT resource_id FROM registrations g WHERE g.id = " col ")"
+/* A charge's columns (the registration by its resource id) from charges or from states. */
+#define CHARGE_COLUMNS(t)                              \
+	t ".tenant_id, " t ".charged_subscription, " t \
+	  ".reason, " REGISTRATION_OF(t ".registration")
+#define STATE_CHARGE_COLUMNS \
+	"x.tenant_id, x.charged_subscription, x.charge_reason, " REGISTRATION_OF("x.registration")
+/* The charge of record r in a batch of the given epoch. */
+#define CHARGE_AT(epoch)                                                                      \
+	"LEFT JOIN charges c ON c.subscription_id = r.subscription_id AND c.epoch ="          \
+	" (SELECT max(cc.epoch) FROM charges cc WHERE cc.subscription_id = r.subscription_id" \
+	" AND cc.epoch <= " epoch ")"
 
 /* Schema version 1, in pieces (ISO C caps a string literal at 4095 characters). */
 const char *const store_schema_v1[] = {
         /* the queue */
         "CREATE TABLE records ("
-        /* AUTOINCREMENT: an id is never given twice, also when the newest records were
-         * pruned; a reused id at or below claimed_through would never be claimed, and one
-         * inside an old batch's run would take that batch's state */
-        " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " id INTEGER PRIMARY KEY," /* never given twice: store.c next_record_id() */
         " kind INTEGER NOT NULL,"
         " reported_hour INTEGER NOT NULL,"
         " key BLOB NOT NULL,"
@@ -67,7 +75,9 @@ const char *const store_schema_v1[] = {
         " uuid TEXT NOT NULL UNIQUE,"
         " first INTEGER," /* the run of record ids a fresh claim took; NULL: none */
         " last INTEGER,"
-        " members INTEGER NOT NULL," /* records of the run without a state row */
+        " members INTEGER NOT NULL,"    /* records of the run without a state row */
+        " members_fp INTEGER NOT NULL," /* their fingerprint (store_member_mix) */
+        " epoch INTEGER NOT NULL,"      /* the charges of the run (table charges) */
         " state INTEGER NOT NULL,"
         " attempts INTEGER NOT NULL,"
         " next_attempt_at INTEGER NOT NULL,"
@@ -79,14 +89,16 @@ const char *const store_schema_v1[] = {
         "CREATE INDEX batches_forwarded ON batches(forwarded_at)"
         " WHERE state = " S_FORWARDED " AND members > 0;\n"
         "CREATE INDEX batches_first ON batches(first) WHERE first IS NOT NULL;\n"
+        /* a row per subscription and change of its charge: a batch's charge for a
+         * subscription is the latest up to the batch's epoch */
         "CREATE TABLE charges ("
-        " batch INTEGER NOT NULL,"
         " subscription_id TEXT NOT NULL,"
+        " epoch INTEGER NOT NULL,"
         " tenant_id TEXT,"
         " charged_subscription TEXT NOT NULL,"
         " reason TEXT NOT NULL,"
         " registration INTEGER,"
-        " PRIMARY KEY (batch, subscription_id)) WITHOUT ROWID;\n"
+        " PRIMARY KEY (subscription_id, epoch)) WITHOUT ROWID;\n"
         "CREATE TABLE states ("
         " id INTEGER PRIMARY KEY," /* the record's id */
         " state INTEGER NOT NULL,"
@@ -107,9 +119,6 @@ const char *const store_schema_v1[] = {
         "CREATE INDEX states_forwarded ON states(forwarded_at) WHERE state = " S_FORWARDED ";\n"
         "CREATE TABLE registrations (id INTEGER PRIMARY KEY, resource_id TEXT NOT NULL UNIQUE);\n",
         /* the schedule, the caches, the history */
-        "CREATE TABLE counts (state INTEGER PRIMARY KEY, n INTEGER NOT NULL);\n"
-        "INSERT INTO counts(state, n) VALUES (0, 0), (1, 0), (2, 0), (3, 0), (4, 0), (5, 0),"
-        " (6, 0);\n"
         "CREATE TABLE hours ("
         " hour INTEGER NOT NULL,"
         " scope TEXT NOT NULL,"
@@ -119,6 +128,10 @@ const char *const store_schema_v1[] = {
         " PRIMARY KEY (hour, scope)) WITHOUT ROWID;\n"
         "CREATE INDEX hours_due ON hours(due_at);\n"
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;\n"
+        /* the counts by state live beside the claim head and the cursor: a claim or an
+         * acknowledgement then dirties one page fewer (pages are 16 KiB) */
+        "INSERT INTO meta (key, value) VALUES ('count/0', 0), ('count/1', 0), ('count/2', 0),"
+        " ('count/3', 0), ('count/4', 0), ('count/5', 0), ('count/6', 0);\n"
         "CREATE TABLE subscriptions ("
         " subscription_id TEXT PRIMARY KEY,"
         " tenant_id TEXT,"
@@ -184,7 +197,9 @@ const char *const store_schema_v1[] = {
         " LEFT JOIN batches b ON x.id IS NULL AND r.kind < 2 AND b.id ="
         "  (SELECT bb.id FROM batches bb WHERE bb.first <= r.id ORDER BY bb.first DESC LIMIT 1)"
         "  AND b.last >= r.id"
-        " LEFT JOIN charges c ON c.batch = b.id AND c.subscription_id = r.subscription_id;\n",
+        " LEFT JOIN charges c ON c.subscription_id = r.subscription_id AND c.epoch ="
+        "  (SELECT max(cc.epoch) FROM charges cc WHERE cc.subscription_id = r.subscription_id"
+        "  AND cc.epoch <= b.epoch);\n",
         NULL,
 };
 
@@ -195,8 +210,10 @@ const struct stmt_def store_stmt_defs[_STMT_MAX] = {
         [STMT_SAVEPOINT] = {"SAVEPOINT store_nested", false},
         [STMT_RELEASE] = {"RELEASE store_nested", false},
         [STMT_ROLLBACK_TO] = {"ROLLBACK TO store_nested", false},
-        [STMT_COUNTS_ADD] = {"UPDATE counts SET n = n + ?1 WHERE state = ?2", true},
-        [STMT_COUNTS_GET] = {"SELECT state, n FROM counts", true},
+        [STMT_COUNTS_ADD] = {"UPDATE meta SET value = value + ?1 WHERE key = 'count/' || ?2", true},
+        [STMT_COUNTS_GET] = {"SELECT substr(key, 7), value FROM meta"
+                             " WHERE key >= 'count/' AND key < 'count0'",
+                             true},
         [STMT_META_RAISE] = {"INSERT INTO meta (key, value) VALUES (?1, ?2)"
                              " ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
                              true},
@@ -227,10 +244,11 @@ const struct stmt_def store_stmt_defs[_STMT_MAX] = {
                  true},
         [STMT_INSERT] = {"INSERT INTO records (kind, reported_hour, key, of, subscription_id,"
                          " meter_id, quantity, usage_start, usage_end, resource_uri, location,"
-                         " tags, additional_info, event_size, collected_at, reason, raw)"
+                         " tags, additional_info, event_size, collected_at, reason, raw, id)"
                          " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,"
-                         " ?15, ?16, ?17) ON CONFLICT DO NOTHING",
+                         " ?15, ?16, ?17, ?18) ON CONFLICT DO NOTHING",
                          true},
+        [STMT_MAX_RECORD_ID] = {"SELECT max(id) FROM records", true},
         [STMT_LOOKUP] = {"SELECT id, quantity FROM records"
                          " WHERE reported_hour = ?1 AND key = ?2 AND " CLAIMS_KIND,
                          true},
@@ -251,61 +269,55 @@ const struct stmt_def store_stmt_defs[_STMT_MAX] = {
                         " FROM records r WHERE r.id > ?1 ORDER BY r.id",
                         true},
         [STMT_BATCH_MEMBERS] =
-                {"SELECT " CLAIM_RECORD ", c.tenant_id, c.charged_subscription,"
-                 " c.reason, " REGISTRATION_OF(
-                         "c.registration") ", 0"
-                                           " FROM records r LEFT JOIN charges c ON c.batch = ?1"
-                                           " AND c.subscription_id = r.subscription_id"
-                                           " WHERE r.id BETWEEN ?2 AND ?3 AND r." CLAIMS_KIND
-                                           " AND NOT EXISTS (SELECT 1 FROM states x WHERE x.id = r.id)"
-                                           " ORDER BY r.id",
+                {"SELECT " CLAIM_RECORD ", " CHARGE_COLUMNS(
+                         "c") ", 0"
+                              " FROM records r " CHARGE_AT(
+                                      "?1") " WHERE r.id BETWEEN ?2 AND ?3 AND r." CLAIMS_KIND
+                                            " AND NOT EXISTS (SELECT 1 FROM states x WHERE x.id = r.id)"
+                                            " ORDER BY r.id",
                  true},
-        [STMT_BATCH_STATES] =
-                {"SELECT " CLAIM_RECORD ", x.tenant_id, x.charged_subscription,"
-                 " x.charge_reason, " REGISTRATION_OF(
-                         "x.registration") ","
-                                           " x.attempts FROM states x JOIN records r ON r.id = x.id"
-                                           " WHERE x.batch = ?1 AND x.state = ?2 ORDER BY x.id",
-                 true},
+        [STMT_BATCH_STATES] = {"SELECT " CLAIM_RECORD ", " STATE_CHARGE_COLUMNS ", x.attempts"
+                               " FROM states x JOIN records r ON r.id = x.id"
+                               " WHERE x.batch = ?1 AND x.state = ?2 ORDER BY x.id",
+                               true},
         [STMT_BATCH_STATE_IDS] = {"SELECT id FROM states WHERE batch = ?1 AND state = ?2"
                                   " ORDER BY id",
                                   true},
-        [STMT_LOOSE] =
-                {"SELECT " CLAIM_RECORD ", x.tenant_id, x.charged_subscription,"
-                 " x.charge_reason, " REGISTRATION_OF(
-                         "x.registration") ", x.attempts"
-                                           " FROM states x JOIN records r ON r.id = x.id WHERE x.state = " S_PENDING
-                                           " AND x." STATE_LIVE
-                                           " AND x.next_attempt_at <= ?1 AND x.batch IS NULL"
-                                           " ORDER BY x.next_attempt_at, x.id",
-                 true},
-        [STMT_BATCH_ADD] = {"INSERT INTO batches (uuid, first, last, members, state, attempts,"
-                            " next_attempt_at) VALUES (?1, ?2, ?3, ?4, " S_INFLIGHT ", 0, ?5)"
+        [STMT_LOOSE] = {"SELECT " CLAIM_RECORD ", " STATE_CHARGE_COLUMNS ", x.attempts"
+                        " FROM states x JOIN records r ON r.id = x.id"
+                        " WHERE x.state = " S_PENDING " AND x." STATE_LIVE
+                        " AND x.next_attempt_at <= ?1 AND x.batch IS NULL"
+                        " ORDER BY x.next_attempt_at, x.id",
+                        true},
+        [STMT_BATCH_ADD] = {"INSERT INTO batches (uuid, first, last, members, members_fp,"
+                            " epoch, state, attempts, next_attempt_at)"
+                            " VALUES (?1, ?2, ?3, ?4, ?5, ?6, " S_INFLIGHT ", 0, ?7)"
                             " ON CONFLICT (uuid) DO NOTHING",
                             true},
-        [STMT_BATCH_GET] = {"SELECT uuid, first, last, members, state, attempts,"
+        [STMT_BATCH_GET] = {"SELECT uuid, first, last, members, members_fp, epoch, state,"
+                            " attempts,"
                             " next_attempt_at, error_code, error_message, forward_status,"
                             " forwarded_at FROM batches WHERE id = ?1",
                             true},
         [STMT_BATCH_FIND] = {"SELECT id FROM batches WHERE uuid = ?1", true},
         [STMT_BATCH_SET] = {"UPDATE batches SET members = ?2, state = ?3, attempts = ?4,"
                             " next_attempt_at = ?5, error_code = ?6, error_message = ?7,"
-                            " forward_status = ?8, forwarded_at = ?9 WHERE id = ?1",
+                            " forward_status = ?8, forwarded_at = ?9, epoch = ?10, members_fp = ?11"
+                            " WHERE id = ?1",
                             true},
         [STMT_BATCH_DELETE] =
                 {"DELETE FROM batches WHERE id = ?1"
                  " AND members = 0 AND NOT EXISTS (SELECT 1 FROM states WHERE batch = ?1)",
                  true},
-        [STMT_CHARGE_ADD] = {"INSERT INTO charges (batch, subscription_id, tenant_id,"
+        [STMT_CHARGE_ADD] = {"INSERT INTO charges (subscription_id, epoch, tenant_id,"
                              " charged_subscription, reason, registration)"
                              " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                              true},
-        [STMT_CHARGE_GET] = {"SELECT tenant_id, charged_subscription, reason, " REGISTRATION_OF(
-                                     "charges.registration") " FROM charges"
-                                                             " WHERE batch = ?1 AND"
-                                                             " subscription_id = ?2",
-                             true},
-        [STMT_CHARGES_DELETE] = {"DELETE FROM charges WHERE batch = ?1", true},
+        [STMT_CHARGE_LATEST] =
+                {"SELECT " CHARGE_COLUMNS(
+                         "c") " FROM charges c"
+                              " WHERE c.subscription_id = ?1 ORDER BY c.epoch DESC LIMIT 1",
+                 true},
         [STMT_STATE_GET] = {"SELECT state, batch FROM states WHERE id = ?1", true},
         [STMT_STATE_PUT] = {"INSERT OR REPLACE INTO states (id, state, batch, attempts,"
                             " next_attempt_at, tenant_id, charged_subscription, charge_reason,"

@@ -64,14 +64,13 @@ static void decimal_sum_final(sqlite3_context *ctx);
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct store *, store_free)
 
-/* The value of a hex digit, -1 for anything else (the key of every record passes here). */
-static inline int
-hex_digit(char c)
+/* The value of a lower-case hex digit; above 15 for any other byte (every key passes here). */
+static inline unsigned
+hex_value(char c)
 {
-	unsigned d = (unsigned)(unsigned char)c - '0',
-	         l = ((unsigned)(unsigned char)c | 0x20) - 'a';
+	unsigned u = (unsigned char)c;
 
-	return d < 10 ? (int)d : l < 6 ? (int)l + 10 : -1;
+	return u <= '9' ? u - '0' : u - 'a' + 10;
 }
 
 /* Name of a state. */
@@ -338,6 +337,7 @@ store_open(const struct store_options *options, struct store **ret, char **ret_e
 		return -EINVAL;
 
 	s = xcalloc(1, sizeof(*s));
+	s->charges_epoch = -1;
 	s->readonly = options->readonly;
 	s->skip_quick_check = options->skip_quick_check;
 	s->path = xstrdup(options->path);
@@ -438,6 +438,8 @@ store_free(struct store *s)
 	free(s->path);
 	free(s->errmsg);
 	free(s->registration_id);
+	store_charges_forget(s);
+	free(s->charges);
 	free(s);
 	return NULL;
 }
@@ -502,6 +504,11 @@ store_record_done(struct store_record *r)
 {
 	if (!r)
 		return;
+	if (r->storage) {
+		free(r->storage);
+		*r = (struct store_record){0};
+		return;
+	}
 	free(r->key);
 	free(r->subscription_id);
 	free(r->meter_id);
@@ -665,6 +672,8 @@ store_tx_begin(struct store *s)
 		r = store_exec(s, STMT_SAVEPOINT);
 	} else {
 		memset(s->delta, 0, sizeof(s->delta));
+		/* another writer may have added records since our last transaction */
+		s->next_record_id = 0;
 		r = store_exec(s, STMT_BEGIN);
 	}
 	if (r >= 0)
@@ -688,6 +697,8 @@ counts_flush(struct store *s)
 		sqlite3_bind_int64(st, 1, s->delta[i]);
 		sqlite3_bind_int(st, 2, i);
 		r = store_step_done(s, st);
+		if (r >= 0 && sqlite3_changes(s->db) != 1)
+			r = store_fail_msg(s, -EBADMSG, "no count of state %d", i);
 		if (r < 0)
 			return r;
 	}
@@ -700,10 +711,12 @@ store_tx_end(struct store *s, int r)
 {
 	r = tx_close(s, r);
 	if (r < 0) {
-		/* rolled back, also when only the commit failed: the cached registration number may
-		 * name a row that went with it */
+		/* rolled back, also when only the commit failed: the cached registration number and
+		 * charges may name rows that went with it */
 		free(s->registration_id);
 		s->registration_id = NULL;
+		s->next_record_id = 0;
+		store_charges_forget(s);
 	}
 	return r;
 }
@@ -719,6 +732,7 @@ tx_close(struct store *s, int r)
 		/* a savepoint inside the caller's transaction */
 		if (r < 0) {
 			memcpy(s->delta, s->saved_delta[s->tx_depth], sizeof(s->delta));
+			s->next_record_id = 0; /* known again from the file at the next insert */
 			if (store_stmt(s, STMT_ROLLBACK_TO, &st) >= 0)
 				(void)sqlite3_step(st);
 		}
@@ -729,8 +743,11 @@ tx_close(struct store *s, int r)
 	}
 	if (r >= 0)
 		r = counts_flush(s);
+	if (r >= 0 && s->next_record_id_dirty)
+		r = store_meta_set(s, "next_record_id", s->next_record_id);
 	if (r >= 0)
 		r = store_exec(s, STMT_COMMIT);
+	s->next_record_id_dirty = false;
 	if (r < 0 && !sqlite3_get_autocommit(s->db)) {
 		/* keep the first error's message: ROLLBACK would overwrite SQLite's */
 		if (store_stmt(s, STMT_ROLLBACK, &st) >= 0)
@@ -763,18 +780,19 @@ store_stmt_finalizep(sqlite3_stmt **st)
 
 /* Bind a record key (64 hex digits) as its 32 bytes. */
 int
-store_bind_key(sqlite3_stmt *st, int i, const char *hex)
+store_bind_key(sqlite3_stmt *st, int i, const char *hex, unsigned char key[static STORE_KEY_BYTES])
 {
-	unsigned char key[STORE_KEY_BYTES];
+	unsigned bad = 0;
 
 	for (size_t k = 0; k < STORE_KEY_BYTES; k++) {
-		int hi = hex_digit(hex[2 * k]), lo = hex_digit(hex[2 * k + 1]);
+		unsigned hi = hex_value(hex[2 * k]), lo = hex_value(hex[2 * k + 1]);
 
-		if ((hi | lo) < 0)
-			return SQLITE_MISUSE;
+		bad |= hi | lo;
 		key[k] = (unsigned char)(hi << 4 | lo);
 	}
-	return sqlite3_bind_blob(st, i, key, sizeof(key), SQLITE_TRANSIENT);
+	if (bad > 15)
+		return SQLITE_MISUSE; /* keys are lower-case hex: a bug of the caller */
+	return sqlite3_bind_blob(st, i, key, STORE_KEY_BYTES, SQLITE_STATIC);
 }
 
 /* A column as a new string, NULL for NULL. */
@@ -1028,6 +1046,32 @@ store_event_size(const struct store_record *r)
 	                 len0(r->location) + len0(r->tags) + len0(r->additional_info));
 }
 
+/*
+ * The id of the next record. Ids are never given twice, also when the newest records were
+ * pruned: a record id above the claim head that once was a batch's would be taken for that
+ * batch's, or never claimed. SQLite's AUTOINCREMENT does the same but reads and writes its
+ * sequence table with every insert; this keeps the high-water mark in memory and writes it once
+ * per transaction.
+ */
+static int
+next_record_id(struct store *s, int64_t *ret)
+{
+	int64_t saved = 0, max_id = 0;
+	int r;
+
+	if (s->next_record_id == 0) {
+		r = store_meta_get(s, "next_record_id", &saved);
+		if (r < 0 && r != -ENOENT)
+			return r;
+		r = store_single_int64(s, STMT_MAX_RECORD_ID, &max_id);
+		if (r < 0 && r != -ENOENT)
+			return r;
+		s->next_record_id = MAX(saved, max_id + 1);
+	}
+	*ret = s->next_record_id;
+	return 0;
+}
+
 /* Insert one record row; *ret_id is its id, or 0 when its key was there already. */
 int
 store_record_insert(struct store *s, const struct store_record *r, enum store_kind kind,
@@ -1036,12 +1080,19 @@ store_record_insert(struct store *s, const struct store_record *r, enum store_ki
 	_cleanup_stmt_ sqlite3_stmt *st = NULL;
 	int rc = SQLITE_OK, r2;
 
+	unsigned char key[STORE_KEY_BYTES];
+	int64_t id = 0;
+
+	r2 = next_record_id(s, &id);
+	if (r2 < 0)
+		return r2;
 	r2 = store_stmt(s, STMT_INSERT, &st);
 	if (r2 < 0)
 		return r2;
+	rc |= sqlite3_bind_int64(st, 18, id);
 	rc |= sqlite3_bind_int(st, 1, kind);
 	rc |= sqlite3_bind_int64(st, 2, reported_hour);
-	rc |= store_bind_key(st, 3, r->key);
+	rc |= store_bind_key(st, 3, r->key, key);
 	rc |= of ? sqlite3_bind_int64(st, 4, of) : sqlite3_bind_null(st, 4);
 	rc |= store_bind_text(st, 5, r->subscription_id);
 	rc |= store_bind_text(st, 6, r->meter_id);
@@ -1061,7 +1112,12 @@ store_record_insert(struct store *s, const struct store_record *r, enum store_ki
 	r2 = store_step_done(s, st);
 	if (r2 < 0)
 		return r2;
-	*ret_id = sqlite3_changes(s->db) > 0 ? sqlite3_last_insert_rowid(s->db) : 0;
+	*ret_id = 0;
+	if (sqlite3_changes(s->db) > 0) {
+		*ret_id = id;
+		s->next_record_id = id + 1;
+		s->next_record_id_dirty = true;
+	}
 	return 0;
 }
 
@@ -1134,7 +1190,7 @@ store_quantity_equal(const char *a, const char *b)
 	return decimal_cmp(&da, &db) == 0;
 }
 
-/* Counts by state from the counts table. */
+/* Counts by state, kept in the meta table. */
 int
 store_counts(struct store *s, struct store_counts *ret)
 {

@@ -108,6 +108,9 @@ struct store_record {
 	int64_t conflict_of;   /* conflict rows: id of the original record; 0 otherwise */
 	int64_t adjustment_of; /* adjustment events: id of the original record; 0 otherwise */
 	bool discarded;        /* dead records an operator discarded */
+
+	void *storage; /* when set, every string above lies in this one allocation (claimed
+	                  records: one allocation instead of a dozen); store_record_done knows */
 };
 
 void store_record_done(struct store_record *r); /* frees the strings, zeroes the struct */
