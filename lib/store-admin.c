@@ -15,6 +15,8 @@
 #include "store-private.h"
 #include "xmalloc.h"
 
+static void history_load(sqlite3_stmt *st, void *elem);
+static void history_done(void *elem);
 static int dead_discard_one(struct store *s, const struct store_record *rec, const char *actor,
                             const char *action, const char *detail, int64_t now);
 
@@ -152,32 +154,31 @@ int
 store_record_history(struct store *s, int64_t id, struct store_history **ret, size_t *ret_n)
 {
 	_cleanup_stmt_ sqlite3_stmt *st = NULL;
-	struct store_history *list = NULL;
-	size_t n = 0, cap = 0;
 	int r;
 
 	r = store_stmt(s, STMT_HISTORY_GET, &st);
 	if (r < 0)
 		return r;
 	sqlite3_bind_int64(st, 1, id);
-	while ((r = store_step_row(s, st)) > 0) {
-		list = store_grow(list, &cap, n + 1, sizeof(*list));
-		list[n++] = (struct store_history){
-		        .at = sqlite3_column_int64(st, 0),
-		        .actor = store_col_dup(st, 1),
-		        .action = store_col_dup(st, 2),
-		        .detail = store_col_dup(st, 3),
-		};
-	}
-	if (r < 0) {
-		for (size_t i = 0; i < n; i++)
-			store_history_done(&list[i]);
-		free(list);
-		return r;
-	}
-	*ret = list;
-	*ret_n = n;
-	return 0;
+	return store_collect_rows(s, st, sizeof(**ret), history_load, history_done, ret, ret_n);
+}
+
+/* A history row, and freeing it (row loaders). */
+static void
+history_load(sqlite3_stmt *st, void *elem)
+{
+	*(struct store_history *)elem = (struct store_history){
+	        .at = sqlite3_column_int64(st, 0),
+	        .actor = store_col_dup(st, 1),
+	        .action = store_col_dup(st, 2),
+	        .detail = store_col_dup(st, 3),
+	};
+}
+
+static void
+history_done(void *elem)
+{
+	store_history_done(elem);
 }
 
 /* Check that a record is an open dead letter that may be retried. */
@@ -280,12 +281,7 @@ store_dead_retry_all(struct store *s, const char *actor, const char *reason, int
 	}
 	for (size_t i = 0; r >= 0 && i < n; i++)
 		r = dead_retry_one(s, ids[i], actor, reason, now);
-	r = store_tx_end(s, r);
-	if (r < 0)
-		return r;
-	if (ret_n)
-		*ret_n = n;
-	return 0;
+	return store_tx_end_n(s, r, n, ret_n);
 }
 
 /* Discard dead letters, all of them or none. */
@@ -385,8 +381,6 @@ static int
 adjustments_of(struct store *s, int64_t original, struct store_record **ret, size_t *ret_n)
 {
 	_cleanup_finalize_ sqlite3_stmt *st = NULL;
-	struct store_record *list = NULL;
-	size_t n = 0, cap = 0;
 	int r;
 
 	r = store_prepare(s,
@@ -396,19 +390,8 @@ adjustments_of(struct store *s, int64_t original, struct store_record **ret, siz
 	if (r < 0)
 		return r;
 	sqlite3_bind_int64(st, 1, original);
-	while ((r = store_step_row(s, st)) > 0) {
-		list = store_grow(list, &cap, n + 1, sizeof(*list));
-		store_record_load(st, &list[n++]);
-	}
-	if (r < 0) {
-		for (size_t i = 0; i < n; i++)
-			store_record_done(&list[i]);
-		free(list);
-		return r;
-	}
-	*ret = list;
-	*ret_n = n;
-	return 0;
+	return store_collect_rows(s, st, sizeof(**ret), store_record_load_row,
+	                          store_record_done_row, ret, ret_n);
 }
 
 static void
@@ -566,14 +549,56 @@ finish:
 	return r;
 }
 
-/* Accept a conflict (see store.h). */
-int
-store_conflict_accept(struct store *s, int64_t id, const char *actor, const char *reason,
-                      int64_t now)
+/* Accept a loaded conflict: the original takes the new quantity, or is adjusted. */
+static int
+accept(struct store *s, const struct store_record *c, const struct store_record *o,
+       const char *actor, const char *reason, int64_t now, char **ret_detail)
+{
+	_cleanup_finalize_ sqlite3_stmt *st = NULL;
+	struct store_record sized = *o;
+	struct decimal newq;
+	int r;
+
+	if (decimal_parse_string(c->quantity, &newq) < 0)
+		return store_fail_msg(s, -EINVAL, "conflict %" PRId64 " has no valid quantity",
+		                      c->id);
+	if (o->state == STORE_INFLIGHT || (o->state == STORE_PENDING && o->batch_id))
+		/* sent at least once: Commerce may hold the old quantity under this key already */
+		return store_fail_msg(s, -EBUSY,
+		                      "record %s is being forwarded; accept once it is forwarded",
+		                      o->key);
+	if (o->state == STORE_FORWARDED)
+		return accept_forwarded(s, c, o, actor, reason, now, ret_detail);
+
+	/* not charged yet: the original simply takes the new quantity (the one rewrite a record
+	 * row ever gets) */
+	sized.quantity = c->quantity;
+	r = store_prepare(s,
+	                  "UPDATE records SET quantity = ?2, event_size = ?3,"
+	                  " raw = COALESCE(?4, raw) WHERE id = ?1",
+	                  &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, o->id);
+	store_bind_text(st, 2, c->quantity);
+	sqlite3_bind_int64(st, 3, store_event_size(&sized));
+	store_bind_text(st, 4, c->raw);
+	r = store_step_done(s, st);
+	if (r < 0)
+		return r;
+	*ret_detail = xasprintf("quantity %s replaced by %s%s%s", o->quantity, c->quantity,
+	                        reason ? "; reason: " : "", reason ? reason : "");
+	return conflict_close(s, c, "conflict-accepted", NULL, true, now);
+}
+
+/* Resolve an open conflict (accept or reject), with a history line on both records. */
+static int
+conflict_resolve(struct store *s, int64_t id, bool take, const char *actor, const char *reason,
+                 int64_t now)
 {
 	struct store_record c = {0}, o = {0};
 	_cleanup_free_ char *detail = NULL;
-	struct decimal newq;
+	const char *action = take ? "conflict-accept" : "conflict-reject";
 	int r;
 
 	if (!actor)
@@ -582,48 +607,29 @@ store_conflict_accept(struct store *s, int64_t id, const char *actor, const char
 	if (r < 0)
 		return r;
 	r = conflict_load(s, id, &c, &o);
-	if (r >= 0 && decimal_parse_string(c.quantity, &newq) < 0)
-		r = store_fail_msg(s, -EINVAL, "conflict %" PRId64 " has no valid quantity", id);
-	if (r < 0)
-		goto finish;
-
-	if (o.state == STORE_INFLIGHT || (o.state == STORE_PENDING && o.batch_id)) {
-		/* sent at least once: Commerce may hold the old quantity under this key already */
-		r = store_fail_msg(s, -EBUSY,
-		                   "record %s is being forwarded; accept once it is forwarded",
-		                   o.key);
-	} else if (o.state != STORE_FORWARDED) {
-		/* not charged yet: the original simply takes the new quantity (the one rewrite
-		 * a record row ever gets) */
-		_cleanup_finalize_ sqlite3_stmt *st = NULL;
-		struct store_record sized = o;
-
-		sized.quantity = c.quantity;
-		r = store_prepare(s,
-		                  "UPDATE records SET quantity = ?2, event_size = ?3,"
-		                  " raw = COALESCE(?4, raw) WHERE id = ?1",
-		                  &st);
-		if (r >= 0) {
-			sqlite3_bind_int64(st, 1, o.id);
-			store_bind_text(st, 2, c.quantity);
-			sqlite3_bind_int64(st, 3, store_event_size(&sized));
-			store_bind_text(st, 4, c.raw);
-			r = store_step_done(s, st);
-		}
-		detail = xasprintf("quantity %s replaced by %s%s%s", o.quantity, c.quantity,
+	if (r >= 0 && take)
+		r = accept(s, &c, &o, actor, reason, now, &detail);
+	else if (r >= 0) {
+		/* reject: the original stands */
+		detail = xasprintf("quantity %s rejected, %s stands%s%s", c.quantity, o.quantity,
 		                   reason ? "; reason: " : "", reason ? reason : "");
-		if (r >= 0)
-			r = conflict_close(s, &c, "conflict-accepted", NULL, true, now);
-	} else
-		r = accept_forwarded(s, &c, &o, actor, reason, now, &detail);
+		r = conflict_close(s, &c, "conflict-rejected", NULL, true, now);
+	}
 	if (r >= 0)
-		r = store_history_add(s, c.id, now, actor, "conflict-accept", detail);
+		r = store_history_add(s, c.id, now, actor, action, detail);
 	if (r >= 0)
-		r = store_history_add(s, o.id, now, actor, "conflict-accept", detail);
-finish:
+		r = store_history_add(s, o.id, now, actor, action, detail);
 	store_record_done(&c);
 	store_record_done(&o);
 	return store_tx_end(s, r);
+}
+
+/* Accept a conflict (see store.h). */
+int
+store_conflict_accept(struct store *s, int64_t id, const char *actor, const char *reason,
+                      int64_t now)
+{
+	return conflict_resolve(s, id, true, actor, reason, now);
 }
 
 /* Reject a conflict: the original stands. */
@@ -631,28 +637,7 @@ int
 store_conflict_reject(struct store *s, int64_t id, const char *actor, const char *reason,
                       int64_t now)
 {
-	struct store_record c = {0}, o = {0};
-	_cleanup_free_ char *detail = NULL;
-	int r;
-
-	if (!actor)
-		return -EINVAL;
-	r = store_tx_begin(s);
-	if (r < 0)
-		return r;
-	r = conflict_load(s, id, &c, &o);
-	if (r >= 0) {
-		detail = xasprintf("quantity %s rejected, %s stands%s%s", c.quantity, o.quantity,
-		                   reason ? "; reason: " : "", reason ? reason : "");
-		r = conflict_close(s, &c, "conflict-rejected", NULL, true, now);
-	}
-	if (r >= 0)
-		r = store_history_add(s, c.id, now, actor, "conflict-reject", detail);
-	if (r >= 0)
-		r = store_history_add(s, o.id, now, actor, "conflict-reject", detail);
-	store_record_done(&c);
-	store_record_done(&o);
-	return store_tx_end(s, r);
+	return conflict_resolve(s, id, false, actor, reason, now);
 }
 
 /* Exact totals of forwarded records, grouped. */

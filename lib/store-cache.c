@@ -9,6 +9,11 @@
 #include "store-private.h"
 #include "xmalloc.h"
 
+static void customer_load(sqlite3_stmt *st, void *elem);
+static void customer_done(void *elem);
+static void string_load(sqlite3_stmt *st, void *elem);
+static void string_done(void *elem);
+
 /* Free a subscription's strings. */
 void
 store_subscription_done(struct store_subscription *sub)
@@ -229,8 +234,6 @@ store_customer_subscriptions(struct store *s, struct store_customer_subscription
                              size_t *ret_n)
 {
 	_cleanup_finalize_ sqlite3_stmt *st = NULL;
-	struct store_customer_subscription *list = NULL;
-	size_t n = 0, cap = 0;
 	int r;
 
 	r = store_prepare(s,
@@ -239,22 +242,7 @@ store_customer_subscriptions(struct store *s, struct store_customer_subscription
 	                  &st);
 	if (r < 0)
 		return r;
-	while ((r = store_step_row(s, st)) > 0) {
-		list = store_grow(list, &cap, n + 1, sizeof(*list));
-		list[n++] = (struct store_customer_subscription){
-		        .subscription_id = store_col_dup(st, 0),
-		        .tenant_id = store_col_dup(st, 1),
-		};
-	}
-	if (r < 0) {
-		for (size_t i = 0; i < n; i++)
-			store_customer_subscription_done(&list[i]);
-		free(list);
-		return r;
-	}
-	*ret = list;
-	*ret_n = n;
-	return 0;
+	return store_collect_rows(s, st, sizeof(**ret), customer_load, customer_done, ret, ret_n);
 }
 
 /* The customer subscriptions registered for one tenant. */
@@ -264,7 +252,7 @@ store_customer_subscriptions_for_tenant(struct store *s, const char *tenant_id, 
 {
 	_cleanup_stmt_ sqlite3_stmt *st = NULL;
 	char **list = NULL;
-	size_t n = 0, cap = 0;
+	size_t n = 0;
 	int r;
 
 	if (!tenant_id)
@@ -273,18 +261,41 @@ store_customer_subscriptions_for_tenant(struct store *s, const char *tenant_id, 
 	if (r < 0)
 		return r;
 	store_bind_text(st, 1, tenant_id);
-	while ((r = store_step_row(s, st)) > 0) {
-		list = store_grow(list, &cap, n + 2, sizeof(*list));
-		list[n++] = store_col_dup(st, 0);
-		list[n] = NULL;
-	}
-	if (r < 0) {
-		for (size_t i = 0; i < n; i++)
-			free(list[i]);
-		free(list);
+	r = store_collect_rows(s, st, sizeof(*list), string_load, string_done, &list, &n);
+	if (r < 0)
 		return r;
-	}
+	/* NULL-terminated as well */
+	list = xreallocarray(list, n + 1, sizeof(*list));
+	list[n] = NULL;
 	*ret = list;
 	*ret_n = n;
 	return 0;
+}
+
+/* A customer subscription row, a text column, and freeing them (row loaders). */
+static void
+customer_load(sqlite3_stmt *st, void *elem)
+{
+	*(struct store_customer_subscription *)elem = (struct store_customer_subscription){
+	        .subscription_id = store_col_dup(st, 0),
+	        .tenant_id = store_col_dup(st, 1),
+	};
+}
+
+static void
+customer_done(void *elem)
+{
+	store_customer_subscription_done(elem);
+}
+
+static void
+string_load(sqlite3_stmt *st, void *elem)
+{
+	*(char **)elem = store_col_dup(st, 0);
+}
+
+static void
+string_done(void *elem)
+{
+	free(*(char **)elem);
 }

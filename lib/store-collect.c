@@ -18,6 +18,8 @@ static int put_record(struct store *s, const struct store_page *page, const stru
                       struct store_page_result *res);
 static int page_cursor(struct store *s, const struct store_page *page);
 static int recollect_hour(struct store *s, int64_t hour, int64_t now, size_t *n);
+static void hour_load(sqlite3_stmt *st, void *elem);
+static void hour_done(void *elem);
 
 /* Free an hour's strings. */
 void
@@ -65,8 +67,6 @@ int
 store_hours_due(struct store *s, int64_t now, size_t limit, struct store_hour **ret, size_t *ret_n)
 {
 	_cleanup_stmt_ sqlite3_stmt *st = NULL;
-	struct store_hour *hours = NULL;
-	size_t n = 0, cap = 0;
 	int r;
 
 	r = store_stmt(s, STMT_HOURS_DUE, &st);
@@ -74,25 +74,26 @@ store_hours_due(struct store *s, int64_t now, size_t limit, struct store_hour **
 		return r;
 	sqlite3_bind_int64(st, 1, now);
 	sqlite3_bind_int64(st, 2, limit ? (int64_t)MIN(limit, (size_t)INT64_MAX) : -1);
-	while ((r = store_step_row(s, st)) > 0) {
-		hours = store_grow(hours, &cap, n + 1, sizeof(*hours));
-		hours[n++] = (struct store_hour){
-		        .hour = sqlite3_column_int64(st, 0),
-		        .scope = store_col_dup(st, 1),
-		        .pass = (unsigned)sqlite3_column_int64(st, 2),
-		        .next_link = store_col_dup(st, 3),
-		        .due_at = sqlite3_column_int64(st, 4),
-		};
-	}
-	if (r < 0) {
-		for (size_t i = 0; i < n; i++)
-			store_hour_done(&hours[i]);
-		free(hours);
-		return r;
-	}
-	*ret = hours;
-	*ret_n = n;
-	return 0;
+	return store_collect_rows(s, st, sizeof(**ret), hour_load, hour_done, ret, ret_n);
+}
+
+/* An hour of the schedule, and freeing it (row loaders). */
+static void
+hour_load(sqlite3_stmt *st, void *elem)
+{
+	*(struct store_hour *)elem = (struct store_hour){
+	        .hour = sqlite3_column_int64(st, 0),
+	        .scope = store_col_dup(st, 1),
+	        .pass = (unsigned)sqlite3_column_int64(st, 2),
+	        .next_link = store_col_dup(st, 3),
+	        .due_at = sqlite3_column_int64(st, 4),
+	};
+}
+
+static void
+hour_done(void *elem)
+{
+	store_hour_done(elem);
 }
 
 /* The newest hour ever scheduled. */
@@ -145,11 +146,25 @@ store_recollect(struct store *s, const struct store_recollect *rc, size_t *ret_n
 		                   rc->reason ? rc->reason : "");
 		r = store_history_add(s, 0, rc->now, rc->actor, "recollect", detail);
 	}
-	r = store_tx_end(s, r);
+	return store_tx_end_n(s, r, n, ret_n);
+}
+
+/* Run one statement that takes an hour and a time; the rows it changed. */
+static int
+hour_run(struct store *s, const char *sql, int64_t hour, int64_t now, size_t *ret_changed)
+{
+	_cleanup_finalize_ sqlite3_stmt *st = NULL;
+	int r;
+
+	r = store_prepare(s, sql, &st);
 	if (r < 0)
 		return r;
-	if (ret_n)
-		*ret_n = n;
+	sqlite3_bind_int64(st, 1, hour);
+	sqlite3_bind_int64(st, 2, now);
+	r = store_step_done(s, st);
+	if (r < 0)
+		return r;
+	*ret_changed = (size_t)sqlite3_changes(s->db);
 	return 0;
 }
 
@@ -157,39 +172,21 @@ store_recollect(struct store *s, const struct store_recollect *rc, size_t *ret_n
 static int
 recollect_hour(struct store *s, int64_t hour, int64_t now, size_t *n)
 {
-	_cleanup_finalize_ sqlite3_stmt *st = NULL;
-	int changed, r;
+	size_t changed = 0;
+	int r;
 
-	r = store_prepare(s,
-	                  "UPDATE hours SET pass = CASE WHEN pass < 2 THEN 2 ELSE pass + 1 END,"
-	                  " next_link = NULL, due_at = ?2 WHERE hour = ?1",
-	                  &st);
-	if (r < 0)
-		return r;
-	sqlite3_bind_int64(st, 1, hour);
-	sqlite3_bind_int64(st, 2, now);
-	r = store_step_done(s, st);
-	if (r < 0)
-		return r;
-	changed = sqlite3_changes(s->db);
-	if (changed > 0) {
-		*n += (size_t)changed;
-		return 0;
-	}
-	store_stmt_finalizep(&st);
-	r = store_prepare(s,
-	                  "INSERT INTO hours (hour, scope, pass, next_link, due_at)"
-	                  " VALUES (?1, '', 2, NULL, ?2)",
-	                  &st);
-	if (r < 0)
-		return r;
-	sqlite3_bind_int64(st, 1, hour);
-	sqlite3_bind_int64(st, 2, now);
-	r = store_step_done(s, st);
-	if (r < 0)
-		return r;
-	(*n)++;
-	return 0;
+	r = hour_run(s,
+	             "UPDATE hours SET pass = CASE WHEN pass < 2 THEN 2 ELSE pass + 1 END,"
+	             " next_link = NULL, due_at = ?2 WHERE hour = ?1",
+	             hour, now, &changed);
+	if (r >= 0 && changed == 0)
+		r = hour_run(s,
+		             "INSERT INTO hours (hour, scope, pass, next_link, due_at)"
+		             " VALUES (?1, '', 2, NULL, ?2)",
+		             hour, now, &changed);
+	if (r >= 0)
+		*n += changed;
+	return r;
 }
 
 /* Store a page and its cursor in one transaction. */

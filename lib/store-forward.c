@@ -233,12 +233,7 @@ store_apply_outcomes(struct store *s, const char *batch_id, const struct store_o
 		r = apply_to_run(s, &b, run, n_run, now, &applied);
 finish:
 	store_batch_row_done(&b);
-	r = store_tx_end(s, r);
-	if (r < 0)
-		return r;
-	if (ret_applied)
-		*ret_applied = applied;
-	return 0;
+	return store_tx_end_n(s, r, applied, ret_applied);
 }
 
 /* Two outcomes that leave their records in the same state (the batch row can hold it). */
@@ -429,12 +424,7 @@ store_reset_inflight(struct store *s, size_t *ret_n)
 		s->delta[STORE_INFLIGHT] -= (int64_t)n;
 		s->delta[STORE_PENDING] += (int64_t)n;
 	}
-	r = store_tx_end(s, r);
-	if (r < 0)
-		return r;
-	if (ret_n)
-		*ret_n = n;
-	return 0;
+	return store_tx_end_n(s, r, n, ret_n);
 }
 
 /* Held records back to pending with their charge cleared. */
@@ -466,12 +456,7 @@ store_unhold_all(struct store *s, int64_t now, size_t *ret_n)
 
 		r = store_history_add(s, 0, now, "azs-usaged", "unhold", detail);
 	}
-	r = store_tx_end(s, r);
-	if (r < 0)
-		return r;
-	if (ret_n)
-		*ret_n = n;
-	return 0;
+	return store_tx_end_n(s, r, n, ret_n);
 }
 
 /* Prune the members of the oldest forwarded batch, at most budget; *ret_n: how many went.
@@ -608,12 +593,7 @@ store_prune(struct store *s, int64_t before, size_t max_rows, size_t *ret_delete
 	}
 	if (r >= 0)
 		s->delta[STORE_FORWARDED] -= (int64_t)n;
-	r = store_tx_end(s, r);
-	if (r < 0)
-		return r;
-	if (ret_deleted)
-		*ret_deleted = n;
-	return 0;
+	return store_tx_end_n(s, r, n, ret_deleted);
 }
 
 /* Delete a pruned record with its state row, history and resolved conflict rows. */

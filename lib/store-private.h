@@ -268,8 +268,22 @@ int64_t store_col_int64_or0(sqlite3_stmt *st, int i);
 /* Run a cached single-value query (parameters bound by the caller through bind). */
 int store_single_int64(struct store *s, enum stmt_id id, int64_t *ret); /* -ENOENT: none */
 
+/*
+ * Collect every row of st into a new array of elements of size bytes, each filled by load; *ret
+ * (a pointer to the array pointer) and *ret_n are written on success. On failure the elements
+ * loaded so far are released with done (NULL: nothing to release) and the array freed.
+ */
+typedef void (*store_row_load_fn)(sqlite3_stmt *st, void *elem);
+typedef void (*store_row_done_fn)(void *elem);
+int store_collect_rows(struct store *s, sqlite3_stmt *st, size_t size, store_row_load_fn load,
+                       store_row_done_fn done, void *ret, size_t *ret_n);
+
 /* Collect the first column of every row of st as integers. */
 int store_collect_ids(struct store *s, sqlite3_stmt *st, int64_t **ret, size_t *ret_n);
+
+/* Row loaders for RECORD_COLUMNS. */
+void store_record_load_row(sqlite3_stmt *st, void *elem);
+void store_record_done_row(void *elem);
 
 /* Make room for n elements of size in p (capacity *cap), growing geometrically. */
 void *store_grow(void *p, size_t *cap, size_t n, size_t size);
@@ -277,6 +291,7 @@ void *store_grow(void *p, size_t *cap, size_t n, size_t size);
 /* Transactions: begin (a savepoint when nested), end (commit, or roll back when r < 0). */
 int store_tx_begin(struct store *s);
 int store_tx_end(struct store *s, int r);
+int store_tx_end_n(struct store *s, int r, size_t n, size_t *ret_n); /* *ret_n = n on commit */
 
 /* The meta table of integers. */
 int store_meta_get(struct store *s, const char *key, int64_t *ret); /* -ENOENT */
