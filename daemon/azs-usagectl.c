@@ -610,12 +610,20 @@ ctl_check(struct ctl *c, const char *const *values)
 		break;
 	}
 
-	if (v->verb == CTL_DEAD_RETRY || v->verb == CTL_DEAD_DISCARD ||
-	    v->verb == CTL_CONFLICTS_ACCEPT || v->verb == CTL_CONFLICTS_REJECT)
+	if (v->verb == CTL_DEAD_RETRY || v->verb == CTL_DEAD_DISCARD)
 		for (size_t i = 0; i < c->n_args; i++)
 			if (!ctl_key_valid(c->args[i]))
 				return ctl_usage_error("KEY '%s': give %d to %d hex digits",
 				                       c->args[i], CTL_KEY_MIN, CTL_KEY_MAX);
+	/* a conflict's ID (digits) or a KEY */
+	if ((v->verb == CTL_CONFLICTS_ACCEPT || v->verb == CTL_CONFLICTS_REJECT) &&
+	    !ctl_key_valid(c->args[0]) &&
+	    (strspn(c->args[0], "0123456789") != strlen(c->args[0]) || strlen(c->args[0]) > 18 ||
+	     !c->args[0][0]))
+		return ctl_usage_error(
+		        "CONFLICT '%s': give the ID that 'conflicts' shows, or %d to %d "
+		        "hex digits of the key",
+		        c->args[0], CTL_KEY_MIN, CTL_KEY_MAX);
 
 	for (size_t k = 0; k < ARRAY_SIZE(ctl_options); k++) {
 		const char *value = values[k];

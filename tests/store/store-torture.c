@@ -32,6 +32,10 @@
  *       Build a small store for the azs-usagectl tests: two reported hours, three
  *       subscriptions, forwarded, dead, pending, quarantined and conflict records. Prints a
  *       JSON manifest of what it decided for each record (the tests' expectations).
+ *   store-torture seed-extra DB
+ *       On a seeded store: a second open conflict of the record that has one (quantity 0.5),
+ *       and a forwarded record whose meter id a spreadsheet would run as a formula. Prints
+ *       {"conflictKey":..., "formulaMeter":...}.
  *   store-torture history DB KEY [STATE]
  *       Print the history of the record with this key (prefix): "actor<TAB>action<TAB>detail".
  *   store-torture hours DB
@@ -118,6 +122,7 @@ static int cmd_run(const char *path, const struct torture_options *o);
 static int cmd_fill(const char *path, const struct torture_options *o);
 static int cmd_verify(const char *path, const struct torture_options *o);
 static int cmd_seed(const char *path);
+static int cmd_seed_extra(const char *path);
 static int cmd_history(const char *path, const char *key, const char *state);
 static int cmd_hours(const char *path);
 static int cmd_batch(const char *path, const struct torture_options *o);
@@ -137,7 +142,7 @@ main(int argc, char **argv)
 
 	if (argc < 3) {
 		fprintf(stderr,
-		        "usage: store-torture run|fill|verify|seed|history|hours|batch DB ...\n");
+		        "usage: store-torture run|fill|verify|seed|seed-extra|history|hours|batch DB ...\n");
 		return 2;
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -179,6 +184,8 @@ main(int argc, char **argv)
 		return cmd_verify(argv[2], &o);
 	if (streq(argv[1], "seed"))
 		return cmd_seed(argv[2]);
+	if (streq(argv[1], "seed-extra"))
+		return cmd_seed_extra(argv[2]);
 	if (streq(argv[1], "history") && argc >= 4)
 		return cmd_history(argv[2], argv[3], argc >= 5 ? argv[4] : NULL);
 	if (streq(argv[1], "hours"))
@@ -947,6 +954,70 @@ cmd_hours(const char *path)
 	free(hours);
 	store_free(s);
 	return 0;
+}
+
+/* What seed-extra adds to a seeded store (see the usage at the top). */
+static int
+cmd_seed_extra(const char *path)
+{
+	static const char formula[] = "=HYPERLINK(\"http://example.invalid\",\"x\")";
+	struct seed_record again = {0}, odd = {0};
+	struct store_page_result result = {0};
+	struct store_batch batch = {0};
+	struct store *s = NULL;
+	int64_t now = now_seconds();
+	int r;
+
+	if (torture_open(path, false, &s) < 0)
+		return 1;
+	/* record 0 of hour 1 has a conflict (0.35) already: a second, under the same key */
+	seed_record(SEED_HOUR_1, 0, &again);
+	free(again.rec.quantity);
+	again.rec.quantity = xstrdup("0.5");
+	r = store_put_page(s,
+	                   &(struct store_page){.reported_hour = SEED_HOUR_1,
+	                                        .scope = "",
+	                                        .pass = 2,
+	                                        .records = &again.rec,
+	                                        .n_records = 1,
+	                                        .now = now},
+	                   &result);
+	if (r >= 0 && result.conflicts != 1)
+		r = -EBADMSG;
+	/* a meter id as a formula, forwarded */
+	seed_record(SEED_HOUR_2, 300, &odd);
+	free(odd.rec.meter_id);
+	odd.rec.meter_id = xstrdup(formula);
+	if (r >= 0)
+		r = store_put_page(s,
+		                   &(struct store_page){.reported_hour = SEED_HOUR_2,
+		                                        .scope = "",
+		                                        .pass = 2,
+		                                        .records = &odd.rec,
+		                                        .n_records = 1,
+		                                        .now = now},
+		                   &result);
+	if (r >= 0)
+		r = store_claim_batch(
+		        s, &(struct store_claim){.max_records = 10, .now = now, .map = seed_map},
+		        &batch);
+	for (size_t i = 0; r >= 0 && i < batch.n_records; i++) {
+		struct store_outcome o = {.id = batch.records[i].id,
+		                          .kind = STORE_OUTCOME_FORWARDED,
+		                          .status = "Accepted"};
+
+		r = store_apply_outcomes(s, batch.batch_id, &o, 1, now, NULL);
+	}
+	store_batch_done(&batch);
+	if (r < 0)
+		printf("FAIL: seed-extra: %s: %s\n", strerror(-r), store_errmsg(s));
+	else
+		printf("{\"conflictKey\":\"%s\",\"formulaMeter\":\"%s\"}\n", again.rec.key,
+		       "=HYPERLINK(\\\"http://example.invalid\\\",\\\"x\\\")");
+	store_record_done(&again.rec);
+	store_record_done(&odd.rec);
+	store_free(s);
+	return r < 0 ? 1 : 0;
 }
 
 /* Put the next page and claim it whole as one batch: inflight, or forwarded at o->forwarded_at. */
