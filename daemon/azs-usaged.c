@@ -9,6 +9,11 @@
  * to pending with their batch ids, so they are re-sent under the same usageEventIds. Two loop
  * timers look after it: the STATUS= line from the per-state counts, and pruning of forwarded
  * records past [store] retention, a small transaction per loop turn so the loop never stalls.
+ *
+ * The collector gets the HTTP client (libcurl multi on this loop), the stamp's token source and
+ * the metrics registry; it starts after READY=1 and is stopped first on SIGTERM, its requests in
+ * flight cancelled (a page not yet committed is collected again after the restart). SIGHUP hands
+ * it the new intervals; new stack credentials get a new token source.
  */
 #define LOG_MODULE "main"
 
@@ -26,9 +31,13 @@
 #include <event2/event.h>
 #include <systemd/sd-daemon.h>
 
+#include "auth.h"
+#include "collector.h"
 #include "config.h"
+#include "http.h"
 #include "log.h"
 #include "macro.h"
+#include "metrics.h"
 #include "store.h"
 #include "timeutil.h"
 
@@ -39,7 +48,6 @@
 #define DAEMON_PRUNE_CHUNK    2000 /* rows per prune transaction: a few ms of the loop */
 
 struct registry;
-struct collector;
 struct forwarder;
 struct health;
 
@@ -64,6 +72,11 @@ struct daemon {
 	struct event *prune_timer;
 	uint64_t pruned; /* forwarded records pruned in the current pass */
 
+	/* What the pipelines share: metrics, the HTTP client, the stamp's token source. */
+	struct metrics *metrics;
+	struct http_client *http;
+	struct auth *stack_auth;
+
 	/* The pipelines, in start order; each is stopped before the ones above it. */
 	struct store *store;
 	struct registry *registry;
@@ -82,6 +95,10 @@ static void daemon_stop(struct daemon *d);
 static int daemon_add_signal(struct daemon *d, int signo, struct event **ret);
 static int daemon_start_watchdog(struct daemon *d);
 static int daemon_open_store(struct daemon *d);
+static int daemon_new_stack_auth(struct daemon *d, const struct config *endpoints,
+                                 const struct config *credentials, struct auth **ret);
+static int daemon_new_collector(struct daemon *d);
+static void daemon_collector_settings(const struct config *c, struct collector_settings *ret);
 static int daemon_add_timer(struct daemon *d, event_callback_fn cb, struct event **ret);
 static void daemon_notify(struct daemon *d, const char *state);
 static void daemon_reload(struct daemon *d);
@@ -344,6 +361,8 @@ daemon_start(struct daemon *d)
 	if (r >= 0)
 		r = daemon_open_store(d);
 	if (r >= 0)
+		r = daemon_new_collector(d);
+	if (r >= 0)
 		r = daemon_add_timer(d, on_status_timer, &d->status_timer);
 	if (r >= 0)
 		r = daemon_add_timer(d, on_prune_timer, &d->prune_timer);
@@ -396,6 +415,93 @@ daemon_open_store(struct daemon *d)
 	return 0;
 }
 
+/*
+ * The stamp's token source: the endpoints of one configuration (the login endpoint and audience
+ * as configured or, unset, from the stamp's metadata endpoint; a change of them needs a restart)
+ * and the tenant and client secret or certificate of another (they apply on SIGHUP).
+ */
+static int
+daemon_new_stack_auth(struct daemon *d, const struct config *endpoints,
+                      const struct config *credentials, struct auth **ret)
+{
+	const struct config *c = credentials;
+	struct auth_options options = {
+	        .login_endpoint = endpoints->stack.login_endpoint,
+	        .audience = endpoints->stack.audience,
+	        .arm_endpoint = endpoints->stack.arm_endpoint,
+	        .tenant = c->stack.tenant,
+	        .client_id = c->stack.client.client_id,
+	        .client_secret = c->stack.client.secret,
+	        .certificate = c->stack.client.certificate,
+	};
+	int r;
+
+	r = auth_new(d->base, d->http, &options, ret);
+	if (r == -EBADMSG || r == -EKEYREJECTED || r == -EOPNOTSUPP)
+		return log_error_errno(r,
+		                       "the stack client certificate %s cannot be used (it needs "
+		                       "the certificate and its RSA private key, in PEM): %m",
+		                       c->stack.client.certificate_file);
+	if (r < 0)
+		return log_error_errno(r, "cannot set up the stack identity: %m");
+	return 0;
+}
+
+/* The intervals and limits of configuration c that the collector takes on SIGHUP too. */
+static void
+daemon_collector_settings(const struct config *c, struct collector_settings *ret)
+{
+	*ret = (struct collector_settings){
+	        .poll_interval_usec = c->stack.poll_interval_usec,
+	        .settle_usec = c->stack.settle_usec,
+	        .lookback_usec = c->stack.lookback_usec,
+	        .refresh_interval_usec = c->stack.refresh_interval_usec,
+	        .per_subscriber = c->stack.per_subscriber,
+	        .max_pending = c->store.max_pending,
+	};
+}
+
+/*
+ * Make the metrics registry, the HTTP client, the stamp's token source and the collector (started
+ * by daemon_loop() once READY=1 is sent).
+ */
+static int
+daemon_new_collector(struct daemon *d)
+{
+	const struct config *c = d->config;
+	struct http_options http = {
+	        .ca_file = c->http.ca_file,
+	        .proxy = c->http.proxy,
+	        .user_agent = c->http.user_agent,
+	        .max_response = c->http.max_response,
+	};
+	struct collector_options options = {
+	        .store = d->store,
+	        .arm_endpoint = c->stack.arm_endpoint,
+	        .provider_subscription = c->stack.provider_subscription,
+	        .collect_from = c->stack.collect_from,
+	};
+	int r;
+
+	d->metrics = metrics_new_daemon(AZS_VERSION);
+	r = http_client_new(d->base, &http, &d->http);
+	if (r < 0)
+		return log_error_errno(
+		        r, "cannot set up HTTP (is [http] ca_file %s a PEM bundle?): %m",
+		        c->http.ca_file ? c->http.ca_file : "unset");
+	r = daemon_new_stack_auth(d, c, c, &d->stack_auth);
+	if (r < 0)
+		return r;
+	options.metrics = d->metrics;
+	options.http = d->http;
+	options.auth = d->stack_auth;
+	daemon_collector_settings(c, &options.settings);
+	r = collector_new(d->base, &options, &d->collector);
+	if (r < 0)
+		return log_error_errno(r, "cannot set up the collector: %m");
+	return 0;
+}
+
 /* A timer event, not yet armed. */
 static int
 daemon_add_timer(struct daemon *d, event_callback_fn cb, struct event **ret)
@@ -445,6 +551,9 @@ daemon_loop(struct daemon *d)
 	daemon_notify(d, "READY=1");
 	event_add(d->status_timer, &(struct timeval){.tv_sec = DAEMON_STATUS_SEC});
 	log_fields(LOG_INFO, LOG_FIELDS("MESSAGE_ID", LOG_MESSAGE_ID_READY), "ready");
+	r = collector_start(d->collector);
+	if (r < 0)
+		return log_error_errno(r, "cannot start the collector: %m");
 
 	r = event_base_dispatch(d->base);
 	if (r < 0)
@@ -458,10 +567,14 @@ daemon_loop(struct daemon *d)
 static void
 daemon_stop(struct daemon *d)
 {
+	d->collector = collector_free(d->collector);
 	if (d->prune_timer)
 		event_free(d->prune_timer);
 	if (d->status_timer)
 		event_free(d->status_timer);
+	d->stack_auth = auth_free(d->stack_auth);
+	d->http = http_client_free(d->http);
+	d->metrics = metrics_free(d->metrics);
 	d->store = store_free(d->store);
 	if (d->watchdog)
 		event_free(d->watchdog);
@@ -548,9 +661,35 @@ daemon_reload(struct daemon *d)
 	}
 
 	config_restart_needed(d->config, c, &restart);
+	if (!streq_ptr(c->stack.tenant, d->config->stack.tenant) ||
+	    !streq_ptr(c->stack.client.client_id, d->config->stack.client.client_id) ||
+	    !streq_ptr(c->stack.client.secret, d->config->stack.client.secret) ||
+	    !streq_ptr(c->stack.client.certificate, d->config->stack.client.certificate)) {
+		struct auth *a = NULL;
+
+		/* new credentials: a new token source; the old one's tokens are forgotten */
+		r = daemon_new_stack_auth(d, d->config, c, &a);
+		if (r < 0) {
+			log_error("the new stack credentials cannot be used, keeping the running "
+			          "configuration");
+			config_free(c);
+			daemon_notify(d, "READY=1");
+			return;
+		}
+		collector_set_auth(d->collector, a);
+		auth_free(d->stack_auth);
+		d->stack_auth = a;
+		log_info("the stack credentials changed: new tokens are asked for with them");
+	}
 	config_free(d->config);
 	d->config = c;
 	log_set_max_level(c->log.level);
+	{
+		struct collector_settings settings;
+
+		daemon_collector_settings(c, &settings);
+		collector_apply(d->collector, &settings);
+	}
 
 	if (restart)
 		log_warning("changed keys need a restart to take effect: %s", restart);
@@ -582,6 +721,8 @@ on_signal(evutil_socket_t fd, _unused_ short what, void *userdata)
 	}
 
 	sd_notify(0, "STOPPING=1\nSTATUS=stopping");
+	/* nothing new is asked for; what is in flight is dropped and collected again next time */
+	collector_stop(d->collector);
 	log_fields(LOG_NOTICE, LOG_FIELDS("MESSAGE_ID", LOG_MESSAGE_ID_STOPPING),
 	           "stopping on SIG%s", sigabbrev_np(signo));
 	event_base_loopbreak(d->base);
