@@ -1788,12 +1788,13 @@ handle_control(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, c
 
 			json_array_append_new(
 			        list,
-			        json_pack("{s:s, s:s, s:s, s:i, s:s?, s:s?, s:s?, s:i, s:s?, s:b}",
-			                  "endpoint", endpoint_names[l->endpoint], "method",
-			                  l->method, "path", l->path, "status", l->status, "action",
-			                  l->action, "correlationId", l->correlation_id,
-			                  "requestId", l->request_id, "events", l->events, "host",
-			                  l->host, "bearer", l->bearer));
+			        json_pack(
+			                "{s:s, s:s, s:s, s:i, s:s?, s:s?, s:s?, s:i, s:s?, s:b, s:I}",
+			                "endpoint", endpoint_names[l->endpoint], "method",
+			                l->method, "path", l->path, "status", l->status, "action",
+			                l->action, "correlationId", l->correlation_id, "requestId",
+			                l->request_id, "events", l->events, "host", l->host,
+			                "bearer", l->bearer, "atMs", (json_int_t)l->at_ms));
 		}
 		out = json_pack("{s:o, s:o}", "counts", counts, "requests", list);
 	} else if (streq(path, "/_sim/reset") && method == EVHTTP_REQ_POST) {
@@ -2043,6 +2044,12 @@ log_request(struct sim *s, struct evhttp_request *req, int ep, const char *path,
 	l->host = host ? xstrndup(host, 256) : NULL;
 	l->bearer = auth && strncasecmp(auth, "Bearer ", 7) == 0;
 	l->events = events;
+	{
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		l->at_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	}
 }
 
 /* Forget the request log. */

@@ -238,6 +238,7 @@ struct sim_logentry {
 	char *host;  /* the Host header */
 	bool bearer; /* an Authorization: Bearer header was sent */
 	unsigned events;
+	int64_t at_ms; /* real time the request was logged, in milliseconds since the epoch */
 };
 
 struct sim {

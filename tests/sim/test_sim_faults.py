@@ -43,6 +43,18 @@ def test_status_with_retry_after_seconds_stops_after_times(sim):
     assert rule["fired"] == 2 and rule["seen"] == 3
 
 
+def test_request_log_times_each_request(sim):
+    # atMs: the real time each request was logged, so a client's pauses can be read off the log
+    before = int(time.time() * 1000)
+    usage(sim)
+    time.sleep(0.05)
+    usage(sim)
+    after = int(time.time() * 1000)
+    a, b = [r for r in sim.requests()["requests"] if r["endpoint"] == "usage"][-2:]
+    assert before <= a["atMs"] <= b["atMs"] <= after
+    assert b["atMs"] - a["atMs"] >= 50
+
+
 def test_status_429_with_http_date(sim):
     sim.set_faults([{"endpoint": "usage", "status": 429, "retryAfter": "http-date:+5", "times": 1}])
     before = time.time()
