@@ -174,7 +174,8 @@ store_charges_forget(struct store *s)
 {
 	for (size_t i = 0; i < s->charges_size; i++)
 		free(s->charges[i].subscription_id); /* one allocation holds the entry's strings */
-	memset(s->charges, 0, s->charges_size * sizeof(*s->charges));
+	if (s->charges)
+		memset(s->charges, 0, s->charges_size * sizeof(*s->charges));
 	s->charges_n = 0;
 	s->charges_epoch = -1;
 }
