@@ -1789,12 +1789,13 @@ handle_control(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, c
 			json_array_append_new(
 			        list,
 			        json_pack(
-			                "{s:s, s:s, s:s, s:i, s:s?, s:s?, s:s?, s:i, s:s?, s:b, s:I}",
+			                "{s:s, s:s, s:s, s:s?, s:i, s:s?, s:s?, s:s?, s:i, s:s?, s:b, s:I}",
 			                "endpoint", endpoint_names[l->endpoint], "method",
-			                l->method, "path", l->path, "status", l->status, "action",
-			                l->action, "correlationId", l->correlation_id, "requestId",
-			                l->request_id, "events", l->events, "host", l->host,
-			                "bearer", l->bearer, "atMs", (json_int_t)l->at_ms));
+			                l->method, "path", l->path, "query", l->query, "status",
+			                l->status, "action", l->action, "correlationId",
+			                l->correlation_id, "requestId", l->request_id, "events",
+			                l->events, "host", l->host, "bearer", l->bearer, "atMs",
+			                (json_int_t)l->at_ms));
 		}
 		out = json_pack("{s:o, s:o}", "counts", counts, "requests", list);
 	} else if (streq(path, "/_sim/reset") && method == EVHTTP_REQ_POST) {
@@ -2038,6 +2039,11 @@ log_request(struct sim *s, struct evhttp_request *req, int ep, const char *path,
 	         : cmd == EVHTTP_REQ_DELETE ? "DELETE"
 	                                    : "OTHER");
 	l->path = xstrdup(path);
+	{
+		const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+
+		l->query = query ? xstrdup(query) : NULL;
+	}
 	l->action = action ? xstrdup(action) : NULL;
 	l->correlation_id = corr ? xstrndup(corr, 64) : NULL;
 	l->request_id = rid ? xstrndup(rid, 64) : NULL;
@@ -2058,6 +2064,7 @@ log_reset(struct sim *s)
 {
 	for (size_t i = 0; i < s->n_log; i++) {
 		free(s->log[i].path);
+		free(s->log[i].query);
 		free(s->log[i].action);
 		free(s->log[i].correlation_id);
 		free(s->log[i].request_id);

@@ -232,6 +232,7 @@ struct sim_logentry {
 	uint16_t status;
 	char method[8];
 	char *path;
+	char *query; /* the raw query string, NULL when none */
 	char *action;
 	char *correlation_id;
 	char *request_id;

@@ -44,7 +44,8 @@ def test_status_with_retry_after_seconds_stops_after_times(sim):
 
 
 def test_request_log_times_each_request(sim):
-    # atMs: the real time each request was logged, so a client's pauses can be read off the log
+    # atMs: the real time each request was logged, so a client's pauses can be read off the log;
+    # query: what the client asked for (a first page or a continuation, which subscriber)
     before = int(time.time() * 1000)
     usage(sim)
     time.sleep(0.05)
@@ -53,6 +54,9 @@ def test_request_log_times_each_request(sim):
     a, b = [r for r in sim.requests()["requests"] if r["endpoint"] == "usage"][-2:]
     assert before <= a["atMs"] <= b["atMs"] <= after
     assert b["atMs"] - a["atMs"] >= 50
+    assert "reportedStartTime=" in a["query"] and "?" not in a["path"]
+    sim.get("/metadata/endpoints")
+    assert sim.requests()["requests"][-1]["query"] is None
 
 
 def test_status_429_with_http_date(sim):
