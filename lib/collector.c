@@ -143,13 +143,15 @@ struct collector {
 
 	/* the user-subscription cache */
 	struct refresh *refresh;
-	struct strset subs;        /* every user subscription known in this process */
-	bool subs_loaded;          /* a refresh succeeded in this process */
-	int64_t subs_fresh_at;     /* realtime at which that refresh started */
-	int64_t split_wants;       /* a split waits for a refresh started at or after this */
-	uint64_t refresh_due;      /* monotonic: the next periodic refresh */
-	uint64_t refresh_last;     /* monotonic: the last successful one */
-	bool unknown_wanted;       /* a page named a subscription the cache does not know */
+	struct strset subs;    /* every user subscription known in this process */
+	bool subs_loaded;      /* a refresh succeeded in this process */
+	int64_t subs_fresh_at; /* realtime at which that refresh started */
+	int64_t split_wants;   /* a split waits for a refresh started at or after this */
+	uint64_t refresh_due;  /* monotonic: the next periodic refresh */
+	uint64_t refresh_last; /* monotonic: the last successful one */
+	bool unknown_wanted;   /* a page named a subscription the cache does not know */
+	struct strset unknown; /* not in the store either, until the next refresh */
+	struct strset unknown_logged;
 	uint64_t unknown_asked_at; /* monotonic */
 	unsigned refresh_attempt;
 	uint64_t refresh_not_before;
@@ -293,6 +295,8 @@ collector_free(struct collector *c)
 	free(c->holds);
 	strset_clear(&c->subs);
 	strset_clear(&c->skipped);
+	strset_clear(&c->unknown);
+	strset_clear(&c->unknown_logged);
 	free(c->stamp_error);
 	free(c->store_error);
 	free(c->refresh_error);
@@ -828,6 +832,14 @@ transient(struct collector *c, struct job *j, const char *state, long status, co
 	kick(c);
 }
 
+/* An error of the identity or the connection, not of one hour: nothing to the stamp for a poll. */
+static void
+hold_stamp(struct collector *c)
+{
+	c->throttle_until =
+	        MAX(c->throttle_until, now_monotonic_usec() + c->set.poll_interval_usec);
+}
+
 /* The saved or followed nextLink was refused: the hour again from its first page, once a pass. */
 static void
 restart_hour(struct collector *c, struct job *j, long status, const char *code)
@@ -894,18 +906,20 @@ check_subscriptions(struct collector *c, const struct stack_usage_page *page)
 		struct store_subscription s = {0};
 		int r;
 
-		if (!sub || page->records[i].reason || strset_has(&c->subs, sub))
+		if (!sub || page->records[i].reason || strset_has(&c->subs, sub) ||
+		    strset_has(&c->unknown, sub))
 			continue;
 		r = store_subscription_get(c->store, sub, &s);
 		if (r >= 0) {
 			strset_add(&c->subs, sub); /* known from an earlier run (perhaps gone) */
 			store_subscription_done(&s);
 		} else if (r == -ENOENT) {
-			if (!c->unknown_wanted)
+			strset_add(&c->unknown, sub);
+			if (strset_add(&c->unknown_logged, sub))
 				log_fields(
 				        LOG_INFO, LOG_FIELDS("AZS_SUBSCRIPTION", sub),
 				        "usage names user subscription %s, which the cache does not "
-				        "know: refreshing the cache",
+				        "know: refreshing the cache (logged once per subscription)",
 				        sub);
 			c->unknown_wanted = true;
 		}
@@ -1110,6 +1124,21 @@ on_job_reply(const struct collector_reply *reply, void *userdata)
 		state = xasprintf("%s", http->error_message && *http->error_message
 		                                ? http->error_message
 		                                : strerror(-http->error));
+		if (http->error == -EFBIG || http->error == -EKEYREJECTED ||
+		    http->error == -EPROTONOSUPPORT || http->error == -EINVAL) {
+			/* no retry makes these go away: an answer over [http] max_response, a
+			 * certificate not trusted, a URL the client refuses */
+			if (http->error == -EKEYREJECTED)
+				hold_stamp(c);
+			metrics_inc(c->metrics, METRICS_COLLECT_PAGES_TOTAL, PAGE_ERROR);
+			hour_wait(c, j, state, true, LOG_ERR, NULL,
+			          LOG_FIELDS("AZS_REPORTED_HOUR", h, "AZS_SUBSCRIPTION",
+			                     j->scope[0] ? j->scope : NULL),
+			          "reported hour %s: the usage request failed: %s; asking again at "
+			          "the next poll",
+			          h, state);
+			return;
+		}
 		transient(c, j, state, http->status, NULL, NULL, state);
 		return;
 	}
@@ -1157,6 +1186,8 @@ on_job_reply(const struct collector_reply *reply, void *userdata)
 		goto out;
 	}
 	metrics_inc(c->metrics, METRICS_COLLECT_PAGES_TOTAL, PAGE_ERROR);
+	if (status == 401 || status == 403)
+		hold_stamp(c); /* the identity, not the hour: the other hours would fail alike */
 	state = xasprintf("%ld %s", status, e.code ? e.code : "");
 	hour_wait(c, j, state, true, LOG_ERR, NULL,
 	          LOG_FIELDS("AZS_REPORTED_HOUR", h, "AZS_HTTP_STATUS", st, "AZS_ARM_ERROR", e.code,
@@ -1291,6 +1322,7 @@ refresh_done(struct collector *c, struct refresh *f)
 	store_ok(c);
 	for (size_t i = 0; i < n; i++)
 		strset_add(&c->subs, subs[i].subscription_id);
+	strset_clear(&c->unknown); /* looked up in the store again from now on */
 	if (c->refresh_error)
 		log_info("the user-subscription cache is refreshed again");
 	free(c->refresh_error);
