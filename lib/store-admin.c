@@ -683,3 +683,36 @@ store_report(struct store *s, int64_t from, int64_t to, enum store_report_by by,
 	}
 	return r < 0 ? r : 0;
 }
+
+/* Usage per tenant (from the user-subscription cache) and meter. */
+int
+store_tenant_usage(struct store *s, store_tenant_usage_fn fn, void *userdata)
+{
+	_cleanup_finalize_ sqlite3_stmt *st = NULL;
+	int r;
+
+	if (!fn)
+		return -EINVAL;
+	r = store_prepare(s,
+	                  "SELECT COALESCE(c.tenant_id, ''), r.meter_id, count(*),"
+	                  " decimal_sum(r.quantity)"
+	                  " FROM records r LEFT JOIN subscriptions c"
+	                  " ON c.subscription_id = r.subscription_id"
+	                  " WHERE r.kind < 2 GROUP BY 1, 2 ORDER BY 1, 2",
+	                  &st);
+	if (r < 0)
+		return r;
+	while ((r = store_step_row(s, st)) > 0) {
+		const struct store_tenant_usage_row row = {
+		        .tenant_id = (const char *)sqlite3_column_text(st, 0),
+		        .meter_id = (const char *)sqlite3_column_text(st, 1),
+		        .records = (uint64_t)sqlite3_column_int64(st, 2),
+		        .total = (const char *)sqlite3_column_text(st, 3),
+		};
+
+		r = fn(userdata, &row);
+		if (r < 0)
+			break;
+	}
+	return r < 0 ? r : 0;
+}

@@ -299,3 +299,36 @@ string_done(void *elem)
 {
 	free(*(char **)elem);
 }
+
+/* Every cached user subscription, in id order. */
+int
+store_subscriptions_list(struct store *s, store_subscription_fn fn, void *userdata)
+{
+	_cleanup_finalize_ sqlite3_stmt *st = NULL;
+	int r;
+
+	if (!fn)
+		return -EINVAL;
+	r = store_prepare(s,
+	                  "SELECT subscription_id, tenant_id, display_name, owner, state,"
+	                  " delegated_provider, gone FROM subscriptions ORDER BY subscription_id",
+	                  &st);
+	if (r < 0)
+		return r;
+	while ((r = store_step_row(s, st)) > 0) {
+		const struct store_subscription sub = {
+		        .subscription_id = (char *)sqlite3_column_text(st, 0),
+		        .tenant_id = (char *)sqlite3_column_text(st, 1),
+		        .display_name = (char *)sqlite3_column_text(st, 2),
+		        .owner = (char *)sqlite3_column_text(st, 3),
+		        .state = (char *)sqlite3_column_text(st, 4),
+		        .delegated_provider = (char *)sqlite3_column_text(st, 5),
+		        .gone = sqlite3_column_int(st, 6) != 0,
+		};
+
+		r = fn(userdata, &sub);
+		if (r < 0)
+			break;
+	}
+	return r < 0 ? r : 0;
+}

@@ -325,6 +325,11 @@ int store_customer_subscriptions(struct store *s, struct store_customer_subscrip
 int store_customer_subscriptions_for_tenant(struct store *s, const char *tenant_id, char ***ret,
                                             size_t *ret_n);
 
+/* Every cached user subscription (gone ones too) in id order, for azs-usagectl tenants; fn
+ * returning < 0 stops and is returned. The struct is borrowed for the call. */
+typedef int (*store_subscription_fn)(void *userdata, const struct store_subscription *sub);
+int store_subscriptions_list(struct store *s, store_subscription_fn fn, void *userdata);
+
 /* Queries for azs-usagectl (off the loop). */
 struct store_query {
 	int state;                   /* -1: any */
@@ -407,3 +412,19 @@ struct store_report_row {
 typedef int (*store_report_fn)(void *userdata, const struct store_report_row *row);
 int store_report(struct store *s, int64_t from, int64_t to, enum store_report_by by,
                  store_report_fn fn, void *userdata);
+
+/*
+ * Usage per directory tenant and meter, for azs-usagectl tenants: every usage record and
+ * adjustment in any state (not quarantined records, not conflict rows), its tenant taken from the
+ * user-subscription cache ("" for subscriptions the cache does not know), with the number of
+ * records and their exact total. A full scan: never on the loop.
+ */
+struct store_tenant_usage_row {
+	const char *tenant_id; /* "": not in the tenant cache */
+	const char *meter_id;
+	uint64_t records;
+	const char *total; /* exact decimal text */
+};
+
+typedef int (*store_tenant_usage_fn)(void *userdata, const struct store_tenant_usage_row *row);
+int store_tenant_usage(struct store *s, store_tenant_usage_fn fn, void *userdata);
