@@ -16,6 +16,7 @@
 #include <limits.h>
 #include <netdb.h>
 #include <pwd.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -26,11 +27,15 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <event2/event.h>
 #include <jansson.h>
 
+#include "auth.h"
 #include "config.h"
+#include "http.h"
 #include "log.h"
 #include "macro.h"
+#include "registry.h"
 #include "store.h"
 #include "timeutil.h"
 #include "xmalloc.h"
@@ -46,7 +51,9 @@
 #define CTL_DEFAULT_REASON     "operator"
 #define CTL_DEFAULT_LOOKBACK   (6 * 3600) /* [stack] lookback when no configuration is read */
 #define CTL_HEALTH_TIMEOUT_SEC 2
-#define CTL_NOT_AVAILABLE      "not available yet: needs the registry (azs-usaged registry module)"
+#define CTL_NOT_AVAILABLE      "not available yet"
+#define CTL_NET_TIMEOUT_USEC   (60 * USEC_PER_SEC) /* per ARM or token request */
+#define CTL_DEFAULT_STALENESS  (24 * 3600)         /* [registration] max_staleness, seconds */
 
 enum ctl_verb {
 	CTL_STATUS,
@@ -66,6 +73,7 @@ enum ctl_verb {
 	CTL_TENANT_ADD,
 	CTL_TENANT_REMOVE,
 	CTL_REGISTRATION,
+	CTL_REGISTRATION_REFRESH,
 };
 
 /* Verb options; the table below says which verb takes which. */
@@ -84,6 +92,7 @@ enum {
 	OPT_UNREGISTERED = 1u << 11,
 	OPT_TENANT_ID = 1u << 12,
 	OPT_FORCE = 1u << 13,
+	OPT_REPLACE = 1u << 14,
 };
 
 struct ctl_option {
@@ -107,6 +116,7 @@ static const struct ctl_option ctl_options[] = {
         {"--unregistered", OPT_UNREGISTERED, false},
         {"--tenant-id", OPT_TENANT_ID, true},
         {"--force", OPT_FORCE, false},
+        {"--replace", OPT_REPLACE, false},
 };
 
 struct ctl_verb_def {
@@ -139,13 +149,13 @@ static const struct ctl_verb_def ctl_verbs[] = {
         {"report", NULL, CTL_REPORT, OPT_FROM | OPT_TO | OPT_BY | OPT_CSV, 0, 0, false, true},
         {"recollect", NULL, CTL_RECOLLECT, OPT_FROM | OPT_TO | OPT_REASON | OPT_FORCE, 0, 0, true,
          true},
-        {"lookup", NULL, CTL_LOOKUP, 0, 1, 1, false, false},
-        {"tenants", NULL, CTL_TENANTS, OPT_UNREGISTERED, 0, 0, false, false},
-        {"tenant", "add", CTL_TENANT_ADD, OPT_TENANT_ID, 1, 1, true, false},
-        {"tenant", "remove", CTL_TENANT_REMOVE, 0, 1, 1, true, false},
-        {"registration", NULL, CTL_REGISTRATION, 0, 0, 0, false, false},
-        {"registration", "show", CTL_REGISTRATION, 0, 0, 0, false, false},
-        {"registration", "refresh", CTL_REGISTRATION, 0, 0, 0, true, false},
+        {"lookup", NULL, CTL_LOOKUP, 0, 1, 1, false, true},
+        {"tenants", NULL, CTL_TENANTS, OPT_UNREGISTERED, 0, 0, false, true},
+        {"tenant", "add", CTL_TENANT_ADD, OPT_TENANT_ID | OPT_REPLACE, 1, 1, true, true},
+        {"tenant", "remove", CTL_TENANT_REMOVE, 0, 1, 1, true, true},
+        {"registration", NULL, CTL_REGISTRATION, 0, 0, 0, false, true},
+        {"registration", "show", CTL_REGISTRATION, 0, 0, 0, false, true},
+        {"registration", "refresh", CTL_REGISTRATION_REFRESH, 0, 0, 0, true, true},
 };
 
 /* Everything the command line says, checked. */
@@ -163,6 +173,7 @@ struct ctl {
 
 	int state; /* -1: any */
 	const char *tenant;
+	const char *tenant_id; /* tenant add --tenant-id, lower-case */
 	const char *subscription;
 	int64_t since;
 	size_t limit;
@@ -180,7 +191,7 @@ struct ctl {
 
 static const char *const ctl_help[] = {
         "NAME\n",
-        "    azs-usagectl - inspect and repair the azs-usaged usage store\n",
+        "    azs-usagectl - inspect and repair the azs-usaged usage store, register tenants\n",
         "\n",
         "SYNOPSIS\n",
         "    azs-usagectl [-c FILE | --store PATH] [--json] VERB [ARGUMENTS]\n",
@@ -253,10 +264,39 @@ static const char *const ctl_help[] = {
         "        a range that starts before the first hour ever collected less the\n",
         "        configured lookback needs --force.\n",
         "\n",
-        "    Coming with the registry module (now they exit 1 saying \"not available yet\"):\n",
-        "    lookup USER-SUBSCRIPTION, tenants [--unregistered],\n",
-        "    tenant add CUSTOMER-SUBSCRIPTION --tenant-id T,\n",
-        "    tenant remove CUSTOMER-SUBSCRIPTION, registration [show|refresh].\n",
+        "    lookup USER-SUBSCRIPTION\n",
+        "        Which subscription a record of this user subscription would be charged to\n",
+        "        now, and why: registered (its tenant's customer subscription), default\n",
+        "        (the registration's own subscription), unknown-subscription (not in the\n",
+        "        tenant cache after a refresh: the default subscription), or held\n",
+        "        (ambiguous: the registration names its tenant twice).\n",
+        "    tenants [--unregistered]\n",
+        "        Tenants with usage in the store, their customer subscription or the\n",
+        "        default one, and per meter the records and their exact total (every\n",
+        "        collected record, in any state). Tenants of delegated providers are\n",
+        "        listed as not collected here. --unregistered: only the tenants charged\n",
+        "        to the default subscription (usually a forgotten registration).\n",
+        "    registration [show]\n",
+        "        The cached registration: default subscription, customer subscriptions\n",
+        "        and their tenants, when it was fetched and whether it is stale.\n",
+        "    registration refresh                                            (writes)\n",
+        "        Fetch the registration and its customer subscriptions from Azure now\n",
+        "        and write the cache; the daemon maps on it within seconds. Held records\n",
+        "        go back to pending when it changed.\n",
+        "    tenant add CUSTOMER-SUBSCRIPTION --tenant-id T [--replace]       (writes)\n",
+        "        Register the tenant's customer subscription in Azure (PUT\n",
+        "        .../customerSubscriptions/{id}), then refresh the cache. Replacing the\n",
+        "        tenant's customer subscription, or moving one registered for another\n",
+        "        tenant, needs --replace (Azure would overwrite it silently).\n",
+        "    tenant remove CUSTOMER-SUBSCRIPTION                             (writes)\n",
+        "        Remove it (DELETE), then refresh the cache; its tenant is charged to\n",
+        "        the default subscription from then on. One that is not there is no\n",
+        "        error.\n",
+        "    The tenant verbs and registration refresh use the [azure] identity, so\n",
+        "    they read its credentials: run them where the configuration's secret files\n",
+        "    can be read. Azure's errors are shown with their code, message and what to\n",
+        "    do; MetadataResolverBadGatewayError, 429 and 5xx answers are retried a few\n",
+        "    times first.\n",
         "\n",
         "ARGUMENTS\n",
         "    KEY     a record key (64 hex digits) or a unique prefix of at least 8.\n",
@@ -266,6 +306,8 @@ static const char *const ctl_help[] = {
         "            (2026-11-01, midnight UTC).\n",
         "    HOUR    a TIME on the hour.\n",
         "    R       free text stored in the history; default \"" CTL_DEFAULT_REASON "\".\n",
+        "    USER-SUBSCRIPTION, CUSTOMER-SUBSCRIPTION, T\n",
+        "            subscription and directory tenant ids (GUIDs, any case).\n",
         "\n",
         "OUTPUT\n",
         "    Tables have one line per row under a header. With --json, records, dead,\n",
@@ -279,7 +321,8 @@ static const char *const ctl_help[] = {
         "EXIT STATUS\n",
         "    0   success\n",
         "    1   failure (store or configuration cannot be opened, a key matches no record\n",
-        "        or several, the store refused a change, a verb not available yet)\n",
+        "        or several, the store refused a change, Azure refused a tenant or\n",
+        "        registration call, no registration is cached)\n",
         "    2   usage error (unknown verb or option, missing or malformed argument)\n",
         "\n",
         "FILES\n",
@@ -381,6 +424,13 @@ static void ctl_put_cell(const char *s, int width, bool last);
 static void ctl_put_csv(const char *s, bool last);
 static const char *ctl_format_time(int64_t t, char buf[static TIME_RFC3339_LEN + 1]);
 static void ctl_health(const struct config *config, json_t *ret);
+static bool ctl_needs_azure(const struct ctl *c);
+static int ctl_lookup(struct ctl *c);
+static int ctl_tenants(struct ctl *c);
+static int ctl_tenant(struct ctl *c);
+static int ctl_registration_show(struct ctl *c);
+static int ctl_registration_refresh(struct ctl *c);
+static void ctl_put_err(const char *s);
 
 /* Parse the command line, open the store and run the verb; returns the exit status. */
 int
@@ -610,6 +660,18 @@ ctl_check(struct ctl *c, const char *const *values)
 		break;
 	}
 
+	if (v->verb == CTL_LOOKUP || v->verb == CTL_TENANT_ADD || v->verb == CTL_TENANT_REMOVE) {
+		/* an id becomes part of a URL: a GUID and nothing else */
+		if (!registry_is_guid(c->args[0]))
+			return ctl_usage_error("%s '%s': not a subscription id (a GUID)",
+			                       v->verb == CTL_LOOKUP ? "USER-SUBSCRIPTION"
+			                                             : "CUSTOMER-SUBSCRIPTION",
+			                       c->args[0]);
+		for (char *p = c->args[0]; *p; p++)
+			if (*p >= 'A' && *p <= 'Z')
+				*p = (char)(*p - 'A' + 'a');
+	}
+
 	if (v->verb == CTL_DEAD_RETRY || v->verb == CTL_DEAD_DISCARD)
 		for (size_t i = 0; i < c->n_args; i++)
 			if (!ctl_key_valid(c->args[i]))
@@ -692,6 +754,18 @@ ctl_check(struct ctl *c, const char *const *values)
 			if (isempty(value))
 				return ctl_usage_error("--reason needs a text");
 			c->reason = value;
+		} else if (bit == OPT_TENANT_ID) {
+			char *s = (char *)value; /* argv is ours to change */
+
+			if (!registry_is_guid(s))
+				return ctl_usage_error(
+				        "--tenant-id '%s': not a directory tenant id "
+				        "(a GUID)",
+				        value);
+			for (char *p = s; *p; p++)
+				if (*p >= 'A' && *p <= 'Z')
+					*p = (char)(*p - 'A' + 'a');
+			c->tenant_id = s;
 		}
 	}
 
@@ -748,6 +822,17 @@ ctl_run(struct ctl *c)
 		return ctl_report(c);
 	case CTL_RECOLLECT:
 		return ctl_recollect(c);
+	case CTL_LOOKUP:
+		return ctl_lookup(c);
+	case CTL_TENANTS:
+		return ctl_tenants(c);
+	case CTL_TENANT_ADD:
+	case CTL_TENANT_REMOVE:
+		return ctl_tenant(c);
+	case CTL_REGISTRATION:
+		return ctl_registration_show(c);
+	case CTL_REGISTRATION_REFRESH:
+		return ctl_registration_refresh(c);
 	default:
 		break;
 	}
@@ -763,12 +848,14 @@ ctl_open(struct ctl *c)
 	struct store_options options = {0};
 	int r;
 
-	if (c->config_path || !c->store_path) {
+	if (c->config_path || !c->store_path || ctl_needs_azure(c)) {
 		const char *path = c->config_path ? c->config_path : CTL_DEFAULT_CONFIG;
 		struct config_problems problems = {0};
 
-		/* the store verbs need no credentials, which systemd hands only to the unit */
-		r = config_load_flags(path, CONFIG_SKIP_SECRETS, &c->config, &problems);
+		/* the store verbs need no credentials, which systemd hands only to the unit; the
+		 * Azure verbs need the [azure] ones */
+		r = config_load_flags(path, ctl_needs_azure(c) ? 0 : CONFIG_SKIP_SECRETS,
+		                      &c->config, &problems);
 		if (r < 0) {
 			/* redacted as the daemon's: a secret may stand where a value was expected
 			 */
@@ -1676,4 +1763,816 @@ ctl_health(const struct config *config, json_t *ret)
 		json_decref(doc);
 	}
 	free(response);
+}
+
+/*
+ * The registry verbs (ARCHITECTURE.md sections 5 and 9). lookup, tenants and registration show
+ * read the store (through lib/registry, offline, for the mapping); registration refresh and
+ * tenant add / remove talk to Azure Resource Manager with the [azure] identity through lib/http
+ * and lib/auth on a loop of their own, and write the registration cache.
+ */
+
+/* What the network verbs hold: a loop, the client, the identity, the registry, the last result. */
+struct ctl_net {
+	struct event_base *base;
+	struct http_client *http;
+	struct auth *auth;
+	struct registry *registry;
+	bool done;
+	struct registry_result result;
+	char *code, *message; /* the result's strings, kept */
+};
+
+/* A tenant of the tenants listing, while its rows are printed. */
+struct ctl_tenants {
+	struct ctl *ctl;
+	struct registry *registry;
+	struct ctl_tenant_subs *subs; /* per tenant: cached subscriptions, delegated ones */
+	size_t n_subs;
+	char *tenant; /* the tenant whose rows come now ("" for unknown subscriptions) */
+	json_t *current;
+	uint64_t n;
+};
+
+/* A tenant's subscriptions in the tenant cache. */
+struct ctl_tenant_subs {
+	char *tenant;
+	uint64_t subscriptions;
+	uint64_t delegated; /* of another (delegated) provider: not collected here */
+	char *delegated_provider;
+};
+
+/* Keep a registry result (registry callback) and stop the loop. */
+static void
+ctl_net_result(const struct registry_result *res, void *userdata)
+{
+	struct ctl_net *n = userdata;
+
+	free(n->code);
+	free(n->message);
+	n->result = *res;
+	n->code = res->arm_code ? xstrdup(res->arm_code) : NULL;
+	n->message = xstrdup(res->message ? res->message : "");
+	n->result.arm_code = n->code;
+	n->result.message = n->message;
+	n->done = true;
+	event_base_loopbreak(n->base);
+}
+
+/* Set up the loop, lib/http, lib/auth ([azure]) and the registry; says why not on failure. */
+static int
+ctl_net_open(struct ctl *c, struct ctl_net *n)
+{
+	const struct config *cf = c->config;
+	struct http_options ho = {
+	        .ca_file = cf->http.ca_file,
+	        .proxy = cf->http.proxy,
+	        .user_agent = cf->http.user_agent,
+	        .max_response = cf->http.max_response,
+	};
+	struct auth_options ao = {
+	        .login_endpoint = cf->azure.login_endpoint,
+	        .tenant = cf->azure.tenant,
+	        .client_id = cf->azure.client.client_id,
+	        .client_secret = cf->azure.client.secret,
+	        .certificate = cf->azure.client.certificate,
+	        .timeout_usec = CTL_NET_TIMEOUT_USEC,
+	};
+	struct registry_options ro = {
+	        .timeout_usec = CTL_NET_TIMEOUT_USEC,
+	        .store = c->store,
+	        .callback = ctl_net_result,
+	        .userdata = n,
+	};
+	int r;
+
+	/* libcurl is told to leave signals alone: a peer closing a connection must not kill us */
+	signal(SIGPIPE, SIG_IGN);
+	n->base = event_base_new();
+	if (!n->base)
+		return ctl_fail(-ENOMEM, "cannot make an event loop");
+	r = http_client_new(n->base, &ho, &n->http);
+	if (r < 0)
+		return ctl_fail(r, "cannot set up HTTPS (is [http] ca_file %s readable?)",
+		                cf->http.ca_file ? cf->http.ca_file : "unset");
+	r = auth_new(n->base, n->http, &ao, &n->auth);
+	if (r < 0)
+		return ctl_fail(r, "cannot use the [azure] identity of %s", c->config->path);
+	registry_options_from_config(&ro, cf);
+	ro.http = n->http;
+	ro.auth = n->auth;
+	r = registry_new(n->base, &ro, &n->registry);
+	if (r < 0)
+		return ctl_fail(r, "cannot read the registration cache: %s",
+		                store_errmsg(c->store));
+	return 0;
+}
+
+/* Tear down what ctl_net_open made. */
+static void
+ctl_net_done(struct ctl_net *n)
+{
+	n->registry = registry_free(n->registry);
+	n->auth = auth_free(n->auth);
+	n->http = http_client_free(n->http);
+	if (n->base)
+		event_base_free(n->base);
+	n->base = NULL;
+	free(n->code);
+	free(n->message);
+	n->code = n->message = NULL;
+}
+
+/* Run the loop until the registry's operation has ended. */
+static void
+ctl_net_wait(struct ctl_net *n)
+{
+	while (!n->done)
+		if (event_base_loop(n->base, EVLOOP_ONCE) < 0)
+			break;
+}
+
+/* Start a refresh and wait for it; the result is in n->result. */
+static void
+ctl_net_refresh(struct ctl_net *n)
+{
+	int r;
+
+	n->done = false;
+	r = registry_refresh(n->registry);
+	if (r < 0) {
+		n->result = (struct registry_result){
+		        .op = REGISTRY_REFRESH, .error = r, .message = strerror(-r)};
+		return;
+	}
+	ctl_net_wait(n);
+}
+
+/* Say what Azure Resource Manager answered and what to do about it; returns exit status 1. */
+static int
+ctl_arm_fail(const char *what, const struct registry_result *res)
+{
+	const char *advice = registry_arm_advice(res->arm_code);
+	_cleanup_free_ char *message = log_redact(res->message ? res->message : "");
+
+	fputs(CTL_NAME ": ", stderr);
+	fputs(what, stderr);
+	if (res->arm_code) {
+		fprintf(stderr,
+		        ": Azure Resource Manager answered HTTP %ld: %s: ", res->http_status,
+		        res->arm_code);
+		ctl_put_err(message);
+	} else {
+		fputs(": ", stderr);
+		ctl_put_err(message);
+		if (res->error != 0 && res->error != -EREMOTEIO && res->error != -EBADMSG &&
+		    res->error != -EPROTO)
+			fprintf(stderr, " (%s)", strerror(-res->error));
+	}
+	if (res->attempts > 1)
+		fprintf(stderr, " (after %u attempts)", res->attempts);
+	fputc('\n', stderr);
+	if (advice)
+		fprintf(stderr, CTL_NAME ": what to do: %s\n", advice);
+	else if (res->arm_code)
+		fprintf(stderr,
+		        CTL_NAME ": what to do: look up the code %s in the Azure Stack Hub "
+		                 "registration documentation; nothing was changed\n",
+		        res->arm_code);
+	return CTL_EXIT_FAILURE;
+}
+
+/* Write text from outside to stderr with control characters made '?'. */
+static void
+ctl_put_err(const char *s)
+{
+	for (const char *p = s; p && *p; p++)
+		fputc((unsigned char)*p < 0x20 || *p == 0x7f ? '?' : *p, stderr);
+}
+
+/* Whether the verb calls Azure with the [azure] identity (and so needs its credentials). */
+static bool
+ctl_needs_azure(const struct ctl *c)
+{
+	return c->verb && (c->verb->verb == CTL_TENANT_ADD || c->verb->verb == CTL_TENANT_REMOVE ||
+	                   c->verb->verb == CTL_REGISTRATION_REFRESH);
+}
+
+/* The [stack] provider subscription, or NULL without a configuration. */
+static const char *
+ctl_provider(const struct ctl *c)
+{
+	return c->config ? c->config->stack.provider_subscription : NULL;
+}
+
+/* Seconds of max_staleness: the configured one, else the default (24 h). */
+static int64_t
+ctl_max_staleness(const struct ctl *c)
+{
+	return c->config ? (int64_t)(c->config->registration.max_staleness_usec / USEC_PER_SEC)
+	                 : CTL_DEFAULT_STALENESS;
+}
+
+/* An offline registry on the store (for the mapping); says why not on failure. */
+static int
+ctl_registry_offline(struct ctl *c, struct registry **ret)
+{
+	struct registry_options o = {.store = c->store};
+	int r;
+
+	if (c->config)
+		registry_options_from_config(&o, c->config);
+	r = registry_new(NULL, &o, ret);
+	if (r < 0)
+		return ctl_fail(0, "reading the registration cache: %s: %s", strerror(-r),
+		                store_errmsg(c->store));
+	return 0;
+}
+
+/* Say that no usable registration is cached; returns exit status 1. */
+static int
+ctl_no_registration(struct ctl *c)
+{
+	return ctl_fail(0,
+	                "no registration%s is cached in %s: run '" CTL_NAME
+	                " registration refresh' (the daemon fetches it at its start)",
+	                c->config ? " of the configured [registration]" : "", c->path);
+}
+
+/* Which subscription a record of USER-SUBSCRIPTION would be charged to now, and why. */
+static int
+ctl_lookup(struct ctl *c)
+{
+	_cleanup_(json_decrefp) json_t *o = json_object();
+	struct registry *reg = NULL;
+	struct registry_lookup l = {0};
+	struct store_registration cached = {0};
+	const char *provider = ctl_provider(c), *sub = c->args[0];
+	int64_t age = 0, refreshed = 0;
+	bool collected_here, stale;
+	char t1[TIME_RFC3339_LEN + 1];
+	int r;
+
+	r = ctl_registry_offline(c, &reg);
+	if (r != 0)
+		return r;
+	r = registry_lookup(reg, sub, &l);
+	if (r == -ENOENT) {
+		registry_free(reg);
+		return ctl_no_registration(c);
+	}
+	if (r < 0) {
+		registry_free(reg);
+		return ctl_fail(0, "looking up %s: %s: %s", sub, strerror(-r),
+		                store_errmsg(c->store));
+	}
+	(void)registry_age(reg, &age);
+	stale = registry_is_stale(reg);
+	if (store_registration_get(c->store, &cached) < 0)
+		cached = (struct store_registration){0};
+	if (store_subscriptions_refreshed_at(c->store, &refreshed) < 0)
+		refreshed = 0;
+	collected_here =
+	        !l.delegated_provider || !provider || streq(l.delegated_provider, provider);
+
+	json_object_set_new(o, "subscriptionId", json_string(sub));
+	json_object_set_new(o, "known", json_boolean(l.known));
+	json_object_set_new(o, "gone", json_boolean(l.gone));
+	json_object_set_new(o, "tenantId", ctl_json_string(l.tenant_id));
+	json_object_set_new(o, "delegatedProviderSubscriptionId",
+	                    ctl_json_string(l.delegated_provider));
+	json_object_set_new(o, "collectedHere", json_boolean(collected_here));
+	json_object_set_new(o, "chargedSubscription", ctl_json_string(l.charged_subscription));
+	json_object_set_new(o, "chargeReason", ctl_json_string(l.reason));
+	json_object_set_new(o, "held", json_boolean(l.hold));
+	json_object_set_new(o, "customerSubscription", ctl_json_string(l.customer_subscription));
+	json_object_set_new(o, "registration", ctl_json_string(cached.id));
+	json_object_set_new(o, "registrationRefreshedAt",
+	                    cached.id ? ctl_json_time(cached.refreshed_at) : json_null());
+	json_object_set_new(o, "registrationStale", json_boolean(stale));
+	json_object_set_new(o, "tenantCacheRefreshedAt",
+	                    refreshed ? ctl_json_time(refreshed) : json_null());
+
+	if (c->json) {
+		r = ctl_print_json(o) < 0 ? ctl_fail(-ENOMEM, "printing") : 0;
+	} else {
+		printf("user subscription:  %s\n", sub);
+		if (!l.known)
+			printf("tenant:             unknown (not in the tenant cache)\n");
+		else
+			printf("tenant:             %s%s\n", l.tenant_id,
+			       l.gone ? " (no longer listed by the stamp: its last known tenant)"
+			              : "");
+		if (!collected_here)
+			printf("delegated provider: %s: not collected here (its usage is reported to "
+			       "that provider)\n",
+			       l.delegated_provider);
+		if (l.hold && l.waiting)
+			printf("charged to:         held until the tenant cache is refreshed, then the "
+			       "default subscription (unknown-subscription) if it is still unknown\n");
+		else if (l.hold)
+			printf("charged to:         held (%s: the registration names the tenant twice; "
+			       "remove one entry with '" CTL_NAME " tenant remove')\n",
+			       l.reason);
+		else
+			printf("charged to:         %s (%s)\n", l.charged_subscription, l.reason);
+		printf("registration:       %s, fetched %s (%" PRId64 " s ago)%s\n",
+		       cached.id ? cached.id : "-", ctl_format_time(cached.refreshed_at, t1), age,
+		       stale ? ", STALE: the daemon holds forwarding until a refresh succeeds"
+		             : "");
+		printf("tenant cache:       %s%s\n", refreshed ? "refreshed " : "never refreshed",
+		       refreshed ? ctl_format_time(refreshed, t1) : "");
+		r = 0;
+	}
+	store_registration_done(&cached);
+	registry_lookup_done(&l);
+	registry_free(reg);
+	return r;
+}
+
+/* Order tenant summaries by tenant id. */
+static int
+ctl_tenant_subs_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct ctl_tenant_subs *)a)->tenant,
+	              ((const struct ctl_tenant_subs *)b)->tenant);
+}
+
+/* Count one cached subscription under its tenant (store callback). */
+static int
+ctl_tenants_sub(void *userdata, const struct store_subscription *sub)
+{
+	struct ctl_tenants *t = userdata;
+	const char *provider = ctl_provider(t->ctl);
+	struct ctl_tenant_subs *e = NULL;
+
+	if (!sub->tenant_id)
+		return 0;
+	for (size_t i = t->n_subs; i > 0 && !e; i--)
+		if (streq(t->subs[i - 1].tenant, sub->tenant_id))
+			e = &t->subs[i - 1];
+	if (!e) {
+		t->subs = xreallocarray(t->subs, t->n_subs + 1, sizeof(*t->subs));
+		e = &t->subs[t->n_subs++];
+		*e = (struct ctl_tenant_subs){.tenant = xstrdup(sub->tenant_id)};
+	}
+	e->subscriptions++;
+	if (sub->delegated_provider && provider && !streq(sub->delegated_provider, provider)) {
+		e->delegated++;
+		if (!e->delegated_provider)
+			e->delegated_provider = xstrdup(sub->delegated_provider);
+	}
+	return 0;
+}
+
+/* The cached subscriptions of a tenant, or NULL. */
+static struct ctl_tenant_subs *
+ctl_tenants_find(struct ctl_tenants *t, const char *tenant)
+{
+	struct ctl_tenant_subs key = {.tenant = (char *)tenant};
+
+	if (t->n_subs == 0)
+		return NULL;
+	return bsearch(&key, t->subs, t->n_subs, sizeof(*t->subs), ctl_tenant_subs_cmp);
+}
+
+/* Whether a tenant's rows are listed: with --unregistered only tenants charged as default. */
+static bool
+ctl_tenants_wanted(struct ctl_tenants *t, const char *tenant, const char *reason)
+{
+	if (!(t->ctl->seen & OPT_UNREGISTERED))
+		return true;
+	return !isempty(tenant) && streq(reason, "default");
+}
+
+/* Print the JSON object of the tenant whose rows ended. */
+static int
+ctl_tenants_flush(struct ctl_tenants *t)
+{
+	_cleanup_free_ char *text = NULL;
+
+	if (!t->current)
+		return 0;
+	text = json_dumps(t->current, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(t->current);
+	t->current = NULL;
+	if (!text)
+		return -ENOMEM;
+	fputs(t->n == 0 ? "[\n" : ",\n", stdout);
+	fputs(text, stdout);
+	t->n++;
+	return ferror(stdout) ? -EPIPE : 0;
+}
+
+/* One tenant and meter of the usage (store callback). */
+static int
+ctl_tenants_row(void *userdata, const struct store_tenant_usage_row *row)
+{
+	struct ctl_tenants *t = userdata;
+	const char *tenant = isempty(row->tenant_id) ? NULL : row->tenant_id;
+	const char *charged = NULL, *reason = NULL;
+	struct ctl_tenant_subs *subs = tenant ? ctl_tenants_find(t, tenant) : NULL;
+	char n[32];
+	int r;
+
+	(void)registry_tenant_charge(t->registry, tenant, &charged, &reason);
+	if (!ctl_tenants_wanted(t, tenant, reason))
+		return 0;
+	snprintf(n, sizeof(n), "%" PRIu64, row->records);
+	if (!t->ctl->json) {
+		ctl_put_cell(tenant ? tenant : "(unknown subscriptions)", 36, false);
+		ctl_put_cell(charged ? charged : "held", 36, false);
+		ctl_put_cell(reason, 20, false);
+		ctl_put_cell(isempty(row->meter_id) ? "-" : row->meter_id, 36, false);
+		ctl_put_cell(n, 10, false);
+		ctl_put_cell(isempty(row->total) ? "-" : row->total, 0, true);
+		putchar('\n');
+		t->n++;
+		return ferror(stdout) ? -EPIPE : 0;
+	}
+	if (!t->tenant || !streq(t->tenant, row->tenant_id)) {
+		r = ctl_tenants_flush(t);
+		if (r < 0)
+			return r;
+		free(t->tenant);
+		t->tenant = xstrdup(row->tenant_id);
+		t->current = json_object();
+		json_object_set_new(t->current, "tenantId", ctl_json_string(tenant));
+		json_object_set_new(t->current, "chargedSubscription", ctl_json_string(charged));
+		json_object_set_new(t->current, "chargeReason", ctl_json_string(reason));
+		json_object_set_new(t->current, "collectedHere", json_true());
+		json_object_set_new(t->current, "subscriptions",
+		                    subs ? json_integer((json_int_t)subs->subscriptions)
+		                         : json_null());
+		json_object_set_new(t->current, "records", json_integer(0));
+		json_object_set_new(t->current, "meters", json_array());
+	}
+	json_object_set_new(
+	        t->current, "records",
+	        json_integer(json_integer_value(json_object_get(t->current, "records")) +
+	                     (json_int_t)row->records));
+	json_array_append_new(json_object_get(t->current, "meters"),
+	                      json_pack("{s:o,s:I,s:o}", "meterId", ctl_json_string(row->meter_id),
+	                                "records", (json_int_t)row->records, "total",
+	                                ctl_json_string(row->total)));
+	return 0;
+}
+
+/* Tenants with usage, their charge and exact totals; delegated providers' tenants last. */
+static int
+ctl_tenants(struct ctl *c)
+{
+	struct ctl_tenants t = {.ctl = c};
+	struct registry *reg = NULL;
+	int r;
+
+	r = ctl_registry_offline(c, &reg);
+	if (r != 0)
+		return r;
+	t.registry = reg;
+	if (registry_age(reg, &(int64_t){0}) == -ENOENT) {
+		registry_free(reg);
+		return ctl_no_registration(c);
+	}
+	r = store_subscriptions_list(c->store, ctl_tenants_sub, &t);
+	if (r < 0) {
+		registry_free(reg);
+		return ctl_fail(0, "reading the tenant cache: %s: %s", strerror(-r),
+		                store_errmsg(c->store));
+	}
+	if (t.n_subs > 1)
+		qsort(t.subs, t.n_subs, sizeof(*t.subs), ctl_tenant_subs_cmp);
+
+	if (!c->json) {
+		ctl_put_cell("TENANT", 36, false);
+		ctl_put_cell("CHARGED TO", 36, false);
+		ctl_put_cell("REASON", 20, false);
+		ctl_put_cell("METER", 36, false);
+		ctl_put_cell("RECORDS", 10, false);
+		ctl_put_cell("TOTAL", 0, true);
+		putchar('\n');
+	}
+	r = store_tenant_usage(c->store, ctl_tenants_row, &t);
+	if (r >= 0 && c->json)
+		r = ctl_tenants_flush(&t);
+	/* the tenants of delegated providers: their usage is not in this stamp's pages */
+	for (size_t i = 0; r >= 0 && i < t.n_subs && !(c->seen & OPT_UNREGISTERED); i++) {
+		struct ctl_tenant_subs *s = &t.subs[i];
+		char n[32];
+
+		if (s->delegated == 0)
+			continue;
+		snprintf(n, sizeof(n), "%" PRIu64, s->delegated);
+		if (c->json) {
+			t.current = json_pack("{s:s,s:n,s:n,s:b,s:s,s:I,s:I,s:[]}", "tenantId",
+			                      s->tenant, "chargedSubscription", "chargeReason",
+			                      "collectedHere", 0, "delegatedProviderSubscriptionId",
+			                      s->delegated_provider, "subscriptions",
+			                      (json_int_t)s->delegated, "records", (json_int_t)0,
+			                      "meters");
+			r = ctl_tenants_flush(&t);
+		} else {
+			_cleanup_free_ char *why = xasprintf(
+			        "not collected here: %s subscription(s) of delegated provider %s",
+			        n, s->delegated_provider);
+
+			ctl_put_cell(s->tenant, 36, false);
+			ctl_put_cell("-", 36, false);
+			ctl_put_cell(why, 0, true);
+			putchar('\n');
+			t.n++;
+		}
+	}
+	if (c->json)
+		fputs(t.n == 0 ? "[]\n" : "\n]\n", stdout);
+	for (size_t i = 0; i < t.n_subs; i++) {
+		free(t.subs[i].tenant);
+		free(t.subs[i].delegated_provider);
+	}
+	free(t.subs);
+	free(t.tenant);
+	json_decref(t.current);
+	registry_free(reg);
+	if (r < 0)
+		return ctl_fail(0, "listing tenants: %s: %s", strerror(-r),
+		                r == -EPIPE || r == -ENOMEM ? "output" : store_errmsg(c->store));
+	return 0;
+}
+
+/* Print the cached registration (after a refresh: what changed). */
+static int
+ctl_registration_print(struct ctl *c, const struct registry_result *refreshed)
+{
+	_cleanup_(json_decrefp) json_t *o = json_object(), *raw = NULL;
+	struct store_registration reg = {0};
+	struct store_customer_subscription *list = NULL;
+	int64_t age, max = ctl_max_staleness(c);
+	char t1[TIME_RFC3339_LEN + 1];
+	json_t *cs, *ambiguous, *props;
+	size_t n = 0;
+	int r;
+
+	r = store_registration_get(c->store, &reg);
+	if (r == -ENOENT)
+		return ctl_no_registration(c);
+	if (r < 0)
+		return ctl_fail(0, "reading the registration: %s", store_errmsg(c->store));
+	r = store_customer_subscriptions(c->store, &list, &n);
+	if (r < 0) {
+		store_registration_done(&reg);
+		return ctl_fail(0, "reading the customer subscriptions: %s",
+		                store_errmsg(c->store));
+	}
+	age = now_seconds() - reg.refreshed_at;
+	raw = reg.raw ? json_loads(reg.raw, 0, NULL) : NULL;
+	props = json_object_get(raw, "properties");
+	cs = json_array();
+	ambiguous = json_array();
+	for (size_t i = 0; i < n; i++) {
+		bool twice = false;
+
+		for (size_t k = 0; k < n; k++)
+			twice = twice || (k != i && streq(list[k].tenant_id, list[i].tenant_id));
+		json_array_append_new(cs, json_pack("{s:s,s:s,s:b}", "subscriptionId",
+		                                    list[i].subscription_id, "tenantId",
+		                                    list[i].tenant_id, "ambiguous", twice));
+		if (twice) {
+			bool listed = false;
+			size_t k;
+			json_t *v;
+
+			json_array_foreach(ambiguous, k, v)
+			{
+				listed = listed || streq(json_string_value(v), list[i].tenant_id);
+			}
+			if (!listed)
+				json_array_append_new(ambiguous, json_string(list[i].tenant_id));
+		}
+	}
+	json_object_set_new(o, "id", ctl_json_string(reg.id));
+	json_object_set_new(o, "defaultSubscription", ctl_json_string(reg.default_subscription));
+	json_object_set_new(
+	        o, "billingModel",
+	        ctl_json_string(json_string_value(json_object_get(props, "billingModel"))));
+	json_object_set_new(o, "cloudId",
+	                    ctl_json_string(json_string_value(json_object_get(props, "cloudId"))));
+	json_object_set_new(o, "refreshedAt", ctl_json_time(reg.refreshed_at));
+	json_object_set_new(o, "ageSeconds", json_integer(age));
+	json_object_set_new(o, "stale", json_boolean(age > max));
+	json_object_set_new(o, "customerSubscriptions", cs);
+	json_object_set_new(o, "ambiguousTenants", ambiguous);
+	if (refreshed) {
+		json_object_set_new(o, "changed", json_boolean(refreshed->changed));
+		json_object_set_new(o, "unheldRecords",
+		                    json_integer((json_int_t)refreshed->n_unheld));
+	}
+
+	if (c->json) {
+		r = ctl_print_json(o) < 0 ? ctl_fail(-ENOMEM, "printing") : 0;
+	} else {
+		if (refreshed)
+			printf("refreshed:            %s%s\n",
+			       refreshed->changed ? "changed" : "unchanged",
+			       refreshed->n_unheld ? ", held records back to pending" : "");
+		printf("registration:         %s\n", reg.id);
+		printf("default subscription: %s\n", reg.default_subscription);
+		if (json_is_string(json_object_get(o, "billingModel")))
+			printf("billing model:        %s\n",
+			       json_string_value(json_object_get(o, "billingModel")));
+		printf("fetched:              %s (%" PRId64 " s ago)%s\n",
+		       ctl_format_time(reg.refreshed_at, t1), age,
+		       age > max ? ", STALE: older than max_staleness, the daemon holds forwarding"
+		                 : "");
+		printf("customer subscriptions: %zu\n", n);
+		if (n > 0) {
+			ctl_put_cell("CUSTOMER SUBSCRIPTION", 36, false);
+			ctl_put_cell("TENANT", 0, true);
+			putchar('\n');
+		}
+		for (size_t i = 0; i < n; i++) {
+			json_t *e = json_array_get(cs, i);
+
+			ctl_put_cell(list[i].subscription_id, 36, false);
+			ctl_put_cell(list[i].tenant_id, 0, true);
+			if (json_is_true(json_object_get(e, "ambiguous")))
+				fputs("  (AMBIGUOUS: the tenant is named twice, its usage is held)",
+				      stdout);
+			putchar('\n');
+		}
+		r = 0;
+	}
+	for (size_t i = 0; i < n; i++)
+		store_customer_subscription_done(&list[i]);
+	free(list);
+	store_registration_done(&reg);
+	return r;
+}
+
+/* registration [show]: the cached registration. */
+static int
+ctl_registration_show(struct ctl *c)
+{
+	return ctl_registration_print(c, NULL);
+}
+
+/* registration refresh: fetch it from Azure now and write the cache. */
+static int
+ctl_registration_refresh(struct ctl *c)
+{
+	struct ctl_net n = {0};
+	int r;
+
+	r = ctl_net_open(c, &n);
+	if (r == 0) {
+		ctl_net_refresh(&n);
+		r = n.result.error != 0 ? ctl_arm_fail("registration refresh", &n.result)
+		                        : ctl_registration_print(c, &n.result);
+	}
+	ctl_net_done(&n);
+	return r;
+}
+
+/* tenant add / tenant remove: the documented PUT / DELETE, then a refresh of the cache. */
+static int
+ctl_tenant(struct ctl *c)
+{
+	_cleanup_(json_decrefp) json_t *o = json_object();
+	const char *customer = c->args[0], *tenant = c->tenant_id;
+	bool add = c->verb->verb == CTL_TENANT_ADD;
+	const char *verb = add ? "tenant add" : "tenant remove";
+	const char *had[2] = {0}, *owner, *replaced = NULL;
+	_cleanup_free_ char *owner_copy = NULL, *replaced_copy = NULL;
+	struct ctl_net n = {0};
+	struct registry_result op;
+	int r;
+
+	r = ctl_net_open(c, &n);
+	if (r != 0)
+		goto out;
+
+	/* the registration as Azure has it now: what would change */
+	ctl_net_refresh(&n);
+	if (n.result.error != 0) {
+		r = ctl_arm_fail(verb, &n.result);
+		goto out;
+	}
+	owner = registry_tenant_of(n.registry, customer);
+	owner_copy = owner ? xstrdup(owner) : NULL;
+	if (add) {
+		size_t k = registry_customer_subscriptions_of(n.registry, tenant, had);
+
+		if (k == 1 && streq(had[0], customer)) {
+			if (c->json) {
+				json_object_set_new(o, "customerSubscription",
+				                    json_string(customer));
+				json_object_set_new(o, "tenantId", json_string(tenant));
+				json_object_set_new(o, "changed", json_false());
+				r = ctl_print_json(o) < 0 ? ctl_fail(-ENOMEM, "printing") : 0;
+			} else {
+				printf("tenant %s is registered with customer subscription %s already: "
+				       "nothing to do\n",
+				       tenant, customer);
+				r = 0;
+			}
+			goto out;
+		}
+		for (size_t i = 0; i < k; i++)
+			if (!streq(had[i], customer))
+				replaced = had[i];
+		if (replaced)
+			replaced_copy = xstrdup(replaced);
+		if ((replaced || (owner && !streq(owner, tenant))) && !(c->seen & OPT_REPLACE)) {
+			if (replaced)
+				r = ctl_fail(
+				        0,
+				        "tenant %s is registered with customer subscription %s: "
+				        "adding %s replaces it (its usage is charged to %s from "
+				        "then on); give --replace to do that",
+				        tenant, replaced, customer, customer);
+			else
+				r = ctl_fail(
+				        0,
+				        "customer subscription %s is registered for tenant %s: "
+				        "adding it for %s moves it (%s goes back to the default "
+				        "subscription); give --replace to do that",
+				        customer, owner, tenant, owner);
+			goto out;
+		}
+		n.done = false;
+		r = registry_tenant_add(n.registry, customer, tenant);
+	} else {
+		n.done = false;
+		r = registry_tenant_remove(n.registry, customer);
+	}
+	if (r < 0) {
+		r = ctl_fail(r, "%s", verb);
+		goto out;
+	}
+	ctl_net_wait(&n);
+	if (n.result.error != 0) {
+		r = ctl_arm_fail(verb, &n.result);
+		goto out;
+	}
+	op = n.result;
+	op.arm_code = op.message = NULL;
+
+	/* the change is made; the cache follows it so that the daemon maps on it at once */
+	ctl_net_refresh(&n);
+	json_object_set_new(o, "customerSubscription", json_string(customer));
+	json_object_set_new(o, "tenantId", add ? json_string(tenant) : ctl_json_string(owner_copy));
+	json_object_set_new(o, "changed", json_true());
+	json_object_set_new(o, "httpStatus", json_integer(op.http_status));
+	json_object_set_new(o, "answerBody", json_boolean(op.with_body));
+	json_object_set_new(o, "attempts", json_integer(op.attempts));
+	if (add) {
+		json_object_set_new(o, "replacedCustomerSubscription",
+		                    ctl_json_string(replaced_copy));
+		json_object_set_new(o, "movedFromTenant",
+		                    ctl_json_string(owner_copy && !streq(owner_copy, tenant)
+		                                            ? owner_copy
+		                                            : NULL));
+	} else {
+		json_object_set_new(o, "wasRegistered", json_boolean(owner_copy != NULL));
+	}
+	json_object_set_new(o, "cacheRefreshed", json_boolean(n.result.error == 0));
+	if (n.result.error != 0) {
+		fprintf(stderr,
+		        CTL_NAME ": %s: done, but refreshing the registration cache failed (the "
+		                 "daemon picks the change up at its next refresh): ",
+		        verb);
+		ctl_put_err(n.result.arm_code ? n.result.arm_code : "");
+		fputs(n.result.arm_code ? ": " : "", stderr);
+		ctl_put_err(n.result.message);
+		fputc('\n', stderr);
+	}
+	if (c->json) {
+		r = ctl_print_json(o) < 0 ? ctl_fail(-ENOMEM, "printing") : 0;
+		goto out;
+	}
+	if (add) {
+		printf("registered: tenant %s -> customer subscription %s (HTTP %ld%s)\n", tenant,
+		       customer, op.http_status, op.with_body ? "" : ", no body");
+		if (replaced_copy)
+			printf("replaced:   customer subscription %s of the tenant\n",
+			       replaced_copy);
+		if (owner_copy && !streq(owner_copy, tenant))
+			printf("moved:      from tenant %s, which is charged to the default "
+			       "subscription from now on\n",
+			       owner_copy);
+	} else if (owner_copy) {
+		printf("removed:    customer subscription %s of tenant %s (HTTP %ld); the tenant is "
+		       "charged to the default subscription from now on\n",
+		       customer, owner_copy, op.http_status);
+	} else {
+		printf("removed:    customer subscription %s was not registered (HTTP %ld): "
+		       "nothing changed\n",
+		       customer, op.http_status);
+	}
+	if (n.result.error == 0)
+		printf("cache:      refreshed, %zu customer subscriptions\n",
+		       n.result.n_customer_subscriptions);
+	r = 0;
+out:
+	ctl_net_done(&n);
+	return r;
 }

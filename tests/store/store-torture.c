@@ -36,6 +36,12 @@
  *       On a seeded store: a second open conflict of the record that has one (quantity 0.5),
  *       and a forwarded record whose meter id a spreadsheet would run as a formula. Prints
  *       {"conflictKey":..., "formulaMeter":...}.
+ *   store-torture seed-registry DB
+ *       Build a store for the registry verbs of azs-usagectl (lookup, tenants): a tenant
+ *       cache (a registered tenant with a listed and a gone subscription, an unregistered
+ *       tenant, a delegated provider's tenant) and usage records of those subscriptions and of
+ *       one the cache does not know. No registration: the tests fetch it from azs-sim. Prints a
+ *       JSON manifest with the ids and every record's subscription, meter and quantity.
  *   store-torture history DB KEY [STATE]
  *       Print the history of the record with this key (prefix): "actor<TAB>action<TAB>detail".
  *   store-torture hours DB
@@ -123,6 +129,7 @@ static int cmd_fill(const char *path, const struct torture_options *o);
 static int cmd_verify(const char *path, const struct torture_options *o);
 static int cmd_seed(const char *path);
 static int cmd_seed_extra(const char *path);
+static int cmd_seed_registry(const char *path);
 static int cmd_history(const char *path, const char *key, const char *state);
 static int cmd_hours(const char *path);
 static int cmd_batch(const char *path, const struct torture_options *o);
@@ -142,7 +149,8 @@ main(int argc, char **argv)
 
 	if (argc < 3) {
 		fprintf(stderr,
-		        "usage: store-torture run|fill|verify|seed|seed-extra|history|hours|batch DB ...\n");
+		        "usage: store-torture "
+		        "run|fill|verify|seed|seed-extra|seed-registry|history|hours|batch DB ...\n");
 		return 2;
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -186,6 +194,8 @@ main(int argc, char **argv)
 		return cmd_seed(argv[2]);
 	if (streq(argv[1], "seed-extra"))
 		return cmd_seed_extra(argv[2]);
+	if (streq(argv[1], "seed-registry"))
+		return cmd_seed_registry(argv[2]);
 	if (streq(argv[1], "history") && argc >= 4)
 		return cmd_history(argv[2], argv[3], argc >= 5 ? argv[4] : NULL);
 	if (streq(argv[1], "hours"))
@@ -1066,4 +1076,117 @@ cmd_batch(const char *path, const struct torture_options *o)
 	store_batch_done(&batch);
 	store_free(s);
 	return r < 0 ? 1 : 0;
+}
+
+/* The ids of seed-registry (tests/e2e/test_ctl_registry.py builds its azs-sim world on them). */
+#define SREG_PROVIDER  "eeeeeeee-0000-4000-8000-000000000001"
+#define SREG_DELEGATED "dddddddd-0000-4000-8000-0000000000dd"
+#define SREG_TENANT_A  "a0000000-0000-4000-8000-00000000000a"
+#define SREG_TENANT_B  "b0000000-0000-4000-8000-00000000000b"
+#define SREG_TENANT_D  "d0000000-0000-4000-8000-00000000000d"
+#define SREG_SUB_A1    "5a000000-0000-4000-8000-0000000000a1"
+#define SREG_SUB_A2    "5a000000-0000-4000-8000-0000000000a2"
+#define SREG_SUB_B1    "5b000000-0000-4000-8000-0000000000b1"
+#define SREG_SUB_D1    "5d000000-0000-4000-8000-0000000000d1"
+#define SREG_SUB_X     "5f000000-0000-4000-8000-0000000000ff"
+#define SREG_METER_1   "FAB6EB84-500B-4A09-A8CA-7358F8BBAEA5"
+#define SREG_METER_2   "9764F92C-E44A-498E-8DC1-AAD66587A810"
+
+/* Build the store of the registry verbs' tests and print its manifest. */
+static int
+cmd_seed_registry(const char *path)
+{
+	static const struct {
+		const char *subscription, *meter, *quantity;
+	} usage[] = {
+	        {SREG_SUB_A1, SREG_METER_1, "0.1"},
+	        {SREG_SUB_A1, SREG_METER_1, "2.4000000000"},
+	        {SREG_SUB_A1, SREG_METER_2, "12345678901234567890.123456789"},
+	        {SREG_SUB_A2, SREG_METER_1, "0.2"},
+	        {SREG_SUB_B1, SREG_METER_1, "3"},
+	        {SREG_SUB_B1, SREG_METER_1, "0.0000000001"},
+	        {SREG_SUB_X, SREG_METER_1, "7.25"},
+	};
+	struct store_subscription subs[] = {
+	        {.subscription_id = (char *)SREG_SUB_A1,
+	         .tenant_id = (char *)SREG_TENANT_A,
+	         .delegated_provider = (char *)SREG_PROVIDER},
+	        {.subscription_id = (char *)SREG_SUB_B1,
+	         .tenant_id = (char *)SREG_TENANT_B,
+	         .delegated_provider = (char *)SREG_PROVIDER},
+	        {.subscription_id = (char *)SREG_SUB_D1,
+	         .tenant_id = (char *)SREG_TENANT_D,
+	         .delegated_provider = (char *)SREG_DELEGATED},
+	        {.subscription_id = (char *)SREG_SUB_A2,
+	         .tenant_id = (char *)SREG_TENANT_A,
+	         .delegated_provider = (char *)SREG_PROVIDER},
+	};
+	struct store_record page[ARRAY_SIZE(usage)] = {0};
+	char keys[ARRAY_SIZE(usage)][HASH_SHA256_HEX_LEN + 1];
+	_cleanup_(json_decrefp) json_t *manifest = NULL;
+	struct store_page_result result = {0};
+	struct store *s = NULL;
+	int64_t now = now_seconds();
+	json_t *records = json_array();
+	int r;
+
+	if (torture_open(path, false, &s) < 0)
+		return 1;
+	/* A2 was listed once and then left the list: gone, its tenant kept */
+	r = store_subscriptions_replace(s, subs, ARRAY_SIZE(subs), now - 120);
+	if (r >= 0)
+		r = store_subscriptions_replace(s, subs, ARRAY_SIZE(subs) - 1, now - 60);
+	for (size_t i = 0; i < ARRAY_SIZE(usage); i++) {
+		_cleanup_free_ char *identity = xasprintf("seed-registry\n%zu", i);
+
+		hash_sha256_hex(identity, strlen(identity), keys[i]);
+		page[i] = (struct store_record){
+		        .state = STORE_PENDING,
+		        .key = keys[i],
+		        .reported_hour = SEED_HOUR_1,
+		        .subscription_id = (char *)usage[i].subscription,
+		        .meter_id = (char *)usage[i].meter,
+		        .quantity = (char *)usage[i].quantity,
+		        .usage_start = SEED_HOUR_1 - 3600,
+		        .usage_end = SEED_HOUR_1,
+		        .resource_uri = (char *)"/subscriptions/x/resourcegroups/rg/vm",
+		        .location = (char *)"local",
+		        .raw = (char *)"{}",
+		};
+		json_array_append_new(records,
+		                      json_pack("{s:s,s:s,s:s}", "subscription",
+		                                usage[i].subscription, "meterId", usage[i].meter,
+		                                "quantity", usage[i].quantity));
+	}
+	if (r >= 0)
+		r = store_hour_schedule(s, SEED_HOUR_1, "", SEED_HOUR_1 + 3600);
+	if (r >= 0)
+		r = store_put_page(s,
+		                   &(struct store_page){.reported_hour = SEED_HOUR_1,
+		                                        .scope = "",
+		                                        .next_due_at = now + 6 * 3600,
+		                                        .records = page,
+		                                        .n_records = ARRAY_SIZE(page),
+		                                        .now = now},
+		                   &result);
+	if (r < 0) {
+		printf("FAIL: seed-registry: %s: %s\n", strerror(-r), store_errmsg(s));
+		json_decref(records);
+		store_free(s);
+		return 1;
+	}
+	manifest = json_pack("{s:s,s:s,s:{s:s,s:s,s:s},s:{s:s,s:s,s:s,s:s,s:s},s:o}", "provider",
+	                     SREG_PROVIDER, "delegatedProvider", SREG_DELEGATED, "tenants", "A",
+	                     SREG_TENANT_A, "B", SREG_TENANT_B, "D", SREG_TENANT_D, "subscriptions",
+	                     "A1", SREG_SUB_A1, "A2", SREG_SUB_A2, "B1", SREG_SUB_B1, "D1",
+	                     SREG_SUB_D1, "X", SREG_SUB_X, "records", records);
+	store_free(s);
+	if (!manifest)
+		return 1;
+	{
+		_cleanup_free_ char *text = json_dumps(manifest, JSON_INDENT(1) | JSON_SORT_KEYS);
+
+		puts(text);
+	}
+	return 0;
 }
