@@ -431,6 +431,7 @@ static int ctl_tenant(struct ctl *c);
 static int ctl_registration_show(struct ctl *c);
 static int ctl_registration_refresh(struct ctl *c);
 static void ctl_put_err(const char *s);
+static int64_t ctl_max_staleness(const struct ctl *c);
 
 /* Parse the command line, open the store and run the verb; returns the exit status. */
 int
@@ -958,6 +959,9 @@ ctl_status(struct ctl *c)
 		                    ctl_json_string(reg.default_subscription));
 		json_object_set_new(j, "refreshedAt", ctl_json_time(reg.refreshed_at));
 		json_object_set_new(j, "ageSeconds", json_integer(now - reg.refreshed_at));
+		/* the daemon is not ready and holds forwarding on a stale cache (section 5) */
+		json_object_set_new(j, "stale",
+		                    json_boolean(now - reg.refreshed_at > ctl_max_staleness(c)));
 		json_object_set_new(o, "registration", j);
 		store_registration_done(&reg);
 	}
@@ -1003,6 +1007,9 @@ ctl_status(struct ctl *c)
 		               : "-");
 	else
 		printf("registration:     never fetched\n");
+	if (json_is_true(json_object_get(j, "stale")))
+		printf("                  STALE: older than max_staleness, the daemon is not ready "
+		       "and holds forwarding until a refresh succeeds\n");
 	j = json_object_get(o, "subscriptionsRefreshedAt");
 	printf("tenant cache:     %s%s\n", json_is_string(j) ? "refreshed " : "never fetched",
 	       json_is_string(j) ? json_string_value(j) : "");

@@ -11,7 +11,8 @@ refresh the cache; replacing a tenant's customer subscription or moving another 
 message and the operator's action and exits 1; MetadataResolverBadGatewayError and 5xx answers
 are retried. `lookup` and `tenants` answer from a store seeded by `store-torture seed-registry`
 (a registered tenant with a gone subscription, an unregistered one, a delegated provider's, a
-subscription the tenant cache does not know), with exact totals.
+subscription the tenant cache does not know), with exact totals. `status`, `registration` and
+`lookup` say when the cache has gone stale (older than max_staleness).
 """
 import json
 import os
@@ -422,3 +423,17 @@ def test_tenants_exact_totals_and_charges(env):
     # registered now: no longer listed as unregistered
     env.ok("tenant", "add", CUSTOMER_B, "--tenant-id", TENANT_B)
     assert env.json("tenants", "--unregistered") == []
+
+
+def test_status_says_when_the_cache_is_stale(env):
+    from waiting import wait_until
+
+    env.write(registration={"refresh_interval": "1s", "max_staleness": "5s"})
+    assert env.json("registration", "refresh")["stale"] is False
+    # nothing refreshes it here: it goes stale by itself
+    wait_until(lambda: env.json("status")["registration"]["stale"], "a stale registration", 60)
+    assert "STALE" in env.ok("status")
+    assert env.json("registration")["stale"] is True
+    assert env.json("lookup", SUB_A1)["registrationStale"] is True
+    assert "STALE" in env.ok("lookup", SUB_A1)
+    assert env.json("registration", "refresh")["stale"] is False

@@ -841,6 +841,10 @@ test_registry_map_ambiguous_held_until_changed(void **state)
 	seed_subscriptions(e, T0 - 600, true, false);
 	seed_registration(e, T0 - 300, NULL, twice, ARRAY_SIZE(twice));
 	make_registry(e, false);
+	assert_int_equal(registry_start(e->reg), 0);
+	/* warned once, with the tenant and both customer subscriptions */
+	assert_int_equal(log_count(e, "names tenant " TENANT_A " twice"), 1);
+	assert_int_equal(log_count(e, CUSTOMER_X), 1);
 	assert_int_equal(registry_ambiguous_tenants(e->reg), 1);
 	assert_int_equal(registry_customer_subscriptions_of(e->reg, TENANT_A, customers), 2);
 	assert_string_equal(registry_not_ready_reason(e->reg), "registration names a tenant twice");
@@ -865,6 +869,8 @@ test_registry_map_ambiguous_held_until_changed(void **state)
 	for (size_t i = 0; i < b.n_records; i++)
 		assert_charge(&b.records[i], CUSTOMER_X, "registered", TENANT_A);
 	store_batch_done(&b);
+	assert_int_equal(log_count(e, "names tenant " TENANT_A " twice"), 1);
+	registry_stop(e->reg);
 }
 
 static void
