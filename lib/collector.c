@@ -324,21 +324,27 @@ collector_apply(struct collector *c, const struct collector_settings *settings)
 		kick(c);
 }
 
-/* Use another token source: what waits for a token or is in flight is sent again. */
+/* Use another token source: what waits for a token, for a backoff or is in flight goes at once. */
 void
 collector_set_auth(struct collector *c, struct auth *auth)
 {
 	if (!c || !auth || c->tp.get != stack_get)
 		return;
 	c->auth = auth;
-	if (c->job && c->job->handle) {
-		c->tp.cancel(c->tp.userdata, c->job->handle);
+	if (c->job) {
+		if (c->job->handle)
+			c->tp.cancel(c->tp.userdata, c->job->handle);
 		c->job->handle = NULL;
+		/* a backoff grown on the old credentials says nothing about the new ones */
+		c->job->not_before = 0;
+		c->job->attempt = 0;
 	}
 	if (c->refresh && c->refresh->handle) {
 		c->tp.cancel(c->tp.userdata, c->refresh->handle);
 		c->refresh->handle = NULL;
 	}
+	c->refresh_not_before = 0;
+	c->refresh_attempt = 0;
 	kick(c);
 }
 

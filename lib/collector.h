@@ -148,7 +148,8 @@ void collector_apply(struct collector *c, const struct collector_settings *setti
 
 /*
  * Use another token source from now on (new credentials on SIGHUP; the old one may be freed once
- * this returns): a request waiting for a token or in flight is sent again with the new one.
+ * this returns): a request waiting for a token, in flight or in a backoff is sent again at once
+ * with the new one.
  */
 void collector_set_auth(struct collector *c, struct auth *auth);
 
