@@ -166,6 +166,7 @@ struct collector {
 
 static void tick(evutil_socket_t fd, short what, void *userdata);
 static void kick(struct collector *c);
+static void seed_subscriptions(struct collector *c);
 static void plan(struct collector *c, uint64_t now, uint64_t *wake);
 static void job_step(struct collector *c, uint64_t now, uint64_t *wake);
 static void job_free(struct job *j);
@@ -248,6 +249,7 @@ collector_start(struct collector *c)
 		return 0;
 	c->started = true;
 	c->refresh_due = 0; /* the cache is read at once: splits need the list in memory */
+	seed_subscriptions(c);
 	if (c->cursor == 0 && store_cursor_hour(c->store, &hour) >= 0) {
 		c->cursor = hour;
 		metrics_set(c->metrics, METRICS_COLLECT_CURSOR_TIMESTAMP_SECONDS, NULL,
@@ -255,6 +257,27 @@ collector_start(struct collector *c)
 	}
 	kick(c);
 	return 0;
+}
+
+/*
+ * The user subscriptions that scopes of the schedule name (per_subscriber): a subscription that
+ * has left the stamp's list is still asked for after a restart as long as one of its hours waits
+ * for a pass (the store keeps its tenant, but has no list of the subscriptions it knows).
+ */
+static void
+seed_subscriptions(struct collector *c)
+{
+	struct store_hour *rows = NULL;
+	size_t n = 0;
+
+	if (store_hours_due(c->store, INT64_MAX, 0, &rows, &n) < 0)
+		return; /* the refresh's list will do */
+	for (size_t i = 0; i < n; i++) {
+		if (rows[i].scope[0])
+			strset_add(&c->subs, rows[i].scope);
+		store_hour_done(&rows[i]);
+	}
+	free(rows);
 }
 
 /* Stop: cancel what is in flight, forget the job (its cursor is in the store). */

@@ -892,6 +892,43 @@ test_collector_per_subscriber_skip(void **state)
 	assert_int_equal(count_state(t, STORE_PENDING), 2);
 }
 
+/*
+ * per_subscriber after a restart: a subscription that has left the list since is still asked
+ * for, because a scope of the schedule (its look-back pass) names it.
+ */
+static void
+test_collector_per_subscriber_remembers_scopes(void **state)
+{
+	struct ctx *t = *state;
+	_cleanup_free_ char *pa = page(H0, SUB_A, 0, 1, NULL, NULL);
+	_cleanup_free_ char *pb = page(H0, SUB_B, 0, 1, NULL, NULL);
+	static const char *only_a =
+	        "{\"value\":[{\"subscriptionId\":\"" SUB_A "\",\"tenantId\":\"" TENANT "\"}]}";
+	bool asked_b = false;
+	struct fake_req *r;
+
+	t->options.settings.per_subscriber = true;
+	fake_now = H0 + HOUR + 60;
+	start(t);
+	answer_subscriptions(t);
+	answer(wait_req(t, true), 200, pa, NULL);
+	answer(wait_req(t, true), 200, pb, NULL);
+	settle_loop(t);
+	assert_int_equal(schedule_pass(t, H0, SUB_B, NULL), 1);
+	t->c = collector_free(t->c);
+
+	fake_now += HOUR;
+	start(t);
+	answer(wait_req(t, false), 200, only_a, NULL); /* B has left the list */
+	for (int i = 0; i < 2; i++) {
+		r = wait_req(t, true);
+		assert_int_equal(url_hour(r->url), H0 + HOUR);
+		asked_b |= strstr(r->url, "&subscriberId=" SUB_B) != NULL;
+		answer(r, 200, EMPTY_PAGE, NULL);
+	}
+	assert_true(asked_b);
+}
+
 /* max_pending records waiting: no further page until fewer wait (or the limit is raised). */
 static void
 test_collector_backlog_pause(void **state)
@@ -1010,6 +1047,8 @@ main(void)
 	        cmocka_unit_test_setup_teardown(test_collector_token_refused, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_collector_per_subscriber_skip, setup,
 	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_collector_per_subscriber_remembers_scopes,
+	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_collector_backlog_pause, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_collector_store_full, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_collector_quarantine_and_unknown_subscription,
