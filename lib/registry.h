@@ -182,8 +182,9 @@ void registry_lookup_done(struct registry_lookup *l);
 
 /*
  * The charge of a tenant (NULL: a subscription unknown to the tenant cache) under the cached
- * registration: reason, charged subscription (NULL when held) and, when registered, the customer
- * subscription. Borrowed until the registration changes. -ENOENT when no registration is cached.
+ * registration: the charged subscription (the tenant's customer subscription when registered,
+ * NULL when held) and the reason. Borrowed until the registration changes. -ENOENT when no
+ * registration is cached.
  */
 int registry_tenant_charge(struct registry *r, const char *tenant_id, const char **ret_charged,
                            const char **ret_reason);
