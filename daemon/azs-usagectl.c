@@ -51,7 +51,6 @@
 #define CTL_DEFAULT_REASON     "operator"
 #define CTL_DEFAULT_LOOKBACK   (6 * 3600) /* [stack] lookback when no configuration is read */
 #define CTL_HEALTH_TIMEOUT_SEC 2
-#define CTL_NOT_AVAILABLE      "not available yet"
 #define CTL_NET_TIMEOUT_USEC   (60 * USEC_PER_SEC) /* per ARM or token request */
 #define CTL_DEFAULT_STALENESS  (24 * 3600)         /* [registration] max_staleness, seconds */
 
@@ -127,35 +126,33 @@ struct ctl_verb_def {
 	unsigned min_args;
 	unsigned max_args;
 	bool writes;
-	bool available;
 };
 
 /* The first entry of a word with sub == NULL is what the word alone means. */
 static const struct ctl_verb_def ctl_verbs[] = {
-        {"status", NULL, CTL_STATUS, 0, 0, 0, false, true},
+        {"status", NULL, CTL_STATUS, 0, 0, 0, false},
         {"records", NULL, CTL_RECORDS,
-         OPT_STATE | OPT_TENANT | OPT_SUBSCRIPTION | OPT_SINCE | OPT_LIMIT, 0, 0, false, true},
-        {"dead", NULL, CTL_DEAD_LIST, OPT_LIMIT, 0, 0, false, true},
-        {"dead", "list", CTL_DEAD_LIST, OPT_LIMIT, 0, 0, false, true},
-        {"dead", "retry", CTL_DEAD_RETRY, OPT_ALL | OPT_REASON, 0, UINT_MAX, true, true},
-        {"dead", "discard", CTL_DEAD_DISCARD, OPT_REASON, 1, UINT_MAX, true, true},
-        {"conflicts", NULL, CTL_CONFLICTS_LIST, OPT_LIMIT, 0, 0, false, true},
-        {"conflicts", "list", CTL_CONFLICTS_LIST, OPT_LIMIT, 0, 0, false, true},
-        {"conflicts", "accept", CTL_CONFLICTS_ACCEPT, OPT_REASON, 1, 1, true, true},
-        {"conflicts", "reject", CTL_CONFLICTS_REJECT, OPT_REASON, 1, 1, true, true},
-        {"quarantine", NULL, CTL_QUARANTINE, OPT_LIMIT, 0, 0, false, true},
-        {"quarantine", "list", CTL_QUARANTINE, OPT_LIMIT, 0, 0, false, true},
-        {"quarantine", "show", CTL_QUARANTINE_SHOW, 0, 1, 1, false, true},
-        {"report", NULL, CTL_REPORT, OPT_FROM | OPT_TO | OPT_BY | OPT_CSV, 0, 0, false, true},
-        {"recollect", NULL, CTL_RECOLLECT, OPT_FROM | OPT_TO | OPT_REASON | OPT_FORCE, 0, 0, true,
-         true},
-        {"lookup", NULL, CTL_LOOKUP, 0, 1, 1, false, true},
-        {"tenants", NULL, CTL_TENANTS, OPT_UNREGISTERED, 0, 0, false, true},
-        {"tenant", "add", CTL_TENANT_ADD, OPT_TENANT_ID | OPT_REPLACE, 1, 1, true, true},
-        {"tenant", "remove", CTL_TENANT_REMOVE, 0, 1, 1, true, true},
-        {"registration", NULL, CTL_REGISTRATION, 0, 0, 0, false, true},
-        {"registration", "show", CTL_REGISTRATION, 0, 0, 0, false, true},
-        {"registration", "refresh", CTL_REGISTRATION_REFRESH, 0, 0, 0, true, true},
+         OPT_STATE | OPT_TENANT | OPT_SUBSCRIPTION | OPT_SINCE | OPT_LIMIT, 0, 0, false},
+        {"dead", NULL, CTL_DEAD_LIST, OPT_LIMIT, 0, 0, false},
+        {"dead", "list", CTL_DEAD_LIST, OPT_LIMIT, 0, 0, false},
+        {"dead", "retry", CTL_DEAD_RETRY, OPT_ALL | OPT_REASON, 0, UINT_MAX, true},
+        {"dead", "discard", CTL_DEAD_DISCARD, OPT_REASON, 1, UINT_MAX, true},
+        {"conflicts", NULL, CTL_CONFLICTS_LIST, OPT_LIMIT, 0, 0, false},
+        {"conflicts", "list", CTL_CONFLICTS_LIST, OPT_LIMIT, 0, 0, false},
+        {"conflicts", "accept", CTL_CONFLICTS_ACCEPT, OPT_REASON, 1, 1, true},
+        {"conflicts", "reject", CTL_CONFLICTS_REJECT, OPT_REASON, 1, 1, true},
+        {"quarantine", NULL, CTL_QUARANTINE, OPT_LIMIT, 0, 0, false},
+        {"quarantine", "list", CTL_QUARANTINE, OPT_LIMIT, 0, 0, false},
+        {"quarantine", "show", CTL_QUARANTINE_SHOW, 0, 1, 1, false},
+        {"report", NULL, CTL_REPORT, OPT_FROM | OPT_TO | OPT_BY | OPT_CSV, 0, 0, false},
+        {"recollect", NULL, CTL_RECOLLECT, OPT_FROM | OPT_TO | OPT_REASON | OPT_FORCE, 0, 0, true},
+        {"lookup", NULL, CTL_LOOKUP, 0, 1, 1, false},
+        {"tenants", NULL, CTL_TENANTS, OPT_UNREGISTERED, 0, 0, false},
+        {"tenant", "add", CTL_TENANT_ADD, OPT_TENANT_ID | OPT_REPLACE, 1, 1, true},
+        {"tenant", "remove", CTL_TENANT_REMOVE, 0, 1, 1, true},
+        {"registration", NULL, CTL_REGISTRATION, 0, 0, 0, false},
+        {"registration", "show", CTL_REGISTRATION, 0, 0, 0, false},
+        {"registration", "refresh", CTL_REGISTRATION_REFRESH, 0, 0, 0, true},
 };
 
 /* Everything the command line says, checked. */
@@ -792,8 +789,6 @@ ctl_run(struct ctl *c)
 		printf("%s %s\n", CTL_NAME, AZS_VERSION);
 		return 0;
 	}
-	if (!c->verb->available)
-		return ctl_fail(-EOPNOTSUPP, "%s: %s", c->verb->word, CTL_NOT_AVAILABLE);
 
 	log_open(LOG_TARGET_STDERR);
 	log_set_max_level(LOG_WARNING);
