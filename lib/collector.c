@@ -259,19 +259,35 @@ collector_start(struct collector *c)
 	return 0;
 }
 
+static int
+seed_one(void *userdata, const struct store_subscription *sub)
+{
+	struct collector *c = userdata;
+
+	strset_add(&c->subs, sub->subscription_id);
+	return 0;
+}
+
 /*
- * The user subscriptions that scopes of the schedule name (per_subscriber): a subscription that
- * has left the stamp's list is still asked for after a restart as long as one of its hours waits
- * for a pass (the store keeps its tenant, but has no list of the subscriptions it knows).
+ * Know, at the start, every user subscription of the store's cache (those that left the stamp's
+ * list too: their late usage is still reported) and those that scopes of the schedule name
+ * (per_subscriber asks each of them). One read of the cache, before the loop is busy.
  */
 static void
 seed_subscriptions(struct collector *c)
 {
 	struct store_hour *rows = NULL;
 	size_t n = 0;
+	int r;
 
+	r = store_subscriptions_list(c->store, seed_one, c);
+	if (r < 0)
+		log_warning_errno(r,
+		                  "cannot read the user-subscription cache: %s; the stamp's list "
+		                  "will do",
+		                  store_errmsg(c->store));
 	if (store_hours_due(c->store, INT64_MAX, 0, &rows, &n) < 0)
-		return; /* the refresh's list will do */
+		return;
 	for (size_t i = 0; i < n; i++) {
 		if (rows[i].scope[0])
 			strset_add(&c->subs, rows[i].scope);

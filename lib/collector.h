@@ -13,10 +13,10 @@
  *
  * per_subscriber: an hour of the schedule with the scope "" (all tenants) is split, once the
  * user-subscription cache has been refreshed after the hour ended, into one scope per known user
- * subscription, each collected with &subscriberId= and its own cursor. Known: listed since the
- * start, named by a scope of the schedule at the start, or found in the store's cache because a
- * page named it; one that left the list stays known (its late usage is still reported). A scope
- * the stamp refuses with SubscriberIdIsNotDirectTenant is skipped for that hour.
+ * subscription, each collected with &subscriberId= and its own cursor. Known: in the store's cache
+ * or the schedule's scopes at the start, listed since, or found in the cache because a page named
+ * it; one that left the list stays known (its late usage is still reported). A scope the stamp
+ * refuses with SubscriberIdIsNotDirectTenant is skipped for that hour.
  *
  * Answers (section 4): 503, 429, other 5xx, 408, time-outs, resets and malformed pages are
  * retried with backoff (capped exponential, full jitter); a Retry-After (429 or 503) holds every

@@ -894,7 +894,7 @@ test_collector_per_subscriber_skip(void **state)
 
 /*
  * per_subscriber after a restart: a subscription that has left the list since is still asked
- * for, because a scope of the schedule (its look-back pass) names it.
+ * for, because the store's cache keeps it (marked gone once the list leaves it out).
  */
 static void
 test_collector_per_subscriber_remembers_scopes(void **state)
@@ -908,6 +908,7 @@ test_collector_per_subscriber_remembers_scopes(void **state)
 	struct fake_req *r;
 
 	t->options.settings.per_subscriber = true;
+	t->options.settings.lookback_usec = USEC_PER_SEC;
 	fake_now = H0 + HOUR + 60;
 	start(t);
 	answer_subscriptions(t);
@@ -915,6 +916,12 @@ test_collector_per_subscriber_remembers_scopes(void **state)
 	answer(wait_req(t, true), 200, pb, NULL);
 	settle_loop(t);
 	assert_int_equal(schedule_pass(t, H0, SUB_B, NULL), 1);
+	/* the look-back passes too: no scope of the schedule names B any more */
+	fake_now += 1;
+	answer(wait_req(t, true), 200, pa, NULL);
+	answer(wait_req(t, true), 200, pb, NULL);
+	settle_loop(t);
+	assert_int_equal(schedule_pass(t, H0, SUB_B, NULL), -1);
 	t->c = collector_free(t->c);
 
 	fake_now += HOUR;
