@@ -14,6 +14,13 @@
  * the metrics registry; it starts after READY=1 and is stopped first on SIGTERM, its requests in
  * flight cancelled (a page not yet committed is collected again after the restart). SIGHUP hands
  * it the new intervals; new stack credentials get a new token source.
+ *
+ * The [azure] identity's token source serves the registry (the registration cache and the charge
+ * mapping) and the forwarder, which claims batches with the registry's map and holds while its
+ * cache is stale. On SIGTERM the forwarder claims nothing more and gets up to 30 s for the batches
+ * in flight to be answered and their outcomes stored; then the loop ends and everything is torn
+ * down: forwarder, collector, registry, then the token sources, HTTP and the store. SIGHUP hands
+ * the forwarder its new batch sizes and backoff and the registry its new intervals.
  */
 #define LOG_MODULE "main"
 
@@ -34,10 +41,12 @@
 #include "auth.h"
 #include "collector.h"
 #include "config.h"
+#include "forwarder.h"
 #include "http.h"
 #include "log.h"
 #include "macro.h"
 #include "metrics.h"
+#include "registry.h"
 #include "store.h"
 #include "timeutil.h"
 
@@ -46,9 +55,8 @@
 #define DAEMON_STATUS_SEC     10   /* STATUS= refresh */
 #define DAEMON_PRUNE_SEC      600  /* look for forwarded records past retention */
 #define DAEMON_PRUNE_CHUNK    2000 /* rows per prune transaction: a few ms of the loop */
+#define DAEMON_DRAIN_USEC     (30 * USEC_PER_SEC) /* SIGTERM: wait for batches in flight */
 
-struct registry;
-struct forwarder;
 struct health;
 
 /* What the command line asked for. */
@@ -71,11 +79,13 @@ struct daemon {
 	struct event *status_timer;
 	struct event *prune_timer;
 	uint64_t pruned; /* forwarded records pruned in the current pass */
+	bool stopping;   /* SIGTERM: the forwarder is draining */
 
 	/* What the pipelines share: metrics, the HTTP client, the stamp's token source. */
 	struct metrics *metrics;
 	struct http_client *http;
 	struct auth *stack_auth;
+	struct auth *azure_auth; /* the [azure] identity: registration and Commerce */
 
 	/* The pipelines, in start order; each is stopped before the ones above it. */
 	struct store *store;
@@ -99,6 +109,11 @@ static int daemon_new_stack_auth(struct daemon *d, const struct config *endpoint
                                  const struct config *credentials, struct auth **ret);
 static int daemon_new_collector(struct daemon *d);
 static void daemon_collector_settings(const struct config *c, struct collector_settings *ret);
+static int daemon_new_azure_auth(struct daemon *d, const struct config *c, struct auth **ret);
+static int daemon_new_forwarder(struct daemon *d);
+static void daemon_forwarder_settings(const struct config *c, struct forwarder_settings *ret);
+static bool daemon_registry_stale(void *userdata);
+static void on_drained(void *userdata, unsigned left_inflight);
 static int daemon_add_timer(struct daemon *d, event_callback_fn cb, struct event **ret);
 static void daemon_notify(struct daemon *d, const char *state);
 static void daemon_reload(struct daemon *d);
@@ -363,6 +378,8 @@ daemon_start(struct daemon *d)
 	if (r >= 0)
 		r = daemon_new_collector(d);
 	if (r >= 0)
+		r = daemon_new_forwarder(d);
+	if (r >= 0)
 		r = daemon_add_timer(d, on_status_timer, &d->status_timer);
 	if (r >= 0)
 		r = daemon_add_timer(d, on_prune_timer, &d->prune_timer);
@@ -502,6 +519,97 @@ daemon_new_collector(struct daemon *d)
 	return 0;
 }
 
+/* The [azure] identity's token source (registration and Commerce audiences). */
+static int
+daemon_new_azure_auth(struct daemon *d, const struct config *c, struct auth **ret)
+{
+	struct auth_options options = {
+	        .login_endpoint = c->azure.login_endpoint,
+	        .tenant = c->azure.tenant,
+	        .client_id = c->azure.client.client_id,
+	        .client_secret = c->azure.client.secret,
+	        .certificate = c->azure.client.certificate,
+	};
+	int r;
+
+	r = auth_new(d->base, d->http, &options, ret);
+	if (r == -EBADMSG || r == -EKEYREJECTED || r == -EOPNOTSUPP)
+		return log_error_errno(r,
+		                       "the azure client certificate %s cannot be used (it needs "
+		                       "the certificate and its RSA private key, in PEM): %m",
+		                       c->azure.client.certificate_file);
+	if (r < 0)
+		return log_error_errno(r, "cannot set up the azure identity: %m");
+	return 0;
+}
+
+/* The batch sizes, limits and backoff of configuration c that the forwarder takes on SIGHUP. */
+static void
+daemon_forwarder_settings(const struct config *c, struct forwarder_settings *ret)
+{
+	*ret = (struct forwarder_settings){
+	        .batch_size = c->commerce.batch_size,
+	        .batch_bytes = c->commerce.batch_bytes,
+	        .max_inflight = c->commerce.max_inflight,
+	        .timeout_usec = c->commerce.timeout_usec,
+	        .retry_initial_usec = c->commerce.retry_initial_usec,
+	        .retry_max_usec = c->commerce.retry_max_usec,
+	};
+}
+
+/* The forwarder's hold: the registration cache is absent or older than max_staleness. */
+static bool
+daemon_registry_stale(void *userdata)
+{
+	return registry_is_stale(userdata);
+}
+
+/*
+ * The [azure] token source, the registry (the registration cache and the charge mapping) and the
+ * forwarder, which claims with the registry's map and holds while its cache is stale. Started
+ * by daemon_loop() once READY=1 is sent.
+ */
+static int
+daemon_new_forwarder(struct daemon *d)
+{
+	const struct config *c = d->config;
+	struct registry_options ro = {
+	        .store = d->store,
+	        .http = d->http,
+	        .metrics = d->metrics,
+	};
+	struct forwarder_options fo = {
+	        .store = d->store,
+	        .metrics = d->metrics,
+	        .http = d->http,
+	        .url = c->commerce.url,
+	        .audience = c->commerce.audience,
+	        .gzip = c->commerce.compress == CONFIG_COMPRESS_GZIP,
+	        .map = registry_map,
+	};
+	int r;
+
+	r = daemon_new_azure_auth(d, c, &d->azure_auth);
+	if (r < 0)
+		return r;
+	ro.auth = d->azure_auth;
+	registry_options_from_config(&ro, c);
+	r = registry_new(d->base, &ro, &d->registry);
+	if (r < 0)
+		return log_error_errno(r, "cannot set up the registry: %m");
+
+	fo.auth = d->azure_auth;
+	fo.registration = registry_resource_id(d->registry);
+	fo.map_userdata = d->registry;
+	fo.is_stale = daemon_registry_stale;
+	fo.stale_userdata = d->registry;
+	daemon_forwarder_settings(c, &fo.settings);
+	r = forwarder_new(d->base, &fo, &d->forwarder);
+	if (r < 0)
+		return log_error_errno(r, "cannot set up the forwarder: %m");
+	return 0;
+}
+
 /* A timer event, not yet armed. */
 static int
 daemon_add_timer(struct daemon *d, event_callback_fn cb, struct event **ret)
@@ -551,9 +659,15 @@ daemon_loop(struct daemon *d)
 	daemon_notify(d, "READY=1");
 	event_add(d->status_timer, &(struct timeval){.tv_sec = DAEMON_STATUS_SEC});
 	log_fields(LOG_INFO, LOG_FIELDS("MESSAGE_ID", LOG_MESSAGE_ID_READY), "ready");
+	r = registry_start(d->registry);
+	if (r < 0)
+		return log_error_errno(r, "cannot start the registry: %m");
 	r = collector_start(d->collector);
 	if (r < 0)
 		return log_error_errno(r, "cannot start the collector: %m");
+	r = forwarder_start(d->forwarder);
+	if (r < 0)
+		return log_error_errno(r, "cannot start the forwarder: %m");
 
 	r = event_base_dispatch(d->base);
 	if (r < 0)
@@ -567,12 +681,15 @@ daemon_loop(struct daemon *d)
 static void
 daemon_stop(struct daemon *d)
 {
+	d->forwarder = forwarder_free(d->forwarder);
 	d->collector = collector_free(d->collector);
+	d->registry = registry_free(d->registry);
 	if (d->prune_timer)
 		event_free(d->prune_timer);
 	if (d->status_timer)
 		event_free(d->status_timer);
 	d->stack_auth = auth_free(d->stack_auth);
+	d->azure_auth = auth_free(d->azure_auth);
 	d->http = http_client_free(d->http);
 	d->metrics = metrics_free(d->metrics);
 	d->store = store_free(d->store);
@@ -690,6 +807,14 @@ daemon_reload(struct daemon *d)
 		daemon_collector_settings(c, &settings);
 		collector_apply(d->collector, &settings);
 	}
+	{
+		struct forwarder_settings settings;
+
+		daemon_forwarder_settings(c, &settings);
+		forwarder_apply(d->forwarder, &settings);
+		registry_set_intervals(d->registry, c->registration.refresh_interval_usec,
+		                       c->registration.max_staleness_usec);
+	}
 
 	if (restart)
 		log_warning("changed keys need a restart to take effect: %s", restart);
@@ -725,6 +850,25 @@ on_signal(evutil_socket_t fd, _unused_ short what, void *userdata)
 	collector_stop(d->collector);
 	log_fields(LOG_NOTICE, LOG_FIELDS("MESSAGE_ID", LOG_MESSAGE_ID_STOPPING),
 	           "stopping on SIG%s", sigabbrev_np(signo));
+	/* no new batch; those in flight get up to 30 s to have their outcomes stored */
+	if (d->forwarder && !d->stopping) {
+		d->stopping = true;
+		forwarder_drain(d->forwarder, DAEMON_DRAIN_USEC, on_drained, d);
+		return;
+	}
+	event_base_loopbreak(d->base);
+}
+
+/* The batches in flight at SIGTERM are settled (or the wait is over): leave the loop. */
+static void
+on_drained(void *userdata, unsigned left_inflight)
+{
+	struct daemon *d = userdata;
+
+	if (left_inflight > 0)
+		log_notice("%u batches still in flight after %" PRIu64
+		           " s; they are sent again after the restart",
+		           left_inflight, DAEMON_DRAIN_USEC / USEC_PER_SEC);
 	event_base_loopbreak(d->base);
 }
 
