@@ -1,0 +1,544 @@
+/*
+ * The health server: /healthz, /readyz, /metrics and /v1/status over libevent's evhttp (see
+ * health.h). The listening socket is made here (so a bind error comes back as its errno) and
+ * handed to evhttp; evhttp itself is made by health_start() and freed by health_stop(), which
+ * closes every connection with it.
+ */
+#define LOG_MODULE "health"
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <jansson.h>
+
+#include "health.h"
+#include "log.h"
+#include "macro.h"
+#include "metrics.h"
+#include "timeutil.h"
+#include "xmalloc.h"
+
+#define HEALTH_CHECKS_MAX   16
+#define HEALTH_TIMEOUT_SEC  10 /* an idle or slow connection is closed after this */
+#define HEALTH_LISTEN_QUEUE 16
+
+struct health_check {
+	char *name;
+	health_check_fn fn;
+	void *userdata;
+};
+
+struct health_reasons {
+	char *items[HEALTH_REASONS_MAX];
+	size_t n;
+	size_t dropped;
+};
+
+struct health {
+	struct event_base *base;
+	char *address;
+	uint16_t port;
+	char *version;
+	struct metrics *metrics;
+	struct metrics_series *ready;
+	void (*refresh)(void *userdata, struct metrics *metrics);
+	void (*status)(void *userdata, struct health_status *ret);
+	void *userdata;
+	uint64_t started_usec; /* monotonic, for the uptime */
+
+	struct health_check checks[HEALTH_CHECKS_MAX];
+	size_t n_checks;
+
+	struct evhttp *http; /* while started */
+	uint16_t bound_port;
+};
+
+static int parse_address(const char *address, uint16_t port, struct sockaddr_storage *ret,
+                         socklen_t *ret_len);
+static void reasons_run(struct health *h, struct health_reasons *reasons);
+static void reasons_done(struct health_reasons *reasons);
+static json_t *reasons_json(const struct health_reasons *reasons);
+static void reply(struct evhttp_request *req, int code, const char *reason,
+                  const char *content_type, const char *body, size_t size);
+static void reply_json(struct evhttp_request *req, int code, const char *reason, json_t *j);
+static void serve_healthz(struct health *h, struct evhttp_request *req);
+static void serve_readyz(struct health *h, struct evhttp_request *req);
+static void serve_metrics(struct health *h, struct evhttp_request *req);
+static void serve_status(struct health *h, struct evhttp_request *req);
+static json_t *time_json(int64_t t);
+static void on_request(struct evhttp_request *req, void *arg);
+
+/* Make a server; it listens once started. */
+int
+health_new(struct event_base *base, const struct health_options *options, struct health **ret)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	struct health *h;
+	int r;
+
+	if (!base || !options || !ret)
+		return -EINVAL;
+	r = parse_address(options->address ? options->address : "127.0.0.1", options->port, &ss,
+	                  &len);
+	if (r < 0)
+		return r;
+
+	h = xcalloc(1, sizeof(*h));
+	h->base = base;
+	h->address = xstrdup(options->address ? options->address : "127.0.0.1");
+	h->port = options->port;
+	h->version = xstrdup(options->version ? options->version : "unknown");
+	h->metrics = options->metrics;
+	h->refresh = options->refresh;
+	h->status = options->status;
+	h->userdata = options->userdata;
+	h->started_usec = now_monotonic_usec();
+	if (h->metrics) {
+		struct metrics_family *f;
+
+		r = metrics_add_family(
+		        h->metrics, METRICS_GAUGE, HEALTH_READY_METRIC,
+		        "1 when the daemon is ready (GET /readyz answers 200), else 0.", NULL, NULL,
+		        0, &f);
+		if (r < 0) {
+			health_free(h);
+			return r;
+		}
+		h->ready = metrics_get_series(f, NULL);
+	}
+	*ret = h;
+	return 0;
+}
+
+/* Add a readiness check. */
+int
+health_add_check(struct health *h, const char *name, health_check_fn fn, void *userdata)
+{
+	assert(h && fn);
+	if (h->n_checks >= HEALTH_CHECKS_MAX)
+		return -E2BIG;
+	h->checks[h->n_checks++] = (struct health_check){
+	        .name = xstrdup(name ? name : "?"),
+	        .fn = fn,
+	        .userdata = userdata,
+	};
+	return 0;
+}
+
+/* Bind, listen and hand the socket to a new evhttp. */
+int
+health_start(struct health *h)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	_cleanup_close_ int fd = -1;
+	int one = 1, r;
+
+	assert(h);
+	if (h->http)
+		return 0;
+	r = parse_address(h->address, h->port, &ss, &len);
+	if (r < 0)
+		return r;
+
+	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
+		return -errno;
+	if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, HEALTH_LISTEN_QUEUE) < 0)
+		return -errno;
+	len = sizeof(ss);
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+		return -errno;
+
+	h->http = evhttp_new(h->base);
+	if (!h->http)
+		return -ENOMEM;
+	/* every method reaches on_request, which answers 405 (evhttp itself would say 501) */
+	evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+	                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+	                                            EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
+	                                            EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
+	evhttp_set_max_headers_size(h->http, HEALTH_MAX_HEADERS);
+	evhttp_set_max_body_size(h->http, HEALTH_MAX_BODY);
+	evhttp_set_timeout(h->http, HEALTH_TIMEOUT_SEC);
+	evhttp_set_gencb(h->http, on_request, h);
+	if (!evhttp_accept_socket_with_handle(h->http, fd)) {
+		evhttp_free(h->http);
+		h->http = NULL;
+		return -ENOMEM;
+	}
+	TAKE_FD(fd); /* evhttp closes it */
+	h->bound_port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+	                                         : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+	log_debug("listening on %s port %u", h->address, h->bound_port);
+	return 0;
+}
+
+/* Stop listening; evhttp_free() closes the socket and every connection. */
+void
+health_stop(struct health *h)
+{
+	if (!h || !h->http)
+		return;
+	evhttp_free(h->http);
+	h->http = NULL;
+	h->bound_port = 0;
+}
+
+/* Stop and free. */
+struct health *
+health_free(struct health *h)
+{
+	if (!h)
+		return NULL;
+	health_stop(h);
+	for (size_t i = 0; i < h->n_checks; i++)
+		free(h->checks[i].name);
+	free(h->address);
+	free(h->version);
+	free(h);
+	return NULL;
+}
+
+/* The port listened on. */
+uint16_t
+health_get_port(const struct health *h)
+{
+	return h ? h->bound_port : 0;
+}
+
+/* Run every check; hand the reasons over as strings. */
+bool
+health_is_ready(struct health *h, char ***ret_reasons)
+{
+	struct health_reasons reasons = {0};
+	bool ready;
+
+	assert(h);
+	reasons_run(h, &reasons);
+	ready = reasons.n == 0 && reasons.dropped == 0;
+	if (ret_reasons) {
+		char **strv = xcalloc(reasons.n + 1, sizeof(char *));
+
+		for (size_t i = 0; i < reasons.n; i++)
+			strv[i] = TAKE_PTR(reasons.items[i]);
+		*ret_reasons = strv;
+	}
+	reasons_done(&reasons);
+	return ready;
+}
+
+/* Free a NULL-terminated array of strings. */
+char **
+health_strv_free(char **strv)
+{
+	if (!strv)
+		return NULL;
+	for (char **s = strv; *s; s++)
+		free(*s);
+	free(strv);
+	return NULL;
+}
+
+/* Add a reason, cut at HEALTH_REASON_MAX bytes on a UTF-8 boundary. */
+void
+health_reasons_add(struct health_reasons *reasons, const char *format, ...)
+{
+	char buf[HEALTH_REASON_MAX + 1];
+	va_list ap;
+	int n;
+
+	assert(reasons && format);
+	if (reasons->n >= HEALTH_REASONS_MAX) {
+		reasons->dropped++;
+		return;
+	}
+	va_start(ap, format);
+	n = vsnprintf(buf, sizeof(buf), format, ap);
+	va_end(ap);
+	if (n < 0)
+		snprintf(buf, sizeof(buf), "%s", "not ready");
+	else if ((size_t)n > HEALTH_REASON_MAX) {
+		size_t len = HEALTH_REASON_MAX;
+
+		/* do not leave half a character at the end */
+		while (len > 0 && ((unsigned char)buf[len] & 0xC0) == 0x80)
+			len--;
+		buf[len] = '\0';
+	}
+	reasons->items[reasons->n++] = xstrdup(buf);
+}
+
+/* A numeric address (IPv6 may be in brackets) and a port as a socket address. */
+static int
+parse_address(const char *address, uint16_t port, struct sockaddr_storage *ret, socklen_t *ret_len)
+{
+	char host[INET6_ADDRSTRLEN + 2];
+	size_t len = strlen(address);
+
+	if (len >= 2 && address[0] == '[' && address[len - 1] == ']' && len - 2 < sizeof(host)) {
+		memcpy(host, address + 1, len - 2);
+		host[len - 2] = '\0';
+	} else if (len < sizeof(host))
+		memcpy(host, address, len + 1);
+	else
+		return -EINVAL;
+
+	memset(ret, 0, sizeof(*ret));
+	{
+		struct sockaddr_in *sin = (struct sockaddr_in *)ret;
+
+		if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
+			sin->sin_family = AF_INET;
+			sin->sin_port = htons(port);
+			*ret_len = sizeof(*sin);
+			return 0;
+		}
+	}
+	{
+		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ret;
+
+		if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
+			sin6->sin6_family = AF_INET6;
+			sin6->sin6_port = htons(port);
+			*ret_len = sizeof(*sin6);
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
+/* Ask every check; set the ready gauge from the answer. */
+static void
+reasons_run(struct health *h, struct health_reasons *reasons)
+{
+	for (size_t i = 0; i < h->n_checks; i++) {
+		size_t before = reasons->n + reasons->dropped;
+
+		h->checks[i].fn(h->checks[i].userdata, reasons);
+		if (reasons->n + reasons->dropped > before)
+			log_debug("not ready on %s's account", h->checks[i].name);
+	}
+	metrics_gauge_set(h->ready, reasons->n == 0 && reasons->dropped == 0 ? 1 : 0);
+}
+
+/* Free the reasons' strings. */
+static void
+reasons_done(struct health_reasons *reasons)
+{
+	for (size_t i = 0; i < reasons->n; i++)
+		free(reasons->items[i]);
+	reasons->n = 0;
+}
+
+/* The reasons as a JSON array; one that is not UTF-8 is shown as such, not dropped. */
+static json_t *
+reasons_json(const struct health_reasons *reasons)
+{
+	json_t *a = json_array();
+
+	if (!a)
+		return NULL;
+	for (size_t i = 0; i < reasons->n; i++) {
+		json_t *s = json_string(reasons->items[i]);
+
+		if (!s)
+			s = json_string("(a reason that is not valid UTF-8)");
+		json_array_append_new(a, s);
+	}
+	if (reasons->dropped > 0) {
+		char more[64];
+
+		snprintf(more, sizeof(more), "and %zu more", reasons->dropped);
+		json_array_append_new(a, json_string(more));
+	}
+	return a;
+}
+
+/* Send an answer with a body; nothing of it is cached by a proxy. */
+static void
+reply(struct evhttp_request *req, int code, const char *reason, const char *content_type,
+      const char *body, size_t size)
+{
+	struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
+	struct evbuffer *b = evbuffer_new();
+
+	if (!b) {
+		evhttp_send_error(req, HTTP_INTERNAL, NULL);
+		return;
+	}
+	evhttp_add_header(headers, "Content-Type", content_type);
+	evhttp_add_header(headers, "Cache-Control", "no-store");
+	evhttp_add_header(headers, "X-Content-Type-Options", "nosniff");
+	if (evbuffer_add(b, body, size) < 0) {
+		evbuffer_free(b);
+		evhttp_send_error(req, HTTP_INTERNAL, NULL);
+		return;
+	}
+	evhttp_send_reply(req, code, reason, b);
+	evbuffer_free(b);
+}
+
+/* Send a JSON answer (takes j). */
+static void
+reply_json(struct evhttp_request *req, int code, const char *reason, json_t *j)
+{
+	_cleanup_free_ char *text = NULL;
+
+	if (j)
+		text = json_dumps(j, JSON_COMPACT);
+	json_decref(j);
+	if (!text) {
+		evhttp_send_error(req, HTTP_INTERNAL, NULL);
+		return;
+	}
+	reply(req, code, reason, HEALTH_CONTENT_JSON, text, strlen(text));
+}
+
+/* GET /healthz: answering is the proof that the loop runs. */
+static void
+serve_healthz(_unused_ struct health *h, struct evhttp_request *req)
+{
+	reply(req, HTTP_OK, "OK", HEALTH_CONTENT_TEXT, "ok\n", 3);
+}
+
+/* GET /readyz: 200 or 503 with the reasons. */
+static void
+serve_readyz(struct health *h, struct evhttp_request *req)
+{
+	struct health_reasons reasons = {0};
+	bool ready;
+	json_t *j;
+
+	reasons_run(h, &reasons);
+	ready = reasons.n == 0 && reasons.dropped == 0;
+	j = json_pack("{s:b, s:o*}", "ready", ready, "reasons", reasons_json(&reasons));
+	reasons_done(&reasons);
+	reply_json(req, ready ? HTTP_OK : HTTP_SERVUNAVAIL, ready ? "OK" : "Service Unavailable",
+	           j);
+}
+
+/* GET /metrics: refresh the gauges that are read, not counted, and render. */
+static void
+serve_metrics(struct health *h, struct evhttp_request *req)
+{
+	struct health_reasons reasons = {0};
+	_cleanup_free_ char *text = NULL;
+	size_t size = 0;
+	int r;
+
+	if (!h->metrics) {
+		evhttp_send_error(req, HTTP_NOTFOUND, NULL);
+		return;
+	}
+	if (h->refresh)
+		h->refresh(h->userdata, h->metrics);
+	reasons_run(h, &reasons); /* azs_usaged_ready */
+	reasons_done(&reasons);
+	r = metrics_render(h->metrics, &text, &size);
+	if (r < 0) {
+		log_debug_errno(r, "cannot render the metrics: %m");
+		evhttp_send_error(req, HTTP_INTERNAL, NULL);
+		return;
+	}
+	reply(req, HTTP_OK, "OK", METRICS_CONTENT_TYPE, text, size);
+}
+
+/* GET /v1/status: the daemon in one JSON object. */
+static void
+serve_status(struct health *h, struct evhttp_request *req)
+{
+	struct health_status st = {
+	        .oldest_pending_seconds = -1,
+	        .registration_age_seconds = -1,
+	};
+	struct health_reasons reasons = {0};
+	json_t *records, *j;
+	bool ready;
+
+	if (h->status)
+		h->status(h->userdata, &st);
+	reasons_run(h, &reasons);
+	ready = reasons.n == 0 && reasons.dropped == 0;
+
+	records = json_object();
+	for (size_t i = 0; records && i < st.n_counts && i < HEALTH_COUNTS_MAX; i++)
+		if (st.counts[i].state)
+			json_object_set_new(records, st.counts[i].state,
+			                    json_integer((json_int_t)st.counts[i].count));
+	j = json_pack("{s:s, s:I, s:b, s:o*, s:o*, s:o, s:o, s:o, s:o, s:{s:o, s:o}}", "version",
+	              h->version, "uptime_seconds",
+	              (json_int_t)((now_monotonic_usec() - h->started_usec) / USEC_PER_SEC),
+	              "ready", ready, "reasons", reasons_json(&reasons), "records", records,
+	              "oldest_pending_seconds",
+	              st.oldest_pending_seconds >= 0 ? json_integer(st.oldest_pending_seconds)
+	                                             : json_null(),
+	              "cursor_hour", time_json(st.cursor), "cursor_timestamp",
+	              st.cursor > 0 ? json_integer(st.cursor) : json_null(),
+	              "registration_age_seconds",
+	              st.registration_age_seconds >= 0 ? json_integer(st.registration_age_seconds)
+	                                               : json_null(),
+	              "last_success", "collect", time_json(st.last_collect_success), "forward",
+	              time_json(st.last_forward_success));
+	reasons_done(&reasons);
+	reply_json(req, HTTP_OK, "OK", j);
+}
+
+/* An epoch time as RFC 3339 text, or null for 0 (never). */
+static json_t *
+time_json(int64_t t)
+{
+	char buf[TIME_RFC3339_LEN + 1];
+
+	if (t <= 0)
+		return json_null();
+	return json_string(time_format_rfc3339(t, buf));
+}
+
+/* Route a request: unknown paths 404, other methods 405. */
+static void
+on_request(struct evhttp_request *req, void *arg)
+{
+	static const struct {
+		const char *path;
+		void (*serve)(struct health *h, struct evhttp_request *req);
+	} routes[] = {
+	        {"/healthz", serve_healthz},
+	        {"/readyz", serve_readyz},
+	        {"/metrics", serve_metrics},
+	        {"/v1/status", serve_status},
+	};
+	struct health *h = arg;
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+
+	for (size_t i = 0; path && i < ARRAY_SIZE(routes); i++) {
+		if (strcmp(path, routes[i].path) != 0)
+			continue;
+		if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+			/* evhttp_send_error() would drop the Allow header */
+			evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET");
+			reply(req, 405, "Method Not Allowed", HEALTH_CONTENT_TEXT,
+			      "method not allowed\n", 19);
+			return;
+		}
+		routes[i].serve(h, req);
+		return;
+	}
+	reply(req, HTTP_NOTFOUND, "Not Found", HEALTH_CONTENT_TEXT, "not found\n", 10);
+}
