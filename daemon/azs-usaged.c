@@ -42,6 +42,7 @@
 #include "collector.h"
 #include "config.h"
 #include "forwarder.h"
+#include "health.h"
 #include "http.h"
 #include "log.h"
 #include "macro.h"
@@ -56,6 +57,9 @@
 #define DAEMON_PRUNE_SEC      600  /* look for forwarded records past retention */
 #define DAEMON_PRUNE_CHUNK    2000 /* rows per prune transaction: a few ms of the loop */
 #define DAEMON_DRAIN_USEC     (30 * USEC_PER_SEC) /* SIGTERM: wait for batches in flight */
+
+/* when the health server started: forwarding counts as failing from then until a success */
+static int64_t daemon_health_since;
 
 struct health;
 
@@ -122,6 +126,13 @@ static void on_signal(evutil_socket_t fd, short what, void *userdata);
 static void on_watchdog(evutil_socket_t fd, short what, void *userdata);
 static void on_status_timer(evutil_socket_t fd, short what, void *userdata);
 static void on_prune_timer(evutil_socket_t fd, short what, void *userdata);
+static int daemon_start_health(struct daemon *d);
+static void daemon_health_refresh(void *userdata, struct metrics *metrics);
+static void daemon_health_status(void *userdata, struct health_status *ret);
+static void daemon_check_store(void *userdata, struct health_reasons *reasons);
+static void daemon_check_collector(void *userdata, struct health_reasons *reasons);
+static void daemon_check_registry(void *userdata, struct health_reasons *reasons);
+static void daemon_check_forwarder(void *userdata, struct health_reasons *reasons);
 
 /* Run the daemon: init in order, loop, teardown in reverse. */
 int
@@ -668,6 +679,9 @@ daemon_loop(struct daemon *d)
 	r = forwarder_start(d->forwarder);
 	if (r < 0)
 		return log_error_errno(r, "cannot start the forwarder: %m");
+	r = daemon_start_health(d);
+	if (r < 0)
+		return r;
 
 	r = event_base_dispatch(d->base);
 	if (r < 0)
@@ -681,6 +695,7 @@ daemon_loop(struct daemon *d)
 static void
 daemon_stop(struct daemon *d)
 {
+	d->health = health_free(d->health);
 	d->forwarder = forwarder_free(d->forwarder);
 	d->collector = collector_free(d->collector);
 	d->registry = registry_free(d->registry);
@@ -923,4 +938,163 @@ on_prune_timer(_unused_ evutil_socket_t fd, _unused_ short what, void *userdata)
 		d->pruned = 0;
 	}
 	event_add(d->prune_timer, &(struct timeval){.tv_sec = DAEMON_PRUNE_SEC});
+}
+
+/*
+ * The health server on [health] listen (after READY=1): readiness from one check per module,
+ * /metrics with the store's gauges refreshed at each scrape, /v1/status from the same sources.
+ */
+static int
+daemon_start_health(struct daemon *d)
+{
+	struct health_options options = {
+	        .address = d->config->health.address,
+	        .port = d->config->health.port,
+	        .version = AZS_VERSION,
+	        .metrics = d->metrics,
+	        .refresh = daemon_health_refresh,
+	        .status = daemon_health_status,
+	        .userdata = d,
+	};
+	int r;
+
+	r = health_new(d->base, &options, &d->health);
+	if (r >= 0)
+		r = health_add_check(d->health, "store", daemon_check_store, d);
+	if (r >= 0)
+		r = health_add_check(d->health, "collector", daemon_check_collector, d);
+	if (r >= 0)
+		r = health_add_check(d->health, "registry", daemon_check_registry, d);
+	if (r >= 0)
+		r = health_add_check(d->health, "forwarder", daemon_check_forwarder, d);
+	if (r < 0)
+		return log_error_errno(r, "cannot set up the health server: %m");
+	r = health_start(d->health);
+	if (r < 0) {
+		/* usage still flows without it; the scrape's up == 0 alerts (AzsUsagedDown) */
+		log_error_errno(r,
+		                "cannot listen on [health] listen %s, running without health: %m",
+		                d->config->health.listen);
+		return 0;
+	}
+	daemon_health_since = now_seconds();
+	log_info("health server listening on %s", d->config->health.listen);
+	return 0;
+}
+
+/* Before /metrics: the gauges read from the store and the registry, not counted. */
+static void
+daemon_health_refresh(void *userdata, struct metrics *metrics)
+{
+	struct daemon *d = userdata;
+	struct store_counts counts;
+	int64_t t;
+
+	if (store_counts(d->store, &counts) >= 0)
+		for (int i = 0; i < _STORE_STATE_MAX; i++)
+			metrics_set(metrics, METRICS_RECORDS, store_state_to_string(i),
+			            (double)counts.by_state[i]);
+	if (store_oldest_pending(d->store, &t) >= 0)
+		metrics_set(metrics, METRICS_OLDEST_PENDING_SECONDS, NULL,
+		            (double)MAX(now_seconds() - t, 0));
+	else
+		metrics_set(metrics, METRICS_OLDEST_PENDING_SECONDS, NULL, 0);
+	if (registry_age(d->registry, &t) >= 0)
+		metrics_set(metrics, METRICS_REGISTRATION_AGE_SECONDS, NULL, (double)t);
+}
+
+/* /v1/status: counts by state, oldest pending, cursor, registration age, last successes. */
+static void
+daemon_health_status(void *userdata, struct health_status *ret)
+{
+	struct daemon *d = userdata;
+	struct collector_status cs;
+	struct forwarder_status fs;
+	struct store_counts counts;
+	int64_t t;
+
+	if (store_counts(d->store, &counts) >= 0) {
+		for (int i = 0; i < _STORE_STATE_MAX && i < HEALTH_COUNTS_MAX; i++) {
+			ret->counts[i].state = store_state_to_string(i);
+			ret->counts[i].count = counts.by_state[i];
+		}
+		ret->n_counts = MIN(_STORE_STATE_MAX, HEALTH_COUNTS_MAX);
+	}
+	if (store_oldest_pending(d->store, &t) >= 0)
+		ret->oldest_pending_seconds = MAX(now_seconds() - t, 0);
+	if (registry_age(d->registry, &t) >= 0)
+		ret->registration_age_seconds = t;
+	collector_get_status(d->collector, &cs);
+	ret->cursor = cs.cursor;
+	ret->last_collect_success = cs.last_page_at;
+	forwarder_get_status(d->forwarder, &fs);
+	ret->last_forward_success = fs.last_success_at;
+}
+
+/* Not ready: the store cannot be read, or a record is held. */
+static void
+daemon_check_store(void *userdata, struct health_reasons *reasons)
+{
+	struct daemon *d = userdata;
+	struct store_counts counts;
+	int r;
+
+	r = store_counts(d->store, &counts);
+	if (r < 0) {
+		health_reasons_add(reasons, "store cannot be read: %s", strerror(-r));
+		return;
+	}
+	if (counts.by_state[STORE_HELD] > 0)
+		health_reasons_add(reasons,
+		                   "%" PRIu64 " records held (azs-usagectl records --state held)",
+		                   counts.by_state[STORE_HELD]);
+}
+
+/* Not ready: the store is full, or collection failed three polls in a row. */
+static void
+daemon_check_collector(void *userdata, struct health_reasons *reasons)
+{
+	struct daemon *d = userdata;
+	struct collector_status cs;
+
+	collector_get_status(d->collector, &cs);
+	if (cs.store_full)
+		health_reasons_add(reasons, "store full: collection paused");
+	if (cs.consecutive_failures >= 3)
+		health_reasons_add(reasons, "collection failed %u polls in a row",
+		                   cs.consecutive_failures);
+}
+
+/* Not ready: the registration was never fetched, is stale or names a tenant twice. */
+static void
+daemon_check_registry(void *userdata, struct health_reasons *reasons)
+{
+	struct daemon *d = userdata;
+	const char *why = registry_not_ready_reason(d->registry);
+
+	if (why)
+		health_reasons_add(reasons, "%s", why);
+}
+
+/*
+ * Not ready: Commerce refuses the token, or records wait and no batch has succeeded for longer
+ * than [commerce] retry_max (since the start when none has yet).
+ */
+static void
+daemon_check_forwarder(void *userdata, struct health_reasons *reasons)
+{
+	struct daemon *d = userdata;
+	struct forwarder_status fs;
+	uint64_t backlog = 0;
+	int64_t since, cap = (int64_t)(d->config->commerce.retry_max_usec / USEC_PER_SEC);
+
+	forwarder_get_status(d->forwarder, &fs);
+	if (fs.auth_failing)
+		health_reasons_add(reasons, "Commerce refuses the token of the azure identity");
+	since = fs.last_success_at > 0 ? fs.last_success_at : daemon_health_since;
+	if (store_backlog(d->store, &backlog) >= 0 && backlog > 0 && now_seconds() - since > cap)
+		health_reasons_add(reasons,
+		                   "no batch forwarded for %" PRId64 " s while %" PRIu64
+		                   " records wait",
+		                   now_seconds() - since, backlog);
 }
