@@ -121,6 +121,7 @@ struct registry {
 
 	/* the cached registration */
 	bool loaded;
+	int64_t generation;         /* of the store's registration cache when it was last read */
 	char *id;                   /* lower-case */
 	char *default_subscription; /* lower-case */
 	int64_t refreshed_at;
@@ -603,6 +604,19 @@ registry_customer_subscriptions_of(struct registry *r, const char *tenant_id,
 	return t->other ? 2 : 1;
 }
 
+/* Whether the store's registration cache was written since this registry last read it: by the
+ * generation, not the time, which is in whole seconds (a write by azs-usagectl in the same second
+ * as the daemon's own refresh would otherwise go unnoticed until the next refresh). */
+static bool
+registration_changed(struct registry *r)
+{
+	int64_t g = 0;
+
+	if (store_registration_generation(r->o.store, &g) < 0)
+		return false;
+	return g != r->generation;
+}
+
 /* Re-read what other writers changed in the store. */
 void
 registry_sync(struct registry *r)
@@ -642,7 +656,7 @@ registry_sync(struct registry *r)
 	}
 
 	e = store_registration_get(r->o.store, &reg);
-	if (e >= 0 && (!r->loaded || reg.refreshed_at != r->refreshed_at) &&
+	if (e >= 0 && (!r->loaded || registration_changed(r)) &&
 	    (!r->configured || streq(reg.id, r->id)))
 		(void)load_from_store(r, true);
 	else if (e < 0 && e != -ENOENT)
@@ -1092,6 +1106,8 @@ op_commit(struct registry *r)
 	if (op->n > 1)
 		qsort(op->list, op->n, sizeof(*op->list), customer_cmp);
 	e = store_registration_replace(r->o.store, &reg, op->list, op->n);
+	if (e >= 0) /* our own write: nothing to read back */
+		e = store_registration_generation(r->o.store, &r->generation);
 	if (e < 0) {
 		op_fail(r, e, "writing the registration cache: %s", store_errmsg(r->o.store));
 		return;
@@ -1497,6 +1513,9 @@ load_from_store(struct registry *r, bool unhold)
 	size_t n = 0;
 	int e;
 
+	e = store_registration_generation(r->o.store, &r->generation);
+	if (e < 0)
+		return e;
 	e = store_registration_get(r->o.store, &reg);
 	if (e < 0)
 		return e;

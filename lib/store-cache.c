@@ -155,6 +155,34 @@ run_sql(struct store *s, const char *sql)
 	return store_step_done(s, st);
 }
 
+/* Count every write of the registration cache, so that a reader sees any change (its time is in
+ * whole seconds: two writes in one second would look like one). */
+static int
+registration_generation_bump(struct store *s)
+{
+	int64_t g = 0;
+	int r;
+
+	r = store_meta_get(s, "registration_generation", &g);
+	if (r < 0 && r != -ENOENT)
+		return r;
+	return store_meta_set(s, "registration_generation", g + 1);
+}
+
+/* How many times the registration cache was written (0: never). */
+int
+store_registration_generation(struct store *s, int64_t *ret)
+{
+	int r;
+
+	r = store_meta_get(s, "registration_generation", ret);
+	if (r == -ENOENT) {
+		*ret = 0;
+		return 0;
+	}
+	return r;
+}
+
 /* Replace the registration cache. */
 int
 store_registration_replace(struct store *s, const struct store_registration *reg,
@@ -167,7 +195,9 @@ store_registration_replace(struct store *s, const struct store_registration *reg
 	r = store_tx_begin(s);
 	if (r < 0)
 		return r;
-	r = run_sql(s, "DELETE FROM registration");
+	r = registration_generation_bump(s);
+	if (r >= 0)
+		r = run_sql(s, "DELETE FROM registration");
 	if (r >= 0)
 		r = run_sql(s, "DELETE FROM customer_subscriptions");
 	if (r >= 0) {

@@ -319,6 +319,9 @@ void store_customer_subscription_done(struct store_customer_subscription *c);
 int store_registration_replace(struct store *s, const struct store_registration *reg,
                                const struct store_customer_subscription *cs, size_t n);
 int store_registration_get(struct store *s, struct store_registration *ret); /* -ENOENT */
+/* How many times the registration cache was written (0: never): a change to look for that does
+ * not depend on the clock. */
+int store_registration_generation(struct store *s, int64_t *ret);
 int store_customer_subscriptions(struct store *s, struct store_customer_subscription **ret,
                                  size_t *ret_n);
 /* The customer subscriptions registered for a tenant (more than one: ambiguous). */

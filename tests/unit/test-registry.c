@@ -932,6 +932,32 @@ test_registry_map_unknown_held_until_tenant_cache_refreshed(void **state)
 	store_batch_done(&b);
 }
 
+/* A registration written by another process in the same second as the copy in memory is still
+ * seen: the store counts writes, the time alone would not show it. */
+static void
+test_registry_sync_sees_a_write_in_the_same_second(void **state)
+{
+	struct env *e = *state;
+	const struct store_customer_subscription both[] = {
+	        {(char *)CUSTOMER_A, (char *)TENANT_A},
+	        {(char *)CUSTOMER_B, (char *)TENANT_B},
+	};
+	const char *const subs[] = {SUB_B1};
+	struct store_batch b = {0};
+
+	seed_world(e);
+	make_registry(e, false);
+	registry_sync(e->reg);
+	/* azs-usagectl tenant add: the same refreshed_at second as the copy the registry holds */
+	seed_registration(e, T0 - 300, NULL, both, ARRAY_SIZE(both));
+	registry_sync(e->reg);
+	put_records(e, subs, 1, T0 - 60);
+	assert_int_equal(claim(e, &b), 0);
+	assert_int_equal(b.n_records, 1);
+	assert_charge(&b.records[0], CUSTOMER_B, "registered", TENANT_B);
+	store_batch_done(&b);
+}
+
 static void
 test_registry_map_unknown_still_unknown_after_refresh(void **state)
 {
@@ -1535,6 +1561,8 @@ main(void)
 	                teardown),
 	        cmocka_unit_test_setup_teardown(
 	                test_registry_map_unknown_still_unknown_after_refresh, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_registry_sync_sees_a_write_in_the_same_second,
+	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(
 	                test_registry_map_first_default_noticed_once_per_tenant, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_registry_stale_and_age_on_the_clock, setup,
