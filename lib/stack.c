@@ -1,6 +1,7 @@
 /*
- * The stamp's APIs as data (see stack.h): usage pages, user subscriptions, metadata endpoints,
- * ARM errors, URLs and the nextLink authority.
+ * The stamp's usage pages as data (see stack.h): a page parsed and validated into records, the
+ * record key and each quantity's literal. The other documents, the URLs and the nextLink
+ * authority are in stack-lists.c; what both files share is in stack-private.h.
  *
  * A usage page is read twice. jansson parses it into values, and a small scanner walks the same
  * bytes to find what jansson cannot give back: the text of each record (kept for quarantine and
@@ -22,13 +23,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include <jansson.h>
 
 #include "decimal.h"
 #include "hash.h"
 #include "macro.h"
+#include "stack-private.h"
 #include "stack.h"
 #include "timeutil.h"
 #include "xmalloc.h"
@@ -58,13 +59,6 @@ struct reason {
 	char *text;
 };
 
-/* An https authority: host as written and the port it means. */
-struct authority {
-	const char *host;
-	size_t host_size;
-	unsigned port;
-};
-
 static int scan_page(struct scan *s);
 static void scan_free(struct scan *s);
 static int parse_record(json_t *item, const struct scan_record *sr, size_t index,
@@ -75,17 +69,9 @@ static int check_quantity_literal(json_t *q, const struct scan_record *sr, size_
                                   bool ints_as_real, char error[static STACK_ERROR_MAX]);
 static void reason_add(struct reason *r, const char *format, ...) _printf_(2, 3);
 static char *quote(const char *s, size_t size);
-static const char *type_name(const json_t *v);
-static bool is_guid(const char *s, bool dashes_optional);
-static char *lower_dup(const char *s);
 static bool body_blank(const char *body, size_t size);
-static const char *string_member(json_t *obj, const char *name, size_t *ret_size);
 static char *dump_compact(json_t *v, size_t flags);
-static int next_link_get(json_t *root, char **ret, char error[static STACK_ERROR_MAX]);
 static void describe_arm_error(const char *body, size_t size, char *out, size_t out_size);
-static void set_error(char error[static STACK_ERROR_MAX], const char *format, ...) _printf_(2, 3);
-static int parse_authority(const char *url, struct authority *ret);
-static char *endpoint_dup(const char *arm_endpoint);
 
 /* Parse one usage page; see stack.h for the outcomes. */
 int
@@ -105,24 +91,25 @@ stack_usage_page_parse(long http_status, const char *body, size_t size, int64_t 
 
 	error[0] = '\0';
 	if ((!body && size > 0) || !ret) {
-		set_error(error, "no page");
+		stack_set_error(error, "no page");
 		return -EINVAL;
 	}
 	if (http_status < 200 || http_status > 299) {
-		set_error(error, "HTTP status %ld does not carry a usage page", http_status);
+		stack_set_error(error, "HTTP status %ld does not carry a usage page", http_status);
 		return -EINVAL;
 	}
 	if (!time_on_hour(reported_hour)) {
-		set_error(error, "reported hour %lld is not on the hour", (long long)reported_hour);
+		stack_set_error(error, "reported hour %lld is not on the hour",
+		                (long long)reported_hour);
 		return -EINVAL;
 	}
 	if (http_status == 202) {
 		describe_arm_error(body, size, arm, sizeof(arm));
-		set_error(error, "not ready: HTTP 202 (processing not complete)%s", arm);
+		stack_set_error(error, "not ready: HTTP 202 (processing not complete)%s", arm);
 		return -EAGAIN;
 	}
 	if (body_blank(body, size)) {
-		set_error(error, "not ready: HTTP %ld with an empty body", http_status);
+		stack_set_error(error, "not ready: HTTP %ld with an empty body", http_status);
 		return -EAGAIN;
 	}
 
@@ -132,7 +119,7 @@ stack_usage_page_parse(long http_status, const char *body, size_t size, int64_t 
 	 */
 	nul = memchr(body, '\0', size);
 	if (nul) {
-		set_error(error, "not JSON: a NUL byte at byte %zu", (size_t)(nul - body));
+		stack_set_error(error, "not JSON: a NUL byte at byte %zu", (size_t)(nul - body));
 		return -EBADMSG;
 	}
 	/* an escaped NUL in a string is allowed so that it quarantines one record, not the page */
@@ -147,18 +134,19 @@ stack_usage_page_parse(long http_status, const char *body, size_t size, int64_t 
 		root = json_loadb(body, size, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, &jerr);
 	}
 	if (!root) {
-		set_error(error, "not JSON: line %d, column %d: %s", jerr.line, jerr.column,
-		          jerr.text);
+		stack_set_error(error, "not JSON: line %d, column %d: %s", jerr.line, jerr.column,
+		                jerr.text);
 		return -EBADMSG;
 	}
 	if (!json_is_object(root)) {
-		set_error(error, "not a JSON object but %s", type_name(root));
+		stack_set_error(error, "not a JSON object but %s", stack_type_name(root));
 		return -EBADMSG;
 	}
 	value = json_object_get(root, "value");
 	if (!json_is_array(value)) {
 		describe_arm_error(body, size, arm, sizeof(arm));
-		set_error(error, "not ready: HTTP %ld without a value array%s", http_status, arm);
+		stack_set_error(error, "not ready: HTTP %ld without a value array%s", http_status,
+		                arm);
 		return -EAGAIN;
 	}
 
@@ -167,24 +155,25 @@ stack_usage_page_parse(long http_status, const char *body, size_t size, int64_t 
 	r = scan_page(&scan);
 	if (r < 0) {
 		/* jansson accepted the text, so this is a scanner bug: refuse rather than guess */
-		set_error(error, "raw text not understood at byte %zu", (size_t)(scan.p - body));
+		stack_set_error(error, "raw text not understood at byte %zu",
+		                (size_t)(scan.p - body));
 		return -EBADMSG;
 	}
 	if (scan.n_value != 1) {
-		set_error(error, "member \"value\" appears %u times", scan.n_value);
+		stack_set_error(error, "member \"value\" appears %u times", scan.n_value);
 		return -EBADMSG;
 	}
 	n = json_array_size(value);
 	if (scan.n_records != n) {
-		set_error(error, "the raw text has %zu records, the parsed page %zu",
-		          scan.n_records, n);
+		stack_set_error(error, "the raw text has %zu records, the parsed page %zu",
+		                scan.n_records, n);
 		return -EBADMSG;
 	}
 
 	page = xcalloc(1, sizeof(*page));
 	page->reported_hour = reported_hour;
 	page->records = xcalloc(n, sizeof(*page->records));
-	r = next_link_get(root, &page->next_link, error);
+	r = stack_next_link_get(root, &page->next_link, error);
 	for (size_t i = 0; r >= 0 && i < n; i++) {
 		r = parse_record(json_array_get(value, i), &scan.records[i], i, reported_hour,
 		                 ints_as_real, &page->records[i], error);
@@ -264,323 +253,6 @@ stack_record_key(int64_t reported_hour, const char *subscription_id, const char 
 	return 0;
 }
 
-/* Parse an ARM error body in either of its two shapes. */
-int
-stack_arm_error_parse(const char *body, size_t size, struct stack_arm_error *ret)
-{
-	_cleanup_(json_decrefp) json_t *root = NULL;
-	const char *code, *message;
-	json_t *obj;
-
-	if ((!body && size > 0) || !ret)
-		return -EINVAL;
-	root = json_loadb(body, size, 0, NULL);
-	if (!json_is_object(root))
-		return -EBADMSG;
-	obj = json_object_get(root, "error");
-	if (!json_is_object(obj))
-		obj = root;
-	code = string_member(obj, "code", NULL);
-	if (isempty(code))
-		return -EBADMSG;
-	message = string_member(obj, "message", NULL);
-	*ret = (struct stack_arm_error){
-	        .code = xstrdup(code),
-	        .message = message ? xstrdup(message) : NULL,
-	};
-	return 0;
-}
-
-/* Free the strings of an ARM error and zero it. */
-void
-stack_arm_error_done(struct stack_arm_error *e)
-{
-	if (!e)
-		return;
-	free(e->code);
-	free(e->message);
-	*e = (struct stack_arm_error){0};
-}
-
-/* Parse one page of the user-subscriptions list. */
-int
-stack_subscriptions_parse(const char *body, size_t size, struct stack_subscription_list **ret,
-                          char error[static STACK_ERROR_MAX])
-{
-	_cleanup_(json_decrefp) json_t *root = NULL;
-	struct stack_subscription_list *list;
-	json_error_t jerr;
-	json_t *value, *item;
-	size_t i;
-	int r;
-
-	error[0] = '\0';
-	if ((!body && size > 0) || !ret) {
-		set_error(error, "no page");
-		return -EINVAL;
-	}
-	root = json_loadb(body, size, 0, &jerr);
-	if (!root) {
-		set_error(error, "not JSON: line %d, column %d: %s", jerr.line, jerr.column,
-		          jerr.text);
-		return -EBADMSG;
-	}
-	if (!json_is_object(root)) {
-		set_error(error, "not a JSON object but %s", type_name(root));
-		return -EBADMSG;
-	}
-	value = json_object_get(root, "value");
-	if (!json_is_array(value)) {
-		/* an empty list would mark every known subscription gone: refuse instead */
-		set_error(error, "no value array");
-		return -EBADMSG;
-	}
-
-	list = xcalloc(1, sizeof(*list));
-	list->subscriptions = xcalloc(json_array_size(value), sizeof(*list->subscriptions));
-	r = next_link_get(root, &list->next_link, error);
-	if (r < 0) {
-		stack_subscription_list_free(list);
-		return r;
-	}
-	json_array_foreach(value, i, item)
-	{
-		struct stack_subscription *sub = &list->subscriptions[list->n_subscriptions];
-		const char *id, *tenant, *why = NULL, *s;
-
-		id = string_member(item, "subscriptionId", NULL);
-		tenant = string_member(item, "tenantId", NULL);
-		if (!json_is_object(item))
-			why = "not a JSON object";
-		else if (!id)
-			why = "subscriptionId: missing or not a string";
-		else if (!is_guid(id, false))
-			why = "subscriptionId: not a GUID";
-		else if (isempty(tenant))
-			why = "tenantId: missing, empty or not a string";
-		if (why) {
-			if (list->n_skipped++ == 0)
-				list->skipped_reason =
-				        xasprintf("subscription %zu: %s", i + 1, why);
-			continue;
-		}
-		sub->subscription_id = lower_dup(id);
-		sub->tenant_id = lower_dup(tenant);
-		if ((s = string_member(item, "displayName", NULL)))
-			sub->display_name = xstrdup(s);
-		if ((s = string_member(item, "owner", NULL)))
-			sub->owner = xstrdup(s);
-		if ((s = string_member(item, "state", NULL)))
-			sub->state = xstrdup(s);
-		if ((s = string_member(item, "delegatedProviderSubscriptionId", NULL)))
-			sub->delegated_provider_subscription_id = lower_dup(s);
-		list->n_subscriptions++;
-	}
-	*ret = list;
-	return 0;
-}
-
-/* Free a subscription list; returns NULL. */
-struct stack_subscription_list *
-stack_subscription_list_free(struct stack_subscription_list *list)
-{
-	if (!list)
-		return NULL;
-	for (size_t i = 0; i < list->n_subscriptions; i++) {
-		struct stack_subscription *s = &list->subscriptions[i];
-
-		free(s->subscription_id);
-		free(s->tenant_id);
-		free(s->display_name);
-		free(s->owner);
-		free(s->state);
-		free(s->delegated_provider_subscription_id);
-	}
-	free(list->subscriptions);
-	free(list->skipped_reason);
-	free(list->next_link);
-	free(list);
-	return NULL;
-}
-
-/* Parse the metadata endpoints document. */
-int
-stack_metadata_parse(const char *body, size_t size, struct stack_metadata *ret,
-                     char error[static STACK_ERROR_MAX])
-{
-	_cleanup_(json_decrefp) json_t *root = NULL;
-	_cleanup_free_ char *login = NULL;
-	const char *s, *audience;
-	json_error_t jerr;
-	json_t *auth, *aud;
-	size_t n;
-
-	error[0] = '\0';
-	if ((!body && size > 0) || !ret) {
-		set_error(error, "no document");
-		return -EINVAL;
-	}
-	root = json_loadb(body, size, 0, &jerr);
-	if (!root) {
-		set_error(error, "not JSON: line %d, column %d: %s", jerr.line, jerr.column,
-		          jerr.text);
-		return -EBADMSG;
-	}
-	if (!json_is_object(root)) {
-		set_error(error, "not a JSON object but %s", type_name(root));
-		return -EBADMSG;
-	}
-	auth = json_object_get(root, "authentication");
-	s = string_member(auth, "loginEndpoint", NULL);
-	if (!s)
-		s = string_member(root, "loginEndpoint", NULL);
-	if (!s) {
-		set_error(error, "authentication.loginEndpoint: missing or not a string");
-		return -EBADMSG;
-	}
-	/* the client secret goes there: never over plain HTTP */
-	if (strncasecmp(s, "https://", 8) != 0 || s[8] == '\0' || s[8] == '/') {
-		set_error(error, "authentication.loginEndpoint: not an https URL");
-		return -EBADMSG;
-	}
-	aud = json_array_get(json_object_get(auth, "audiences"), 0);
-	audience = json_string_value(aud);
-	if (isempty(audience) || strlen(audience) != json_string_length(aud)) {
-		set_error(error, "authentication.audiences[0]: missing, empty or not a string");
-		return -EBADMSG;
-	}
-	login = xstrdup(s);
-	n = strlen(login);
-	while (n > 8 && login[n - 1] == '/')
-		login[--n] = '\0';
-	*ret = (struct stack_metadata){
-	        .login_endpoint = TAKE_PTR(login),
-	        .audience = xstrdup(audience),
-	};
-	return 0;
-}
-
-/* Free the strings of a metadata document and zero it. */
-void
-stack_metadata_done(struct stack_metadata *m)
-{
-	if (!m)
-		return;
-	free(m->login_endpoint);
-	free(m->audience);
-	*m = (struct stack_metadata){0};
-}
-
-/* Build the usage URL of one reported hour. */
-int
-stack_usage_url(const char *arm_endpoint, const char *provider_subscription, int64_t hour,
-                const char *subscriber_id, char **ret)
-{
-	char start[TIME_RFC3339_LEN + 1], end[TIME_RFC3339_LEN + 1];
-	char start_enc[TIME_RFC3339_LEN + 5], end_enc[TIME_RFC3339_LEN + 5];
-	_cleanup_free_ char *base = NULL;
-
-	if (!ret || !provider_subscription || !is_guid(provider_subscription, false) ||
-	    (subscriber_id && !is_guid(subscriber_id, false)) || !time_on_hour(hour))
-		return -EINVAL;
-	base = endpoint_dup(arm_endpoint);
-	if (!base)
-		return -EINVAL;
-	time_format_rfc3339(hour, start);
-	time_format_rfc3339(hour + 3600, end);
-	if (start[0] == 'i' || end[0] == 'i')
-		return -EINVAL;
-	/* percent-encode the colons: "2026-11-01T10%3A00%3A00Z" */
-	for (char *in = start, *out = start_enc;; in++) {
-		if (*in == ':') {
-			memcpy(out, "%3A", 3);
-			out += 3;
-		} else if (!(*out++ = *in))
-			break;
-	}
-	for (char *in = end, *out = end_enc;; in++) {
-		if (*in == ':') {
-			memcpy(out, "%3A", 3);
-			out += 3;
-		} else if (!(*out++ = *in))
-			break;
-	}
-	*ret = xasprintf("%s/subscriptions/%s/providers/Microsoft.Commerce.Admin/"
-	                 "subscriberUsageAggregates?reportedStartTime=%s&reportedEndTime=%s"
-	                 "&aggregationGranularity=Hourly&api-version=" STACK_USAGE_API_VERSION
-	                 "%s%s",
-	                 base, provider_subscription, start_enc, end_enc,
-	                 subscriber_id ? "&subscriberId=" : "", subscriber_id ? subscriber_id : "");
-	return 0;
-}
-
-/* Build the user-subscriptions URL. */
-int
-stack_subscriptions_url(const char *arm_endpoint, const char *provider_subscription, char **ret)
-{
-	_cleanup_free_ char *base = NULL;
-
-	if (!ret || !provider_subscription || !is_guid(provider_subscription, false))
-		return -EINVAL;
-	base = endpoint_dup(arm_endpoint);
-	if (!base)
-		return -EINVAL;
-	*ret = xasprintf("%s/subscriptions/%s/providers/Microsoft.Subscriptions.Admin/subscriptions"
-	                 "?api-version=" STACK_SUBSCRIPTIONS_API_VERSION,
-	                 base, provider_subscription);
-	return 0;
-}
-
-/* Build the metadata endpoints URL. */
-int
-stack_metadata_url(const char *arm_endpoint, char **ret)
-{
-	_cleanup_free_ char *base = NULL;
-
-	if (!ret)
-		return -EINVAL;
-	base = endpoint_dup(arm_endpoint);
-	if (!base)
-		return -EINVAL;
-	*ret = xasprintf("%s/metadata/endpoints?api-version=" STACK_METADATA_API_VERSION, base);
-	return 0;
-}
-
-/* Whether a link may carry the stamp's token: same https host and port as arm_endpoint. */
-bool
-stack_link_authority_ok(const char *link, const char *arm_endpoint)
-{
-	struct authority a, b;
-
-	if (!link || !arm_endpoint)
-		return false;
-	if (parse_authority(link, &a) < 0 || parse_authority(arm_endpoint, &b) < 0)
-		return false;
-	return a.port == b.port && a.host_size == b.host_size &&
-	       strncasecmp(a.host, b.host, a.host_size) == 0;
-}
-
-/* The host[:port] of a URL, without user information. */
-int
-stack_url_host(const char *url, char **ret)
-{
-	const char *p, *end, *at;
-
-	if (!url || !ret)
-		return -EINVAL;
-	p = strstr(url, "://");
-	if (!p || p == url)
-		return -EINVAL;
-	p += 3;
-	end = p + strcspn(p, "/?#");
-	/* user information may hold a password: never log it */
-	at = memrchr(p, '@', (size_t)(end - p));
-	if (at)
-		p = at + 1;
-	*ret = xstrndup(p, (size_t)(end - p));
-	return 0;
-}
-
 /* ---- the raw scanner ---- */
 
 /* Skip JSON whitespace. */
@@ -589,19 +261,6 @@ scan_ws(struct scan *s)
 {
 	while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r'))
 		s->p++;
-}
-
-/* The value of one hex digit, or -1. */
-static int
-hex_value(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
 }
 
 /*
@@ -658,7 +317,7 @@ scan_string(struct scan *s, char *name, size_t *ret_size)
 				if (s->end - s->p < 4)
 					return -EBADMSG;
 				for (int i = 0; i < 4; i++) {
-					int h = hex_value(s->p[i]);
+					int h = stack_hex_value(s->p[i]);
 
 					if (h < 0)
 						return -EBADMSG;
@@ -921,9 +580,9 @@ check_quantity_literal(json_t *q, const struct scan_record *sr, size_t index, bo
 		return 0; /* quarantined as ambiguous; jansson kept only the last one */
 	if (sr->n_quantity == 0) {
 		if (q) {
-			set_error(error,
-			          "record %zu: quantity parsed but not found in the raw text",
-			          index + 1);
+			stack_set_error(error,
+			                "record %zu: quantity parsed but not found in the raw text",
+			                index + 1);
 			return -EBADMSG;
 		}
 		return 0;
@@ -932,9 +591,10 @@ check_quantity_literal(json_t *q, const struct scan_record *sr, size_t index, bo
 	        sr->quantity_size > 0 &&
 	        (sr->quantity[0] == '-' || (sr->quantity[0] >= '0' && sr->quantity[0] <= '9'));
 	if (!q || literal_number != json_is_number(q)) {
-		set_error(error, "record %zu: quantity: the raw text has %s, the parsed page %s",
-		          index + 1, literal_number ? "a number" : "no number",
-		          q ? type_name(q) : "nothing");
+		stack_set_error(error,
+		                "record %zu: quantity: the raw text has %s, the parsed page %s",
+		                index + 1, literal_number ? "a number" : "no number",
+		                q ? stack_type_name(q) : "nothing");
 		return -EBADMSG;
 	}
 	if (!literal_number)
@@ -963,8 +623,8 @@ check_quantity_literal(json_t *q, const struct scan_record *sr, size_t index, bo
 			return 0;
 	}
 	_cleanup_free_ char *quoted = quote(literal, strlen(literal));
-	set_error(error, "record %zu: quantity literal %s does not match the parsed %s", index + 1,
-	          quoted, type_name(q));
+	stack_set_error(error, "record %zu: quantity literal %s does not match the parsed %s",
+	                index + 1, quoted, stack_type_name(q));
 	return -EBADMSG;
 }
 
@@ -983,7 +643,7 @@ required_string(json_t *obj, const char *name, struct reason *why)
 		return NULL;
 	}
 	if (!json_is_string(v)) {
-		reason_add(why, "%s: not a string but %s", name, type_name(v));
+		reason_add(why, "%s: not a string but %s", name, stack_type_name(v));
 		return NULL;
 	}
 	s = json_string_value(v);
@@ -1049,7 +709,7 @@ record_quantity(json_t *props, const struct scan_record *sr, struct stack_record
 		return false;
 	}
 	if (!json_is_number(q)) {
-		reason_add(why, "quantity: not a number but %s", type_name(q));
+		reason_add(why, "quantity: not a number but %s", stack_type_name(q));
 		return false;
 	}
 	rec->quantity = xstrndup(sr->quantity, sr->quantity_size);
@@ -1082,7 +742,7 @@ resource_string(json_t *res, const char *name, struct reason *why, char **ret)
 		return;
 	if (!json_is_string(v)) {
 		reason_add(why, "instanceData: Microsoft.Resources.%s: not a string but %s", name,
-		           type_name(v));
+		           stack_type_name(v));
 		return;
 	}
 	*ret = xstrdup(json_string_value(v)); /* the inner document was parsed without NULs */
@@ -1105,7 +765,7 @@ record_instance_data(json_t *props, struct stack_record *rec, struct reason *why
 		return 0;
 	}
 	if (!json_is_object(inst)) {
-		reason_add(why, "instanceData: not a JSON object but %s", type_name(inst));
+		reason_add(why, "instanceData: not a JSON object but %s", stack_type_name(inst));
 		return 0;
 	}
 	/* JSON_ENSURE_ASCII is not given, so non-ASCII stays UTF-8 as section 4 wants */
@@ -1116,7 +776,7 @@ record_instance_data(json_t *props, struct stack_record *rec, struct reason *why
 	res = json_object_get(inst, "Microsoft.Resources");
 	if (res && !json_is_object(res)) {
 		reason_add(why, "instanceData: Microsoft.Resources: not an object but %s",
-		           type_name(res));
+		           stack_type_name(res));
 		return 0;
 	}
 	resource_string(res, "resourceUri", why, &rec->resource_uri);
@@ -1148,12 +808,12 @@ parse_record(json_t *item, const struct scan_record *sr, size_t index, int64_t r
 	if (sr->size > STACK_RECORD_MAX)
 		reason_add(&why, "%zu bytes, more than the %d allowed", sr->size, STACK_RECORD_MAX);
 	if (!json_is_object(item)) {
-		reason_add(&why, "not a JSON object but %s", type_name(item));
+		reason_add(&why, "not a JSON object but %s", stack_type_name(item));
 		goto done;
 	}
-	if ((s = string_member(item, "id", NULL)))
+	if ((s = stack_string_member(item, "id", NULL)))
 		rec->id = xstrdup(s);
-	if ((s = string_member(item, "name", NULL)))
+	if ((s = stack_string_member(item, "name", NULL)))
 		rec->name = xstrdup(s);
 
 	props = json_object_get(item, "properties");
@@ -1172,13 +832,13 @@ parse_record(json_t *item, const struct scan_record *sr, size_t index, int64_t r
 		goto done;
 	}
 	if (!json_is_object(props)) {
-		reason_add(&why, "properties: not an object but %s", type_name(props));
+		reason_add(&why, "properties: not an object but %s", stack_type_name(props));
 		goto done;
 	}
 
 	sub = required_string(props, "subscriptionId", &why);
-	if (sub && is_guid(sub, false))
-		rec->subscription_id = lower_dup(sub);
+	if (sub && stack_is_guid(sub, false))
+		rec->subscription_id = stack_lower_dup(sub);
 	else if (sub) {
 		_cleanup_free_ char *quoted = quote(sub, strlen(sub));
 
@@ -1188,7 +848,7 @@ parse_record(json_t *item, const struct scan_record *sr, size_t index, int64_t r
 	meter = required_string(props, "meterId", &why);
 	if (meter) {
 		rec->meter_id = xstrdup(meter);
-		if (!is_guid(meter, true)) {
+		if (!stack_is_guid(meter, true)) {
 			_cleanup_free_ char *quoted = quote(meter, strlen(meter));
 
 			reason_add(&why, "meterId: not a GUID (%s)", quoted);
@@ -1207,7 +867,7 @@ parse_record(json_t *item, const struct scan_record *sr, size_t index, int64_t r
 	r = record_instance_data(props, rec, &why);
 	if (r < 0) {
 		free(why.text);
-		set_error(error, "record %zu: out of memory", index + 1);
+		stack_set_error(error, "record %zu: out of memory", index + 1);
 		return r;
 	}
 
@@ -1222,7 +882,7 @@ done:
 	                     rec->usage_end, rec->instance_data, rec->key);
 	if (r < 0) {
 		/* times that parse are within the years 0000 to 9999, so this cannot happen */
-		set_error(error, "record %zu: no record key", index + 1);
+		stack_set_error(error, "record %zu: no record key", index + 1);
 		return r;
 	}
 	return 0;
@@ -1305,65 +965,6 @@ quote(const char *s, size_t size)
 	return out;
 }
 
-/* The JSON type of v, for messages. */
-static const char *
-type_name(const json_t *v)
-{
-	switch (json_typeof(v)) {
-	case JSON_OBJECT:
-		return "an object";
-	case JSON_ARRAY:
-		return "an array";
-	case JSON_STRING:
-		return "a string";
-	case JSON_INTEGER:
-		return "an integer";
-	case JSON_REAL:
-		return "a real";
-	case JSON_TRUE:
-		return "true";
-	case JSON_FALSE:
-		return "false";
-	case JSON_NULL:
-		return "null";
-	}
-	return "unknown";
-}
-
-/*
- * True for a GUID 8-4-4-4-12 in hex digits of either case; with dashes_optional also for the 32
- * digits without dashes (some meter ids are written so).
- */
-static bool
-is_guid(const char *s, bool dashes_optional)
-{
-	size_t n = strlen(s);
-	bool dashes = n == 36;
-
-	if (!dashes && !(dashes_optional && n == 32))
-		return false;
-	for (size_t i = 0; i < n; i++) {
-		if (dashes && (i == 8 || i == 13 || i == 18 || i == 23)) {
-			if (s[i] != '-')
-				return false;
-		} else if (hex_value(s[i]) < 0)
-			return false;
-	}
-	return true;
-}
-
-/* A copy of s in ASCII lower case. */
-static char *
-lower_dup(const char *s)
-{
-	char *d = xstrdup(s);
-
-	for (char *p = d; *p; p++)
-		if (*p >= 'A' && *p <= 'Z')
-			*p = (char)(*p - 'A' + 'a');
-	return d;
-}
-
 /* True when the body holds nothing but JSON whitespace. */
 static bool
 body_blank(const char *body, size_t size)
@@ -1374,46 +975,11 @@ body_blank(const char *body, size_t size)
 	return true;
 }
 
-/* A member of obj that is a string without NUL characters, or NULL. */
-static const char *
-string_member(json_t *obj, const char *name, size_t *ret_size)
-{
-	json_t *v = json_object_get(obj, name);
-	const char *s = json_string_value(v);
-
-	if (!s || strlen(s) != json_string_length(v))
-		return NULL;
-	if (ret_size)
-		*ret_size = json_string_length(v);
-	return s;
-}
-
 /* Compact JSON text of any value (a new string), or NULL when jansson runs out of memory. */
 static char *
 dump_compact(json_t *v, size_t flags)
 {
 	return json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | flags);
-}
-
-/* Read an optional nextLink: absent, null or "" is the last page. */
-static int
-next_link_get(json_t *root, char **ret, char error[static STACK_ERROR_MAX])
-{
-	json_t *v = json_object_get(root, "nextLink");
-	const char *s;
-
-	if (!v || json_is_null(v)) {
-		*ret = NULL;
-		return 0;
-	}
-	s = string_member(root, "nextLink", NULL);
-	if (!s) {
-		set_error(error, "nextLink: not a string but %s",
-		          json_is_string(v) ? "a string with a NUL character" : type_name(v));
-		return -EBADMSG;
-	}
-	*ret = *s ? xstrdup(s) : NULL;
-	return 0;
 }
 
 /* ": Code: message" of an ARM error body for a message, or "" when there is none. */
@@ -1427,87 +993,4 @@ describe_arm_error(const char *body, size_t size, char *out, size_t out_size)
 		return;
 	snprintf(out, out_size, ": %.64s: %.120s", e.code, e.message ? e.message : "");
 	stack_arm_error_done(&e);
-}
-
-/* Write a message into an error buffer. */
-static void
-set_error(char error[static STACK_ERROR_MAX], const char *format, ...)
-{
-	va_list ap;
-
-	va_start(ap, format);
-	vsnprintf(error, STACK_ERROR_MAX, format, ap);
-	va_end(ap);
-}
-
-/* Split "https://host[:port]/..." into host and port; -EINVAL for anything not to be trusted. */
-static int
-parse_authority(const char *url, struct authority *ret)
-{
-	const char *p, *end, *host_end, *port;
-	unsigned long v = 443;
-
-	if (strncasecmp(url, "https://", 8) != 0)
-		return -EINVAL;
-	p = url + 8;
-	end = p + strcspn(p, "/?#");
-	for (const char *c = p; c < end; c++)
-		if ((unsigned char)*c <= 0x20 || (unsigned char)*c >= 0x7f || *c == '@' ||
-		    *c == '\\' || *c == '%')
-			return -EINVAL;
-	if (p < end && *p == '[') {
-		/* an IPv6 literal */
-		host_end = memchr(p, ']', (size_t)(end - p));
-		if (!host_end)
-			return -EINVAL;
-		host_end++;
-		port = host_end < end ? host_end : NULL;
-		if (port && *port != ':')
-			return -EINVAL;
-	} else {
-		port = memchr(p, ':', (size_t)(end - p));
-		host_end = port ? port : end;
-	}
-	if (host_end == p)
-		return -EINVAL;
-	if (port) {
-		size_t digits = (size_t)(end - port - 1);
-
-		/* "host:" is the default port (RFC 3986 section 3.2.3) */
-		if (digits > 5)
-			return -EINVAL;
-		if (digits > 0) {
-			v = 0;
-			for (const char *c = port + 1; c < end; c++) {
-				if (*c < '0' || *c > '9')
-					return -EINVAL;
-				v = v * 10 + (unsigned long)(*c - '0');
-			}
-			if (v == 0 || v > 65535)
-				return -EINVAL;
-		}
-	}
-	*ret = (struct authority){
-	        .host = p,
-	        .host_size = (size_t)(host_end - p),
-	        .port = (unsigned)v,
-	};
-	return 0;
-}
-
-/* arm_endpoint without trailing slashes (a new string), or NULL unless it is an https URL. */
-static char *
-endpoint_dup(const char *arm_endpoint)
-{
-	struct authority a;
-	char *d;
-	size_t n;
-
-	if (!arm_endpoint || parse_authority(arm_endpoint, &a) < 0)
-		return NULL;
-	d = xstrdup(arm_endpoint);
-	n = strlen(d);
-	while (n > 0 && d[n - 1] == '/')
-		d[--n] = '\0';
-	return d;
 }
