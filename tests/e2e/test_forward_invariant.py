@@ -7,6 +7,10 @@ after the batch was stored, per-event Error) are switched on and off at every re
 end the simulator's ledger matches the expected charges to the last digit, and the test prints
 records, kills, duplicates answered, lost, double-charged and wrong subscription (all three 0).
 
+The simulator's clock releases one reported hour per round, so that every round has work the
+daemon cannot have finished before its kill: the number of kills is exactly KILLS on a fast
+machine as on a slow one (a round's target lies inside the hour it released).
+
 Size: $AZS_INVARIANT=full runs 200,000 records and 50 kills; the default is the CI size, 20,000
 records and 20 kills (a few minutes in the sanitizer build).
 """
@@ -16,12 +20,18 @@ import random
 import signal
 import subprocess
 
-from collect_helpers import Sim, collect_scenario, start, stop
+from collect_helpers import Sim, collect_scenario, fmt, parse, start, stop
 from forward_helpers import forward_conf
 from waiting import limit, wait_until
 
 FULL = os.environ.get("AZS_INVARIANT") == "full"
 HOURS, PER_HOUR, KILLS = (50, 4000, 50) if FULL else (20, 1000, 20)
+assert KILLS <= HOURS  # one hour released per kill
+
+
+def hour_end(sc, k):
+    """The simulator's clock that lets the first k reported hours be collected."""
+    return fmt(parse(sc["hours"]["from"]) + k * 3600)
 
 
 def status(build_dir, db):
@@ -63,9 +73,10 @@ def fault_plan(rng, keys):
 def test_exactly_once_through_kills_and_faults(tmp_path, daemon_bin, build_dir):
     rng = random.Random(int(os.environ.get("AZS_INVARIANT_SEED", "11")))
     sc = collect_scenario(HOURS, records_per_hour=PER_HOUR, page_size=1000)
-    with Sim(sc) as sim:
+    with Sim(sc, now=hour_end(sc, HOURS)) as sim:
         keys = [e["usageEventId"] for e in sim.expected_events(limit=10000000)]
         n = len(keys)
+        sim.set_clock(now=hour_end(sc, 0))  # then released hour by hour
         conf = forward_conf(sim, tmp_path / "d", stack={"lookback": "1h"},
                            commerce={"batch_size": "200", "max_inflight": "4",
                                      "timeout": "2s"})
@@ -76,14 +87,13 @@ def test_exactly_once_through_kills_and_faults(tmp_path, daemon_bin, build_dir):
         d = None
         try:
             while kills < KILLS:
+                # one more hour can be collected: its records, to be collected and forwarded,
+                # lie ahead of whatever was done before, so the target below is reachable
+                sim.set_clock(now=hour_end(sc, kills + 1))
                 sim.set_faults(fault_plan(rng, keys))
                 d = start(daemon_bin, tmp_path / "d", conf)
                 before = progress(build_dir, db) or 0
-                if before >= total:
-                    break  # all done before the kills ran out
-                # the remaining work shared among the remaining kills, at random points
-                step = max(1, int(rng.uniform(0.1, 0.8) * (total - before) / (KILLS - kills + 1)))
-                target = min(total - 1, before + step)
+                target = before + max(1, int(rng.uniform(0.05, 0.5) * 2 * PER_HOUR))
                 wait_until(lambda: (progress(build_dir, db) or 0) >= target,
                            "the daemon's progress to %d of %d" % (target, total), 300,
                            interval=0.05, alive=d.proc)
@@ -94,6 +104,7 @@ def test_exactly_once_through_kills_and_faults(tmp_path, daemon_bin, build_dir):
                 kills += 1
 
             sim.set_faults([])
+            sim.set_clock(now=hour_end(sc, HOURS))
             d = start(daemon_bin, tmp_path / "d", conf)
             wait_until(lambda: (status(build_dir, db) or {}).get("forwarded") == n,
                        "every record forwarded", 600, interval=0.5, alive=d.proc)
