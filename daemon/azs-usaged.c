@@ -109,6 +109,9 @@ static void daemon_stop(struct daemon *d);
 static int daemon_add_signal(struct daemon *d, int signo, struct event **ret);
 static int daemon_start_watchdog(struct daemon *d);
 static int daemon_open_store(struct daemon *d);
+static int daemon_new_auth(struct daemon *d, const char *identity,
+                           const struct auth_options *options, const char *certificate_file,
+                           struct auth **ret);
 static int daemon_new_stack_auth(struct daemon *d, const struct config *endpoints,
                                  const struct config *credentials, struct auth **ret);
 static int daemon_new_collector(struct daemon *d);
@@ -462,16 +465,25 @@ daemon_new_stack_auth(struct daemon *d, const struct config *endpoints,
 	        .client_secret = c->stack.client.secret,
 	        .certificate = c->stack.client.certificate,
 	};
+
+	return daemon_new_auth(d, "stack", &options, c->stack.client.certificate_file, ret);
+}
+
+/* A token source, saying which identity (and which certificate file) when it cannot be made. */
+static int
+daemon_new_auth(struct daemon *d, const char *identity, const struct auth_options *options,
+                const char *certificate_file, struct auth **ret)
+{
 	int r;
 
-	r = auth_new(d->base, d->http, &options, ret);
+	r = auth_new(d->base, d->http, options, ret);
 	if (r == -EBADMSG || r == -EKEYREJECTED || r == -EOPNOTSUPP)
 		return log_error_errno(r,
-		                       "the stack client certificate %s cannot be used (it needs "
-		                       "the certificate and its RSA private key, in PEM): %m",
-		                       c->stack.client.certificate_file);
+		                       "the %s client certificate %s cannot be used (it needs the "
+		                       "certificate and its RSA private key, in PEM): %m",
+		                       identity, certificate_file);
 	if (r < 0)
-		return log_error_errno(r, "cannot set up the stack identity: %m");
+		return log_error_errno(r, "cannot set up the %s identity: %m", identity);
 	return 0;
 }
 
@@ -541,17 +553,8 @@ daemon_new_azure_auth(struct daemon *d, const struct config *c, struct auth **re
 	        .client_secret = c->azure.client.secret,
 	        .certificate = c->azure.client.certificate,
 	};
-	int r;
 
-	r = auth_new(d->base, d->http, &options, ret);
-	if (r == -EBADMSG || r == -EKEYREJECTED || r == -EOPNOTSUPP)
-		return log_error_errno(r,
-		                       "the azure client certificate %s cannot be used (it needs "
-		                       "the certificate and its RSA private key, in PEM): %m",
-		                       c->azure.client.certificate_file);
-	if (r < 0)
-		return log_error_errno(r, "cannot set up the azure identity: %m");
-	return 0;
+	return daemon_new_auth(d, "azure", &options, c->azure.client.certificate_file, ret);
 }
 
 /* The batch sizes, limits and backoff of configuration c that the forwarder takes on SIGHUP. */
