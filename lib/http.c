@@ -76,6 +76,7 @@ struct http_client {
 	uint64_t connect_timeout_usec;
 	uint64_t timeout_usec;
 	STACK_OF(X509) * cas; /* from ca_file, added to every TLS context */
+	bool local;           /* http:// allowed, no proxy */
 	struct http_request *requests;
 	struct http_socket *sockets;
 	unsigned dispatching; /* nesting depth of drain(): free is deferred while > 0 */
@@ -115,6 +116,7 @@ http_client_new(struct event_base *base, const struct http_options *o, struct ht
 	c = xcalloc(1, sizeof(*c));
 	c->base = base;
 	c->max_response = o->max_response;
+	c->local = o->local;
 	c->connect_timeout_usec = o->connect_timeout_usec > 0 ? o->connect_timeout_usec
 	                                                      : HTTP_CONNECT_TIMEOUT_DEFAULT;
 	c->timeout_usec = o->timeout_usec > 0 ? o->timeout_usec : HTTP_TIMEOUT_DEFAULT;
@@ -407,7 +409,7 @@ request_setup(struct http_request *r, enum http_method method, const char *url,
 	EASY_SET(e, CURLOPT_PRIVATE, r);
 	EASY_SET(e, CURLOPT_ERRORBUFFER, r->errbuf);
 	EASY_SET(e, CURLOPT_NOSIGNAL, 1L);
-	EASY_SET(e, CURLOPT_PROTOCOLS_STR, "https");
+	EASY_SET(e, CURLOPT_PROTOCOLS_STR, c->local ? "http,https" : "https");
 	EASY_SET(e, CURLOPT_REDIR_PROTOCOLS_STR, "https");
 	EASY_SET(e, CURLOPT_FOLLOWLOCATION, 0L);
 	EASY_SET(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
@@ -423,7 +425,9 @@ request_setup(struct http_request *r, enum http_method method, const char *url,
 	EASY_SET(e, CURLOPT_ACCEPT_ENCODING, "");
 	if (c->user_agent)
 		EASY_SET(e, CURLOPT_USERAGENT, c->user_agent);
-	if (c->proxy)
+	if (c->local)
+		EASY_SET(e, CURLOPT_NOPROXY, "*");
+	else if (c->proxy)
 		EASY_SET(e, CURLOPT_PROXY, c->proxy);
 	EASY_SET(e, CURLOPT_CONNECTTIMEOUT_MS,
 	         (long)MAX(c->connect_timeout_usec / USEC_PER_MSEC, UINT64_C(1)));

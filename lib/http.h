@@ -6,6 +6,8 @@
  *
  * Transport policy, the same for every request:
  *   - https only, TLS 1.2 or newer, peer and host name always verified (there is no switch);
+ *     a client made with options.local also takes plain http:// URLs and never uses a proxy:
+ *     it is for this host's own services (azs-usagectl asking the daemon's health endpoint);
  *   - the system's CA store is always trusted; options.ca_file adds the certificates of a PEM
  *     bundle to it (into the TLS context of each connection, so both the system CAs and the
  *     bundle are trusted; this needs libcurl built with OpenSSL, as Debian's libcurl4 is);
@@ -39,6 +41,7 @@ struct http_options {
 	uint64_t connect_timeout_usec; /* 0: 30 s */
 	uint64_t timeout_usec;         /* whole request, when http_request() is given 0; 0: 5 min */
 	unsigned max_host_connections; /* parallel connections per host; 0: 8 */
+	bool local;                    /* http:// allowed too, no proxy: this host's own services */
 };
 
 enum http_method {
@@ -66,7 +69,8 @@ struct http_result {
  * not resolved), -ECONNRESET (connection broken, nothing or part of an answer), -EKEYREJECTED (the
  * peer's certificate or name failed verification), -EPROTO (TLS handshake or HTTP protocol error),
  * -EFBIG (the body exceeded max_response), -EBADMSG (undecodable Content-Encoding),
- * -EPROTONOSUPPORT (not an https URL), -EINVAL (malformed URL), -ENOMEM, -EIO (anything else).
+ * -EPROTONOSUPPORT (not an https URL; with options.local, not an http or https one), -EINVAL
+ * (malformed URL), -ENOMEM, -EIO (anything else).
  */
 typedef void (*http_callback)(const struct http_result *result, void *userdata);
 

@@ -3,13 +3,16 @@
  * of every status with their bodies and headers, methods and request bodies, compressed answers,
  * max_response (announced, chunked, and a compressed body that inflates beyond it), time-outs,
  * certificates from an untrusted CA or for another name (must fail), connection reuse, a fresh
- * connection verified again, the proxy from the options and from the environment, cancelling,
- * callbacks that free the client or start requests; and the pure helpers: backoff bounds and
- * full jitter, Retry-After in seconds, as dates and as garbage, capped, and escaping.
+ * connection verified again, the proxy from the options and from the environment, plain http
+ * without a proxy for a local client, cancelling, callbacks that free the client or start
+ * requests; and the pure helpers: backoff bounds and full jitter, Retry-After in seconds, as
+ * dates and as garbage, capped, and escaping.
  *
  * No test looks at how long anything took: waits are for events.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -18,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include <cmocka.h>
@@ -519,6 +523,58 @@ test_http_request_https_only(void **state)
 	outcome_done(&o);
 }
 
+/* Answer every request of the plain http listener. */
+static void
+on_plain(struct evhttp_request *req, void *userdata)
+{
+	(void)userdata;
+	fixture_reply(req, 200, "application/json", "{\"ready\":true}");
+}
+
+/* Plain http for the client's own host (options.local): served by a plain evhttp listener, and
+ * never through a proxy even when the environment names one. */
+static void
+test_http_request_local_plain_http(void **state)
+{
+	struct env *e = *state;
+	struct http_options opts = {.local = true};
+	struct fixture_proxy *proxy = fixture_proxy_new(e->base);
+	struct evhttp *plain = evhttp_new(e->base);
+	struct evhttp_bound_socket *bound;
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	struct http_client *c;
+	struct outcome o;
+	char *url;
+
+	assert_non_null(plain);
+	evhttp_set_gencb(plain, on_plain, NULL);
+	bound = evhttp_bind_socket_with_handle(plain, "127.0.0.1", 0);
+	assert_non_null(bound);
+	assert_int_equal(
+	        getsockname(evhttp_bound_socket_get_fd(bound), (struct sockaddr *)&ss, &len), 0);
+	url = xasprintf("http://127.0.0.1:%u/v1/status",
+	                (unsigned)ntohs(((struct sockaddr_in *)&ss)->sin_port));
+	assert_int_equal(setenv("http_proxy", fixture_proxy_url(proxy), 1), 0);
+	c = client_new(e, &opts);
+	get(e, c, url, NULL, 0, &o);
+	assert_int_equal(o.error, 0);
+	assert_int_equal(o.status, 200);
+	assert_string_equal(o.body, "{\"ready\":true}");
+	assert_int_equal(fixture_proxy_tunnels(proxy), 0);
+	outcome_done(&o);
+	unsetenv("http_proxy");
+
+	/* another scheme stays refused */
+	get(e, c, "ftp://127.0.0.1:9/", NULL, 0, &o);
+	assert_int_equal(o.error, -EPROTONOSUPPORT);
+	outcome_done(&o);
+	http_client_free(c);
+	evhttp_free(plain);
+	fixture_proxy_free(proxy);
+	free(url);
+}
+
 /* A closed port: -ECONNREFUSED. */
 static void
 test_http_request_refused(void **state)
@@ -995,6 +1051,8 @@ main(void)
 	        cmocka_unit_test_setup_teardown(test_http_request_new_connections_verify, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_http_request_https_only, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_http_request_local_plain_http, setup,
+	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_http_request_refused, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_http_request_proxy, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_http_request_cancel, setup, teardown),
