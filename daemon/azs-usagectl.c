@@ -9,12 +9,15 @@
  * printed from the store's callback, tables with fixed column widths and JSON arrays element by
  * element, so millions of records never sit in memory. Quantities and totals are printed as the
  * exact decimal text the store holds (JSON strings, never numbers).
+ *
+ * status also asks the running daemon (GET /v1/status on its [health] listen address) through
+ * lib/http, the one HTTP client, on a loop of its own; a daemon that does not answer is said to
+ * be not reachable, and the store's figures are printed all the same.
  */
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <netdb.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -23,8 +26,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -47,12 +48,13 @@
 #define CTL_KEY_MIN        8
 #define CTL_KEY_MAX        64
 /* key digits shown in tables: far beyond any collision, enough to paste back */
-#define CTL_KEY_SHOWN          16
-#define CTL_DEFAULT_REASON     "operator"
-#define CTL_DEFAULT_LOOKBACK   (6 * 3600) /* [stack] lookback when no configuration is read */
-#define CTL_HEALTH_TIMEOUT_SEC 2
-#define CTL_NET_TIMEOUT_USEC   (60 * USEC_PER_SEC) /* per ARM or token request */
-#define CTL_DEFAULT_STALENESS  (24 * 3600)         /* [registration] max_staleness, seconds */
+#define CTL_KEY_SHOWN           16
+#define CTL_DEFAULT_REASON      "operator"
+#define CTL_DEFAULT_LOOKBACK    (6 * 3600) /* [stack] lookback when no configuration is read */
+#define CTL_HEALTH_TIMEOUT_USEC (5 * USEC_PER_SEC) /* GET /v1/status of the daemon */
+#define CTL_HEALTH_MAX_ANSWER   (1024 * 1024)
+#define CTL_NET_TIMEOUT_USEC    (60 * USEC_PER_SEC) /* per ARM or token request */
+#define CTL_DEFAULT_STALENESS   (24 * 3600)         /* [registration] max_staleness, seconds */
 
 enum ctl_verb {
 	CTL_STATUS,
@@ -218,8 +220,11 @@ static const char *const ctl_help[] = {
         "VERBS\n",
         "    status\n",
         "        Counts by state, backlog, oldest pending record, collection cursor,\n",
-        "        registration and tenant cache age, and the daemon's readiness when its\n",
-        "        health endpoint is reachable (needs the configuration).\n",
+        "        registration and tenant cache age, read from the store; then, with the\n",
+        "        configuration, the daemon's own view from GET /v1/status on its [health]\n",
+        "        listen address: ready or not and why, version, uptime, its counts, last\n",
+        "        page stored and last batch accepted. When the daemon does not answer,\n",
+        "        status says it is not reachable and why, and still exits 0.\n",
         "    records [--state S] [--tenant T] [--subscription S] [--since TIME] [--limit N]\n",
         "        List records, newest first. S is one of pending, held, inflight,\n",
         "        forwarded, dead, quarantined, conflict. --subscription matches the user\n",
@@ -312,8 +317,10 @@ static const char *const ctl_help[] = {
         "    state, reportedHour, sourceSubscriptionId, tenantId, meterId, quantity,\n",
         "    usageStartTime, usageEndTime, resourceUri, chargedSubscription, chargeReason,\n",
         "    attempts, batchId, errorCode, errorMessage (null where not set; times RFC 3339\n",
-        "    in UTC; quantity a string); status prints an object; report an array of rows\n",
-        "    whose total is an exact decimal string.\n",
+        "    in UTC; quantity a string); status prints an object whose member daemon is\n",
+        "    null without a configuration, else holds endpoint, url, reachable, error,\n",
+        "    ready, reasons and status (the daemon's /v1/status answer, or null); report\n",
+        "    an array of rows whose total is an exact decimal string.\n",
         "\n",
         "EXIT STATUS\n",
         "    0   success\n",
@@ -421,6 +428,7 @@ static void ctl_put_cell(const char *s, int width, bool last);
 static void ctl_put_csv(const char *s, bool last);
 static const char *ctl_format_time(int64_t t, char buf[static TIME_RFC3339_LEN + 1]);
 static void ctl_health(const struct config *config, json_t *ret);
+static void ctl_put_daemon(json_t *j);
 static bool ctl_needs_azure(const struct ctl *c);
 static int ctl_lookup(struct ctl *c);
 static int ctl_tenants(struct ctl *c);
@@ -1013,24 +1021,74 @@ ctl_status(struct ctl *c)
 	if (!json_is_object(j)) {
 		printf("daemon:           unknown (no configuration, so no health address)\n");
 	} else if (!json_is_true(json_object_get(j, "reachable"))) {
-		printf("daemon:           not reachable at %s\n",
+		printf("daemon:           not reachable at %s (",
 		       json_string_value(json_object_get(j, "endpoint")));
-	} else if (json_is_true(json_object_get(j, "ready"))) {
-		printf("daemon:           ready\n");
+		ctl_put_cell(json_string_value(json_object_get(j, "error")), 0, true);
+		printf("): is azs-usaged running? The figures above are read from the store\n");
 	} else {
-		json_t *reasons = json_object_get(j, "reasons");
-		size_t i;
-		json_t *reason;
-
-		printf("daemon:           not ready");
-		json_array_foreach(reasons, i, reason)
-		{
-			printf("%s", i == 0 ? ": " : "; ");
-			ctl_put_cell(json_string_value(reason), 0, true);
-		}
-		printf("\n");
+		ctl_put_daemon(j);
 	}
 	return 0;
+}
+
+/* The table lines of a daemon that answered: readiness and reasons, then its own view. */
+static void
+ctl_put_daemon(json_t *j)
+{
+	json_t *st = json_object_get(j, "status"), *reasons = json_object_get(j, "reasons");
+	json_t *records = json_object_get(st, "records"), *v, *reason, *last;
+	const char *name;
+	size_t i;
+	bool first = true;
+
+	if (!json_is_object(st)) {
+		printf("daemon:           reachable at %s, but ",
+		       json_string_value(json_object_get(j, "endpoint")));
+		ctl_put_cell(json_string_value(json_object_get(j, "error")), 0, true);
+		printf("\n");
+		return;
+	}
+	if (json_is_true(json_object_get(j, "ready")))
+		printf("daemon:           ready");
+	else
+		printf("daemon:           not ready");
+	json_array_foreach(reasons, i, reason)
+	{
+		printf("%s", i == 0 ? ": " : "; ");
+		ctl_put_cell(json_string_value(reason), 0, true);
+	}
+	printf("\n");
+	printf("                  azs-usaged ");
+	ctl_put_cell(json_string_value(json_object_get(st, "version")), 0, true);
+	printf(", up %" PRId64 " s, at %s\n",
+	       (int64_t)json_integer_value(json_object_get(st, "uptime_seconds")),
+	       json_string_value(json_object_get(j, "endpoint")));
+	printf("                  its counts:");
+	json_object_foreach(records, name, v)
+	{
+		printf("%s ", first ? "" : ",");
+		ctl_put_cell(name, 0, true);
+		printf(" %" PRId64, (int64_t)json_integer_value(v));
+		first = false;
+	}
+	printf("%s\n", first ? " none yet" : "");
+	v = json_object_get(st, "oldest_pending_seconds");
+	if (json_is_integer(v))
+		printf("                  oldest pending %" PRId64 " s",
+		       (int64_t)json_integer_value(v));
+	else
+		printf("                  nothing pending");
+	v = json_object_get(st, "registration_age_seconds");
+	if (json_is_integer(v))
+		printf(", registration %" PRId64 " s old\n", (int64_t)json_integer_value(v));
+	else
+		printf(", no registration\n");
+	last = json_object_get(st, "last_success");
+	v = json_object_get(last, "collect");
+	printf("                  last page stored %s",
+	       json_is_string(v) ? json_string_value(v) : "never");
+	v = json_object_get(last, "forward");
+	printf(", last batch accepted %s\n", json_is_string(v) ? json_string_value(v) : "never");
 }
 
 /* List records of a kind, streaming each row as the store yields it. */
@@ -1697,76 +1755,6 @@ ctl_format_time(int64_t t, char buf[static TIME_RFC3339_LEN + 1])
 	return time_format_rfc3339(t, buf);
 }
 
-/* Ask the daemon's health endpoint for /readyz (plain HTTP on the configured listen address);
- * fills ret with endpoint, reachable, ready and reasons. */
-static void
-ctl_health(const struct config *config, json_t *ret)
-{
-	struct addrinfo hints = {
-	        .ai_family = AF_UNSPEC,
-	        .ai_socktype = SOCK_STREAM,
-	        .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV,
-	};
-	struct timeval tv = {.tv_sec = CTL_HEALTH_TIMEOUT_SEC};
-	struct addrinfo *ai = NULL;
-	_cleanup_close_ int fd = -1;
-	_cleanup_free_ char *request = NULL;
-	char *response = NULL, *body;
-	const char *address = config->health.address;
-	char port[8];
-	size_t size = 0, max = 64 * 1024;
-	int status = 0;
-	ssize_t k;
-
-	json_object_set_new(ret, "endpoint", ctl_json_string(config->health.listen));
-	json_object_set_new(ret, "reachable", json_false());
-	json_object_set_new(ret, "ready", json_null());
-	json_object_set_new(ret, "reasons", json_array());
-
-	/* a wildcard listener answers on loopback */
-	if (!address || streq(address, "0.0.0.0"))
-		address = "127.0.0.1";
-	else if (streq(address, "::"))
-		address = "::1";
-	snprintf(port, sizeof(port), "%u", (unsigned)config->health.port);
-	if (getaddrinfo(address, port, &hints, &ai) != 0 || !ai)
-		return;
-	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0 ||
-	    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
-	    connect(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
-		freeaddrinfo(ai);
-		return;
-	}
-	freeaddrinfo(ai);
-
-	request = xasprintf("GET /readyz HTTP/1.0\r\nHost: %s\r\nUser-Agent: " CTL_NAME
-	                    "/" AZS_VERSION "\r\nConnection: close\r\n\r\n",
-	                    config->health.listen);
-	if (write(fd, request, strlen(request)) != (ssize_t)strlen(request))
-		return;
-	response = xmalloc(max + 1);
-	while (size < max && (k = read(fd, response + size, max - size)) > 0)
-		size += (size_t)k;
-	response[size] = '\0';
-	if (sscanf(response, "HTTP/1.%*d %d", &status) != 1) {
-		free(response);
-		return;
-	}
-	json_object_set_new(ret, "reachable", json_true());
-	json_object_set_new(ret, "ready", json_boolean(status == 200));
-	body = strstr(response, "\r\n\r\n");
-	if (status != 200 && body) {
-		json_t *doc = json_loads(body + 4, 0, NULL);
-		json_t *reasons = json_object_get(doc, "reasons");
-
-		if (json_is_array(reasons))
-			json_object_set(ret, "reasons", reasons);
-		json_decref(doc);
-	}
-	free(response);
-}
-
 /*
  * The registry verbs (ARCHITECTURE.md sections 5 and 9). lookup, tenants and registration show
  * read the store (through lib/registry, offline, for the mapping); registration refresh and
@@ -1892,6 +1880,107 @@ ctl_net_wait(struct ctl_net *n)
 	while (!n->done)
 		if (event_base_loop(n->base, EVLOOP_ONCE) < 0)
 			break;
+}
+
+/* The daemon's answer to GET /v1/status, while azs-usagectl status waits for it. */
+struct ctl_probe {
+	struct ctl_net net; /* only its loop and HTTP client */
+	int error;          /* 0: an answer came; else -errno of lib/http */
+	char *error_message;
+	long status;
+	json_t *doc; /* the answer's JSON object; NULL when none */
+};
+
+/* Keep the daemon's answer (lib/http callback) and stop the loop. */
+static void
+ctl_probe_result(const struct http_result *res, void *userdata)
+{
+	struct ctl_probe *p = userdata;
+
+	p->error = res->error;
+	p->status = res->status;
+	if (res->error !=
+	    0) /* "Connection refused" says more to an operator than libcurl's words */
+		p->error_message = xstrdup(strerror(-res->error));
+	else if (res->status == 200)
+		p->doc = json_loadb(res->body, res->body_size, 0, NULL);
+	if (p->doc && !json_is_object(p->doc)) {
+		json_decref(p->doc);
+		p->doc = NULL;
+	}
+	p->net.done = true;
+	event_base_loopbreak(p->net.base);
+}
+
+/*
+ * Ask the daemon's health endpoint for GET /v1/status through lib/http (plain http on the
+ * [health] listen address; a wildcard one is asked on loopback). Fills ret with endpoint, url,
+ * reachable, error (why not, or what was wrong with the answer), ready and reasons (from the
+ * answer), and status: the daemon's own view as /v1/status gave it, or null.
+ */
+static void
+ctl_health(const struct config *config, json_t *ret)
+{
+	struct http_options ho = {
+	        .local = true,
+	        .user_agent = CTL_NAME "/" AZS_VERSION,
+	        .max_response = CTL_HEALTH_MAX_ANSWER,
+	        .connect_timeout_usec = CTL_HEALTH_TIMEOUT_USEC,
+	        .timeout_usec = CTL_HEALTH_TIMEOUT_USEC,
+	        .max_host_connections = 1,
+	};
+	struct ctl_probe p = {0};
+	_cleanup_free_ char *url = NULL;
+	const char *address = config->health.address;
+	json_t *ready = NULL, *reasons = NULL;
+	int r;
+
+	/* a wildcard listener answers on loopback */
+	if (!address || streq(address, "0.0.0.0"))
+		address = "127.0.0.1";
+	else if (streq(address, "::"))
+		address = "::1";
+	url = xasprintf("http://%s%s%s:%u/v1/status", strchr(address, ':') ? "[" : "", address,
+	                strchr(address, ':') ? "]" : "", (unsigned)config->health.port);
+	json_object_set_new(ret, "endpoint", ctl_json_string(config->health.listen));
+	json_object_set_new(ret, "url", ctl_json_string(url));
+
+	/* libcurl is told to leave signals alone: a daemon closing a connection must not kill us */
+	signal(SIGPIPE, SIG_IGN);
+	p.net.base = event_base_new();
+	r = p.net.base ? http_client_new(p.net.base, &ho, &p.net.http) : -ENOMEM;
+	if (r >= 0)
+		r = http_request(p.net.http, HTTP_GET, url, NULL, NULL, 0, 0, ctl_probe_result, &p,
+		                 NULL);
+	if (r >= 0)
+		ctl_net_wait(&p.net);
+	if (r >= 0 && !p.net.done)
+		r = -EIO; /* the loop failed before the answer */
+	if (r < 0)
+		p = (struct ctl_probe){
+		        .net = p.net, .error = r, .error_message = xstrdup(strerror(-r))};
+
+	json_object_set_new(ret, "reachable", json_boolean(p.error == 0));
+	if (p.error != 0)
+		json_object_set_new(ret, "error", ctl_json_string(p.error_message));
+	else if (p.status != 200)
+		json_object_set_new(ret, "error",
+		                    json_sprintf("GET /v1/status answered HTTP %ld", p.status));
+	else if (!p.doc)
+		json_object_set_new(ret, "error",
+		                    json_string("GET /v1/status answered no JSON object"));
+	else
+		json_object_set_new(ret, "error", json_null());
+	if (p.doc) {
+		ready = json_object_get(p.doc, "ready");
+		reasons = json_object_get(p.doc, "reasons");
+	}
+	json_object_set_new(ret, "ready", json_is_boolean(ready) ? json_copy(ready) : json_null());
+	json_object_set_new(ret, "reasons",
+	                    json_is_array(reasons) ? json_deep_copy(reasons) : json_array());
+	json_object_set_new(ret, "status", p.doc ? p.doc : json_null());
+	free(p.error_message);
+	ctl_net_done(&p.net);
 }
 
 /* Start a refresh and wait for it; the result is in n->result. */

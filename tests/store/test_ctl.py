@@ -474,8 +474,9 @@ def test_status_counts_match_the_seed(seeded):
 
 class _Readyz(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        body = json.dumps({"ready": False, "reasons": ["registration cache stale"]}).encode()
-        self.send_response(503 if self.path == "/readyz" else 404)
+        body = json.dumps({"version": "test", "uptime_seconds": 5, "ready": False,
+                           "reasons": ["registration cache stale"], "records": {}}).encode()
+        self.send_response(200 if self.path == "/v1/status" else 404)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
