@@ -673,10 +673,12 @@ refresh_done(struct collector *c, struct refresh *f)
 		log_info("the user-subscription cache is refreshed again");
 	free(c->refresh_error);
 	c->refresh_error = NULL;
+	/* the same list every refresh_interval is not news: warned when the list changes */
 	if (f->skipped > 0)
-		log_warning("the user-subscription list has %zu unusable entries (the first: %s); "
-		            "they are left out",
-		            f->skipped, f->skipped_reason ? f->skipped_reason : "?");
+		log_full(n != c->subs_listed || !c->subs_loaded ? LOG_WARNING : LOG_DEBUG,
+		         "the user-subscription list has %zu unusable entries (the first: %s); "
+		         "they are left out",
+		         f->skipped, f->skipped_reason ? f->skipped_reason : "?");
 	if (n != c->subs_listed || !c->subs_loaded)
 		log_info("user-subscription cache refreshed: %zu subscriptions listed, %zu known",
 		         n, c->subs.n);

@@ -344,7 +344,9 @@ schedule(struct forwarder *f)
 	}
 	if (f->throttled_until) {
 		f->throttled_until = 0;
-		log_info("the Commerce throttle (Retry-After) has passed; sending again");
+		/* while Commerce fails, each throttle's end is a retry, not news */
+		log_full(f->failing ? LOG_DEBUG : LOG_INFO,
+		         "the Commerce throttle (Retry-After) has passed; sending again");
 	}
 	if (f->is_stale && f->is_stale(f->stale_userdata)) {
 		if (!f->holding)
@@ -447,8 +449,10 @@ batch_send(struct fwd_batch *b)
 				}
 			}
 			if (bad == 0)
-				log_warning_errno(r, "cannot encode batch %s; retried later",
-				                  b->batch.batch_id);
+				(void)log_fields_errno(
+				        LOG_WARNING, r,
+				        LOG_FIELDS("AZS_BATCH_ID", b->batch.batch_id),
+				        "cannot encode batch %s; retried later", b->batch.batch_id);
 			metrics_inc(f->metrics, METRICS_FORWARD_BATCHES_TOTAL, "unencodable");
 			batch_apply(b);
 			return;
@@ -542,7 +546,8 @@ note_failing(struct forwarder *f, const char *batch_id, const char *reason, long
 	f->failing = true;
 	snprintf(f->fail_reason, sizeof(f->fail_reason), "%s", reason);
 	snprintf(st, sizeof(st), "%ld", status);
-	log_fields(LOG_WARNING, LOG_FIELDS("AZS_BATCH_ID", batch_id, "AZS_HTTP_STATUS", st),
+	log_fields(LOG_WARNING,
+	           LOG_FIELDS("AZS_BATCH_ID", batch_id, "AZS_HTTP_STATUS", status > 0 ? st : NULL),
 	           "Commerce fails: %s; batches are retried with backoff", reason);
 }
 
@@ -574,8 +579,10 @@ note_throttle(struct forwarder *f, const struct http_result *http)
 	until = now_realtime_usec() + delay;
 	if (until <= f->throttled_until)
 		return;
+	/* the first throttle of a failure is news; the next ones, while it fails, are retries */
 	if (f->throttled_until <= now_realtime_usec())
-		log_notice(
+		log_full(
+		        f->failing ? LOG_DEBUG : LOG_NOTICE,
 		        "Commerce throttles (HTTP %ld, Retry-After %s): nothing is sent for %" PRIu64
 		        " s",
 		        http->status, http->retry_after, (delay + USEC_PER_SEC - 1) / USEC_PER_SEC);
@@ -693,7 +700,7 @@ static void
 log_dead(struct fwd_batch *b)
 {
 	size_t n = 0, first = 0;
-	char count[32];
+	char count[32], hour[TIME_RFC3339_LEN + 1];
 
 	for (size_t i = 0; i < b->batch.n_records; i++)
 		if (b->outcomes[i].kind == STORE_OUTCOME_DEAD && n++ == 0)
@@ -704,7 +711,10 @@ log_dead(struct fwd_batch *b)
 	log_fields(LOG_WARNING,
 	           LOG_FIELDS("MESSAGE_ID", LOG_MESSAGE_ID_BATCH_DEAD, "AZS_BATCH_ID",
 	                      b->batch.batch_id, "AZS_RECORD_KEY", b->batch.records[first].key,
-	                      "AZS_RECORDS", count),
+	                      "AZS_RECORDS", count, "AZS_SUBSCRIPTION",
+	                      b->batch.records[first].subscription_id, "AZS_TENANT",
+	                      b->batch.records[first].tenant_id, "AZS_REPORTED_HOUR",
+	                      time_format_rfc3339(b->batch.records[first].reported_hour, hour)),
 	           "%zu record%s of batch %s dead-lettered: %s%s%s%s", n, n == 1 ? "" : "s",
 	           b->batch.batch_id,
 	           b->outcomes[first].error_code ? b->outcomes[first].error_code : "unknown",

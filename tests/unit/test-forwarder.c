@@ -8,8 +8,8 @@
  * Covered: per-event statuses (Accepted, Duplicate, Expired, Error, a missing result), 400
  * bisection down to the poison record, 413 halving with an HTML body, 401 refresh once then
  * backoff, 409, transient answers keeping the batch id and event ids, Retry-After throttling the
- * endpoint, the backoff bounds, max_inflight, holding while the registration is stale, and the
- * graceful drain.
+ * endpoint, the backoff bounds, max_inflight, holding while the registration is stale, the
+ * graceful drain, and the journal: one line per change of state, the fields of a dead letter.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -30,6 +30,7 @@
 #include "forwarder.h"
 #include "hash.h"
 #include "http.h"
+#include "log.h"
 #include "macro.h"
 #include "metrics.h"
 #include "store.h"
@@ -76,6 +77,9 @@ struct ctx {
 	unsigned drained;
 	unsigned drained_left;
 	char keys[MAX_KEYS][HASH_SHA256_HEX_LEN + 1];
+	FILE *log; /* what the forwarder logs, as logfmt lines */
+	char *log_text;
+	size_t log_size;
 };
 
 static int64_t fake_now = H0 + 2 * HOUR;
@@ -345,6 +349,11 @@ setup(void **state)
 	assert_int_equal(store_open(&so, &t->store, NULL), 0);
 	t->metrics = metrics_new_daemon("test");
 	t->base = event_base_new();
+	t->log = open_memstream(&t->log_text, &t->log_size);
+	assert_non_null(t->log);
+	log_open(LOG_TARGET_STDERR);
+	log_set_stream(t->log);
+	log_set_max_level(LOG_INFO);
 	t->tp = (struct forwarder_transport){.post = fake_post,
 	                                     .cancel = fake_cancel,
 	                                     .token_refused = fake_token_refused,
@@ -388,6 +397,9 @@ teardown(void **state)
 	store_free(t->store);
 	metrics_free(t->metrics);
 	event_base_free(t->base);
+	log_set_stream(NULL);
+	fclose(t->log);
+	free(t->log_text);
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", t->dir);
 	assert_int_equal(system(cmd), 0);
 	timeutil_set_clock(NULL);
@@ -408,6 +420,18 @@ static double
 metric(struct ctx *t, enum metrics_id id, const char *label)
 {
 	return metrics_series_value(metrics_get_series(metrics_get_family(t->metrics, id), label));
+}
+
+/* How often text occurs in the log so far. */
+static size_t
+log_count(struct ctx *t, const char *text)
+{
+	size_t n = 0;
+
+	fflush(t->log);
+	for (const char *p = t->log_text; p && (p = strstr(p, text)); p += strlen(text))
+		n++;
+	return n;
 }
 
 /* Move the clock by s seconds and let the forwarder look. */
@@ -706,6 +730,52 @@ test_forwarder_retry_after_throttles_endpoint(void **state)
 	assert_int_equal(count(t, STORE_FORWARDED), 3);
 }
 
+/*
+ * The journal: a failure is one line when it starts (the first throttle and "Commerce fails"),
+ * not one per retry, and one when it ends; a dead-lettered batch carries its MESSAGE_ID with the
+ * batch, the first record's key, subscription and reported hour, and the count.
+ */
+static void
+test_forwarder_logs_changes_once_with_fields(void **state)
+{
+	struct ctx *t = *state;
+	struct fake_req *r;
+	char want[160];
+
+	t->options.settings.batch_size = 1;
+	put_records(t, 0, 1);
+	start(t);
+	for (int i = 0; i < 3; i++) {
+		r = wait_req(t);
+		answer(r, 429, "{\"error\":{\"code\":\"TooManyRequests\",\"message\":\"x\"}}", "1");
+		settle_loop(t);
+		while (!pending(t))
+			advance(t, 1);
+	}
+	assert_int_equal(log_count(t, "Commerce throttles"), 1);
+	assert_int_equal(log_count(t, "Commerce fails"), 1);
+	assert_int_equal(log_count(t, "http_status=429"), 1);
+	assert_int_equal(log_count(t, "throttle (Retry-After) has passed"), 0);
+
+	r = wait_req(t);
+	{
+		_cleanup_free_ char *body = result_body(r, "Expired", NULL, NULL);
+
+		answer(r, 200, body, NULL);
+	}
+	settle_loop(t);
+	assert_int_equal(count(t, STORE_DEAD), 1);
+	assert_int_equal(log_count(t, "Commerce answers again"), 1);
+	assert_int_equal(log_count(t, "message_id=" LOG_MESSAGE_ID_BATCH_DEAD), 1);
+	snprintf(want, sizeof(want), "batch_id=%s", r->correlation);
+	assert_int_equal(log_count(t, want), 2); /* "Commerce fails" named it too */
+	snprintf(want, sizeof(want), "record_key=%s", t->keys[0]);
+	assert_int_equal(log_count(t, want), 1);
+	assert_int_equal(log_count(t, "records=1"), 1);
+	assert_int_equal(log_count(t, "subscription=" SUB), 1);
+	assert_int_equal(log_count(t, "reported_hour=2026-11-01T10:00:00Z"), 1);
+}
+
 /* The delay doubles from retry_initial and stops at retry_max; the jitter is the seam's draw. */
 static void
 test_forwarder_backoff_bounds(void **state)
@@ -827,6 +897,8 @@ main(void)
 	        cmocka_unit_test_setup_teardown(test_forwarder_409_forwards, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_forwarder_transient_keeps_batch_and_event_ids,
 	                                        setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_forwarder_logs_changes_once_with_fields, setup,
+	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_forwarder_retry_after_throttles_endpoint,
 	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_forwarder_backoff_bounds, setup, teardown),
