@@ -53,6 +53,11 @@ struct backoff {
 	bool waiting;
 	struct event *timer;
 	char *logged; /* the failure last logged, so that only changes are logged */
+	/* for auth_get_status(): since when, and the last failure without its description */
+	uint64_t since_usec;
+	int error;
+	long status;
+	char code[AUTH_STATUS_CODE_MAX];
 };
 
 struct auth_slot {
@@ -140,6 +145,7 @@ static void meta_failed(struct auth *a, const struct failure *f);
 static void backoff_start(struct auth *a, struct backoff *b, const struct failure *f,
                           const char *what);
 static void backoff_reset(struct backoff *b, const char *what);
+static void status_code(const struct failure *f, char ret[static AUTH_STATUS_CODE_MAX]);
 static void wait_unlink(struct auth *a, struct auth_wait *w);
 static struct auth_wait *wait_free(struct auth_wait *w);
 static void destroy(struct auth *a);
@@ -277,6 +283,34 @@ auth_invalidate(struct auth *a, const char *audience, const char *token)
 	s->token = NULL;
 	s->want = true;
 	schedule(a);
+}
+
+/* Describe the request that has been failing longest, if any. */
+void
+auth_get_status(const struct auth *a, struct auth_status *ret)
+{
+	const struct backoff *worst = NULL;
+	const char *audience = "";
+
+	assert(a && ret);
+	*ret = (struct auth_status){0};
+	if (a->meta_backoff.failures > 0)
+		worst = &a->meta_backoff;
+	for (const struct auth_slot *s = a->slots; s; s = s->next)
+		if (s->backoff.failures > 0 &&
+		    (!worst || s->backoff.since_usec < worst->since_usec)) {
+			worst = &s->backoff;
+			audience = s->audience;
+		}
+	if (!worst)
+		return;
+	ret->failing = true;
+	ret->failing_since = (int64_t)(worst->since_usec / USEC_PER_SEC);
+	ret->failures = worst->failures;
+	ret->error = worst->error;
+	ret->http_status = worst->status;
+	snprintf(ret->code, sizeof(ret->code), "%s", worst->code);
+	snprintf(ret->audience, sizeof(ret->audience), "%s", audience);
 }
 
 /* Tell whether a login endpoint is AD FS by its path. */
@@ -853,7 +887,12 @@ backoff_start(struct auth *a, struct backoff *b, const struct failure *f, const 
 	_cleanup_free_ char *key = NULL;
 
 	delay = MAX(delay, MIN(f->retry_after_usec, a->retry_max_usec));
+	if (b->failures == 0)
+		b->since_usec = now_realtime_usec();
 	b->failures++;
+	b->error = f->error;
+	b->status = f->status;
+	status_code(f, b->code);
 	b->waiting = true;
 	tv.tv_sec = (time_t)(delay / USEC_PER_SEC);
 	tv.tv_usec = (suseconds_t)(delay % USEC_PER_SEC);
@@ -886,11 +925,34 @@ backoff_start(struct auth *a, struct backoff *b, const struct failure *f, const 
 	        (double)delay / (double)USEC_PER_SEC);
 }
 
+/*
+ * The OAuth error and the Azure AD or AD FS code the description starts with ("AADSTS7000215",
+ * "MSIS9622"): what a readiness reason may show. The rest of the description is left out.
+ */
+static void
+status_code(const struct failure *f, char ret[static AUTH_STATUS_CODE_MAX])
+{
+	const char *d = f->description;
+	int n = 0;
+
+	if (d && (strncmp(d, "AADSTS", 6) == 0 || strncmp(d, "MSIS", 4) == 0)) {
+		n = (int)strcspn(d, ": \r\n");
+		if (n > 24)
+			n = 0;
+	}
+	snprintf(ret, AUTH_STATUS_CODE_MAX, "%s%s%.*s", f->code ? f->code : "",
+	         f->code && n > 0 ? " " : "", n, n > 0 ? d : "");
+}
+
 /* A request succeeded: forget the failures; log the recovery when a failure was logged. */
 static void
 backoff_reset(struct backoff *b, const char *what)
 {
 	b->failures = 0;
+	b->since_usec = 0;
+	b->error = 0;
+	b->status = 0;
+	b->code[0] = '\0';
 	if (b->logged) {
 		log_info("%s succeeds again", what);
 		free(b->logged);

@@ -15,7 +15,8 @@
  * next request to that endpoint waits for a backoff (http_backoff: capped exponential, full
  * jitter) that grows with each failure in a row. The change to failing is logged once with the
  * code and description (and again when they change), the recovery once. The client secret, the
- * signed assertion and tokens are never logged.
+ * signed assertion and tokens are never logged. auth_get_status() tells readiness whether tokens
+ * can be had: not from a failure until the next token.
  *
  * Token URL: {login_endpoint}/{tenant}/oauth2/token for Azure AD; for AD FS (a login endpoint
  * whose path ends in /adfs) {login_endpoint}/oauth2/token without a tenant. Slashes are joined
@@ -111,6 +112,27 @@ struct auth_wait *auth_wait_cancel(struct auth_wait *w);
  * leaves a newer one alone; NULL forgets whatever is cached.
  */
 void auth_invalidate(struct auth *a, const char *audience, const char *token);
+
+#define AUTH_STATUS_CODE_MAX     64
+#define AUTH_STATUS_AUDIENCE_MAX 256
+
+/*
+ * Whether tokens can be had now, for readiness: failing while the last token request of some
+ * audience (or the metadata request) failed, from its first failure in a row until a token (or
+ * the document) comes. When several fail, the one failing longest is described. No secret is in
+ * it: the OAuth error and the AADSTS/MSIS code of the description, never the description itself.
+ */
+struct auth_status {
+	bool failing;
+	int64_t failing_since; /* realtime seconds of the first failure in a row; 0: not failing */
+	unsigned failures;     /* failures in a row */
+	int error;             /* the last one's, as auth_result.error */
+	long http_status;      /* of the last failed answer; 0: a transport error */
+	char code[AUTH_STATUS_CODE_MAX];         /* "invalid_client AADSTS7000215", "" when none */
+	char audience[AUTH_STATUS_AUDIENCE_MAX]; /* whose token; "" for the metadata document */
+};
+
+void auth_get_status(const struct auth *a, struct auth_status *ret);
 
 /* True when a login endpoint is AD FS: its path ends in /adfs (a trailing slash or not). */
 bool auth_login_is_adfs(const char *login_endpoint);

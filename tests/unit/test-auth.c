@@ -11,8 +11,10 @@
  * Behaviour: one request for many waiters, per-audience cache, refresh at 80 % of the lifetime
  * with the old token handed out meanwhile, a new token at once after auth_invalidate(), failures
  * with their error code and description (AADSTS, MSIS) handed to waiters and logged once, backoff
- * before the next attempt (and Retry-After), the metadata document asked once (failing, broken,
- * then good), and never a secret, an assertion or a token in the log. The realtime clock is the
+ * before the next attempt (and Retry-After), the status readiness reads (failing since the first
+ * failure in a row, the codes without the description, cleared by the next token), the metadata
+ * document asked once (failing, broken, then good), and never a secret, an assertion or a token in
+ * the log. The realtime clock is the
  * timeutil seam; nothing sleeps and no test looks at how long anything took.
  */
 #include <errno.h>
@@ -1017,6 +1019,7 @@ test_auth_error_aad(void **state)
 	struct auth_options o = aad_secret(e);
 	struct draw d = {0};
 	struct http_random rnd = {fixed_draw, &d};
+	struct auth_status st;
 	struct got g;
 
 	o.random = &rnd;
@@ -1036,6 +1039,15 @@ test_auth_error_aad(void **state)
 	assert_int_equal(logged_count(e, "level=warning"), 1);
 	assert_non_null(strstr(logged(e), "http_status=401"));
 	assert_int_equal(d.calls, 1); /* a backoff was drawn */
+	/* readiness sees it: the codes, not the description */
+	auth_get_status(e->auth, &st);
+	assert_true(st.failing);
+	assert_int_equal(st.failing_since, (int64_t)(fake_now_usec / USEC_PER_SEC));
+	assert_int_equal(st.failures, 1);
+	assert_int_equal(st.error, -EACCES);
+	assert_int_equal(st.http_status, 401);
+	assert_string_equal(st.code, "invalid_client AADSTS7000215");
+	assert_string_equal(st.audience, AUD_ARM);
 	got_done(&g);
 }
 
@@ -1081,7 +1093,9 @@ test_auth_failure_backoff_then_success(void **state)
 	struct auth_options o = aad_secret(e);
 	struct draw d = {0};
 	struct http_random rnd = {fixed_draw, &d};
+	struct auth_status st;
 	struct got g, g2, g3;
+	int64_t since;
 
 	o.random = &rnd;
 	e->idp.fail_next = 2;
@@ -1095,15 +1109,30 @@ test_auth_failure_backoff_then_success(void **state)
 	assert_int_equal(g.status, 503);
 	assert_string_equal(g.code, "temporarily_unavailable");
 	assert_int_equal(d.calls, 1);
+	auth_get_status(e->auth, &st);
+	assert_true(st.failing);
+	assert_string_equal(st.code, "temporarily_unavailable AADSTS90033");
+	since = st.failing_since;
+	/* a second failure in a row keeps the time of the first */
+	fake_now_usec += 5 * USEC_PER_SEC;
 	get(e, AUD_ARM, &g2);
 	assert_int_equal(g2.error, -EREMOTEIO);
 	assert_int_equal(d.calls, 2);
+	auth_get_status(e->auth, &st);
+	assert_true(st.failing);
+	assert_int_equal(st.failing_since, since);
+	assert_int_equal(st.failures, 2);
 	/* the same failure with another trace id: handed out as it is, logged once */
 	assert_non_null(strstr(g.description, "Trace ID: 1"));
 	assert_non_null(strstr(g2.description, "Trace ID: 2"));
 	get_ok(e, AUD_ARM, &g3);
 	assert_int_equal(e->idp.token_requests, 3);
 	assert_int_equal(d.calls, 2);
+	/* the token clears it */
+	auth_get_status(e->auth, &st);
+	assert_false(st.failing);
+	assert_int_equal(st.failing_since, 0);
+	assert_string_equal(st.code, "");
 	assert_int_equal(logged_count(e, "temporarily_unavailable: AADSTS90033"), 1);
 	assert_int_equal(logged_count(e, "succeeds again"), 1);
 	got_done(&g);
@@ -1161,6 +1190,7 @@ test_auth_metadata_failure(void **state)
 	                         .client_secret = SECRET};
 	struct draw d = {0};
 	struct http_random rnd = {fixed_draw, &d};
+	struct auth_status st;
 	struct got g, g2, g3;
 
 	o.random = &rnd;
@@ -1173,12 +1203,18 @@ test_auth_metadata_failure(void **state)
 	assert_null(g.audience);
 	assert_int_equal(e->idp.token_requests, 0);
 	assert_int_equal(logged_count(e, "metadata request"), 1);
+	auth_get_status(e->auth, &st);
+	assert_true(st.failing);
+	assert_string_equal(st.audience, "");
+	assert_int_equal(st.http_status, 500);
 	get(e, AUD_ARM, &g3); /* a token URL is needed for any audience */
 	assert_int_equal(g3.error, -EBADMSG);
 	assert_non_null(strstr(g3.description, "audiences"));
 	assert_int_equal(logged_count(e, "metadata request"), 2);
 	get_ok(e, NULL, &g2);
 	assert_string_equal(g2.audience, AUD_STACK);
+	auth_get_status(e->auth, &st);
+	assert_false(st.failing);
 	assert_int_equal(e->idp.metadata_requests, 3);
 	assert_int_equal(e->idp.token_requests, 1);
 	assert_int_equal(logged_count(e, "succeeds again"), 1);
