@@ -13,6 +13,7 @@
 #include "decimal.h"
 #include "hash.h"
 #include "store-private.h"
+#include "timeutil.h"
 #include "xmalloc.h"
 
 static void history_load(sqlite3_stmt *st, void *elem);
@@ -715,4 +716,62 @@ store_tenant_usage(struct store *s, store_tenant_usage_fn fn, void *userdata)
 			break;
 	}
 	return r < 0 ? r : 0;
+}
+
+/* A write transaction ended (or could not begin) with r: keep what readiness needs to know. */
+void
+store_write_note(struct store *s, int r)
+{
+	if (s->readonly)
+		return;
+	if (r >= 0) {
+		s->write_error = 0;
+		s->write_error_since = 0;
+		return;
+	}
+	/* the caller's own errors (a bad page, an unknown record) and a busy lock say nothing
+	 * about whether the file can be written */
+	if (r != -ENOSPC && r != -EROFS && r != -EACCES && r != -EIO)
+		return;
+	if (s->write_error == 0)
+		s->write_error_since = now_seconds();
+	s->write_error = r;
+}
+
+/* The last write transaction's error, when the store could not be written. */
+int
+store_write_error(struct store *s, int64_t *ret_since)
+{
+	if (ret_since)
+		*ret_since = s->write_error_since;
+	return s->write_error;
+}
+
+/* Held records whose reason is ambiguous. */
+int
+store_held_ambiguous(struct store *s, uint64_t *ret)
+{
+	_cleanup_finalize_ sqlite3_stmt *st = NULL;
+	struct store_counts counts;
+	int r;
+
+	/* the kept counts first: nearly always nothing is held, and then nothing is read */
+	r = store_counts(s, &counts);
+	if (r < 0)
+		return r;
+	*ret = 0;
+	if (counts.by_state[STORE_HELD] == 0)
+		return 0;
+	/* "state <> 3" names the partial index states_live: only held rows are visited */
+	r = store_prepare(s,
+	                  "SELECT count(*) FROM states WHERE state = 1 AND state <> 3"
+	                  " AND error_code = 'ambiguous'",
+	                  &st);
+	if (r < 0)
+		return r;
+	r = store_step_row(s, st);
+	if (r < 0)
+		return r;
+	*ret = (uint64_t)sqlite3_column_int64(st, 0);
+	return 0;
 }

@@ -196,6 +196,9 @@ struct store {
 	int64_t delta[_STORE_STATE_MAX]; /* count changes of the open transaction */
 	unsigned tx_depth;               /* 1: in a transaction, 2+: in savepoints inside it */
 	int64_t saved_delta[4][_STORE_STATE_MAX]; /* delta when each savepoint began */
+	/* store_write_error(): the last write transaction failed with this (0: it committed) */
+	int write_error;
+	int64_t write_error_since;
 };
 
 /* A batch row. */
@@ -287,6 +290,9 @@ void store_record_done_row(void *elem);
 
 /* Make room for n elements of size in p (capacity *cap), growing geometrically. */
 void *store_grow(void *p, size_t *cap, size_t n, size_t size);
+
+/* Note the outcome of a write transaction (r: its result) for store_write_error(). */
+void store_write_note(struct store *s, int r);
 
 /* Transactions: begin (a savepoint when nested), end (commit, or roll back when r < 0). */
 int store_tx_begin(struct store *s);

@@ -679,6 +679,8 @@ store_tx_begin(struct store *s)
 	}
 	if (r >= 0)
 		s->tx_depth++;
+	else if (s->tx_depth == 0)
+		store_write_note(s, r);
 	return r;
 }
 
@@ -711,6 +713,8 @@ int
 store_tx_end(struct store *s, int r)
 {
 	r = tx_close(s, r);
+	if (s->tx_depth == 0)
+		store_write_note(s, r);
 	if (r < 0) {
 		/* rolled back, also when only the commit failed: the cached registration number and
 		 * charges may name rows that went with it */

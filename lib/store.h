@@ -431,3 +431,15 @@ struct store_tenant_usage_row {
 
 typedef int (*store_tenant_usage_fn)(void *userdata, const struct store_tenant_usage_row *row);
 int store_tenant_usage(struct store *s, store_tenant_usage_fn fn, void *userdata);
+
+/*
+ * Whether the store can be written, for readiness, without writing: the error of the last write
+ * transaction when it failed for want of space or of the right to write, or on an I/O error
+ * (-ENOSPC, -EROFS, -EACCES, -EIO), with the time (ret_since, may be NULL) of the first such
+ * failure in a row; 0 once a write transaction commits again.
+ */
+int store_write_error(struct store *s, int64_t *ret_since);
+
+/* Held records whose reason is "ambiguous" (the registration names their tenant twice); held
+ * records waiting for the tenant cache (unknown-subscription) are not counted. */
+int store_held_ambiguous(struct store *s, uint64_t *ret);
