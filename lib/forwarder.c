@@ -922,3 +922,20 @@ default_token_refused(void *userdata, const char *token)
 
 	auth_invalidate(f->auth, f->audience, token);
 }
+
+/* Another token source: a batch waiting for a token of the old one asks the new one. */
+void
+forwarder_set_auth(struct forwarder *f, struct auth *auth)
+{
+	if (!f || !auth || f->transport.post != default_post)
+		return;
+	f->auth = auth;
+	for (struct fwd_batch *b = f->batches; b; b = b->next) {
+		struct fwd_send *s = b->handle;
+
+		if (!s || !s->wait)
+			continue;
+		s->wait = auth_wait_cancel(s->wait);
+		auth_get(f->auth, f->audience, on_token, s, &s->wait);
+	}
+}

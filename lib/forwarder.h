@@ -137,6 +137,13 @@ struct forwarder *forwarder_free(struct forwarder *f);
 /* Apply new settings (SIGHUP): the next claim and the next backoff use them. */
 void forwarder_apply(struct forwarder *f, const struct forwarder_settings *settings);
 
+/*
+ * Use another token source from now on (new [azure] credentials on SIGHUP; the old one may be
+ * freed once this returns): a batch waiting for a token asks the new one, the others use it at
+ * their next attempt. Only for the default transport.
+ */
+void forwarder_set_auth(struct forwarder *f, struct auth *auth);
+
 /* Look for due records now (e.g. after the collector stored a page). */
 void forwarder_nudge(struct forwarder *f);
 

@@ -271,6 +271,21 @@ registry_set_intervals(struct registry *r, uint64_t refresh_interval_usec,
 	registry_note_stale(r);
 }
 
+/* Another token source (new credentials on a reload). */
+void
+registry_set_auth(struct registry *r, struct auth *auth)
+{
+	if (!r || !auth || !r->o.http)
+		return;
+	r->o.auth = auth;
+	if (r->op.active && r->op.wait)
+		/* waiting for a token of the old source, which goes away: ask the new one */
+		registry_on_retry_timer(-1, 0, r);
+	else if (r->started && !r->op.active && r->failures > 0)
+		/* the failures may have been the old credentials' */
+		registry_schedule_refresh(r, 0);
+}
+
 /* Fetch the registration now. */
 int
 registry_refresh(struct registry *r)

@@ -137,6 +137,13 @@ void registry_set_intervals(struct registry *r, uint64_t refresh_interval_usec,
                             uint64_t max_staleness_usec);
 
 /*
+ * Use another token source from now on (new [azure] credentials on SIGHUP; the old one may be
+ * freed once this returns): a request waiting for a token asks the new one, and a refresh that
+ * failed is tried again at once.
+ */
+void registry_set_auth(struct registry *r, struct auth *auth);
+
+/*
  * Fetch the registration and its customer subscriptions now and write the cache; the result
  * arrives through the callback. -EALREADY when a refresh is in flight (its callback will come),
  * -EBUSY during a tenant operation, -ENOTCONN when offline.
