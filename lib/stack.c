@@ -19,6 +19,7 @@
 #include <locale.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,7 +71,6 @@ static int check_quantity_literal(json_t *q, const struct scan_record *sr, size_
 static void reason_add(struct reason *r, const char *format, ...) _printf_(2, 3);
 static char *quote(const char *s, size_t size);
 static bool body_blank(const char *body, size_t size);
-static char *dump_compact(json_t *v, size_t flags);
 static void describe_arm_error(const char *body, size_t size, char *out, size_t out_size);
 
 /* Parse one usage page; see stack.h for the outcomes. */
@@ -264,6 +264,35 @@ scan_ws(struct scan *s)
 }
 
 /*
+ * Skip a string at s->p whose content is not wanted. Most of a page's bytes are in strings
+ * (instanceData above all), so this looks only for quotes (memchr) and counts the backslashes
+ * before each: an odd number escapes it. That is enough on text that jansson accepted, where
+ * every escape is valid; bounds are still checked.
+ */
+static int
+scan_string_skip(struct scan *s)
+{
+	const char *start = s->p + 1, *p = start, *q;
+
+	for (;;) {
+		size_t backslashes = 0;
+
+		q = memchr(p, '"', (size_t)(s->end - p));
+		if (!q) {
+			s->p = s->end;
+			return -EBADMSG;
+		}
+		while (q - backslashes > start && q[-1 - (ptrdiff_t)backslashes] == '\\')
+			backslashes++;
+		if (backslashes % 2 == 0) {
+			s->p = q + 1;
+			return 0;
+		}
+		p = q + 1;
+	}
+}
+
+/*
  * Read a string at s->p. With name set, decode it as jansson would into name (NAME_MAX_DECODED
  * bytes) and report its length in *ret_size, or SIZE_MAX when it is longer or not plain ASCII (it
  * is then none of the names compared against).
@@ -276,6 +305,8 @@ scan_string(struct scan *s, char *name, size_t *ret_size)
 
 	if (s->p >= s->end || *s->p != '"')
 		return -EBADMSG;
+	if (!name && !ret_size)
+		return scan_string_skip(s);
 	s->p++;
 	while (s->p < s->end) {
 		unsigned char c = (unsigned char)*s->p++;
@@ -748,6 +779,198 @@ resource_string(json_t *res, const char *name, struct reason *why, char **ret)
 	*ret = xstrdup(json_string_value(v)); /* the inner document was parsed without NULs */
 }
 
+/* ---- JSON text as jansson writes it ---- */
+
+/*
+ * json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY [| JSON_SORT_KEYS]) without jansson's writer,
+ * which spends most of its time in callbacks, a growing string buffer and, to sort, an array of
+ * keys per object: the same text, byte for byte, for every tree that jansson's parser makes.
+ * Strings are written as jansson writes them without JSON_ENSURE_ASCII: '"', '\\' and control
+ * characters escaped (\b \f \n \r \t, the others \u00XX in upper-case hex), everything else
+ * (UTF-8 included, which jansson's parser has validated) as it is. Members in the object's order,
+ * or sorted by name bytes (a shorter name that is a prefix of another first) with sort. Integers
+ * as %lld; a real through json_dumps() itself, so its precision rules stay jansson's.
+ */
+struct text {
+	char *data;
+	size_t len, cap;
+};
+
+/* Room for need more bytes; returns where they go. */
+static char *
+text_room(struct text *t, size_t need)
+{
+	if (t->cap - t->len < need) {
+		size_t cap = MAX(t->cap * 2, t->len + need);
+
+		t->data = xrealloc(t->data, cap);
+		t->cap = cap;
+	}
+	return t->data + t->len;
+}
+
+static void
+text_put(struct text *t, const char *s, size_t n)
+{
+	memcpy(text_room(t, n), s, n);
+	t->len += n;
+}
+
+/* A JSON string of n bytes. */
+static void
+text_put_string(struct text *t, const char *s, size_t n)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	char *p = text_room(t, 6 * n + 2), *start = p;
+
+	*p++ = '"';
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (_likely_(c >= 0x20 && c != '"' && c != '\\')) {
+			*p++ = (char)c;
+			continue;
+		}
+		*p++ = '\\';
+		switch (c) {
+		case '"':
+		case '\\':
+			*p++ = (char)c;
+			break;
+		case '\b':
+			*p++ = 'b';
+			break;
+		case '\f':
+			*p++ = 'f';
+			break;
+		case '\n':
+			*p++ = 'n';
+			break;
+		case '\r':
+			*p++ = 'r';
+			break;
+		case '\t':
+			*p++ = 't';
+			break;
+		default:
+			memcpy(p, "u00", 3);
+			p[3] = hex[c >> 4];
+			p[4] = hex[c & 0xf];
+			p += 5;
+			break;
+		}
+	}
+	*p++ = '"';
+	t->len += (size_t)(p - start);
+}
+
+/* A member name and its length, for sorting. */
+struct member {
+	const char *name;
+	size_t size;
+	json_t *value;
+};
+
+static int
+member_cmp(const void *a, const void *b)
+{
+	const struct member *x = a, *y = b;
+	int d = memcmp(x->name, y->name, MIN(x->size, y->size));
+
+	if (d != 0)
+		return d;
+	return x->size < y->size ? -1 : x->size > y->size;
+}
+
+/* Write v; false when jansson cannot write a real (out of memory) or v is not a JSON value. */
+static bool
+text_put_value(struct text *t, json_t *v, bool sort)
+{
+	char number[32];
+
+	switch (json_typeof(v)) {
+	case JSON_OBJECT: {
+		size_t n = json_object_size(v), i = 0;
+		struct member few[16], *m = n <= ARRAY_SIZE(few) ? few : xcalloc(n, sizeof(*m));
+		bool ok = true;
+
+		for (void *it = json_object_iter(v); it && i < n;
+		     it = json_object_iter_next(v, it), i++)
+			m[i] = (struct member){.name = json_object_iter_key(it),
+			                       .size = json_object_iter_key_len(it),
+			                       .value = json_object_iter_value(it)};
+		n = i;
+		if (sort && n > 1)
+			qsort(m, n, sizeof(*m), member_cmp);
+		text_put(t, "{", 1);
+		for (i = 0; ok && i < n; i++) {
+			if (i > 0)
+				text_put(t, ",", 1);
+			text_put_string(t, m[i].name, m[i].size);
+			text_put(t, ":", 1);
+			ok = text_put_value(t, m[i].value, sort);
+		}
+		text_put(t, "}", 1);
+		if (m != few)
+			free(m);
+		return ok;
+	}
+	case JSON_ARRAY: {
+		size_t n = json_array_size(v);
+
+		text_put(t, "[", 1);
+		for (size_t i = 0; i < n; i++) {
+			if (i > 0)
+				text_put(t, ",", 1);
+			if (!text_put_value(t, json_array_get(v, i), sort))
+				return false;
+		}
+		text_put(t, "]", 1);
+		return true;
+	}
+	case JSON_STRING:
+		text_put_string(t, json_string_value(v), json_string_length(v));
+		return true;
+	case JSON_INTEGER:
+		text_put(t, number,
+		         (size_t)snprintf(number, sizeof(number), "%" JSON_INTEGER_FORMAT,
+		                          json_integer_value(v)));
+		return true;
+	case JSON_REAL: {
+		_cleanup_free_ char *real = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+
+		if (!real)
+			return false;
+		text_put(t, real, strlen(real));
+		return true;
+	}
+	case JSON_TRUE:
+		text_put(t, "true", 4);
+		return true;
+	case JSON_FALSE:
+		text_put(t, "false", 5);
+		return true;
+	case JSON_NULL:
+		text_put(t, "null", 4);
+		return true;
+	}
+	return false;
+}
+
+/* The compact text of v as a new string (sorted members with sort), or NULL. */
+static char *
+json_text(json_t *v, bool sort)
+{
+	struct text t = {0};
+
+	if (!v || !text_put_value(&t, v, sort)) {
+		free(t.data);
+		return NULL;
+	}
+	*text_room(&t, 1) = '\0';
+	return t.data;
+}
+
 /* Parse instanceData: its canonical text and the members kept; problems go to the reason. */
 static int
 record_instance_data(json_t *props, struct stack_record *rec, struct reason *why)
@@ -769,7 +992,7 @@ record_instance_data(json_t *props, struct stack_record *rec, struct reason *why
 		return 0;
 	}
 	/* JSON_ENSURE_ASCII is not given, so non-ASCII stays UTF-8 as section 4 wants */
-	rec->instance_data = json_dumps(inst, JSON_COMPACT | JSON_SORT_KEYS);
+	rec->instance_data = json_text(inst, true);
 	if (!rec->instance_data)
 		return -ENOMEM;
 
@@ -782,10 +1005,10 @@ record_instance_data(json_t *props, struct stack_record *rec, struct reason *why
 	resource_string(res, "resourceUri", why, &rec->resource_uri);
 	resource_string(res, "location", why, &rec->location);
 	v = json_object_get(res, "tags");
-	if (v && !json_is_null(v) && !(rec->tags = dump_compact(v, 0)))
+	if (v && !json_is_null(v) && !(rec->tags = json_text(v, false)))
 		return -ENOMEM;
 	v = json_object_get(res, "additionalInfo");
-	if (v && !json_is_null(v) && !(rec->additional_info = dump_compact(v, 0)))
+	if (v && !json_is_null(v) && !(rec->additional_info = json_text(v, false)))
 		return -ENOMEM;
 	return 0;
 }
@@ -973,13 +1196,6 @@ body_blank(const char *body, size_t size)
 		if (body[i] != ' ' && body[i] != '\t' && body[i] != '\n' && body[i] != '\r')
 			return false;
 	return true;
-}
-
-/* Compact JSON text of any value (a new string), or NULL when jansson runs out of memory. */
-static char *
-dump_compact(json_t *v, size_t flags)
-{
-	return json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | flags);
 }
 
 /* ": Code: message" of an ARM error body for a message, or "" when there is none. */

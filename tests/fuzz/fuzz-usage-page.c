@@ -121,6 +121,7 @@ check_valid(const struct stack_record *r)
 	_cleanup_(json_decrefp) json_t *inst = NULL;
 	_cleanup_free_ char *again = NULL;
 	char key[HASH_SHA256_HEX_LEN + 1];
+	json_t *res, *tags, *info;
 	struct decimal d;
 
 	CHECK(r->key && strlen(r->key) == HASH_SHA256_HEX_LEN);
@@ -141,6 +142,25 @@ check_valid(const struct stack_record *r)
 	CHECK(json_is_object(inst));
 	again = json_dumps(inst, JSON_COMPACT | JSON_SORT_KEYS);
 	CHECK(again && streq(again, r->instance_data));
+	/* tags and additionalInfo are written as jansson writes them, in their own order */
+	res = json_object_get(inst, "Microsoft.Resources");
+	tags = json_object_get(res, "tags");
+	info = json_object_get(res, "additionalInfo");
+	CHECK((tags && !json_is_null(tags)) == !!r->tags);
+	CHECK((info && !json_is_null(info)) == !!r->additional_info);
+	if (r->tags) {
+		_cleanup_(json_decrefp) json_t *t = json_loads(r->tags, JSON_DECODE_ANY, NULL);
+		_cleanup_free_ char *text = json_dumps(t, JSON_COMPACT | JSON_ENCODE_ANY);
+
+		CHECK(text && streq(text, r->tags));
+	}
+	if (r->additional_info) {
+		_cleanup_(json_decrefp) json_t *t =
+		        json_loads(r->additional_info, JSON_DECODE_ANY, NULL);
+		_cleanup_free_ char *text = json_dumps(t, JSON_COMPACT | JSON_ENCODE_ANY);
+
+		CHECK(text && streq(text, r->additional_info));
+	}
 
 	CHECK(stack_record_key(FUZZ_HOUR, r->subscription_id, r->meter_id, r->usage_start,
 	                       r->usage_end, r->instance_data, key) == 0);
