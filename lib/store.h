@@ -47,22 +47,28 @@ struct store_options {
 	bool readonly;             /* azs-usagectl read verbs: never creates, migrates or writes */
 	unsigned busy_timeout_ms;  /* 0: 5000 */
 	unsigned checkpoint_pages; /* WAL pages between automatic checkpoints; 0: 4000 (64 MB) */
-	/* azs-usagectl read verbs: no quick_check, which reads the whole file (tens of seconds for
-	 * a large store); the header, application id and schema version are still checked, and the
-	 * daemon runs quick_check at its start */
+	/* azs-usagectl read verbs: not even the bounded check of store_open(); the header,
+	 * application id and schema version are still checked */
 	bool skip_quick_check;
 };
 
 /*
- * Open (creating when absent and not readonly), run quick_check (unless skip_quick_check), migrate
- * forward. A corrupt or
- * foreign file is -EBADMSG and is never modified; a file written by a newer build is -EPROTO.
+ * Open (creating when absent and not readonly), check, migrate forward. The check is bounded
+ * whatever the number of records (unless skip_quick_check): quick_check of the schema, the
+ * freelist and every table but the records, and the records table read at its newest rows and
+ * after the claim head (store.c bounded_check() says what it leaves to store_quick_check()). A
+ * corrupt or foreign file is -EBADMSG and is never modified; a file written by a newer build is
+ * -EPROTO.
  * Readonly: a missing file is -ENOENT, a file with an older schema (or none) is -ESTALE (start
  * azs-usaged once to migrate it). A file this user may not write, opened for writing, is -EACCES.
  * ret_error (may be NULL) receives a message for the log on failure.
  */
 int store_open(const struct store_options *options, struct store **ret, char **ret_error);
 struct store *store_free(struct store *s); /* accepts NULL, returns NULL */
+/* PRAGMA quick_check of the whole file, for an operator: reads every page (about 1 s per
+ * million records from the page cache, 8 s from the disk); -EBADMSG with the first problem in
+ * store_errmsg(). */
+int store_quick_check(struct store *s);
 const char *store_errmsg(struct store *s);
 int store_schema_version(struct store *s, int *ret);
 

@@ -1987,6 +1987,60 @@ test_store_open_skip_quick_check(void **state)
 	spill(f->path, good, n);
 }
 
+/* Overwrite the page of the file that holds text (it must be there) with garbage. */
+static void
+garble_page_of(char *file, size_t n, const char *text)
+{
+	char *at = memmem(file, n, text, strlen(text));
+	size_t page;
+
+	assert_non_null(at);
+	page = (size_t)(at - file) / 16384;
+	assert_true(page > 0);
+	for (size_t i = page * 16384; i < (page + 1) * 16384 && i < n; i++)
+		file[i] = (char)(i * 13 + 5);
+}
+
+/*
+ * The check at open is bounded: a damaged page among the older records (neither the newest ones
+ * nor those after the claim head) is left to the whole-file store_quick_check(), which finds it;
+ * a damaged page of the newest records, where the next page is written, is refused at open.
+ */
+static void
+test_store_open_check_bounded(void **state)
+{
+	struct fixture *f = *state;
+	_cleanup_free_ char *good = NULL, *err = NULL;
+	struct store_options o = {.path = f->path};
+	struct store *s = NULL;
+	char *bad;
+	size_t n = 0;
+
+	fill(f->store, 5000); /* records rec1000 .. rec5999, about 90 pages of them */
+	f->store = store_free(f->store);
+	good = slurp(f->path, &n);
+
+	bad = xmemdup(good, n);
+	garble_page_of(bad, n, "\"rec3500\"");
+	spill(f->path, bad, n);
+	assert_int_equal(store_open(&o, &s, &err), 0);
+	assert_int_equal(store_quick_check(s), -EBADMSG);
+	assert_non_null(store_errmsg(s));
+	s = store_free(s);
+	free(bad);
+
+	bad = xmemdup(good, n);
+	garble_page_of(bad, n, "\"rec5999\"");
+	spill(f->path, bad, n);
+	assert_refused(f->path, false, -EBADMSG);
+	free(bad);
+
+	spill(f->path, good, n);
+	assert_int_equal(store_open(&o, &s, &err), 0);
+	assert_int_equal(store_quick_check(s), 0);
+	s = store_free(s);
+}
+
 /* A file from a newer build is refused and untouched. */
 static void
 test_store_open_newer_version_refused(void **state)
@@ -4439,6 +4493,7 @@ main(void)
 	        T(test_store_open_migration_failure_changes_nothing),
 	        T(test_store_open_corrupt_refused_unmodified),
 	        T(test_store_open_skip_quick_check),
+	        T(test_store_open_check_bounded),
 	        T(test_store_open_newer_version_refused),
 	        T(test_store_open_readonly),
 	        T(test_store_put_page_full_disk),
