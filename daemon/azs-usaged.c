@@ -2,13 +2,18 @@
  * azs-usaged, the daemon: reads the options and the configuration, builds the event loop with
  * its signal events and the systemd notifications (READY, RELOADING, STOPPING, STATUS, the
  * watchdog), runs the loop and tears everything down in reverse. The pipelines of
- * ARCHITECTURE.md section 2 are started by daemon_start() after the loop exists, in the order
- * store, registry, collector, forwarder, health, and stopped by daemon_stop() in reverse.
+ * ARCHITECTURE.md section 2 are made by daemon_start() after the loop exists, in the order
+ * store, registry, collector, forwarder, health, started by daemon_loop() after READY=1 and
+ * stopped by daemon_stop() in reverse.
  *
  * The store is opened (and checked) before READY=1; records a previous run left inflight go back
  * to pending with their batch ids, so they are re-sent under the same usageEventIds. Two loop
- * timers look after it: the STATUS= line from the per-state counts, and pruning of forwarded
- * records past [store] retention, a small transaction per loop turn so the loop never stalls.
+ * timers look after it: the STATUS= line ("pending 120, dead 0, held 0, last forward 14s ago"),
+ * and pruning of forwarded records past [store] retention, a small transaction per loop turn so
+ * the loop never stalls. The health server listens on [health] listen before READY=1 too: a
+ * daemon that cannot be watched does not start. Its /readyz asks one check per concern: the
+ * store (cannot be read, the last write failed, records held as ambiguous), the two token
+ * sources, the collector, the registry and the forwarder.
  *
  * The collector gets the HTTP client (libcurl multi on this loop), the stamp's token source and
  * the metrics registry; it starts after READY=1 and is stopped first on SIGTERM, its requests in
@@ -20,7 +25,8 @@
  * cache is stale. On SIGTERM the forwarder claims nothing more and gets up to 30 s for the batches
  * in flight to be answered and their outcomes stored; then the loop ends and everything is torn
  * down: forwarder, collector, registry, then the token sources, HTTP and the store. SIGHUP hands
- * the forwarder its new batch sizes and backoff and the registry its new intervals.
+ * the forwarder its new batch sizes and backoff and the registry its new intervals; new [azure]
+ * credentials get a new token source, handed to both.
  */
 #define LOG_MODULE "main"
 
@@ -60,6 +66,8 @@
 
 /* when the health server started: forwarding counts as failing from then until a success */
 static int64_t daemon_health_since;
+
+#define DAEMON_COLLECT_FAILURES 3 /* polls failed in a row that make the daemon not ready */
 
 struct health;
 
@@ -116,13 +124,15 @@ static int daemon_new_stack_auth(struct daemon *d, const struct config *endpoint
                                  const struct config *credentials, struct auth **ret);
 static int daemon_new_collector(struct daemon *d);
 static void daemon_collector_settings(const struct config *c, struct collector_settings *ret);
-static int daemon_new_azure_auth(struct daemon *d, const struct config *c, struct auth **ret);
+static int daemon_new_azure_auth(struct daemon *d, const struct config *endpoints,
+                                 const struct config *credentials, struct auth **ret);
 static int daemon_new_forwarder(struct daemon *d);
 static void daemon_forwarder_settings(const struct config *c, struct forwarder_settings *ret);
 static bool daemon_registry_stale(void *userdata);
 static void on_drained(void *userdata, unsigned left_inflight);
 static int daemon_add_timer(struct daemon *d, event_callback_fn cb, struct event **ret);
 static void daemon_notify(struct daemon *d, const char *state);
+static void format_ago(int64_t seconds, char *buf, size_t size);
 static void daemon_reload(struct daemon *d);
 static void daemon_log_problems(const struct config_problems *problems);
 static void on_signal(evutil_socket_t fd, short what, void *userdata);
@@ -133,6 +143,8 @@ static int daemon_start_health(struct daemon *d);
 static void daemon_health_refresh(void *userdata, struct metrics *metrics);
 static void daemon_health_status(void *userdata, struct health_status *ret);
 static void daemon_check_store(void *userdata, struct health_reasons *reasons);
+static void daemon_check_tokens(void *userdata, struct health_reasons *reasons);
+static void daemon_check_auth(struct health_reasons *reasons, const char *identity, struct auth *a);
 static void daemon_check_collector(void *userdata, struct health_reasons *reasons);
 static void daemon_check_registry(void *userdata, struct health_reasons *reasons);
 static void daemon_check_forwarder(void *userdata, struct health_reasons *reasons);
@@ -266,9 +278,9 @@ print_help(void)
 	      "    SIGHUP\n"
 	      "        Re-read the configuration file. A file with errors is refused, each\n"
 	      "        error logged, and the running configuration kept. Batch sizes,\n"
-	      "        intervals, the log level ([log] level) and credentials apply at once;\n"
-	      "        changed endpoints, the store path and the health listen address are\n"
-	      "        logged as needing a restart.\n"
+	      "        intervals, the log level ([log] level) and the credentials of both\n"
+	      "        identities apply at once; changed endpoints, the store path and the\n"
+	      "        health listen address are logged as needing a restart.\n"
 	      "\n"
 	      "    SIGTERM, SIGINT\n"
 	      "        Stop and exit with status 0.\n"
@@ -302,7 +314,8 @@ print_help(void)
 	      "EXIT STATUS\n"
 	      "    0   stopped by SIGTERM or SIGINT; --check-config found no error;\n"
 	      "        --help or --version\n"
-	      "    1   invalid configuration, or the daemon could not start\n"
+	      "    1   invalid configuration, or the daemon could not start (the store\n"
+	      "        cannot be opened, [health] listen cannot be bound, ...)\n"
 	      "    2   usage error: an unknown option or an unexpected argument\n",
 	      stdout);
 }
@@ -383,8 +396,10 @@ daemon_start(struct daemon *d)
 		r = daemon_add_signal(d, SIGHUP, &d->sighup);
 	if (r < 0)
 		return log_error_errno(r, "cannot install the signal events: %m");
-	/* a peer closing a connection must be an error return, not the end of the process */
+	/* a peer closing a connection must be an error return, not the end of the process; so must
+	 * a file size limit (the store's write fails, and /readyz says so) */
 	signal(SIGPIPE, SIG_IGN);
+	signal(SIGXFSZ, SIG_IGN);
 
 	r = daemon_start_watchdog(d);
 	if (r >= 0)
@@ -393,6 +408,8 @@ daemon_start(struct daemon *d)
 		r = daemon_new_collector(d);
 	if (r >= 0)
 		r = daemon_new_forwarder(d);
+	if (r >= 0)
+		r = daemon_start_health(d);
 	if (r >= 0)
 		r = daemon_add_timer(d, on_status_timer, &d->status_timer);
 	if (r >= 0)
@@ -542,12 +559,18 @@ daemon_new_collector(struct daemon *d)
 	return 0;
 }
 
-/* The [azure] identity's token source (registration and Commerce audiences). */
+/*
+ * The [azure] identity's token source (registration and Commerce audiences): the login endpoint
+ * of one configuration (a change needs a restart) and the tenant and client secret or
+ * certificate of another (they apply on SIGHUP).
+ */
 static int
-daemon_new_azure_auth(struct daemon *d, const struct config *c, struct auth **ret)
+daemon_new_azure_auth(struct daemon *d, const struct config *endpoints,
+                      const struct config *credentials, struct auth **ret)
 {
+	const struct config *c = credentials;
 	struct auth_options options = {
-	        .login_endpoint = c->azure.login_endpoint,
+	        .login_endpoint = endpoints->azure.login_endpoint,
 	        .tenant = c->azure.tenant,
 	        .client_id = c->azure.client.client_id,
 	        .client_secret = c->azure.client.secret,
@@ -603,7 +626,7 @@ daemon_new_forwarder(struct daemon *d)
 	};
 	int r;
 
-	r = daemon_new_azure_auth(d, c, &d->azure_auth);
+	r = daemon_new_azure_auth(d, c, c, &d->azure_auth);
 	if (r < 0)
 		return r;
 	ro.auth = d->azure_auth;
@@ -637,31 +660,60 @@ daemon_add_timer(struct daemon *d, event_callback_fn cb, struct event **ret)
 }
 
 /*
- * Notify systemd of state (e.g. "READY=1", or NULL) together with STATUS=, a summary of the
- * queue from the per-state counts (kept incrementally by the store: no scan).
+ * Notify systemd of state (e.g. "READY=1", or NULL) together with STATUS=, the one-line summary
+ * of ARCHITECTURE.md section 8: "pending 120, dead 0, held 0, last forward 14s ago" (conflicts
+ * and quarantined records, which wait for an operator, are named when there are any). The counts
+ * are kept incrementally by the store: no scan.
  */
 static void
 daemon_notify(struct daemon *d, const char *state)
 {
 	struct store_counts counts;
-	char status[320];
+	struct forwarder_status fs = {0};
+	char status[320], extra[96] = "", ago[48];
 	int r;
 
 	r = store_counts(d->store, &counts);
 	if (r < 0) {
 		log_warning_errno(r, "cannot read the record counts: %s", store_errmsg(d->store));
-		if (state)
-			sd_notify(0, state);
+		snprintf(status, sizeof(status), "%s%sSTATUS=the store cannot be read",
+		         state ? state : "", state ? "\n" : "");
+		sd_notify(0, status);
 		return;
 	}
+	if (counts.by_state[STORE_CONFLICT] > 0 || counts.by_state[STORE_QUARANTINED] > 0)
+		snprintf(extra, sizeof(extra), ", conflicts %" PRIu64 ", quarantined %" PRIu64,
+		         counts.by_state[STORE_CONFLICT], counts.by_state[STORE_QUARANTINED]);
+	if (d->forwarder)
+		forwarder_get_status(d->forwarder, &fs);
+	if (fs.last_success_at > 0) {
+		char when[24];
+
+		format_ago(now_seconds() - fs.last_success_at, when, sizeof(when));
+		snprintf(ago, sizeof(ago), "last forward %s ago", when);
+	} else {
+		snprintf(ago, sizeof(ago), "no forward yet");
+	}
 	snprintf(status, sizeof(status),
-	         "%s%sSTATUS=pending %" PRIu64 ", dead %" PRIu64 ", held %" PRIu64
-	         ", inflight %" PRIu64 ", quarantined %" PRIu64 ", conflicts %" PRIu64,
+	         "%s%sSTATUS=pending %" PRIu64 ", dead %" PRIu64 ", held %" PRIu64 "%s, %s",
 	         state ? state : "", state ? "\n" : "", counts.by_state[STORE_PENDING],
-	         counts.by_state[STORE_DEAD], counts.by_state[STORE_HELD],
-	         counts.by_state[STORE_INFLIGHT], counts.by_state[STORE_QUARANTINED],
-	         counts.by_state[STORE_CONFLICT]);
+	         counts.by_state[STORE_DEAD], counts.by_state[STORE_HELD], extra, ago);
 	sd_notify(0, status);
+}
+
+/* A time span as STATUS= shows it: "14s", "5m", "3h", "2d" (whole units, rounded down). */
+static void
+format_ago(int64_t seconds, char *buf, size_t size)
+{
+	seconds = MAX(seconds, 0);
+	if (seconds < 120)
+		snprintf(buf, size, "%" PRId64 "s", seconds);
+	else if (seconds < 2 * 3600)
+		snprintf(buf, size, "%" PRId64 "m", seconds / 60);
+	else if (seconds < 2 * 86400)
+		snprintf(buf, size, "%" PRId64 "h", seconds / 3600);
+	else
+		snprintf(buf, size, "%" PRId64 "d", seconds / 86400);
 }
 
 /* Tell systemd we are ready and run the loop until a stop signal. */
@@ -682,9 +734,6 @@ daemon_loop(struct daemon *d)
 	r = forwarder_start(d->forwarder);
 	if (r < 0)
 		return log_error_errno(r, "cannot start the forwarder: %m");
-	r = daemon_start_health(d);
-	if (r < 0)
-		return r;
 
 	r = event_base_dispatch(d->base);
 	if (r < 0)
@@ -776,6 +825,7 @@ daemon_reload(struct daemon *d)
 {
 	struct config_problems problems = {0};
 	_cleanup_free_ char *restart = NULL;
+	struct auth *stack = NULL, *azure = NULL;
 	struct config *c = NULL;
 	char state[128];
 	int r;
@@ -796,25 +846,40 @@ daemon_reload(struct daemon *d)
 	}
 
 	config_restart_needed(d->config, c, &restart);
+	/* new credentials: a new token source (the old one's tokens are forgotten), both made
+	 * before either is used, so that a file is applied whole or not at all */
+	r = 0;
 	if (!streq_ptr(c->stack.tenant, d->config->stack.tenant) ||
 	    !streq_ptr(c->stack.client.client_id, d->config->stack.client.client_id) ||
 	    !streq_ptr(c->stack.client.secret, d->config->stack.client.secret) ||
-	    !streq_ptr(c->stack.client.certificate, d->config->stack.client.certificate)) {
-		struct auth *a = NULL;
-
-		/* new credentials: a new token source; the old one's tokens are forgotten */
-		r = daemon_new_stack_auth(d, d->config, c, &a);
-		if (r < 0) {
-			log_error("the new stack credentials cannot be used, keeping the running "
-			          "configuration");
-			config_free(c);
-			daemon_notify(d, "READY=1");
-			return;
-		}
-		collector_set_auth(d->collector, a);
+	    !streq_ptr(c->stack.client.certificate, d->config->stack.client.certificate))
+		r = daemon_new_stack_auth(d, d->config, c, &stack);
+	if (r >= 0 &&
+	    (!streq_ptr(c->azure.tenant, d->config->azure.tenant) ||
+	     !streq_ptr(c->azure.client.client_id, d->config->azure.client.client_id) ||
+	     !streq_ptr(c->azure.client.secret, d->config->azure.client.secret) ||
+	     !streq_ptr(c->azure.client.certificate, d->config->azure.client.certificate)))
+		r = daemon_new_azure_auth(d, d->config, c, &azure);
+	if (r < 0) {
+		log_error("the new credentials cannot be used, keeping the running configuration");
+		auth_free(stack);
+		auth_free(azure);
+		config_free(c);
+		daemon_notify(d, "READY=1");
+		return;
+	}
+	if (stack) {
+		collector_set_auth(d->collector, stack);
 		auth_free(d->stack_auth);
-		d->stack_auth = a;
+		d->stack_auth = stack;
 		log_info("the stack credentials changed: new tokens are asked for with them");
+	}
+	if (azure) {
+		registry_set_auth(d->registry, azure);
+		forwarder_set_auth(d->forwarder, azure);
+		auth_free(d->azure_auth);
+		d->azure_auth = azure;
+		log_info("the azure credentials changed: new tokens are asked for with them");
 	}
 	config_free(d->config);
 	d->config = c;
@@ -834,6 +899,11 @@ daemon_reload(struct daemon *d)
 		                       c->registration.max_staleness_usec);
 	}
 
+	log_debug("in force: commerce.batch_size %u, commerce.max_inflight %u, stack.poll_interval "
+	          "%" PRIu64 " ms, registration.refresh_interval %" PRIu64 " ms",
+	          c->commerce.batch_size, c->commerce.max_inflight,
+	          c->stack.poll_interval_usec / USEC_PER_MSEC,
+	          c->registration.refresh_interval_usec / USEC_PER_MSEC);
 	if (restart)
 		log_warning("changed keys need a restart to take effect: %s", restart);
 	log_fields(LOG_INFO, LOG_FIELDS("MESSAGE_ID", LOG_MESSAGE_ID_RELOADED),
@@ -944,8 +1014,11 @@ on_prune_timer(_unused_ evutil_socket_t fd, _unused_ short what, void *userdata)
 }
 
 /*
- * The health server on [health] listen (after READY=1): readiness from one check per module,
- * /metrics with the store's gauges refreshed at each scrape, /v1/status from the same sources.
+ * The health server on [health] listen, bound before READY=1 (it answers once the loop runs):
+ * readiness from one check per concern, /metrics with the store's gauges refreshed at each
+ * scrape, /v1/status from the same sources. An address that cannot be bound stops the start:
+ * a daemon nobody can watch would look down to its monitoring anyway, and the operator learns
+ * why at once instead of from a missing scrape.
  */
 static int
 daemon_start_health(struct daemon *d)
@@ -965,6 +1038,8 @@ daemon_start_health(struct daemon *d)
 	if (r >= 0)
 		r = health_add_check(d->health, "store", daemon_check_store, d);
 	if (r >= 0)
+		r = health_add_check(d->health, "tokens", daemon_check_tokens, d);
+	if (r >= 0)
 		r = health_add_check(d->health, "collector", daemon_check_collector, d);
 	if (r >= 0)
 		r = health_add_check(d->health, "registry", daemon_check_registry, d);
@@ -973,13 +1048,9 @@ daemon_start_health(struct daemon *d)
 	if (r < 0)
 		return log_error_errno(r, "cannot set up the health server: %m");
 	r = health_start(d->health);
-	if (r < 0) {
-		/* usage still flows without it; the scrape's up == 0 alerts (AzsUsagedDown) */
-		log_error_errno(r,
-		                "cannot listen on [health] listen %s, running without health: %m",
-		                d->config->health.listen);
-		return 0;
-	}
+	if (r < 0)
+		return log_error_errno(r, "cannot listen on [health] listen %s, not starting: %m",
+		                       d->config->health.listen);
 	daemon_health_since = now_seconds();
 	log_info("health server listening on %s", d->config->health.listen);
 	return 0;
@@ -1034,23 +1105,71 @@ daemon_health_status(void *userdata, struct health_status *ret)
 	ret->last_forward_success = fs.last_success_at;
 }
 
-/* Not ready: the store cannot be read, or a record is held. */
+/*
+ * Not ready: the store cannot be read; its last write failed (full, read-only, an I/O error:
+ * known from the write itself, so nothing is written here, and cleared by the next write that
+ * commits); or records are held as ambiguous. Records held for a subscription the tenant cache
+ * does not know yet are a short, normal wait and do not count.
+ */
 static void
 daemon_check_store(void *userdata, struct health_reasons *reasons)
 {
 	struct daemon *d = userdata;
-	struct store_counts counts;
+	uint64_t ambiguous = 0;
+	int64_t since = 0;
 	int r;
 
-	r = store_counts(d->store, &counts);
+	r = store_write_error(d->store, &since);
+	if (r < 0)
+		health_reasons_add(reasons, "store %s for %" PRId64 " s: %s",
+		                   r == -ENOSPC ? "full" : "not writable",
+		                   MAX(now_seconds() - since, 0), strerror(-r));
+	r = store_held_ambiguous(d->store, &ambiguous);
 	if (r < 0) {
 		health_reasons_add(reasons, "store cannot be read: %s", strerror(-r));
 		return;
 	}
-	if (counts.by_state[STORE_HELD] > 0)
+	if (ambiguous > 0)
 		health_reasons_add(reasons,
-		                   "%" PRIu64 " records held (azs-usagectl records --state held)",
-		                   counts.by_state[STORE_HELD]);
+		                   "%" PRIu64 " records held as ambiguous: the registration names "
+		                   "their tenant twice (azs-usagectl records --state held)",
+		                   ambiguous);
+}
+
+/* Not ready: a token (or the stamp's metadata document) cannot be had. */
+static void
+daemon_check_tokens(void *userdata, struct health_reasons *reasons)
+{
+	struct daemon *d = userdata;
+
+	daemon_check_auth(reasons, "stack", d->stack_auth);
+	daemon_check_auth(reasons, "azure", d->azure_auth);
+}
+
+/*
+ * One identity's token source: since when it fails, and how, with the HTTP status and the
+ * OAuth and AADSTS/MSIS codes only (no description, no secret).
+ */
+static void
+daemon_check_auth(struct health_reasons *reasons, const char *identity, struct auth *a)
+{
+	struct auth_status st;
+	char how[AUTH_STATUS_CODE_MAX + 32];
+
+	if (!a)
+		return;
+	auth_get_status(a, &st);
+	if (!st.failing)
+		return;
+	if (st.http_status > 0)
+		snprintf(how, sizeof(how), "HTTP %ld%s%s", st.http_status, st.code[0] ? " " : "",
+		         st.code);
+	else
+		snprintf(how, sizeof(how), "%s", strerror(-st.error));
+	health_reasons_add(reasons,
+	                   "no token for the %s identity%s%s for %" PRId64 " s (%u failures): %s",
+	                   identity, st.audience[0] ? " " : " (metadata document)", st.audience,
+	                   MAX(now_seconds() - st.failing_since, 0), st.failures, how);
 }
 
 /* Not ready: the store is full, or collection failed three polls in a row. */
@@ -1063,7 +1182,7 @@ daemon_check_collector(void *userdata, struct health_reasons *reasons)
 	collector_get_status(d->collector, &cs);
 	if (cs.store_full)
 		health_reasons_add(reasons, "store full: collection paused");
-	if (cs.consecutive_failures >= 3)
+	if (cs.consecutive_failures >= DAEMON_COLLECT_FAILURES)
 		health_reasons_add(reasons, "collection failed %u polls in a row",
 		                   cs.consecutive_failures);
 }

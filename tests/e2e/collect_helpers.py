@@ -12,10 +12,12 @@ import json
 import os
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 
 from azsim import CERT_CLIENT_ID, Sim, scenario, write_config
-from conftest import Daemon
+from conftest import Daemon, free_port
 from waiting import limit, wait_until
 
 
@@ -46,7 +48,9 @@ def collect_scenario(hours, records_per_hour=5, page_size=2, **overrides):
 def daemon_conf(sim, directory, stack=None, certificate=False, **sections):
     """The daemon's configuration for the simulator: collection every second, settle 0, a
     look-back of two seconds (so every hour's second pass comes at once); Commerce is the
-    simulator's, so records are forwarded as they are collected."""
+    simulator's, so records are forwarded as they are collected. The health server listens on a
+    loopback port of its own (a daemon that cannot bind [health] listen does not start, and
+    tests run side by side)."""
     os.makedirs(directory, exist_ok=True)
     conf = sim.daemon_config(str(directory), **sections)
     conf["stack"].update({"poll_interval": "1s", "settle": "0s", "lookback": "2s",
@@ -57,8 +61,83 @@ def daemon_conf(sim, directory, stack=None, certificate=False, **sections):
                               "client_certificate_file": sim.client_bundle})
     conf["stack"].update(stack or {})
     conf["log"] = {"level": "info"}
-    conf.setdefault("health", {})
+    conf.setdefault("health", {}).setdefault("listen", "127.0.0.1:%d" % free_port())
     return conf
+
+
+def health_url(conf, path):
+    """The URL of path on the health server of the daemon configured by conf."""
+    return "http://%s%s" % (conf["health"]["listen"], path)
+
+
+def readyz(conf):
+    """Ask the daemon's /readyz: (HTTP status, its JSON body), or (None, None) while nothing
+    answers."""
+    try:
+        with urllib.request.urlopen(health_url(conf, "/readyz"), timeout=limit(10)) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+    except (urllib.error.URLError, ConnectionError):
+        return None, None
+
+
+def wait_not_ready(daemon, conf, words, seconds=60):
+    """Wait until /readyz answers 503 with a reason that holds every one of words; return it."""
+    state = {}
+
+    def found():
+        status, body = readyz(conf)
+        state["last"] = (status, body)
+        if status != 503:
+            return None
+        assert body["ready"] is False, body
+        return next((r for r in body["reasons"] if all(w in r for w in words)), None)
+
+    try:
+        return wait_until(found, "/readyz naming %s" % (words,), seconds, interval=0.2,
+                          alive=daemon.proc)
+    except AssertionError as e:
+        raise AssertionError("%s; the last answer was %s" % (e, state.get("last"))) from None
+
+
+def wait_reason_gone(daemon, conf, words, seconds=60):
+    """Wait until /readyz answers and names no reason holding every one of words (other
+    reasons may remain); return the answer's reasons."""
+    state = {}
+
+    def gone():
+        status, body = readyz(conf)
+        state["last"] = (status, body)
+        if status is None:
+            return None
+        if any(all(w in r for w in words) for r in body["reasons"]):
+            return None
+        return body["reasons"] or ["(ready)"]
+
+    try:
+        return wait_until(gone, "/readyz without %s" % (words,), seconds, interval=0.2,
+                          alive=daemon.proc)
+    except AssertionError as e:
+        raise AssertionError("%s; the last answer was %s" % (e, state.get("last"))) from None
+
+
+def wait_ready(daemon, conf, seconds=90):
+    """Wait until /readyz answers 200 {"ready": true, "reasons": []}."""
+    state = {}
+
+    def ready():
+        status, body = readyz(conf)
+        state["last"] = (status, body)
+        if status == 200:
+            assert body == {"ready": True, "reasons": []}, body
+            return True
+        return False
+
+    try:
+        wait_until(ready, "/readyz answering 200", seconds, interval=0.2, alive=daemon.proc)
+    except AssertionError as e:
+        raise AssertionError("%s; the last answer was %s" % (e, state.get("last"))) from None
 
 
 def start(daemon_bin, directory, conf, env=None):
@@ -155,6 +234,7 @@ def stop(daemon):
     assert "runtime error" not in daemon.log()
 
 
-__all__ = ["Sim", "collect_scenario", "daemon_conf", "start", "usagectl_records",
+__all__ = ["Sim", "collect_scenario", "daemon_conf", "start", "usagectl_records", "health_url",
            "expected_records", "wait_collected", "assert_same_records", "stop",
-           "scenario_hours", "recent_hours", "fmt", "parse", "lookback_lines"]
+           "scenario_hours", "recent_hours", "fmt", "parse", "lookback_lines", "readyz",
+           "wait_not_ready", "wait_reason_gone", "wait_ready"]
