@@ -56,7 +56,7 @@ def test_store_is_created_before_ready_and_counted_in_status(start_daemon, notif
     message = ready(d, notify_socket)
     assert db.exists()
     status = [line for line in message.split("\n") if line.startswith("STATUS=")]
-    assert status == ["STATUS=pending 0, dead 0, held 0, inflight 0, quarantined 0, conflicts 0"]
+    assert status == ["STATUS=pending 0, dead 0, held 0, no forward yet"]
     # the file is a store azs-usagectl can read while the daemon runs
     st = ctl_json(build_dir, db, "status")
     assert st["records"]["pending"] == 0
@@ -92,7 +92,7 @@ def test_inflight_records_return_to_pending_with_their_batch_id(start_daemon, no
 
     d = start_daemon()
     message = ready(d, notify_socket)
-    assert "STATUS=pending 7, dead 0, held 0, inflight 0" in message
+    assert "STATUS=pending 7, dead 0, held 0, no forward yet" in message
     _, notice = d.wait_for_line(lambda f, line: "were inflight" in f.get("msg", ""))
     assert notice["records"] == "7"
 
