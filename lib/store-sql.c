@@ -22,9 +22,10 @@ _Static_assert(KIND_USAGE == 0 && KIND_ADJUSTMENT == 1 && KIND_QUARANTINED == 2 
                "kind numbers are stored in the database");
 
 /* Partial-index conditions; a query names the same terms so that SQLite can use the index. */
-#define BATCH_LIVE  "state <> " S_FORWARDED " AND members > 0"
-#define STATE_LIVE  "state <> " S_FORWARDED
-#define CLAIMS_KIND "kind < 2" /* usage records and adjustments: what is forwarded */
+#define BATCH_LIVE    "state <> " S_FORWARDED " AND members > 0"
+#define STATE_LIVE    "state <> " S_FORWARDED
+#define BATCH_PENDING "state = " S_PENDING " AND members > 0"
+#define CLAIMS_KIND   "kind < 2" /* usage records and adjustments: what is forwarded */
 
 /* A claimed record: the record's columns, then its charge (NULL when not frozen yet). */
 #define CLAIM_RECORD                                                                       \
@@ -89,6 +90,9 @@ const char *const store_schema_v1[] = {
         "CREATE INDEX batches_forwarded ON batches(forwarded_at)"
         " WHERE state = " S_FORWARDED " AND members > 0;\n"
         "CREATE INDEX batches_first ON batches(first) WHERE first IS NOT NULL;\n"
+        /* the oldest pending run without reading every pending batch (a long outage leaves
+         * one per 500 records); rows enter it only while a batch waits for a retry */
+        "CREATE INDEX batches_pending ON batches(first) WHERE " BATCH_PENDING ";\n"
         /* a row per subscription and change of its charge: a batch's charge for a
          * subscription is the latest up to the batch's epoch */
         "CREATE TABLE charges ("
@@ -117,6 +121,7 @@ const char *const store_schema_v1[] = {
         "CREATE INDEX states_live ON states(state, next_attempt_at) WHERE " STATE_LIVE ";\n"
         "CREATE INDEX states_batch ON states(batch, state) WHERE batch IS NOT NULL;\n"
         "CREATE INDEX states_forwarded ON states(forwarded_at) WHERE state = " S_FORWARDED ";\n"
+        "CREATE INDEX states_pending ON states(id) WHERE state = " S_PENDING ";\n"
         "CREATE TABLE registrations (id INTEGER PRIMARY KEY, resource_id TEXT NOT NULL UNIQUE);\n",
         /* the schedule, the caches, the history */
         "CREATE TABLE hours ("
@@ -357,14 +362,16 @@ const struct stmt_def store_stmt_defs[_STMT_MAX] = {
         [STMT_OLDEST_FRESH] = {"SELECT collected_at FROM records WHERE id > ?1 AND " CLAIMS_KIND
                                " ORDER BY id LIMIT 1",
                                true},
-        /* a run's first record may have gone (its own state row, pruned): the first left */
-        [STMT_OLDEST_BATCH] = {"SELECT min((SELECT r.collected_at FROM records r"
-                               " WHERE r.id BETWEEN b.first AND b.last ORDER BY r.id LIMIT 1))"
-                               " FROM batches b WHERE b.state = " S_PENDING " AND b." BATCH_LIVE,
+        /* record ids grow with collected_at: the oldest pending run is the one that starts
+         * first (min(): one step into its index), and its first record left (one may have
+         * gone: a state row, pruned) the oldest */
+        [STMT_OLDEST_BATCH] = {"SELECT (SELECT r.collected_at FROM records r"
+                               " WHERE r.id BETWEEN b.first AND b.last ORDER BY r.id LIMIT 1)"
+                               " FROM batches b WHERE b.first = (SELECT min(first) FROM batches"
+                               " WHERE " BATCH_PENDING ") AND b." BATCH_PENDING " LIMIT 1",
                                true},
-        [STMT_OLDEST_STATE] = {"SELECT min(r.collected_at) FROM states x"
-                               " JOIN records r ON r.id = x.id"
-                               " WHERE x.state = " S_PENDING " AND x." STATE_LIVE,
+        [STMT_OLDEST_STATE] = {"SELECT collected_at FROM records WHERE id ="
+                               " (SELECT min(id) FROM states WHERE state = " S_PENDING ")",
                                true},
         [STMT_RESET_BATCHES_COUNT] = {"SELECT COALESCE(sum(members), 0) FROM batches"
                                       " WHERE state = " S_INFLIGHT " AND " BATCH_LIVE,

@@ -2814,6 +2814,74 @@ test_store_oldest_pending_after_retry(void **state)
 	assert_int_equal(t, NOW);
 }
 
+/* Put one record collected at now as a page of its own. */
+static void
+put_at(struct store *s, struct rec_data *d, int64_t now)
+{
+	struct store_record rec = d->rec;
+	struct store_page page = {
+	        .reported_hour = T0, .scope = "", .records = &rec, .n_records = 1, .now = now};
+
+	assert_int_equal(store_put_page(s, &page, NULL), 0);
+}
+
+/*
+ * The oldest pending record among several runs waiting for a retry and a record retried on its
+ * own (a state row): the run that starts first, or the state row, whichever was collected first.
+ */
+static void
+test_store_oldest_pending_runs_and_state_rows(void **state)
+{
+	struct fixture *f = *state;
+	struct rec_data d[5];
+	struct store_batch first, b;
+	struct map_state m = {0};
+	int64_t t = 0;
+
+	for (unsigned i = 0; i < 5; i++)
+		rec_init(&d[i], 100 + i, SUB_A, "1");
+	put_at(f->store, &d[0], NOW);
+	put_at(f->store, &d[1], NOW);
+	claim(f->store, &m, 2, 0, NOW, &first); /* inflight for now */
+	assert_int_equal(first.n_records, 2);
+	/* two runs retried as a whole, then a fresh record */
+	for (unsigned i = 2; i < 4; i++) {
+		put_at(f->store, &d[i], NOW + 10 * i);
+		claim(f->store, &m, 1, 0, NOW + 10 * i, &b);
+		assert_int_equal(b.n_records, 1);
+		assert_int_equal(store_apply_outcomes(
+		                         f->store, b.batch_id,
+		                         &(struct store_outcome){.id = b.records[0].id,
+		                                                 .kind = STORE_OUTCOME_RETRY,
+		                                                 .next_attempt_at = NOW + 1000 * i},
+		                         1, NOW + 10 * i, NULL),
+		                 0);
+		store_batch_done(&b);
+	}
+	put_at(f->store, &d[4], NOW + 40);
+	assert_count(f->store, STORE_PENDING, 3);
+	assert_int_equal(store_oldest_pending(f->store, &t), 0);
+	assert_int_equal(t, NOW + 20); /* the run that starts first */
+
+	/* the first batch: one record forwarded, the other retried on its own (a state row) */
+	assert_int_equal(store_apply_outcomes(f->store, first.batch_id,
+	                                      (struct store_outcome[]){
+	                                              {.id = first.records[0].id,
+	                                               .kind = STORE_OUTCOME_FORWARDED,
+	                                               .status = "Accepted"},
+	                                              {.id = first.records[1].id,
+	                                               .kind = STORE_OUTCOME_RETRY,
+	                                               .next_attempt_at = NOW + 5000},
+	                                      },
+	                                      2, NOW + 50, NULL),
+	                 0);
+	store_batch_done(&first);
+	assert_count(f->store, STORE_PENDING, 4);
+	assert_int_equal(store_oldest_pending(f->store, &t), 0);
+	assert_int_equal(t, NOW); /* the state row */
+	check_counts(f);
+}
+
 /* Apply one outcome (o with its id set) to a batch; returns how many were applied. */
 static size_t
 apply1(struct store *s, const char *batch_id, struct store_outcome o, int64_t now)
@@ -4510,6 +4578,7 @@ main(void)
 	        T(test_store_prune_removes_batches_and_state_rows),
 	        T(test_store_conflict_accept_replaces_raw),
 	        T(test_store_oldest_pending_after_retry),
+	        T(test_store_oldest_pending_runs_and_state_rows),
 	        T(test_store_apply_outcomes_whole_batch_forwarded),
 	        T(test_store_apply_outcomes_whole_batch_retry_restart),
 	        T(test_store_apply_outcomes_record_retry_in_accepted_batch),
