@@ -3,12 +3,14 @@
 
 Starts a simulator with a scenario (default scenarios/bench.json: 168 hours of 5,000 records),
 posts every expected Commerce event hour by hour in batches of 1,000 over one keep-alive HTTPS
-connection, then asks for the summary a few times, changes the registration (the same tenant put
-again) and asks once more. Prints the wall and CPU time of each call, the simulator's peak and
-current resident memory (VmHWM, VmRSS from /proc) and its CPU figures, then checks two targets,
-PASS or FAIL each (exit 0 when both pass):
+connection, written as the daemon writes them (compact UTF-8 JSON; --escaped: Python's default
+spaced, ASCII-escaped JSON, which the simulator cannot take as the records on arrival), then asks
+for the summary a few times, changes the registration (the same tenant put again: every row is
+compared again, the full comparison) and asks twice more. Prints the wall and CPU time of each
+call, the simulator's peak and current resident memory (VmHWM, VmRSS from /proc) and its CPU
+figures, then checks two targets, PASS or FAIL each (exit 0 when both pass):
   - an unchanged ledger is cheap to summarise again: each repeat costs under a third of the CPU
-    time of the first summary;
+    time of the full comparison;
   - summaries stay out of cpuUsPerRecord: over the repeats and the full comparison after the
     registration change, the CPU that figure gains is under half the summaries' CPU time.
 AZS_SIM or AZS_BUILD_DIR names the binary, so an older build can be measured the same way.
@@ -46,6 +48,8 @@ def main():
     ap.add_argument("--hours", type=int, help="override the scenario's hour count")
     ap.add_argument("--calls", type=int, default=3,
                     help="summaries to ask for before the registration change (at least 2)")
+    ap.add_argument("--escaped", action="store_true",
+                    help="post events as Python writes them by default (spaced, \\u escapes)")
     a = ap.parse_args()
     if a.calls < 2:
         ap.error("--calls must be at least 2: the first summary and a repeat")
@@ -78,7 +82,11 @@ def main():
                 "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(first + 3600 * h + 3600))})
             events = call("GET", "/_sim/expected/events?" + q)
             for i in range(0, len(events), 1000):
-                body = json.dumps({"request": events[i:i + 1000]}).encode()
+                if a.escaped:
+                    body = json.dumps({"request": events[i:i + 1000]}).encode()
+                else:
+                    body = json.dumps({"request": events[i:i + 1000]}, separators=(",", ":"),
+                                      ensure_ascii=False).encode()
                 doc = call("POST", w["commercePath"], body,
                            {"Authorization": "Bearer " + tok, "Content-Type": "application/json",
                             "x-ms-requestid": str(uuid.uuid4()),
@@ -117,14 +125,15 @@ def main():
         if r.status not in (200, 201):
             raise SystemExit("PUT %s: %d %s" % (reg, r.status, r.body[:300]))
         summary("summary %d, after a registration change" % (a.calls + 1))
+        summary("summary %d, a repeat" % (a.calls + 2))
 
         status = 0
-        first = runs[0][0]
-        repeat = max(cpu for cpu, _ in runs[1:a.calls])
-        verdict = "PASS" if repeat * 3 < first else "FAIL"
+        full = runs[a.calls][0]
+        repeat = max(cpu for cpu, _ in runs[1:a.calls] + runs[a.calls + 1:])
+        verdict = "PASS" if repeat * 3 < full else "FAIL"
         status |= verdict == "FAIL"
-        print("%s repeat summaries: at most %.1f ms CPU each, the first %.1f ms (%.0fx)"
-              % (verdict, repeat / 1000, first / 1000, first / max(repeat, 1)))
+        print("%s repeat summaries: at most %.1f ms CPU each, the full comparison %.1f ms (%.0fx)"
+              % (verdict, repeat / 1000, full / 1000, full / max(repeat, 1)))
         after_first, last = runs[0][1], runs[-1][1]
         n = last["eventsReceived"] + last["recordsServed"]
         work = (last["cpuUsPerRecord"] - after_first["cpuUsPerRecord"]) * n

@@ -22,11 +22,16 @@
 #include "timeutil.h"
 #include "xmalloc.h"
 
-#define QTY_DIGITS      38   /* the most significant digits a quantity may have (section 6) */
-#define QTY_FAST_DIGITS 9    /* totals add quantities below 10^9 as integers, others as text */
-#define LIST_MAX        1000 /* entries per list in the summary (the lists it always had) */
-#define SAMPLE_MAX      20   /* samples of the other mismatch kinds */
-#define INFLATE_FACTOR  16
+#define QTY_DIGITS       38   /* the most significant digits a quantity may have (section 6) */
+#define QTY_FAST_DIGITS  9    /* totals add quantities below 10^9 as integers, others as text */
+#define LIST_MAX         1000 /* entries per list in the summary (the lists it always had) */
+#define SAMPLE_MAX       20   /* samples of the other mismatch kinds */
+#define INFLATE_FACTOR   16
+#define KEY_BYTES        32         /* a record key's SHA-256 digest */
+#define KEYTAB_CACHE     4          /* expected hours whose keys the dedupe keeps */
+#define ZBUF_KEEP        (4u << 20) /* an inflate buffer larger than this is not kept */
+
+#define sbuf_lit(b, lit) sbuf_add((b), (lit), sizeof(lit) - 1)
 
 /* A small string → index map (open addressing). */
 struct smap {
@@ -37,10 +42,11 @@ struct smap {
 };
 
 /*
- * One Commerce event as the batch parser leaves it: member names and string values point into
- * the (decoded in place) request body; other values keep their type and their JSON text as
- * received (for tags and additionalInfo). Parsing the flat events by hand instead of building
- * jansson trees halves the simulator's cost per event.
+ * One Commerce event as the batch parser leaves it: the members of section 6 by their place
+ * (others are skipped; the first of a repeated member counts), string values pointing into the
+ * (decoded in place) request body; other values keep their type and their JSON text as received
+ * (for tags and additionalInfo). Parsing the flat events by hand instead of building jansson
+ * trees halves the simulator's cost per event.
  */
 enum jtype {
 	JT_NONE, /* member absent */
@@ -52,15 +58,57 @@ enum jtype {
 	JT_ARRAY,
 };
 
-#define EVENT_MEMBERS_MAX 32
+/* The members of an event, in the order of the ledger's insert statement. */
+enum member {
+	M_ID,
+	M_SUBSCRIPTION,
+	M_REASON,
+	M_TENANT,
+	M_SOURCE,
+	M_REGISTRATION,
+	M_METER,
+	M_QUANTITY,
+	M_USAGE_START,
+	M_USAGE_END,
+	M_REPORTED_START,
+	M_RESOURCE,
+	M_LOCATION,
+	M_TAGS,
+	M_INFO,
+	M_MAX,
+};
+
+#define MEMBER(name)                   \
+	{                              \
+		name, sizeof(name) - 1 \
+	}
+static const struct {
+	const char *name;
+	size_t len;
+} members[M_MAX] = {
+        [M_ID] = MEMBER("usageEventId"),
+        [M_SUBSCRIPTION] = MEMBER("subscriptionId"),
+        [M_REASON] = MEMBER("chargeReason"),
+        [M_TENANT] = MEMBER("tenantId"),
+        [M_SOURCE] = MEMBER("sourceSubscriptionId"),
+        [M_REGISTRATION] = MEMBER("registration"),
+        [M_METER] = MEMBER("meterId"),
+        [M_QUANTITY] = MEMBER("quantity"),
+        [M_USAGE_START] = MEMBER("usageStartTime"),
+        [M_USAGE_END] = MEMBER("usageEndTime"),
+        [M_REPORTED_START] = MEMBER("reportedStartTime"),
+        [M_RESOURCE] = MEMBER("resourceUri"),
+        [M_LOCATION] = MEMBER("location"),
+        [M_TAGS] = MEMBER("tags"),
+        [M_INFO] = MEMBER("additionalInfo"),
+};
 
 struct jevent {
-	const char *keys[EVENT_MEMBERS_MAX];
-	const char *strs[EVENT_MEMBERS_MAX];
-	enum jtype types[EVENT_MEMBERS_MAX];
-	const char *raw[EVENT_MEMBERS_MAX]; /* the value's JSON text, as received (not a string) */
-	size_t raw_len[EVENT_MEMBERS_MAX];
-	size_t n;
+	const char *strs[M_MAX]; /* a string member's decoded text, else NULL */
+	size_t lens[M_MAX];      /* its length */
+	enum jtype types[M_MAX];
+	const char *raw[M_MAX]; /* the value's JSON text, as received (not a string) */
+	size_t raw_len[M_MAX];
 	bool object; /* false: the array element was not an object */
 };
 
@@ -100,7 +148,9 @@ struct agg {
  * The ledger's rows per reportedStartTime (its text is always YYYY-MM-DDTHH:MM:SSZ, validated,
  * so text order is time order), counted in memory as rows are inserted. A group the summary
  * found to match its expected hour exactly is marked clean with its row count and the
- * registration generation: until either changes, the next summary takes it as it is.
+ * registration generation: until either changes, the next summary takes it as it is. So is a
+ * group whose every row was, when it arrived, byte for byte the expected event of a distinct
+ * record of the hour (verified, under the registration generation verified_gen).
  */
 struct group {
 	char text[TIME_RFC3339_LEN + 1];
@@ -108,10 +158,66 @@ struct group {
 	uint64_t rows;
 	uint64_t clean_rows; /* 0: not known to be clean */
 	uint64_t clean_gen;
+	uint64_t verified;
+	uint64_t verified_gen;
+	uint32_t ordinal;  /* a clustered ledger's rowids of the group: ordinal << 32 | seq */
+	uint32_t next_seq; /* the seq of its next row */
+};
+
+/* A growing text buffer, kept from batch to batch. */
+struct sbuf {
+	char *p;
+	size_t n;
+	size_t cap;
+};
+
+/* The keys of the records of one expected hour, and a key → index table (the dedupe's). */
+struct keytab {
+	int64_t hour;
+	char text[32]; /* the hour as reportedStartTime writes it */
+	size_t n;
+	struct sim_record *recs;
+	uint8_t (*keys)[KEY_BYTES]; /* NULL: an unused entry */
+	uint32_t *slots;            /* index + 1; 0: free */
+	size_t mask;
+	uint64_t used;
+};
+
+/* A bit of the accepted bitmaps set by the batch being written (undone if it fails). */
+struct bitref {
+	uint32_t hour;
+	uint32_t rec;
 };
 
 /* What the Commerce side keeps besides the ledger itself. */
 struct commerce {
+	/*
+	 * The dedupe (store_event): a fresh ledger has no index on usage_event_id; a bit per
+	 * expected record of the scenario's hours says which are in the ledger (per hour,
+	 * allocated when one is), until the first event that is no expected record of its
+	 * reported hour makes the unique index (indexed), which then dedupes every event.
+	 */
+	bool indexed;
+	bool clustered;        /* rowids by group (see commerce_open), else an index finds them */
+	uint32_t next_ordinal; /* of the next new group of a clustered ledger */
+	uint8_t **accepted;    /* per scenario hour; NULL until a record of the hour is accepted */
+	struct keytab tabs[KEYTAB_CACHE];
+	uint64_t tab_tick;
+	struct bitref *undo;
+	size_t n_undo;
+	size_t undo_cap;
+	/* buffers of the batch being handled */
+	struct jevent *events;
+	size_t events_cap;
+	unsigned char *zbuf; /* the inflated body */
+	size_t zcap;
+	bool times_valid; /* times_start formatted as times_text[0] and, an hour later, [1] */
+	int64_t times_start;
+	char times_text[2][32];
+	struct sbuf res;      /* the results, one after the other */
+	size_t *starts;       /* where each result starts in res */
+	bool *omit;           /* results the answer leaves out */
+	size_t marks_cap;     /* size of starts and omit */
 	struct group *groups; /* sorted by text */
 	size_t n_groups;
 	/* expected totals of the scenario's hours [exp_first, exp_end), made once and extended */
@@ -126,7 +232,8 @@ struct commerce {
 	uint8_t *seen;
 	uint32_t *slots; /* index + 1; 0: free */
 	size_t slot_mask;
-	sqlite3_stmt *rows;  /* the rows of one reportedStartTime */
+	sqlite3_stmt *rows;  /* the rows of one reportedStartTime (by the index) */
+	sqlite3_stmt *range; /* the rows of one group of a clustered ledger */
 	uint64_t summary_ns; /* process CPU spent in summaries */
 	uint64_t summaries;
 };
@@ -194,25 +301,36 @@ struct run {
 	size_t n_totals;
 };
 
-static void write_results(struct sim *s, struct sim_response *r, struct evbuffer *res,
-                          const size_t *starts, bool *omit, size_t count);
+static void batch(struct sim *s, struct evhttp_request *req, struct sim_response *r);
+static int store_event(struct sim *s, const struct jevent *e, const char *corr, sqlite3_int64 now,
+                       int64_t reported);
+static int record_bit(struct sim *s, const char *id, int64_t reported, uint32_t *ret_hour,
+                      uint32_t *ret_rec, const struct keytab **ret_tab);
+static bool event_is_record(struct sim *s, const struct jevent *e, const struct sim_record *rec,
+                            const char *hour_text);
+static const struct keytab *keytab_get(struct sim *s, int64_t hour);
+static int key_decode(const char *id, uint8_t out[static KEY_BYTES]);
+static size_t key_slot(const uint8_t key[static KEY_BYTES]);
+static int ledger_mode(struct sim *s);
+static void dedupe_clear(struct commerce *c, size_t hours);
+static void write_results(struct sim *s, struct sim_response *r, size_t count);
+static void sbuf_add(struct sbuf *b, const char *p, size_t n);
+static void sbuf_json_str(struct sbuf *b, const char *str);
 static int validate_event(struct sim *s, const struct jevent *e, const char **ret_status,
-                          const char **ret_message);
-static int parse_batch(char *p, char *end, struct jevent **ret, size_t *ret_n);
+                          const char **ret_message, int64_t *ret_reported);
+static int parse_batch(char *p, char *end, struct jevent **events, size_t *cap, size_t *ret_n);
+static enum member member_of(const char *key, size_t len);
 static int parse_event(char **pp, char *end, struct jevent *e);
-static int parse_string(char **pp, char *end, char **ret, bool decode);
+static int parse_string(char **pp, char *end, char **ret, size_t *ret_len, bool decode);
 static inline void put(char **out, bool decode, char c);
 static int skip_value(char **pp, char *end, enum jtype *ret_type);
 static void skip_ws(char **pp, char *end);
-static const char *ev_str(const struct jevent *e, const char *key);
-static enum jtype ev_type(const struct jevent *e, const char *key);
-static const char *ev_raw(const struct jevent *e, const char *key, size_t *ret_len);
 static int qty_check(const char *text);
 static int qty_parse(const char *text, sim_u128 *ret);
 static void qty_format(sim_u128 v, char out[static 64]);
 static char *dec_add(const char *a, const char *b);
 static bool is_utc_time(const char *s);
-static int inflate_body(const unsigned char *in, size_t n, size_t limit, unsigned char **ret,
+static int inflate_body(struct commerce *c, const unsigned char *in, size_t n, size_t limit,
                         size_t *ret_size);
 static void message_time(char out[static 40]);
 static int db_exec(sqlite3 *db, const char *sql);
@@ -239,6 +357,7 @@ static void list_pair(struct run *run, enum kind k, const char *id, const char *
                       const char *actual);
 static void list_fields(struct run *run, const char *id, const bool wrong[static F_MAX]);
 static bool json_text_equal(const char *a, const char *b);
+static bool json_text_same(const char *a, size_t n, const char *b);
 static uint64_t agg_key(const struct sim_world *w, const struct sim_record *rec);
 static void agg_add(struct agg *a, uint64_t key, sim_u128 qty, uint64_t n);
 static void agg_copy(struct agg *dst, const struct agg *src);
@@ -258,38 +377,48 @@ commerce_open(struct sim *s)
 	_cleanup_free_ char *path = xasprintf("%s/ledger.db", s->state_dir);
 
 	s->commerce = xcalloc(1, sizeof(*s->commerce));
-	if (sqlite3_open(path, &s->db) != SQLITE_OK) {
+	/* one thread: SQLite need not lock its structures on every call */
+	if (sqlite3_open_v2(path, &s->db,
+	                    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+	                    NULL) != SQLITE_OK) {
 		fprintf(stderr, "azs-sim: %s: %s\n", path, sqlite3_errmsg(s->db));
 		return -EIO;
 	}
 	/*
-	 * The ledger is test infrastructure sharing the benchmark machine: no fsync (a crash of the
-	 * simulator ends the test anyway), a large page cache, and rows appended in rowid order
-	 * with the random usageEventId only in the unique index (smaller random writes). Every
-	 * member of an event is kept (tags and additionalInfo as the JSON text received); the
-	 * columns after accepted_at came later and are added to a ledger made before them.
+	 * The ledger is test infrastructure sharing the benchmark machine: no fsync and the
+	 * rollback journal in memory (a crash of the simulator ends the test anyway; a write-ahead
+	 * log would write every page twice), a large page cache, and no index to maintain while
+	 * events arrive: the random usageEventId is in none while the dedupe can do without one
+	 * (see store_event), and a group's rows (one reportedStartTime) are found by their rowids,
+	 * ordinal << 32 | seq, the group's ordinal (in the order groups first appeared) and the
+	 * row's place in it: rows arriving hour after hour are appended. A ledger made by an older
+	 * simulator (it has the index events_reported, and usage_event_id UNIQUE in the table)
+	 * keeps its indexes and rowids. Every member of an event is kept (tags and additionalInfo
+	 * as the JSON text received); the columns after accepted_at came later and are added to a
+	 * ledger made before them.
 	 */
-	if (db_exec(s->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF;"
-	                   "PRAGMA cache_size=-131072; PRAGMA temp_store=MEMORY;"
-	                   "CREATE TABLE IF NOT EXISTS events ("
-	                   " usage_event_id TEXT NOT NULL UNIQUE, subscription_id TEXT NOT NULL,"
-	                   " charge_reason TEXT NOT NULL, tenant_id TEXT,"
-	                   " source_subscription_id TEXT NOT NULL, meter_id TEXT NOT NULL,"
-	                   " quantity TEXT NOT NULL, usage_start TEXT NOT NULL,"
-	                   " usage_end TEXT NOT NULL, reported_start TEXT NOT NULL,"
-	                   " resource_uri TEXT NOT NULL, correlation_id TEXT,"
-	                   " accepted_at INTEGER NOT NULL, registration TEXT, location TEXT,"
-	                   " tags TEXT, additional_info TEXT);") < 0 ||
-	    add_columns(s->db) < 0 ||
-	    db_exec(s->db, "CREATE INDEX IF NOT EXISTS events_reported ON events(reported_start)") <
-	            0)
+	sqlite3_busy_timeout(s->db, 10000); /* a test reading the ledger meanwhile */
+	if (db_exec(s->db,
+	            "PRAGMA page_size=16384; PRAGMA journal_mode=MEMORY; PRAGMA synchronous=OFF;"
+	            "PRAGMA cache_size=-16384; PRAGMA temp_store=MEMORY;"
+	            "CREATE TABLE IF NOT EXISTS events ("
+	            " usage_event_id TEXT NOT NULL, subscription_id TEXT NOT NULL,"
+	            " charge_reason TEXT NOT NULL, tenant_id TEXT,"
+	            " source_subscription_id TEXT NOT NULL, meter_id TEXT NOT NULL,"
+	            " quantity TEXT NOT NULL, usage_start TEXT NOT NULL,"
+	            " usage_end TEXT NOT NULL, reported_start TEXT NOT NULL,"
+	            " resource_uri TEXT NOT NULL, correlation_id TEXT,"
+	            " accepted_at INTEGER NOT NULL, registration TEXT, location TEXT,"
+	            " tags TEXT, additional_info TEXT);") < 0 ||
+	    add_columns(s->db) < 0 || ledger_mode(s) < 0)
 		return -EIO;
 	if (sqlite3_prepare_v2(s->db,
-	                       "INSERT OR IGNORE INTO events (usage_event_id, subscription_id,"
-	                       " charge_reason, tenant_id, source_subscription_id, registration,"
-	                       " meter_id, quantity, usage_start, usage_end, reported_start,"
-	                       " resource_uri, location, tags, additional_info, correlation_id,"
-	                       " accepted_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+	                       "INSERT OR IGNORE INTO events (rowid, usage_event_id,"
+	                       " subscription_id, charge_reason, tenant_id,"
+	                       " source_subscription_id, registration, meter_id, quantity,"
+	                       " usage_start, usage_end, reported_start, resource_uri, location,"
+	                       " tags, additional_info, correlation_id, accepted_at)"
+	                       " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
 	                       -1, &s->insert, NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v2(s->db,
 	                       "SELECT usage_event_id, subscription_id, charge_reason, tenant_id,"
@@ -297,6 +426,12 @@ commerce_open(struct sim *s)
 	                       " usage_start, usage_end, reported_start, resource_uri, location,"
 	                       " tags, additional_info FROM events WHERE reported_start = ?",
 	                       -1, &s->commerce->rows, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(s->db,
+	                       "SELECT usage_event_id, subscription_id, charge_reason, tenant_id,"
+	                       " source_subscription_id, registration, meter_id, quantity,"
+	                       " usage_start, usage_end, reported_start, resource_uri, location,"
+	                       " tags, additional_info FROM events WHERE rowid BETWEEN ? AND ?",
+	                       -1, &s->commerce->range, NULL) != SQLITE_OK ||
 	    groups_load(s) < 0) {
 		fprintf(stderr, "azs-sim: ledger: %s\n", sqlite3_errmsg(s->db));
 		return -EIO;
@@ -311,7 +446,21 @@ commerce_close(struct sim *s)
 	struct commerce *c = s->commerce;
 
 	if (c) {
+		dedupe_clear(c, s->world.hour_count);
+		free(c->accepted);
+		for (size_t i = 0; i < KEYTAB_CACHE; i++) {
+			free(c->tabs[i].recs);
+			free(c->tabs[i].keys);
+			free(c->tabs[i].slots);
+		}
+		free(c->undo);
+		free(c->events);
+		free(c->zbuf);
+		free(c->res.p);
+		free(c->starts);
+		free(c->omit);
 		sqlite3_finalize(c->rows);
+		sqlite3_finalize(c->range);
 		free(c->groups);
 		agg_free(&c->exp);
 		free(c->recs);
@@ -333,25 +482,82 @@ commerce_reset(struct sim *s)
 {
 	s->duplicates = s->rejected = s->batches = s->events_seen = 0;
 	s->commerce->n_groups = 0;
-	return db_exec(s->db, "DELETE FROM events;");
+	if (db_exec(s->db, "DELETE FROM events;") < 0 || ledger_mode(s) < 0)
+		return -EIO;
+	return 0;
+}
+
+/*
+ * Choose how the ledger dedupes and finds a group's rows (at start and after a reset): an empty
+ * ledger without indexes, with empty bitmaps and clustered rowids; one that holds rows (made by
+ * an earlier run) with the unique index on usage_event_id, clustered unless an older simulator
+ * made it (then it has the index events_reported).
+ */
+static int
+ledger_mode(struct sim *s)
+{
+	struct commerce *c = s->commerce;
+	sqlite3_stmt *q;
+	bool rows, old;
+
+	if (sqlite3_prepare_v2(s->db,
+	                       "SELECT EXISTS (SELECT 1 FROM events), EXISTS (SELECT 1 FROM"
+	                       " sqlite_master WHERE type = 'index' AND name = 'events_reported')",
+	                       -1, &q, NULL) != SQLITE_OK)
+		return -EIO;
+	rows = sqlite3_step(q) == SQLITE_ROW && sqlite3_column_int(q, 0);
+	old = sqlite3_column_int(q, 1);
+	sqlite3_finalize(q);
+	dedupe_clear(c, s->world.hour_count);
+	c->indexed = rows;
+	c->clustered = !rows || !old;
+	c->next_ordinal = 1;
+	if (rows)
+		return db_exec(s->db, "CREATE UNIQUE INDEX IF NOT EXISTS events_id"
+		                      " ON events(usage_event_id)");
+	return db_exec(s->db, "DROP INDEX IF EXISTS events_id;"
+	                      "DROP INDEX IF EXISTS events_reported");
+}
+
+/* Forget which expected records are in the ledger. */
+static void
+dedupe_clear(struct commerce *c, size_t hours)
+{
+	for (size_t i = 0; c->accepted && i < hours; i++) {
+		free(c->accepted[i]);
+		c->accepted[i] = NULL;
+	}
 }
 
 /* Handle one batch POST. */
 void
 commerce_batch(struct sim *s, struct evhttp_request *req, struct sim_response *r)
 {
+	struct commerce *c = s->commerce;
+
+	batch(s, req, r);
+	if (c->zcap > ZBUF_KEEP) { /* a rare large body: its buffer is not kept */
+		free(c->zbuf);
+		c->zbuf = NULL;
+		c->zcap = 0;
+	}
+}
+
+/* Check, store and answer one batch. */
+static void
+batch(struct sim *s, struct evhttp_request *req, struct sim_response *r)
+{
+	struct commerce *c = s->commerce;
 	struct evkeyvalq *hdr = evhttp_request_get_input_headers(req);
 	struct evbuffer *in = evhttp_request_get_input_buffer(req);
 	const char *enc = evhttp_find_header(hdr, "Content-Encoding");
 	const char *corr = evhttp_find_header(hdr, "x-ms-correlationid");
 	size_t n = evbuffer_get_length(in), size = n;
-	_cleanup_free_ unsigned char *inflated = NULL;
 	const unsigned char *body;
-	_cleanup_free_ struct jevent *events = NULL;
-	struct evbuffer *res = NULL;
-	size_t *starts = NULL;
-	bool *omit = NULL;
+	struct jevent *events;
+	bool indexed = c->indexed;
 	char now_text[40];
+	sqlite3_int64 now = (sqlite3_int64)time(NULL);
 	size_t count = 0;
 
 	if (n > s->world.max_bytes) {
@@ -361,8 +567,7 @@ commerce_batch(struct sim *s, struct evhttp_request *req, struct sim_response *r
 	}
 	body = evbuffer_pullup(in, -1);
 	if (enc && strcasecmp(enc, "gzip") == 0) {
-		int k = inflate_body(body, n, s->world.max_bytes * INFLATE_FACTOR, &inflated,
-		                     &size);
+		int k = inflate_body(c, body, n, s->world.max_bytes * INFLATE_FACTOR, &size);
 
 		if (k == -EFBIG) {
 			sim_arm_error(r, 413, "RequestEntityTooLarge",
@@ -374,31 +579,34 @@ commerce_batch(struct sim *s, struct evhttp_request *req, struct sim_response *r
 			              "The gzip body cannot be decompressed.");
 			return;
 		}
-		body = inflated;
+		body = c->zbuf;
 	} else if (enc && strcasecmp(enc, "identity") != 0) {
 		sim_arm_error(r, 415, "UnsupportedMediaType",
 		              "Only gzip and identity content encodings are supported.");
 		return;
 	}
-	if (parse_batch((char *)body, (char *)body + size, &events, &count) < 0 || count == 0) {
+	if (parse_batch((char *)body, (char *)body + size, &c->events, &c->events_cap, &count) <
+	            0 ||
+	    count == 0) {
 		sim_arm_error(r, 400, "BadRequest",
 		              "The request body must be a JSON object with a non-empty 'request' "
 		              "array.");
-		goto out;
+		return;
 	}
+	events = c->events;
 	r->events = (unsigned)count;
 	if (count > s->world.max_events) {
 		sim_arm_error(r, 413, "RequestEntityTooLarge",
 		              "The batch holds more usage events than allowed.");
-		goto out;
+		return;
 	}
 	for (size_t i = 0; i < count; i++) {
-		const char *id = ev_str(&events[i], "usageEventId");
+		const char *id = events[i].strs[M_ID];
 
 		if (id && sim_fault_take(s, SIM_EP_COMMERCE, SIM_ACT_POISON, id, -1)) {
 			sim_arm_error(r, 400, "BadArgument",
 			              "The request contains an invalid usage event.");
-			goto out;
+			return;
 		}
 	}
 
@@ -407,29 +615,32 @@ commerce_batch(struct sim *s, struct evhttp_request *req, struct sim_response *r
 	message_time(now_text);
 	if (db_exec(s->db, "BEGIN") < 0) {
 		sim_arm_error(r, 500, "InternalServerError", "The ledger cannot be written.");
-		goto out;
+		return;
 	}
-	/* each event's result goes to res (starts[i] is where it begins): faults may leave some
-	 * out of the answer or reorder them */
-	res = evbuffer_new();
-	if (!res)
-		abort();
-	starts = xcalloc(count + 1, sizeof(*starts));
-	omit = xcalloc(count + 1, sizeof(*omit));
+	/* each event's result goes to c->res (c->starts[i] is where it begins): faults may leave
+	 * some out of the answer or reorder them */
+	if (count + 1 > c->marks_cap) {
+		c->marks_cap = MAX(count + 1, c->marks_cap * 2);
+		c->starts = xreallocarray(c->starts, c->marks_cap, sizeof(*c->starts));
+		c->omit = xreallocarray(c->omit, c->marks_cap, sizeof(*c->omit));
+	}
+	c->res.n = 0;
+	c->n_undo = 0;
 	for (size_t i = 0; i < count; i++) {
 		const struct jevent *e = &events[i];
-		const char *id = ev_str(e, "usageEventId");
+		const char *id = e->strs[M_ID];
 		const char *status = NULL, *message = NULL;
 		struct sim_rule *rule;
+		int64_t reported = 0;
 
-		starts[i] = evbuffer_get_length(res);
-		omit[i] = id && sim_fault_take(s, SIM_EP_COMMERCE, SIM_ACT_OMIT_RESULTS, id, -1);
-		evbuffer_add_printf(res, "{\"usageEventId\":");
+		c->starts[i] = c->res.n;
+		c->omit[i] = id && sim_fault_take(s, SIM_EP_COMMERCE, SIM_ACT_OMIT_RESULTS, id, -1);
+		sbuf_lit(&c->res, "{\"usageEventId\":");
 		if (id)
-			sim_json_str(res, id);
+			sbuf_json_str(&c->res, id);
 		else
-			evbuffer_add_printf(res, "null");
-		if (validate_event(s, e, &status, &message) < 0) {
+			sbuf_lit(&c->res, "null");
+		if (validate_event(s, e, &status, &message, &reported) < 0) {
 			s->rejected++;
 		} else if ((rule = sim_fault_take(s, SIM_EP_COMMERCE, SIM_ACT_EVENTS, id, -1))) {
 			status = rule->code ? rule->code : "Error";
@@ -438,82 +649,269 @@ commerce_batch(struct sim *s, struct evhttp_request *req, struct sim_response *r
 			                                   : "Simulated per-event fault.";
 			s->rejected++;
 		} else {
-			static const char *const keys[] = {
-			        "usageEventId",
-			        "subscriptionId",
-			        "chargeReason",
-			        "tenantId",
-			        "sourceSubscriptionId",
-			        "registration",
-			        "meterId",
-			        "quantity",
-			        "usageStartTime",
-			        "usageEndTime",
-			        "reportedStartTime",
-			        "resourceUri",
-			        "location",
-			};
-			static const char *const raw_keys[] = {"tags", "additionalInfo"};
-			int k = (int)ARRAY_SIZE(keys);
+			int k = store_event(s, e, corr, now, reported);
 
-			sqlite3_reset(s->insert);
-			for (size_t j = 0; j < ARRAY_SIZE(keys); j++)
-				sqlite3_bind_text(s->insert, (int)j + 1, ev_str(e, keys[j]), -1,
-				                  SQLITE_STATIC);
-			/* tags and additionalInfo: their JSON text as received */
-			for (size_t j = 0; j < ARRAY_SIZE(raw_keys); j++) {
-				size_t len = 0;
-				const char *raw = ev_raw(e, raw_keys[j], &len);
-
-				sqlite3_bind_text(s->insert, ++k, raw, (int)len, SQLITE_STATIC);
-			}
-			sqlite3_bind_text(s->insert, ++k, corr, -1, SQLITE_TRANSIENT);
-			sqlite3_bind_int64(s->insert, ++k, (sqlite3_int64)time(NULL));
-			k = sqlite3_step(s->insert);
-			sqlite3_reset(s->insert);
-			if (k != SQLITE_DONE) {
-				status = "Error";
-				message = "The ledger cannot be written.";
-			} else if (sqlite3_changes(s->db) == 0) {
+			if (k == -EEXIST) {
 				s->duplicates++;
-				evbuffer_add_printf(res,
-				                    ",\"status\":\"Duplicate\",\"messageTime\":"
-				                    "\"0001-01-01T00:00:00\",\"error\":{\"code\":"
-				                    "\"Conflict\",\"message\":\"This usage event "
-				                    "already exist.\"}}");
-				continue;
-			} else {
-				group_get(s->commerce, ev_str(e, "reportedStartTime"), true)
-				        ->rows++;
-				evbuffer_add_printf(
-				        res, ",\"status\":\"Accepted\",\"messageTime\":\"%s\"}",
-				        now_text);
+				sbuf_lit(&c->res, ",\"status\":\"Duplicate\",\"messageTime\":"
+				                  "\"0001-01-01T00:00:00\",\"error\":{\"code\":"
+				                  "\"Conflict\",\"message\":\"This usage event "
+				                  "already exist.\"}}");
 				continue;
 			}
+			if (k == 0) {
+				sbuf_lit(&c->res, ",\"status\":\"Accepted\",\"messageTime\":\"");
+				sbuf_add(&c->res, now_text, strlen(now_text));
+				sbuf_lit(&c->res, "\"}");
+				continue;
+			}
+			status = "Error";
+			message = "The ledger cannot be written.";
 		}
-		evbuffer_add_printf(res, ",\"status\":");
-		sim_json_str(res, status);
+		sbuf_lit(&c->res, ",\"status\":");
+		sbuf_json_str(&c->res, status);
 		/* a transient Error carries the code InternalError (commerce-batch-response.json)
 		 */
-		evbuffer_add_printf(res, ",\"error\":{\"code\":");
-		sim_json_str(res, streq(status, "Error") ? "InternalError" : status);
-		evbuffer_add_printf(res, ",\"message\":");
-		sim_json_str(res, message);
-		evbuffer_add_printf(res, "}}");
+		sbuf_lit(&c->res, ",\"error\":{\"code\":");
+		sbuf_json_str(&c->res, streq(status, "Error") ? "InternalError" : status);
+		sbuf_lit(&c->res, ",\"message\":");
+		sbuf_json_str(&c->res, message);
+		sbuf_lit(&c->res, "}}");
 	}
-	starts[count] = evbuffer_get_length(res);
+	c->starts[count] = c->res.n;
 	if (db_exec(s->db, "COMMIT") < 0) {
 		db_exec(s->db, "ROLLBACK");
 		groups_load(s); /* the rows counted above are not there */
+		for (size_t i = 0; i < c->n_undo; i++)
+			c->accepted[c->undo[i].hour][c->undo[i].rec / 8] &=
+			        (uint8_t) ~(1u << (c->undo[i].rec % 8));
+		c->indexed = indexed; /* an index made by this batch is gone with it */
 		sim_arm_error(r, 500, "InternalServerError", "The ledger cannot be written.");
-		goto out;
+		return;
 	}
-	write_results(s, r, res, starts, omit, count);
-out:
-	if (res)
-		evbuffer_free(res);
-	free(starts);
-	free(omit);
+	write_results(s, r, count);
+}
+
+/*
+ * Write one valid event to the ledger (in the batch's transaction): 0, or -EEXIST when its
+ * usageEventId is there already, or -EIO. A fresh ledger dedupes with a bit per expected
+ * record, for an event whose id is the key of a record of the hour its reportedStartTime names
+ * (what a correct forwarder sends); the first event that is not makes the unique index on
+ * usage_event_id, which dedupes every event from then on. Either way an id is accepted once:
+ * two different ids never share a bit, and ids with a bit set are in the index when it is made.
+ */
+static int
+store_event(struct sim *s, const struct jevent *e, const char *corr, sqlite3_int64 now,
+            int64_t reported)
+{
+	struct commerce *c = s->commerce;
+	sqlite3_stmt *q = s->insert;
+	const struct keytab *t = NULL;
+	uint32_t hour = 0, rec = 0;
+	bool bit = !c->indexed && record_bit(s, e->strs[M_ID], reported, &hour, &rec, &t) == 0;
+	struct group *gr;
+	int k;
+
+	if (bit && c->accepted[hour] && (c->accepted[hour][rec / 8] & (1u << (rec % 8))))
+		return -EEXIST;
+	if (!bit && !c->indexed) {
+		if (db_exec(s->db, "CREATE UNIQUE INDEX IF NOT EXISTS events_id"
+		                   " ON events(usage_event_id)") < 0)
+			return -EIO;
+		c->indexed = true;
+	}
+	gr = group_get(c, e->strs[M_REPORTED_START], true); /* validated: never NULL */
+	sqlite3_reset(q);
+	if (c->clustered)
+		sqlite3_bind_int64(q, 1, (sqlite3_int64)gr->ordinal << 32 | gr->next_seq++);
+	else
+		sqlite3_bind_null(q, 1);
+	for (int m = M_ID; m < M_TAGS; m++)
+		sqlite3_bind_text(q, m + 2, e->strs[m], (int)e->lens[m], SQLITE_STATIC);
+	/* tags and additionalInfo: their JSON text as received */
+	for (int m = M_TAGS; m <= M_INFO; m++)
+		sqlite3_bind_text(q, m + 2, e->raw[m], (int)e->raw_len[m], SQLITE_STATIC);
+	sqlite3_bind_text(q, M_MAX + 2, corr, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(q, M_MAX + 3, now);
+	k = sqlite3_step(q);
+	sqlite3_reset(q);
+	if (k != SQLITE_DONE)
+		return -EIO;
+	if (sqlite3_changes(s->db) == 0)
+		return -EEXIST;
+	gr->rows++;
+	if (bit && event_is_record(s, e, &t->recs[rec], t->text)) {
+		if (gr->verified_gen != s->world.reg_gen) { /* rows verified before do not count */
+			gr->verified = 0;
+			gr->verified_gen = s->world.reg_gen;
+		}
+		gr->verified++;
+	}
+	if (bit) {
+		if (!c->accepted[hour])
+			c->accepted[hour] = xcalloc(s->world.records_per_hour / 8 + 1, 1);
+		c->accepted[hour][rec / 8] |= (uint8_t)(1u << (rec % 8));
+		if (c->n_undo == c->undo_cap) {
+			c->undo_cap = MAX(c->undo_cap * 2, (size_t)256);
+			c->undo = xreallocarray(c->undo, c->undo_cap, sizeof(*c->undo));
+		}
+		c->undo[c->n_undo].hour = hour;
+		c->undo[c->n_undo++].rec = rec;
+	}
+	return 0;
+}
+
+/*
+ * The bit of the expected record whose key an id is, when it is one of the scenario hour that
+ * reported names: *ret_hour (the hour's place in the scenario) and *ret_rec (the record's
+ * place in the hour); -ENOENT otherwise.
+ */
+static int
+record_bit(struct sim *s, const char *id, int64_t reported, uint32_t *ret_hour, uint32_t *ret_rec,
+           const struct keytab **ret_tab)
+{
+	struct commerce *c = s->commerce;
+	const struct sim_world *w = &s->world;
+	const struct keytab *t;
+	uint8_t key[KEY_BYTES];
+	int64_t hour = (reported - w->hour_from) / 3600;
+
+	if (reported < w->hour_from || (reported - w->hour_from) % 3600 != 0 ||
+	    hour >= (int64_t)w->hour_count || !world_hour_has_usage(w, reported) ||
+	    key_decode(id, key) < 0)
+		return -ENOENT;
+	t = keytab_get(s, reported);
+	for (size_t j = key_slot(key) & t->mask; t->slots[j]; j = (j + 1) & t->mask)
+		if (memcmp(t->keys[t->slots[j] - 1], key, KEY_BYTES) == 0) {
+			if (!c->accepted)
+				c->accepted = xcalloc(w->hour_count, sizeof(*c->accepted));
+			*ret_hour = (uint32_t)hour;
+			*ret_rec = t->slots[j] - 1;
+			*ret_tab = t;
+			return 0;
+		}
+	return -ENOENT;
+}
+
+/* The keys of an expected hour, from the cache or made (replacing the least recently used). */
+static const struct keytab *
+keytab_get(struct sim *s, int64_t hour)
+{
+	struct commerce *c = s->commerce;
+	const struct sim_world *w = &s->world;
+	struct keytab *t = &c->tabs[0];
+	size_t cap = 2;
+
+	for (size_t i = 0; i < KEYTAB_CACHE; i++) {
+		if (c->tabs[i].keys && c->tabs[i].hour == hour) {
+			c->tabs[i].used = ++c->tab_tick;
+			return &c->tabs[i];
+		}
+		if (!c->tabs[i].keys || c->tabs[i].used < t->used)
+			t = &c->tabs[i];
+	}
+	while (cap < 2 * (size_t)w->records_per_hour)
+		cap *= 2;
+	if (!t->keys) {
+		t->recs = xcalloc(w->records_per_hour + 1, sizeof(*t->recs));
+		t->keys = xcalloc(w->records_per_hour + 1, sizeof(*t->keys));
+		t->slots = xcalloc(cap, sizeof(*t->slots));
+		t->mask = cap - 1;
+	}
+	t->hour = hour;
+	world_format_time(hour, true, t->text);
+	t->used = ++c->tab_tick;
+	t->n = world_hour_records(w, hour, t->recs);
+	memset(t->slots, 0, cap * sizeof(*t->slots));
+	for (size_t i = 0; i < t->n; i++) {
+		char hex[SIM_KEY_LEN + 1];
+		size_t j;
+
+		world_record_key(w, hour, &t->recs[i], hex);
+		if (key_decode(hex, t->keys[i]) < 0)
+			abort();
+		for (j = key_slot(t->keys[i]) & t->mask; t->slots[j]; j = (j + 1) & t->mask)
+			;
+		t->slots[j] = (uint32_t)i + 1;
+	}
+	return t;
+}
+
+/*
+ * Tell whether an event is, byte for byte (but for white space between the tokens of tags and
+ * additionalInfo), the one the expected record rec of the hour (hour_text) implies, charged as
+ * the registration stands now: then the summary's comparison of its row could find nothing
+ * (see compare_row, which is less strict: it compares subscriptions without case and JSON
+ * texts as values).
+ */
+static bool
+event_is_record(struct sim *s, const struct jevent *e, const struct sim_record *rec,
+                const char *hour_text)
+{
+	struct commerce *c = s->commerce;
+	const struct sim_world *w = &s->world;
+	const struct sim_resource *res = &w->res[rec->resource];
+	const struct sim_instance *in = &res->inst[rec->variant];
+	const struct sim_usersub *u = &w->subs[res->usersub];
+	const struct sim_tenant *t = &w->tenants[u->tenant];
+	const char *reason, *charged = world_charged(w, res->usersub, &reason);
+	char lit[SIM_QTY_TEXT];
+
+	if (!streq_ptr(e->strs[M_SUBSCRIPTION], charged) || !streq_ptr(e->strs[M_REASON], reason) ||
+	    !(t->unlisted ? e->types[M_TENANT] == JT_NULL : streq_ptr(e->strs[M_TENANT], t->id)) ||
+	    !streq_ptr(e->strs[M_SOURCE], u->id) ||
+	    !streq_ptr(e->strs[M_REGISTRATION], w->reg_id_lower) ||
+	    !streq_ptr(e->strs[M_METER], w->meters[rec->meter]) ||
+	    !streq_ptr(e->strs[M_REPORTED_START], hour_text) ||
+	    !streq_ptr(e->strs[M_RESOURCE], res->uri) || !streq_ptr(e->strs[M_LOCATION], "local") ||
+	    !json_text_same(e->raw[M_TAGS], e->raw_len[M_TAGS], in->tags) ||
+	    !json_text_same(e->raw[M_INFO], e->raw_len[M_INFO], in->info))
+		return false;
+	if (!c->times_valid || c->times_start != rec->usage_start) { /* mostly the same */
+		world_format_time(rec->usage_start, true, c->times_text[0]);
+		world_format_time(rec->usage_start + 3600, true, c->times_text[1]);
+		c->times_start = rec->usage_start;
+		c->times_valid = true;
+	}
+	if (!streq_ptr(e->strs[M_USAGE_START], c->times_text[0]) ||
+	    !streq_ptr(e->strs[M_USAGE_END], c->times_text[1]))
+		return false;
+	world_quantity_text(rec->quantity, rec->decimals, lit);
+	return streq_ptr(e->strs[M_QUANTITY], lit);
+}
+
+/* A key written as 64 lower-case hex digits (a SHA-256 digest) as its bytes; -EINVAL if not. */
+static int
+key_decode(const char *id, uint8_t out[static KEY_BYTES])
+{
+	/* a digit's value + 1; 0 for anything else (the end of a shorter id too) */
+	static const uint8_t value[256] = {
+	        ['0'] = 1,  ['1'] = 2,  ['2'] = 3,  ['3'] = 4,  ['4'] = 5,  ['5'] = 6,
+	        ['6'] = 7,  ['7'] = 8,  ['8'] = 9,  ['9'] = 10, ['a'] = 11, ['b'] = 12,
+	        ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
+	};
+
+	for (size_t i = 0; i < KEY_BYTES; i++) {
+		unsigned hi = value[(unsigned char)id[2 * i]], lo;
+
+		if (!hi)
+			return -EINVAL;
+		lo = value[(unsigned char)id[2 * i + 1]];
+		if (!lo)
+			return -EINVAL;
+		out[i] = (uint8_t)((hi - 1) << 4 | (lo - 1));
+	}
+	return id[2 * KEY_BYTES] == '\0' ? 0 : -EINVAL;
+}
+
+/* Where a key starts looking in a key table (the digest's first bytes are uniform already). */
+static size_t
+key_slot(const uint8_t key[static KEY_BYTES])
+{
+	uint64_t v;
+
+	memcpy(&v, key, sizeof(v));
+	return (size_t)v;
 }
 
 /*
@@ -522,12 +920,13 @@ out:
  * reorderResults rule answers them in reverse order. count is the number of results written.
  */
 static void
-write_results(struct sim *s, struct sim_response *r, struct evbuffer *res, const size_t *starts,
-              bool *omit, size_t count)
+write_results(struct sim *s, struct sim_response *r, size_t count)
 {
+	struct commerce *c = s->commerce;
 	struct sim_rule *drop = sim_fault_take(s, SIM_EP_COMMERCE, SIM_ACT_OMIT_RESULTS, NULL, -1);
 	bool reverse = sim_fault_take(s, SIM_EP_COMMERCE, SIM_ACT_REORDER_RESULTS, NULL, -1);
-	const char *text = (const char *)evbuffer_pullup(res, -1);
+	const size_t *starts = c->starts;
+	bool *omit = c->omit;
 	size_t n = 0;
 
 	for (size_t i = 0; drop && i < count; i++)
@@ -544,9 +943,46 @@ write_results(struct sim *s, struct sim_response *r, struct evbuffer *res, const
 		if (!first)
 			evbuffer_add(r->body, ",", 1);
 		first = 0;
-		evbuffer_add(r->body, text + starts[i], starts[i + 1] - starts[i]);
+		evbuffer_add(r->body, c->res.p + starts[i], starts[i + 1] - starts[i]);
 	}
-	evbuffer_add_printf(r->body, "]}");
+	evbuffer_add(r->body, "]}", 2);
+}
+
+/* Append bytes to a text buffer. */
+static void
+sbuf_add(struct sbuf *b, const char *p, size_t n)
+{
+	if (b->n + n > b->cap) {
+		b->cap = MAX(b->n + n, MAX(b->cap * 2, (size_t)4096));
+		b->p = xrealloc(b->p, b->cap);
+	}
+	memcpy(b->p + b->n, p, n);
+	b->n += n;
+}
+
+/* Append a string as a JSON string literal. */
+static void
+sbuf_json_str(struct sbuf *b, const char *str)
+{
+	const char *run = str, *p;
+
+	sbuf_add(b, "\"", 1);
+	for (p = str; *p; p++) {
+		unsigned char ch = (unsigned char)*p;
+		char esc[8];
+
+		if (ch != '"' && ch != '\\' && ch >= 0x20)
+			continue;
+		sbuf_add(b, run, (size_t)(p - run));
+		if (ch == '"' || ch == '\\')
+			snprintf(esc, sizeof(esc), "\\%c", ch);
+		else
+			snprintf(esc, sizeof(esc), "\\u%04x", ch);
+		sbuf_add(b, esc, strlen(esc));
+		run = p + 1;
+	}
+	sbuf_add(b, run, (size_t)(p - run));
+	sbuf_add(b, "\"", 1);
 }
 
 /*
@@ -769,21 +1205,24 @@ commerce_expected_events(struct sim *s, int64_t from, int64_t until, size_t limi
 	evbuffer_add(out, "]", 1);
 }
 
-/* Check one event against the contract; the per-event status and message when it fails. */
+/*
+ * Check one event against the contract; the per-event status and message when it fails, its
+ * reportedStartTime when it passes.
+ */
 static int
 validate_event(struct sim *s, const struct jevent *e, const char **ret_status,
-               const char **ret_message)
+               const char **ret_message, int64_t *ret_reported)
 {
-	static const char *const times[] = {"usageStartTime", "usageEndTime", "reportedStartTime"};
-	static const char *const strings[] = {"resourceUri", "location", "meterId"};
+	static const enum member times[] = {M_USAGE_START, M_USAGE_END, M_REPORTED_START};
+	static const enum member strings[] = {M_RESOURCE, M_LOCATION, M_METER};
 	const struct sim_world *w = &s->world;
-	const char *id = ev_str(e, "usageEventId");
-	const char *sub = ev_str(e, "subscriptionId");
-	const char *reason = ev_str(e, "chargeReason");
-	const char *src = ev_str(e, "sourceSubscriptionId");
-	const char *reg = ev_str(e, "registration");
-	const char *qty = ev_str(e, "quantity");
-	enum jtype tenant = ev_type(e, "tenantId");
+	const char *id = e->strs[M_ID];
+	const char *sub = e->strs[M_SUBSCRIPTION];
+	const char *reason = e->strs[M_REASON];
+	const char *src = e->strs[M_SOURCE];
+	const char *reg = e->strs[M_REGISTRATION];
+	const char *qty = e->strs[M_QUANTITY];
+	enum jtype tenant = e->types[M_TENANT];
 	int64_t t[3];
 	bool known = false;
 	int k;
@@ -802,8 +1241,7 @@ validate_event(struct sim *s, const struct jevent *e, const char **ret_status,
 		*ret_message = "chargeReason must be registered, default or unknown-subscription.";
 		return -EINVAL;
 	}
-	if (tenant != JT_NULL &&
-	    !(tenant == JT_STRING && world_is_guid(ev_str(e, "tenantId"), true))) {
+	if (tenant != JT_NULL && !(tenant == JT_STRING && world_is_guid(e->strs[M_TENANT], true))) {
 		*ret_message = "tenantId must be a lower-case GUID or null.";
 		return -EINVAL;
 	}
@@ -812,13 +1250,13 @@ validate_event(struct sim *s, const struct jevent *e, const char **ret_status,
 		return -EINVAL;
 	}
 	for (size_t i = 0; i < ARRAY_SIZE(strings); i++)
-		if (isempty(ev_str(e, strings[i]))) {
+		if (isempty(e->strs[strings[i]])) {
 			*ret_message =
 			        "resourceUri, location and meterId must be non-empty strings.";
 			return -EINVAL;
 		}
 	for (size_t i = 0; i < ARRAY_SIZE(times); i++) {
-		const char *tx = ev_str(e, times[i]);
+		const char *tx = e->strs[times[i]];
 
 		if (!tx || !is_utc_time(tx) || time_parse_rfc3339(tx, &t[i]) < 0) {
 			*ret_message = "usageStartTime, usageEndTime and reportedStartTime must be "
@@ -830,8 +1268,8 @@ validate_event(struct sim *s, const struct jevent *e, const char **ret_status,
 		*ret_message = "usageEndTime must be after usageStartTime.";
 		return -EINVAL;
 	}
-	for (const char *m = "tags"; m; m = streq(m, "tags") ? "additionalInfo" : NULL) {
-		enum jtype o = ev_type(e, m);
+	for (enum member m = M_TAGS; m <= M_INFO; m++) {
+		enum jtype o = e->types[m];
 
 		if (o != JT_NULL && o != JT_OBJECT) {
 			*ret_message = "tags and additionalInfo must be objects or null.";
@@ -863,14 +1301,17 @@ validate_event(struct sim *s, const struct jevent *e, const char **ret_status,
 		        "subscription of the registration.";
 		return -ENOENT;
 	}
+	*ret_reported = t[2];
 	return 0;
 }
 
-/* Parse {"request":[event, ...]} (other top-level members are skipped). */
+/*
+ * Parse {"request":[event, ...]} (other top-level members are skipped) into *events (grown as
+ * needed, kept for the next batch; *cap is its size).
+ */
 static int
-parse_batch(char *p, char *end, struct jevent **ret, size_t *ret_n)
+parse_batch(char *p, char *end, struct jevent **events, size_t *cap, size_t *ret_n)
 {
-	struct jevent *events = NULL;
 	size_t n = 0;
 	bool seen = false;
 
@@ -885,40 +1326,43 @@ parse_batch(char *p, char *end, struct jevent **ret, size_t *ret_n)
 			char *key;
 
 			skip_ws(&p, end);
-			if (parse_string(&p, end, &key, true) < 0)
-				goto fail;
+			if (parse_string(&p, end, &key, NULL, true) < 0)
+				return -EINVAL;
 			skip_ws(&p, end);
 			if (p >= end || *p++ != ':')
-				goto fail;
+				return -EINVAL;
 			skip_ws(&p, end);
 			if (streq(key, "request") && !seen) {
 				seen = true;
 				if (p >= end || *p++ != '[')
-					goto fail;
+					return -EINVAL;
 				skip_ws(&p, end);
 				if (p < end && *p == ']')
 					p++;
 				else
 					for (;;) {
-						events = xreallocarray(events, n + 1,
-						                       sizeof(*events));
+						if (n == *cap) {
+							*cap = MAX(*cap * 2, (size_t)64);
+							*events = xreallocarray(*events, *cap,
+							                        sizeof(**events));
+						}
 						skip_ws(&p, end);
-						if (parse_event(&p, end, &events[n++]) < 0)
-							goto fail;
+						if (parse_event(&p, end, &(*events)[n++]) < 0)
+							return -EINVAL;
 						skip_ws(&p, end);
 						if (p < end && *p == ',') {
 							p++;
 							continue;
 						}
 						if (p >= end || *p++ != ']')
-							goto fail;
+							return -EINVAL;
 						break;
 					}
 			} else {
 				enum jtype t;
 
 				if (skip_value(&p, end, &t) < 0)
-					goto fail;
+					return -EINVAL;
 			}
 			skip_ws(&p, end);
 			if (p < end && *p == ',') {
@@ -926,18 +1370,24 @@ parse_batch(char *p, char *end, struct jevent **ret, size_t *ret_n)
 				continue;
 			}
 			if (p >= end || *p++ != '}')
-				goto fail;
+				return -EINVAL;
 			break;
 		}
 	skip_ws(&p, end);
 	if (p != end || !seen)
-		goto fail;
-	*ret = events;
+		return -EINVAL;
 	*ret_n = n;
 	return 0;
-fail:
-	free(events);
-	return -EINVAL;
+}
+
+/* The member of section 6 a (decoded) member name of len bytes is, or M_MAX for another one. */
+static enum member
+member_of(const char *key, size_t len)
+{
+	for (int m = 0; m < M_MAX; m++)
+		if (members[m].len == len && memcmp(members[m].name, key, len) == 0)
+			return (enum member)m;
+	return M_MAX;
 }
 
 /* Parse one array element; an object keeps its members, anything else is skipped. */
@@ -962,10 +1412,12 @@ parse_event(char **pp, char *end, struct jevent *e)
 	}
 	for (;;) {
 		char *key, *str = NULL, *value;
+		size_t klen, len;
+		enum member m;
 		enum jtype t;
 
 		skip_ws(&p, end);
-		if (parse_string(&p, end, &key, true) < 0)
+		if (parse_string(&p, end, &key, &klen, true) < 0)
 			return -EINVAL;
 		skip_ws(&p, end);
 		if (p >= end || *p++ != ':')
@@ -973,19 +1425,19 @@ parse_event(char **pp, char *end, struct jevent *e)
 		skip_ws(&p, end);
 		value = p;
 		if (p < end && *p == '"') {
-			if (parse_string(&p, end, &str, true) < 0)
+			if (parse_string(&p, end, &str, &len, true) < 0)
 				return -EINVAL;
 			t = JT_STRING;
 		} else if (skip_value(&p, end, &t) < 0) {
 			return -EINVAL;
 		}
-		if (e->n < EVENT_MEMBERS_MAX && ev_type(e, key) == JT_NONE) {
-			e->keys[e->n] = key;
-			e->strs[e->n] = str;
-			e->types[e->n] = t;
-			e->raw[e->n] = value;
-			e->raw_len[e->n] = (size_t)(p - value);
-			e->n++;
+		m = member_of(key, klen);
+		if (m < M_MAX && e->types[m] == JT_NONE) {
+			e->strs[m] = str;
+			e->lens[m] = str ? len : 0;
+			e->types[m] = t;
+			e->raw[m] = value;
+			e->raw_len[m] = (size_t)(p - value);
 		}
 		skip_ws(&p, end);
 		if (p < end && *p == ',') {
@@ -1000,18 +1452,27 @@ parse_event(char **pp, char *end, struct jevent *e)
 }
 
 /*
- * Parse a JSON string at *pp and return its start; with decode, decode it in place
- * (NUL-terminated), else only check it, leaving the text as it was (the raw text of an object
- * member is kept for the ledger).
+ * Parse a JSON string at *pp and return its start (and with ret_len, its decoded length); with
+ * decode, decode it in place (NUL-terminated), else only check it, leaving the text as it was
+ * (the raw text of an object member is kept for the ledger).
  */
 static int
-parse_string(char **pp, char *end, char **ret, bool decode)
+parse_string(char **pp, char *end, char **ret, size_t *ret_len, bool decode)
 {
+	/* the bytes that end the plain run of a string: its end, an escape, a control character */
+	static const bool stop[256] = {
+	        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x00 to 0x1f */
+	        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, ['"'] = 1, ['\\'] = 1,
+	};
 	char *p = *pp, *out, *start;
 
 	if (p >= end || *p != '"')
 		return -EINVAL;
-	start = out = ++p;
+	start = ++p;
+	/* up to the first escape the text stays where it is */
+	while (p < end && !stop[(unsigned char)*p])
+		p++;
+	out = p;
 	while (p < end && *p != '"') {
 		unsigned char ch = (unsigned char)*p;
 
@@ -1083,6 +1544,8 @@ parse_string(char **pp, char *end, char **ret, bool decode)
 		*out = '\0'; /* the decoded text is never longer than the escaped one */
 	*pp = p + 1;
 	*ret = start;
+	if (ret_len)
+		*ret_len = (size_t)(out - start);
 	return 0;
 }
 
@@ -1105,7 +1568,7 @@ skip_value(char **pp, char *end, enum jtype *ret_type)
 	switch (*p) {
 	case '"':
 		*ret_type = JT_STRING;
-		return parse_string(pp, end, &s, false);
+		return parse_string(pp, end, &s, NULL, false);
 	case '{':
 	case '[': {
 		char close = *p == '{' ? '}' : ']';
@@ -1122,7 +1585,7 @@ skip_value(char **pp, char *end, enum jtype *ret_type)
 
 			skip_ws(&p, end);
 			if (close == '}') {
-				if (parse_string(&p, end, &s, false) < 0)
+				if (parse_string(&p, end, &s, NULL, false) < 0)
 					return -EINVAL;
 				skip_ws(&p, end);
 				if (p >= end || *p++ != ':')
@@ -1180,38 +1643,6 @@ skip_ws(char **pp, char *end)
 	while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
 		p++;
 	*pp = p;
-}
-
-/* A string member of an event, or NULL (absent or not a string). */
-static const char *
-ev_str(const struct jevent *e, const char *key)
-{
-	for (size_t i = 0; i < e->n; i++)
-		if (streq(e->keys[i], key))
-			return e->strs[i];
-	return NULL;
-}
-
-/* The JSON text of an event member as received (NULL when absent). */
-static const char *
-ev_raw(const struct jevent *e, const char *key, size_t *ret_len)
-{
-	for (size_t i = 0; i < e->n; i++)
-		if (streq(e->keys[i], key)) {
-			*ret_len = e->raw_len[i];
-			return e->raw[i];
-		}
-	return NULL;
-}
-
-/* The type of an event member (JT_NONE when absent). */
-static enum jtype
-ev_type(const struct jevent *e, const char *key)
-{
-	for (size_t i = 0; i < e->n; i++)
-		if (streq(e->keys[i], key))
-			return e->types[i];
-	return JT_NONE;
 }
 
 /*
@@ -1363,47 +1794,50 @@ is_utc_time(const char *s)
 	return true;
 }
 
-/* Inflate a gzip body, refusing more than limit bytes (-EFBIG). */
+/*
+ * Inflate a gzip body into c->zbuf (kept for the next batch unless it grew large), refusing
+ * more than limit bytes (-EFBIG).
+ */
 static int
-inflate_body(const unsigned char *in, size_t n, size_t limit, unsigned char **ret, size_t *ret_size)
+inflate_body(struct commerce *c, const unsigned char *in, size_t n, size_t limit, size_t *ret_size)
 {
 	z_stream z = {0};
-	size_t cap = MAX(n * 4, (size_t)4096), used = 0;
-	unsigned char *out;
+	size_t used = 0;
 	int k;
 
 	if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK)
 		return -ENOMEM;
-	out = xmalloc(cap);
+	if (c->zcap < MAX(n * 4, (size_t)4096)) {
+		c->zcap = MAX(n * 4, (size_t)4096);
+		free(c->zbuf);
+		c->zbuf = xmalloc(c->zcap);
+	}
 	z.next_in = (unsigned char *)in;
 	z.avail_in = (uInt)n;
 	for (;;) {
-		if (used == cap) {
-			if (cap >= limit) {
+		if (used == c->zcap) {
+			if (c->zcap >= limit) {
 				k = -EFBIG;
-				goto fail;
+				goto out;
 			}
-			cap = MIN(cap * 2, limit);
-			out = xrealloc(out, cap);
+			c->zcap = MIN(c->zcap * 2, limit);
+			c->zbuf = xrealloc(c->zbuf, c->zcap);
 		}
-		z.next_out = out + used;
-		z.avail_out = (uInt)(cap - used);
+		z.next_out = c->zbuf + used;
+		z.avail_out = (uInt)(c->zcap - used);
 		k = inflate(&z, Z_NO_FLUSH);
-		used = cap - z.avail_out;
+		used = c->zcap - z.avail_out;
 		if (k == Z_STREAM_END)
 			break;
-		if (k != Z_OK && !(k == Z_BUF_ERROR && used == cap)) {
+		if (k != Z_OK && !(k == Z_BUF_ERROR && used == c->zcap)) {
 			k = -EBADMSG;
-			goto fail;
+			goto out;
 		}
 	}
-	inflateEnd(&z);
-	*ret = out;
+	k = 0;
 	*ret_size = used;
-	return 0;
-fail:
+out:
 	inflateEnd(&z);
-	free(out);
 	return k;
 }
 
@@ -1631,8 +2065,9 @@ compare_hour(struct run *run, int64_t h, struct group *gr)
 	const struct sim_world *w = &run->s->world;
 	size_t n, before = 0, after = 0;
 
-	if (gr && gr->rows == w->records_per_hour && gr->clean_rows == gr->rows &&
-	    gr->clean_gen == w->reg_gen) {
+	if (gr && gr->rows == w->records_per_hour &&
+	    ((gr->clean_rows == gr->rows && gr->clean_gen == w->reg_gen) ||
+	     (gr->verified == gr->rows && gr->verified_gen == w->reg_gen))) {
 		run->accepted += gr->rows;
 		return; /* its rows are its records: their totals stay in base */
 	}
@@ -1686,12 +2121,17 @@ static void
 compare_rows(struct run *run, struct group *gr, int64_t h, const struct sim_record *recs)
 {
 	struct commerce *c = run->c;
-	sqlite3_stmt *q = c->rows;
+	sqlite3_stmt *q = c->clustered ? c->range : c->rows;
 	char th[32];
 
 	world_format_time(h, true, th);
 	sqlite3_reset(q);
-	sqlite3_bind_text(q, 1, gr->text, -1, SQLITE_STATIC);
+	if (c->clustered) {
+		sqlite3_bind_int64(q, 1, (sqlite3_int64)gr->ordinal << 32);
+		sqlite3_bind_int64(q, 2, (sqlite3_int64)gr->ordinal << 32 | UINT32_MAX);
+	} else {
+		sqlite3_bind_text(q, 1, gr->text, -1, SQLITE_STATIC);
+	}
 	while (sqlite3_step(q) == SQLITE_ROW) {
 		const char *id = column(q, C_ID), *qty = column(q, C_QUANTITY);
 		long idx = recs ? key_find(c, id) : -1;
@@ -1900,38 +2340,50 @@ list_fields(struct run *run, const char *id, const bool wrong[static F_MAX])
 static bool
 json_text_equal(const char *a, const char *b)
 {
-	const char *p = a, *q = b;
-	bool in = false, eq;
+	bool eq;
 	json_t *x, *y;
 
 	if (!a)
 		return false;
-	for (;;) {
-		if (!in) {
-			p += strspn(p, " \t\n\r");
-			q += strspn(q, " \t\n\r");
-		}
-		if (*p != *q)
-			break;
-		if (!*p)
-			return true;
-		if (in && *p == '\\') {
-			p++;
-			q++;
-			if (*p != *q || !*p)
-				break;
-		} else if (*p == '"') {
-			in = !in;
-		}
-		p++;
-		q++;
-	}
+	if (json_text_same(a, strlen(a), b))
+		return true;
 	x = json_loads(a, JSON_DECODE_ANY, NULL);
 	y = json_loads(b, JSON_DECODE_ANY, NULL);
 	eq = x && y && json_equal(x, y);
 	json_decref(x);
 	json_decref(y);
 	return eq;
+}
+
+/* Tell whether a JSON text (a, n bytes) is b but for white space between tokens. */
+static bool
+json_text_same(const char *a, size_t n, const char *b)
+{
+	const char *p = a, *end = a + n, *q = b;
+	bool in = false;
+
+	for (;;) {
+		if (!in) {
+			while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+				p++;
+			while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')
+				q++;
+		}
+		if (p == end)
+			return !*q;
+		if (*p != *q)
+			return false;
+		if (in && *p == '\\') {
+			p++;
+			q++;
+			if (p == end || *p != *q)
+				return false;
+		} else if (*p == '"') {
+			in = !in;
+		}
+		p++;
+		q++;
+	}
 }
 
 /* The key of a record in the index totals. */
@@ -2032,6 +2484,7 @@ group_get(struct commerce *c, const char *text, bool create)
 	c->n_groups++;
 	memset(&c->groups[lo], 0, sizeof(*c->groups));
 	memcpy(c->groups[lo].text, text, TIME_RFC3339_LEN + 1);
+	c->groups[lo].ordinal = c->next_ordinal++;
 	if (time_parse_rfc3339(text, &c->groups[lo].t) < 0)
 		c->groups[lo].t = INT64_MIN / 2;
 	return &c->groups[lo];
@@ -2045,17 +2498,27 @@ groups_load(struct sim *s)
 	sqlite3_stmt *q;
 
 	c->n_groups = 0;
-	if (sqlite3_prepare_v2(
-	            s->db, "SELECT reported_start, count(*) FROM events GROUP BY reported_start",
-	            -1, &q, NULL) != SQLITE_OK)
+	c->next_ordinal = 1;
+	if (sqlite3_prepare_v2(s->db,
+	                       "SELECT reported_start, count(*), max(rowid) FROM events"
+	                       " GROUP BY reported_start",
+	                       -1, &q, NULL) != SQLITE_OK)
 		return -EIO;
 	while (sqlite3_step(q) == SQLITE_ROW) {
 		struct group *g = group_get(c, (const char *)sqlite3_column_text(q, 0), true);
+		uint64_t last = (uint64_t)sqlite3_column_int64(q, 2);
 
-		if (g)
-			g->rows = (uint64_t)sqlite3_column_int64(q, 1);
+		if (!g)
+			continue;
+		g->rows = (uint64_t)sqlite3_column_int64(q, 1);
+		if (c->clustered) {
+			g->ordinal = (uint32_t)(last >> 32);
+			g->next_seq = (uint32_t)last + 1;
+		}
 	}
 	sqlite3_finalize(q);
+	for (size_t i = 0; c->clustered && i < c->n_groups; i++)
+		c->next_ordinal = MAX(c->next_ordinal, c->groups[i].ordinal + 1);
 	return 0;
 }
 

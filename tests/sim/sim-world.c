@@ -201,8 +201,8 @@ world_is_guid(const char *s, bool lower_only)
 		if (i == 8 || i == 13 || i == 18 || i == 23) {
 			if (s[i] != '-')
 				return false;
-		} else if (!isxdigit((unsigned char)s[i]) ||
-		           (lower_only && isupper((unsigned char)s[i]))) {
+		} else if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f') ||
+		             (!lower_only && s[i] >= 'A' && s[i] <= 'F'))) {
 			return false;
 		}
 	}

@@ -3,9 +3,11 @@
 
 Starts a simulator (through tests/e2e/azsim.py; AZS_BUILD_DIR or AZS_SIM names the binary),
 reads every usage page of N reported hours over one keep-alive HTTPS connection, then posts the
-expected Commerce events in batches, and prints pages served/s, records/s, events accepted/s
-and the simulator's own CPU time per record and per event (from /_sim/ledger/summary, measured
-inside the simulator with CLOCK_THREAD_CPUTIME_ID around each request).
+expected Commerce events in batches (by default as the daemon sends them: 500 per batch, compact
+UTF-8 JSON, gzip), and prints pages served/s, records/s, events accepted/s and the simulator's own CPU time
+per record and per event: inside the request handlers (from /_sim/ledger/summary, measured with
+CLOCK_THREAD_CPUTIME_ID around each request) and the whole process's while it served the pages
+and while it took the batches (from /proc/PID/stat: TLS, HTTP and the ledger's writes included).
 
     AZS_BUILD_DIR=build /usr/bin/python3 tests/sim/sim_load.py --hours 20 --records-per-hour 5000
 """
@@ -24,12 +26,22 @@ sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
 from azsim import Sim, scenario, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET  # noqa: E402
 
 
+def process_cpu(pid):
+    """User + system CPU seconds of a process so far (/proc/PID/stat fields 14 and 15)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hours", type=int, default=20)
     ap.add_argument("--records-per-hour", type=int, default=5000)
-    ap.add_argument("--batch", type=int, default=1000)
-    ap.add_argument("--gzip", action="store_true", help="gzip the Commerce bodies")
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--gzip", action="store_true", default=True,
+                    help="gzip the Commerce bodies, as the daemon does by default (the default)")
+    ap.add_argument("--identity", dest="gzip", action="store_false",
+                    help="send the Commerce bodies without Content-Encoding")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     a = ap.parse_args()
 
@@ -37,6 +49,7 @@ def main():
                   resourcesPerSubscription=10, recordsPerHour=a.records_per_hour,
                   hours={"from": "2026-11-01T00:00:00Z", "count": a.hours})
     with Sim(sc, now="2026-12-01T00:00:00Z") as sim:
+        pid = sim.proc.pid
         w = sim.world()
         stack = sim.token(w["audiences"]["stack"])
         commerce = sim.token(w["audiences"]["commerce"], AZURE_CLIENT_ID, AZURE_CLIENT_SECRET)
@@ -45,6 +58,7 @@ def main():
 
         # usage pages
         pages = records = 0
+        c0 = process_cpu(pid)
         t0 = time.monotonic()
         for h in range(a.hours):
             hour = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(1793491200 + 3600 * h))
@@ -64,14 +78,17 @@ def main():
                     link = tail[i + 12:tail.index(b'"', i + 12)].decode()
                     path = link[link.index("/subscriptions/"):]
         t_usage = time.monotonic() - t0
+        c_usage = process_cpu(pid) - c0
 
         # commerce batches
         events = sim.expected_events()
         bodies = []
         for i in range(0, len(events), a.batch):
-            b = json.dumps({"request": events[i:i + a.batch]}).encode()
+            b = json.dumps({"request": events[i:i + a.batch]}, separators=(",", ":"),
+                           ensure_ascii=False).encode()
             bodies.append(gzip.compress(b, 1) if a.gzip else b)
         accepted = 0
+        c0 = process_cpu(pid)
         t0 = time.monotonic()
         for b in bodies:
             h = {"Authorization": "Bearer " + commerce, "Content-Type": "application/json",
@@ -85,6 +102,7 @@ def main():
                 raise SystemExit("commerce: %d %s" % (r.status, doc))
             accepted += sum(1 for x in doc["result"] if x["status"] == "Accepted")
         t_commerce = time.monotonic() - t0
+        c_commerce = process_cpu(pid) - c0
         conn.close()
 
         s = sim.summary()
@@ -98,8 +116,11 @@ def main():
             "eventsAcceptedPerSecond": round(accepted / t_commerce),
             "simUsageCpuUsPerRecord": s["sim"]["usageCpuUsPerRecord"],
             "simCommerceCpuUsPerEvent": s["sim"]["commerceCpuUsPerEvent"],
+            "simProcessCpuUsPerRecord": round(c_usage * 1e6 / max(records, 1), 3),
+            "simProcessCpuUsPerEvent": round(c_commerce * 1e6 / max(accepted, 1), 3),
             "simCpuUsTotal": s["sim"]["cpuUs"],
             "gzip": a.gzip,
+            "batch": a.batch,
         }
     if a.json:
         print(json.dumps(fig))

@@ -12,7 +12,7 @@ import sqlite3
 import pytest
 
 from conftest import load_testdata
-from azsim import Sim, scenario, shape
+from azsim import Sim, scenario, shape, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET
 
 NOW = "2026-11-03T00:00:00Z"
 
@@ -55,6 +55,100 @@ def test_dedupe_answers_duplicate(sim):
     assert r2["result"][0]["messageTime"] == "0001-01-01T00:00:00"
     s = sim.summary()
     assert s["accepted"] == 10 and s["duplicates"] == 10
+
+
+def post_compact(sim, events):
+    """POST events written as the simulator writes them (and the daemon does): compact JSON,
+    UTF-8 without escapes, so the simulator can take each as its expected record on arrival."""
+    w = sim.world()
+    tok = sim.token(w["audiences"]["commerce"], AZURE_CLIENT_ID, AZURE_CLIENT_SECRET)
+    body = json.dumps({"request": events}, separators=(",", ":"), ensure_ascii=False)
+    r = sim.post(w["commercePath"], body.encode(), token=tok,
+                 headers={"Content-Type": "application/json"})
+    assert r.status == 200, r.body
+    return [x["status"] for x in r.json()["result"]]
+
+
+# -- dedupe: an id is accepted once, whatever else the event says ------------------------------
+# A fresh ledger dedupes the expected records of their own reported hour without an index; the
+# first other event makes the unique index. Each case below crosses that line.
+
+def test_dedupe_of_events_that_are_no_expected_record(sim):
+    ev = sim.expected_events(limit=2)
+    odd = dict(ev[0], usageEventId="not-a-record-key")
+    assert post_compact(sim, [odd]) == ["Accepted"]
+    assert post_compact(sim, [odd, ev[1], ev[1]]) == ["Duplicate", "Accepted", "Duplicate"]
+    assert post_compact(sim, [ev[1], odd]) == ["Duplicate", "Duplicate"]
+    s = sim.summary()
+    assert s["accepted"] == 2 and s["duplicates"] == 4
+
+
+@pytest.mark.parametrize("record_first", [True, False])
+def test_dedupe_across_reported_hours(sim, record_first):
+    """The same usageEventId under another reportedStartTime is a duplicate, in either order
+    (a record of one hour is no record of the other)."""
+    ev = sim.expected_events(limit=1)[0]
+    moved = dict(ev, reportedStartTime="2026-11-01T05:00:00Z")
+    assert moved["reportedStartTime"] != ev["reportedStartTime"]
+    first, second = (ev, moved) if record_first else (moved, ev)
+    assert post_compact(sim, [first]) == ["Accepted"]
+    assert post_compact(sim, [second, first]) == ["Duplicate", "Duplicate"]
+    assert sim.summary()["duplicates"] == 2
+
+
+def test_dedupe_after_reset_and_restart(tmp_path):
+    sc = scenario(hours={"from": "2026-11-01T00:00:00Z", "count": 6})
+    with Sim(sc, now=NOW, workdir=str(tmp_path)) as s:
+        ev = s.expected_events(limit=20)
+        assert post_compact(s, ev[:10]) == ["Accepted"] * 10
+        s.reset()
+        assert post_compact(s, ev[:10]) == ["Accepted"] * 10
+        assert post_compact(s, ev[:10]) == ["Duplicate"] * 10
+    os.remove(str(tmp_path / "port"))  # not the first run's port
+    with Sim(sc, now=NOW, workdir=str(tmp_path)) as s:  # the same ledger
+        assert post_compact(s, ev) == ["Duplicate"] * 10 + ["Accepted"] * 10
+        assert post_compact(s, ev[10:]) == ["Duplicate"] * 10
+        summary = s.summary()
+        assert summary["accepted"] == 20
+        assert summary["comparison"]["missingCount"] == summary["expected"]["events"] - 20
+
+
+def test_records_taken_on_arrival_still_compared_when_anything_differs():
+    """Events byte for byte as expected are taken as their records when they arrive (the hour
+    needs no comparison); one event otherwise right but written differently, or wrong, makes
+    the summary compare its hour row by row, and a registration change every hour."""
+    sc = scenario(hours={"from": "2026-11-01T00:00:00Z", "count": 3}, recordsPerHour=50)
+    with Sim(sc, now=NOW) as s:
+        ev = s.expected_events()
+        hours = sorted({e["reportedStartTime"] for e in ev})
+        assert len(hours) == 3 and len(ev) == 150
+        h0 = [e for e in ev if e["reportedStartTime"] == hours[0]]
+        h1 = [e for e in ev if e["reportedStartTime"] == hours[1]]
+        h2 = [e for e in ev if e["reportedStartTime"] == hours[2]]
+        post_compact(s, h0)
+        first = s.summary()
+        assert first["sim"]["hoursCompared"] == 2  # the two hours without rows
+        assert first["comparison"]["missingCount"] == 100
+        # hour 1: one quantity written otherwise (same value), hour 2: one wrong quantity
+        h1[7] = dict(h1[7], quantity=h1[7]["quantity"] + ("0" if "." in h1[7]["quantity"]
+                                                            else ".0"))
+        h2[3] = dict(h2[3], quantity=str(decimal.Decimal(h2[3]["quantity"]) + 1))
+        post_compact(s, h1 + h2)
+        second = s.summary()
+        c = second["comparison"]
+        assert second["sim"]["hoursCompared"] == 2
+        assert c["quantityLiteralCount"] == 1 and c["wrongQuantityCount"] == 1
+        assert c["wrongQuantity"][0]["usageEventId"] == h2[3]["usageEventId"]
+        assert not c["ok"] and c["missingCount"] == 0
+        assert s.summary()["sim"]["hoursCompared"] == 2  # both still hold a finding
+        w = s.world()
+        t = next(t for t in w["tenants"] if t.get("customerSubscription"))
+        reg = w["registration"]["id"] + "/customerSubscriptions/%s?api-version=2017-06-01" % \
+            t["customerSubscription"]
+        r = s.request("PUT", reg, body={"properties": {"tenantId": t["tenantId"]}},
+                      token=s.token(w["audiences"]["arm"]))
+        assert r.status == 201
+        assert s.summary()["sim"]["hoursCompared"] == 3
 
 
 COLUMNS = {"usageEventId": "usage_event_id", "subscriptionId": "subscription_id",
@@ -474,14 +568,17 @@ def per_record_excludes_control(doc):
 
 
 def test_summary_cost_is_its_own_and_repeats_cheaply():
-    """Speed is measured by bench_summary.py; this checks what makes it cheap: an unchanged
-    ledger is not compared again, a registration change compares every hour again, and the
-    summary's CPU time is reported apart from the figure per record and event."""
+    """Speed is measured by bench_summary.py; this checks what makes it cheap: rows that were
+    their records when they arrived and an unchanged ledger are not compared (again), a
+    registration change compares every hour again, and the summary's CPU time is reported
+    apart from the figure per record and event."""
     sc = scenario(hours={"from": "2026-11-01T00:00:00Z", "count": 6}, recordsPerHour=2000,
                   tenants=10, registeredTenants=8, resourcesPerSubscription=100)
     with Sim(sc, now=NOW) as s:
         w = s.world()
-        post_all(s, s.expected_events(), size=1000)
+        ev = s.expected_events()
+        for i in range(0, len(ev), 1000):
+            assert post_compact(s, ev[i:i + 1000]) == ["Accepted"] * len(ev[i:i + 1000])
         t = w["tenants"][0]
         reg = w["registration"]["id"] + "/customerSubscriptions/%s?api-version=2017-06-01" % \
             t["customerSubscription"]
@@ -491,8 +588,8 @@ def test_summary_cost_is_its_own_and_repeats_cheaply():
         assert first["comparison"]["ok"] and second["comparison"] == first["comparison"]
         assert second["totals"] == first["totals"]
         assert first["accepted"] == second["accepted"] == 12000
-        # nothing changed: the second summary does not compare the 12,000 rows again
-        assert first["sim"]["hoursCompared"] == 6
+        # every row was its record on arrival, and nothing changed since
+        assert first["sim"]["hoursCompared"] == 0
         assert second["sim"]["hoursCompared"] == 0
         assert second["sim"]["summaries"] == first["sim"]["summaries"] + 1 == 2
         assert second["sim"]["summaryCpuUs"] > first["sim"]["summaryCpuUs"] > 0
@@ -518,6 +615,13 @@ def test_summary_cost_is_its_own_and_repeats_cheaply():
         assert last["sim"]["summaries"] == 6
         # and once clean again, the next one is not compared
         assert s.summary()["sim"]["hoursCompared"] == 0
+        # rows written otherwise (escaped, spaced: the same JSON values) are compared once
+        s.reset()
+        post_all(s, ev, size=1000)
+        assert s.summary()["sim"]["hoursCompared"] == 6
+        again = s.summary()
+        assert again["sim"]["hoursCompared"] == 0
+        assert again["comparison"] == first["comparison"] and again["totals"] == first["totals"]
 
 
 # -- issue 11: quantities as section 6 allows them ---------------------------------------------
