@@ -50,6 +50,7 @@
 #include "forwarder.h"
 #include "health.h"
 #include "http.h"
+#include "jsonarena.h"
 #include "log.h"
 #include "macro.h"
 #include "metrics.h"
@@ -157,6 +158,8 @@ main(int argc, char **argv)
 	struct daemon d = {0};
 	int r;
 
+	/* jansson's allocator is process-wide: set it before any thread uses jansson */
+	jsonarena_install();
 	r = parse_options(argc, argv, &opts);
 	if (r <= 0)
 		return r < 0 ? DAEMON_EXIT_USAGE : EXIT_SUCCESS;

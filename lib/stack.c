@@ -29,6 +29,7 @@
 
 #include "decimal.h"
 #include "hash.h"
+#include "jsonarena.h"
 #include "macro.h"
 #include "stack-private.h"
 #include "stack.h"
@@ -60,6 +61,9 @@ struct reason {
 	char *text;
 };
 
+static int usage_page_read(long http_status, const char *body, size_t size, int64_t reported_hour,
+                           struct stack_usage_page **ret, char error[static STACK_ERROR_MAX]);
+static void json_dropp(json_t **v);
 static int scan_page(struct scan *s);
 static void scan_free(struct scan *s);
 static int parse_record(json_t *item, const struct scan_record *sr, size_t index,
@@ -78,15 +82,9 @@ int
 stack_usage_page_parse(long http_status, const char *body, size_t size, int64_t reported_hour,
                        struct stack_usage_page **ret, char error[static STACK_ERROR_MAX])
 {
-	_cleanup_(json_decrefp) json_t *root = NULL;
-	_cleanup_(scan_free) struct scan scan = {0};
-	struct stack_usage_page *page;
 	char arm[STACK_ERROR_MAX];
-	json_error_t jerr;
-	bool ints_as_real = false;
 	const char *nul;
-	json_t *value;
-	size_t n;
+	bool arena;
 	int r;
 
 	error[0] = '\0';
@@ -122,6 +120,100 @@ stack_usage_page_parse(long http_status, const char *body, size_t size, int64_t 
 		stack_set_error(error, "not JSON: a NUL byte at byte %zu", (size_t)(nul - body));
 		return -EBADMSG;
 	}
+
+	/*
+	 * jansson's values live only inside usage_page_read(), which copies what the page keeps
+	 * into the page's own memory: they come from this thread's arena (see jsonarena.h) when it
+	 * is free, and go all at once.
+	 */
+	arena = jsonarena_begin() >= 0;
+	r = usage_page_read(http_status, body, size, reported_hour, ret, error);
+	if (arena)
+		jsonarena_end();
+	return r;
+}
+
+/* Free a page and its records; returns NULL. */
+struct stack_usage_page *
+stack_usage_page_free(struct stack_usage_page *page)
+{
+	if (!page)
+		return NULL;
+	for (size_t i = 0; i < page->n_records; i++)
+		record_done(&page->records[i]);
+	free(page->records);
+	free(page->next_link);
+	free(page);
+	return NULL;
+}
+
+/* Hash the fields of section 4 into a record key. */
+int
+stack_record_key(int64_t reported_hour, const char *subscription_id, const char *meter_id,
+                 int64_t usage_start, int64_t usage_end, const char *instance_data,
+                 char ret[static HASH_SHA256_HEX_LEN + 1])
+{
+	char hour[TIME_RFC3339_LEN + 1], start[TIME_RFC3339_LEN + 1], end[TIME_RFC3339_LEN + 1];
+	size_t ns, nm, ni, size;
+	char *text, *p;
+
+	if (!subscription_id || !meter_id || !instance_data)
+		return -EINVAL;
+	time_format_rfc3339(reported_hour, hour);
+	time_format_rfc3339(usage_start, start);
+	time_format_rfc3339(usage_end, end);
+	if (hour[0] == 'i' || start[0] == 'i' || end[0] == 'i') /* "invalid-time" */
+		return -EINVAL;
+
+	ns = strlen(subscription_id);
+	nm = strlen(meter_id);
+	ni = strlen(instance_data);
+	size = 3 * TIME_RFC3339_LEN + ns + nm + ni + 5;
+	p = text = xmalloc(size + 1);
+	memcpy(p, hour, TIME_RFC3339_LEN);
+	p += TIME_RFC3339_LEN;
+	*p++ = '\n';
+	for (size_t i = 0; i < ns; i++)
+		*p++ = (char)(subscription_id[i] >= 'A' && subscription_id[i] <= 'Z'
+		                      ? subscription_id[i] - 'A' + 'a'
+		                      : subscription_id[i]);
+	*p++ = '\n';
+	for (size_t i = 0; i < nm; i++)
+		if (meter_id[i] != '-')
+			*p++ = (char)(meter_id[i] >= 'A' && meter_id[i] <= 'Z'
+			                      ? meter_id[i] - 'A' + 'a'
+			                      : meter_id[i]);
+	*p++ = '\n';
+	memcpy(p, start, TIME_RFC3339_LEN);
+	p += TIME_RFC3339_LEN;
+	*p++ = '\n';
+	memcpy(p, end, TIME_RFC3339_LEN);
+	p += TIME_RFC3339_LEN;
+	*p++ = '\n';
+	memcpy(p, instance_data, ni);
+	p += ni;
+	hash_sha256_hex(text, (size_t)(p - text), ret);
+	free(text);
+	return 0;
+}
+
+/* ---- the jansson part ---- */
+
+/* The jansson part of stack_usage_page_parse(): parse, pair with the scanner, make the page. */
+static int
+usage_page_read(long http_status, const char *body, size_t size, int64_t reported_hour,
+                struct stack_usage_page **ret, char error[static STACK_ERROR_MAX])
+{
+	_cleanup_(json_dropp) json_t *root = NULL;
+	_cleanup_(scan_free) struct scan scan = {0};
+	struct stack_usage_page *page;
+	char arm[STACK_ERROR_MAX];
+	json_error_t jerr;
+	bool ints_as_real = false;
+	json_t *value;
+	size_t n;
+	int r;
+
 	/* an escaped NUL in a string is allowed so that it quarantines one record, not the page */
 	root = json_loadb(body, size, JSON_ALLOW_NUL, &jerr);
 	if (!root && json_error_code(&jerr) == json_error_numeric_overflow) {
@@ -189,68 +281,12 @@ stack_usage_page_parse(long http_status, const char *body, size_t size, int64_t 
 	return 0;
 }
 
-/* Free a page and its records; returns NULL. */
-struct stack_usage_page *
-stack_usage_page_free(struct stack_usage_page *page)
+/* Drop a tree jansson made: an active arena forgets it whole, so walking it would be wasted. */
+static void
+json_dropp(json_t **v)
 {
-	if (!page)
-		return NULL;
-	for (size_t i = 0; i < page->n_records; i++)
-		record_done(&page->records[i]);
-	free(page->records);
-	free(page->next_link);
-	free(page);
-	return NULL;
-}
-
-/* Hash the fields of section 4 into a record key. */
-int
-stack_record_key(int64_t reported_hour, const char *subscription_id, const char *meter_id,
-                 int64_t usage_start, int64_t usage_end, const char *instance_data,
-                 char ret[static HASH_SHA256_HEX_LEN + 1])
-{
-	char hour[TIME_RFC3339_LEN + 1], start[TIME_RFC3339_LEN + 1], end[TIME_RFC3339_LEN + 1];
-	size_t ns, nm, ni, size;
-	char *text, *p;
-
-	if (!subscription_id || !meter_id || !instance_data)
-		return -EINVAL;
-	time_format_rfc3339(reported_hour, hour);
-	time_format_rfc3339(usage_start, start);
-	time_format_rfc3339(usage_end, end);
-	if (hour[0] == 'i' || start[0] == 'i' || end[0] == 'i') /* "invalid-time" */
-		return -EINVAL;
-
-	ns = strlen(subscription_id);
-	nm = strlen(meter_id);
-	ni = strlen(instance_data);
-	size = 3 * TIME_RFC3339_LEN + ns + nm + ni + 5;
-	p = text = xmalloc(size + 1);
-	memcpy(p, hour, TIME_RFC3339_LEN);
-	p += TIME_RFC3339_LEN;
-	*p++ = '\n';
-	for (size_t i = 0; i < ns; i++)
-		*p++ = (char)(subscription_id[i] >= 'A' && subscription_id[i] <= 'Z'
-		                      ? subscription_id[i] - 'A' + 'a'
-		                      : subscription_id[i]);
-	*p++ = '\n';
-	for (size_t i = 0; i < nm; i++)
-		if (meter_id[i] != '-')
-			*p++ = (char)(meter_id[i] >= 'A' && meter_id[i] <= 'Z'
-			                      ? meter_id[i] - 'A' + 'a'
-			                      : meter_id[i]);
-	*p++ = '\n';
-	memcpy(p, start, TIME_RFC3339_LEN);
-	p += TIME_RFC3339_LEN;
-	*p++ = '\n';
-	memcpy(p, end, TIME_RFC3339_LEN);
-	p += TIME_RFC3339_LEN;
-	*p++ = '\n';
-	memcpy(p, instance_data, ni);
-	p += ni;
-	hash_sha256_hex(text, (size_t)(p - text), ret);
-	free(text);
-	return 0;
+	if (*v && !jsonarena_active())
+		json_decref(*v);
 }
 
 /* ---- the raw scanner ---- */
@@ -937,7 +973,8 @@ text_put_value(struct text *t, json_t *v, bool sort)
 		                          json_integer_value(v)));
 		return true;
 	case JSON_REAL: {
-		_cleanup_free_ char *real = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+		_cleanup_(jsonarena_freep) char *real =
+		        json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
 
 		if (!real)
 			return false;
@@ -975,7 +1012,7 @@ json_text(json_t *v, bool sort)
 static int
 record_instance_data(json_t *props, struct stack_record *rec, struct reason *why)
 {
-	_cleanup_(json_decrefp) json_t *inst = NULL;
+	_cleanup_(json_dropp) json_t *inst = NULL;
 	const char *s = required_string(props, "instanceData", why);
 	json_error_t jerr;
 	json_t *res, *v;
