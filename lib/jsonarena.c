@@ -64,6 +64,7 @@ static void install_once(void);
 static void *hook_malloc(size_t size);
 static void hook_free(void *p);
 static struct chunk *chunk_get(struct arena *a, size_t size, bool big);
+static void chunk_put(struct arena *a, struct chunk *c);
 static bool arena_owns(const struct arena *a, const void *p);
 static void arena_release(void *userdata);
 
@@ -109,16 +110,7 @@ jsonarena_end(void)
 	assert(a->active);
 	for (c = a->chunks; c; c = next) {
 		next = c->next;
-		if (c->big || a->spare_size + c->size > JSONARENA_KEEP) {
-			a->held -= c->size;
-			ASAN_UNPOISON_MEMORY_REGION(c->data, c->size);
-			free(c);
-			continue;
-		}
-		ASAN_POISON_MEMORY_REGION(c->data, c->size);
-		c->next = a->spare;
-		a->spare = c;
-		a->spare_size += c->size;
+		chunk_put(a, c);
 	}
 	a->chunks = NULL;
 	a->p = a->end = NULL;
@@ -126,6 +118,39 @@ jsonarena_end(void)
 	a->hi = 0;
 	a->used = 0;
 	a->active = false;
+}
+
+/* Take a mark in the calling thread's arena. */
+struct jsonarena_mark
+jsonarena_mark(void)
+{
+	const struct arena *a = &arena;
+
+	if (!a->active)
+		return (struct jsonarena_mark){0};
+	return (struct jsonarena_mark){
+	        .active = true, .chunk = a->chunks, .p = a->p, .end = a->end, .used = a->used};
+}
+
+/* Forget what the arena handed out since mark; the chunks taken since go back to the spares. */
+void
+jsonarena_rewind(const struct jsonarena_mark *mark)
+{
+	struct arena *a = &arena;
+
+	if (!mark->active || !a->active)
+		return;
+	while (a->chunks && a->chunks != mark->chunk) {
+		struct chunk *c = a->chunks;
+
+		a->chunks = c->next;
+		chunk_put(a, c);
+	}
+	a->p = mark->p;
+	a->end = mark->end;
+	a->used = mark->used;
+	if (a->p)
+		ASAN_POISON_MEMORY_REGION(a->p, (size_t)(a->end - a->p));
 }
 
 /* Whether the calling thread's arena is active. */
@@ -251,6 +276,22 @@ chunk_get(struct arena *a, size_t size, bool big)
 	if ((uintptr_t)(c->data + c->size) > a->hi)
 		a->hi = (uintptr_t)(c->data + c->size);
 	return c;
+}
+
+/* A chunk out of use: kept as a spare while they stay within JSONARENA_KEEP, else freed. */
+static void
+chunk_put(struct arena *a, struct chunk *c)
+{
+	if (c->big || a->spare_size + c->size > JSONARENA_KEEP) {
+		a->held -= c->size;
+		ASAN_UNPOISON_MEMORY_REGION(c->data, c->size);
+		free(c);
+		return;
+	}
+	ASAN_POISON_MEMORY_REGION(c->data, c->size);
+	c->next = a->spare;
+	a->spare = c;
+	a->spare_size += c->size;
 }
 
 /* Whether p lies in one of the arena's chunks in use. */

@@ -34,6 +34,29 @@ int jsonarena_begin(void);
 /* Forget everything allocated since jsonarena_begin() and make the arena inactive. */
 void jsonarena_end(void);
 
+/* A point of the calling thread's active arena to come back to (see jsonarena_rewind). */
+struct jsonarena_mark {
+	bool active;       /* the arena was active: else rewinding does nothing */
+	const void *chunk; /* the newest chunk in use */
+	void *p, *end;     /* the free part of the chunk being filled */
+	size_t used;
+};
+
+/* Take a mark in the calling thread's arena. */
+struct jsonarena_mark jsonarena_mark(void);
+
+/*
+ * Forget what the arena handed out since mark, taken in the same jsonarena_begin(), so that a
+ * short-lived tree inside a long-lived one (a record's instanceData) does not grow the arena.
+ */
+void jsonarena_rewind(const struct jsonarena_mark *mark);
+
+static inline void
+jsonarena_rewindp(const struct jsonarena_mark *mark)
+{
+	jsonarena_rewind(mark);
+}
+
 /* Whether the calling thread's arena is active. */
 bool jsonarena_active(void);
 

@@ -1012,6 +1012,8 @@ json_text(json_t *v, bool sort)
 static int
 record_instance_data(json_t *props, struct stack_record *rec, struct reason *why)
 {
+	/* the tree is read and copied here: its arena memory is taken back on return */
+	_cleanup_(jsonarena_rewindp) _unused_ struct jsonarena_mark mark = jsonarena_mark();
 	_cleanup_(json_dropp) json_t *inst = NULL;
 	const char *s = required_string(props, "instanceData", why);
 	json_error_t jerr;

@@ -135,6 +135,48 @@ test_jsonarena_end_reuses_and_bounds(void **state)
 	assert_int_equal(jsonarena_held(), 0);
 }
 
+/* jsonarena_rewind() takes back what came after the mark, over chunks and big blocks. */
+static void
+test_jsonarena_rewind(void **state)
+{
+	struct jsonarena_mark mark;
+	json_t *keep, *a, *first;
+	size_t used, held;
+
+	(void)state;
+	mark = jsonarena_mark(); /* inactive: rewinding it does nothing */
+	assert_false(mark.active);
+	jsonarena_rewind(&mark);
+
+	assert_int_equal(jsonarena_begin(), 0);
+	keep = json_loads(DOC, 0, NULL);
+	assert_non_null(keep);
+	used = jsonarena_used();
+	mark = jsonarena_mark();
+	a = json_array();
+	for (int i = 0; jsonarena_used() < used + 3 * JSONARENA_CHUNK; i++)
+		assert_int_equal(json_array_append_new(a, json_integer(i)), 0);
+	assert_int_equal(json_array_append_new(a, json_sprintf("%*s", JSONARENA_CHUNK, "y")), 0);
+	first = json_array_get(a, 0);
+	held = jsonarena_held();
+	jsonarena_rewind(&mark);
+	assert_int_equal(jsonarena_used(), used);
+	assert_true(jsonarena_held() < held); /* the big block is gone, the chunks are spares */
+	(void)first;
+#ifdef TEST_ASAN
+	assert_true(__asan_address_is_poisoned(first));
+#endif
+	/* what came before the mark is untouched, and the arena goes on after it */
+	assert_string_equal(json_string_value(json_object_get(keep, "d")), "e");
+	held = jsonarena_held();
+	for (int i = 0; i < 10000; i++)
+		assert_non_null(json_integer(i));
+	assert_int_equal(jsonarena_held(), held);
+	assert_int_equal(json_integer_value(json_array_get(json_object_get(keep, "a"), 0)), 1);
+	jsonarena_end();
+	jsonarena_release();
+}
+
 /* A string bigger than a chunk gets a block of its own, given back at the end. */
 static void
 test_jsonarena_big_block(void **state)
@@ -212,6 +254,7 @@ main(void)
 	        cmocka_unit_test(test_jsonarena_mixed_with_malloc),
 	        cmocka_unit_test(test_jsonarena_begin_nested_refused),
 	        cmocka_unit_test(test_jsonarena_end_reuses_and_bounds),
+	        cmocka_unit_test(test_jsonarena_rewind),
 	        cmocka_unit_test(test_jsonarena_big_block),
 #ifdef TEST_ASAN
 	        cmocka_unit_test(test_jsonarena_asan_poison),
