@@ -397,6 +397,31 @@ load_cas(const char *path, STACK_OF(X509) * *ret)
 			return _cc;                                      \
 	} while (0)
 
+/*
+ * libcurl (>= 7.87) keeps the CA store it built in the multi handle for the next connections,
+ * but only when the CAs come from a file alone: with the CA directory Debian's libcurl also
+ * has by default, each new connection parses the whole system bundle again, and holds its own
+ * copy while it lives (a catch-up opens many). Where libcurl has a default CA
+ * file, the directory is left out: the distributions that ship both build them from the same
+ * certificates, and options.ca_file is there for any other. The extra CAs that on_ssl_ctx()
+ * adds are in the cached store as well (it is the first connection's, or one on_ssl_ctx()
+ * also adds to), so every connection of the client trusts the same CAs as before.
+ */
+#if CURL_AT_LEAST_VERSION(7, 87, 0)
+#define EASY_SET_CA_CACHE(e)                                                                    \
+	do {                                                                                    \
+		char *_cainfo = NULL;                                                           \
+		if (curl_easy_getinfo((e), CURLINFO_CAINFO, &_cainfo) == CURLE_OK && _cainfo) { \
+			EASY_SET((e), CURLOPT_CAPATH, NULL);                                    \
+			EASY_SET((e), CURLOPT_CA_CACHE_TIMEOUT, 24L * 3600L);                   \
+		}                                                                               \
+	} while (0)
+#else
+#define EASY_SET_CA_CACHE(e) \
+	do {                 \
+	} while (0)
+#endif
+
 /* Apply the client's policy and the request's method, URL, headers and body to its handle. */
 static CURLcode
 request_setup(struct http_request *r, enum http_method method, const char *url,
@@ -418,6 +443,7 @@ request_setup(struct http_request *r, enum http_method method, const char *url,
 	EASY_SET(e, CURLOPT_PROXY_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
 	EASY_SET(e, CURLOPT_PROXY_SSL_VERIFYPEER, 1L);
 	EASY_SET(e, CURLOPT_PROXY_SSL_VERIFYHOST, 2L);
+	EASY_SET_CA_CACHE(e);
 	if (c->cas) {
 		EASY_SET(e, CURLOPT_SSL_CTX_FUNCTION, on_ssl_ctx);
 		EASY_SET(e, CURLOPT_SSL_CTX_DATA, c);
