@@ -51,6 +51,8 @@ struct stack_get {
 };
 
 static void on_job_reply(const struct collector_reply *reply, void *userdata);
+static void on_prefetch_reply(const struct collector_reply *reply, void *userdata);
+static void replay_early(struct collector *c, struct job *j);
 static void on_refresh_reply(const struct collector_reply *reply, void *userdata);
 static void refresh_failed(struct collector *c, const char *state, const char *status,
                            const char *code);
@@ -93,6 +95,11 @@ collector_job_step(struct collector *c, uint64_t now, uint64_t *wake)
 	char h[TIME_RFC3339_LEN + 1];
 	int r;
 
+	if (j->early && !j->prefetch_url) {
+		/* the answer to the request asked early is here: it is this step's answer */
+		replay_early(c, j);
+		return;
+	}
 	if (!collector_backlog_ok(c) || (c->store_full && now < c->full_until)) {
 		/* the next page waits; the saved cursor (or where the job was) is where it resumes
 		 */
@@ -274,6 +281,223 @@ check_subscriptions(struct collector *c, const struct stack_usage_page *page)
 	}
 }
 
+/* An answer kept: everything of struct collector_reply and its http result, copied. */
+struct early {
+	int token_error;
+	char *token_error_text;
+	bool has_http;
+	struct http_result http;
+	char *error_message, *content_type, *retry_after, *body;
+	char *token;
+};
+
+static struct early *
+early_free(struct early *e)
+{
+	if (!e)
+		return NULL;
+	free(e->token_error_text);
+	free(e->error_message);
+	free(e->content_type);
+	free(e->retry_after);
+	free(e->body);
+	free_secret(e->token);
+	free(e);
+	return NULL;
+}
+
+static char *
+strdup_or_null(const char *s)
+{
+	return s ? xstrdup(s) : NULL;
+}
+
+static struct early *
+early_copy(const struct collector_reply *reply)
+{
+	struct early *e = xcalloc(1, sizeof(*e));
+
+	e->token_error = reply->token_error;
+	e->token_error_text = strdup_or_null(reply->token_error_text);
+	e->token = strdup_or_null(reply->token);
+	if (reply->http) {
+		const struct http_result *h = reply->http;
+
+		e->has_http = true;
+		e->http = *h;
+		e->error_message = strdup_or_null(h->error_message);
+		e->content_type = strdup_or_null(h->content_type);
+		e->retry_after = strdup_or_null(h->retry_after);
+		e->body = xmalloc(h->body_size + 1);
+		memcpy(e->body, h->body ? h->body : "", h->body_size);
+		e->body[h->body_size] = '\0';
+		e->http.error_message = e->error_message;
+		e->http.content_type = e->content_type;
+		e->http.retry_after = e->retry_after;
+		e->http.body = e->body;
+	}
+	return e;
+}
+
+/*
+ * The value of the page's top-level "nextLink" member, found without parsing the page: NULL when
+ * there is none, it is not a plain string or it has an escape. Only a guess: what is asked with
+ * it is used only when the parsed page's nextLink is the same text.
+ */
+static char *
+scan_next_link(const char *body, size_t size)
+{
+	static const char key[] = "\"nextLink\"";
+	const char *p = body, *end = body + size;
+	int depth = 0;
+
+	while (p < end) {
+		char ch = *p;
+
+		if (ch == '"') {
+			const char *q = p + 1, *close;
+
+			/* the end of the string: a quote not escaped by an odd run of backslashes
+			 */
+			for (;;) {
+				const char *b;
+
+				close = memchr(q, '"', (size_t)(end - q));
+				if (!close)
+					return NULL;
+				b = close;
+				while (b > p + 1 && b[-1] == '\\')
+					b--;
+				if ((close - b) % 2 == 0)
+					break;
+				q = close + 1;
+			}
+			if (depth == 1 && (size_t)(close + 1 - p) == sizeof(key) - 1 &&
+			    memcmp(p, key, sizeof(key) - 1) == 0) {
+				const char *v = close + 1, *ve;
+
+				while (v < end && strchr(" \t\r\n", *v) && *v)
+					v++;
+				if (v >= end || *v != ':')
+					return NULL;
+				v++;
+				while (v < end && strchr(" \t\r\n", *v) && *v)
+					v++;
+				if (v >= end || *v != '"')
+					return NULL;
+				v++;
+				for (ve = v; ve < end && *ve != '"'; ve++)
+					if (*ve == '\\' || (unsigned char)*ve < 0x20)
+						return NULL;
+				if (ve >= end || ve == v)
+					return NULL;
+				return xstrndup(v, (size_t)(ve - v));
+			}
+			p = close + 1;
+			continue;
+		}
+		if (ch == '{' || ch == '[')
+			depth++;
+		else if (ch == '}' || ch == ']')
+			depth--;
+		p++;
+	}
+	return NULL;
+}
+
+/*
+ * While the page is parsed on the worker thread, ask already for the nextLink it seems to have,
+ * when the job's next request could go at once: the stamp makes the next page while this one is
+ * parsed and stored. Nothing is asked for a link seen before in the hour or on another authority
+ * (the parsed page's checks decide what happens then).
+ */
+static void
+prefetch(struct collector *c, struct job *j, const struct http_result *http)
+{
+	_cleanup_free_ char *link = NULL;
+	uint64_t now = now_monotonic_usec();
+	int r;
+
+	assert(!j->prefetch && !j->prefetch_url && !j->early);
+	if (c->paused_backlog || (c->store_full && now < c->full_until) || now < c->throttle_until)
+		return;
+	link = scan_next_link(http->body, http->body_size);
+	if (!link || collector_strset_has(&j->seen, link) ||
+	    !stack_link_authority_ok(link, c->arm_endpoint))
+		return;
+	r = c->tp.get(c->tp.userdata, link, c->timeout_usec, on_prefetch_reply, c, &j->prefetch);
+	if (r < 0) {
+		j->prefetch = NULL;
+		return;
+	}
+	j->prefetch_url = TAKE_PTR(link);
+}
+
+/* Drop what was asked early, if anything. */
+void
+collector_job_drop_prefetch(struct collector *c, struct job *j)
+{
+	if (j->prefetch)
+		c->tp.cancel(c->tp.userdata, j->prefetch);
+	j->prefetch = NULL;
+	free(j->prefetch_url);
+	j->prefetch_url = NULL;
+	j->early = early_free(j->early);
+}
+
+/*
+ * The page is stored and j->url is its nextLink: when that is what was asked early, the early
+ * request becomes the job's (its answer, if here, is taken by the next step), as if asked now.
+ */
+static void
+adopt_prefetch(struct collector *c, struct job *j)
+{
+	if (!j->prefetch_url)
+		return;
+	if (!streq(j->prefetch_url, j->url) || !collector_backlog_ok(c)) {
+		collector_job_drop_prefetch(c, j);
+		return;
+	}
+	free(j->prefetch_url);
+	j->prefetch_url = NULL;
+	if (j->prefetch) {
+		j->handle = TAKE_PTR(j->prefetch);
+		j->prefetch_adopted = true;
+	}
+}
+
+/* The answer to a request asked early: the job's answer when adopted, else kept for later. */
+static void
+on_prefetch_reply(const struct collector_reply *reply, void *userdata)
+{
+	struct collector *c = userdata;
+	struct job *j = c->job;
+
+	if (j->prefetch_adopted) {
+		j->prefetch_adopted = false;
+		on_job_reply(reply, c);
+		return;
+	}
+	j->prefetch = NULL;
+	j->early = early_copy(reply);
+}
+
+/* The kept answer of an adopted early request, as the answer of the job's request. */
+static void
+replay_early(struct collector *c, struct job *j)
+{
+	struct early *e = TAKE_PTR(j->early);
+	struct collector_reply reply = {
+	        .token_error = e->token_error,
+	        .token_error_text = e->token_error_text,
+	        .http = e->has_http ? &e->http : NULL,
+	        .token = e->token,
+	};
+
+	on_job_reply(&reply, c);
+	early_free(e);
+}
+
 /* Store a parsed page with the cursor that follows it; go on with the next page or end. */
 static void
 store_page(struct collector *c, struct job *j, struct stack_usage_page *page)
@@ -386,6 +610,7 @@ store_page(struct collector *c, struct job *j, struct stack_usage_page *page)
 		j->attempt = 0;
 		j->token_retried = false;
 		j->not_before = 0;
+		adopt_prefetch(c, j);
 		collector_kick(c);
 		return;
 	}
@@ -409,22 +634,51 @@ store_page(struct collector *c, struct job *j, struct stack_usage_page *page)
 	collector_job_end(c, j);
 }
 
-/* A 2xx answer: a page, not ready yet, or a malformed page. */
-static void
-page_answer(struct collector *c, struct job *j, const struct http_result *http)
-{
-	struct stack_usage_page *page = NULL;
-	char error[STACK_ERROR_MAX], h[TIME_RFC3339_LEN + 1], st[16];
+/* A 2xx answer's body on its way through the worker thread. */
+struct parse {
+	struct collector *c; /* not touched on the worker thread */
+	long status;
+	char *body; /* a copy: lib/http's buffer is gone when the answer returns */
+	size_t body_size;
+	int64_t hour;
+	/* the worker's output */
 	int r;
+	struct stack_usage_page *page;
+	char error[STACK_ERROR_MAX];
+};
 
-	r = stack_usage_page_parse(http->status, http->body, http->body_size, j->hour, &page,
-	                           error);
-	if (r == -EAGAIN) {
+static void
+parse_free(struct parse *p)
+{
+	stack_usage_page_free(p->page);
+	free(p->body);
+	free(p);
+}
+
+/* On the worker thread: nothing but the body in, the page (or the error) out. */
+static void
+parse_work(void *userdata)
+{
+	struct parse *p = userdata;
+
+	p->r = stack_usage_page_parse(p->status, p->body, p->body_size, p->hour, &p->page,
+	                              p->error);
+}
+
+/* Back on the loop: a page, not ready yet, or a malformed page. */
+static void
+page_parsed(struct collector *c, struct job *j, const struct parse *p)
+{
+	char h[TIME_RFC3339_LEN + 1], st[16];
+
+	if (p->r < 0)
+		collector_job_drop_prefetch(c, j);
+	if (p->r == -EAGAIN) {
 		struct stack_arm_error e = {0};
 
 		stamp_ok(c);
-		(void)stack_arm_error_parse(http->body, http->body_size, &e);
-		snprintf(st, sizeof(st), "%ld", http->status);
+		(void)stack_arm_error_parse(p->body, p->body_size, &e);
+		snprintf(st, sizeof(st), "%ld", p->status);
 		metrics_inc(c->metrics, METRICS_COLLECT_PAGES_TOTAL, PAGE_NOT_READY);
 		hour_wait(c, j, "not-ready", false, LOG_INFO, NULL,
 		          LOG_FIELDS("AZS_REPORTED_HOUR", collector_hour_text(j->hour, h),
@@ -432,19 +686,69 @@ page_answer(struct collector *c, struct job *j, const struct http_result *http)
 		                     "AZS_SUBSCRIPTION", j->scope[0] ? j->scope : NULL),
 		          "reported hour %s is not ready at the stamp yet (%ld%s%s); asking again "
 		          "at the next poll",
-		          h, http->status, e.code ? " " : "", e.code ? e.code : "");
+		          h, p->status, e.code ? " " : "", e.code ? e.code : "");
 		stack_arm_error_done(&e);
 		return;
 	}
-	if (r < 0) {
-		_cleanup_free_ char *state = xasprintf("malformed page: %s", error);
+	if (p->r < 0) {
+		_cleanup_free_ char *state = xasprintf("malformed page: %s", p->error);
 
-		transient(c, j, state, http->status, NULL, NULL, state);
+		transient(c, j, state, p->status, NULL, NULL, state);
 		return;
 	}
 	stamp_ok(c);
-	store_page(c, j, page);
-	stack_usage_page_free(page);
+	store_page(c, j, p->page);
+}
+
+/* The worker is done with the job's page (or it was cancelled: then only freed). */
+static void
+parse_done(void *userdata, bool cancelled)
+{
+	struct parse *p = userdata;
+	struct collector *c = p->c;
+	struct job *j = c->job;
+
+	if (!cancelled) {
+		/* a job's parse is cancelled whenever the job ends, so this is still its job */
+		assert(j && j->parse);
+		j->parse = NULL;
+		page_parsed(c, j, p);
+	}
+	parse_free(p);
+}
+
+/* A 2xx answer: its body is parsed on the worker thread; parse_done() goes on from there. */
+static void
+page_answer(struct collector *c, struct job *j, const struct http_result *http)
+{
+	struct parse *p = xcalloc(1, sizeof(*p));
+
+	p->c = c;
+	p->status = http->status;
+	p->body = xmemdup(http->body ? http->body : "", http->body_size);
+	p->body_size = http->body_size;
+	p->hour = j->hour;
+	if (!c->worker) {
+		/* parse_on_loop: all of it now, inside the answer */
+		parse_work(p);
+		page_parsed(c, j, p);
+		parse_free(p);
+		return;
+	}
+	worker_submit(c->worker, parse_work, parse_done, p, &j->parse);
+	prefetch(c, j, http);
+}
+
+/* Drop the page being parsed for the job, if any (parse_done() frees it unseen), and what was
+ * asked early. */
+void
+collector_job_cancel_work(struct collector *c, struct job *j)
+{
+	collector_job_drop_prefetch(c, j);
+	if (!j->parse)
+		return;
+	worker_cancel(c->worker, j->parse);
+	j->parse = NULL;
 }
 
 /* The answer to a usage request. */

@@ -15,6 +15,7 @@
 #include "macro.h"
 #include "stack.h"
 #include "timeutil.h"
+#include "worker.h"
 
 #define HOUR_SEC INT64_C(3600)
 
@@ -47,8 +48,14 @@ struct job {
 	bool token_retried; /* the one retry after a 401 is used */
 	unsigned attempt;   /* transient failures in a row */
 	uint64_t not_before;
-	void *handle; /* the request in flight */
-	char *error;  /* the state logged for the hour; NULL: none */
+	void *handle;              /* the request in flight */
+	struct worker_task *parse; /* the answer's page being parsed on the worker */
+	/* asked early: the nextLink found in the page being parsed, before it is stored */
+	void *prefetch;        /* the request in flight, not yet the job's */
+	char *prefetch_url;    /* NULL: nothing asked early */
+	bool prefetch_adopted; /* handle is the early request (its answer: on_prefetch_reply) */
+	struct early *early;   /* the early request's answer, kept until the page before is in */
+	char *error;           /* the state logged for the hour; NULL: none */
 	size_t pages, records, inserted, duplicates, conflicts, quarantined;
 };
 
@@ -71,6 +78,7 @@ struct collector {
 	struct http_client *http;
 	struct auth *auth;
 	struct collector_transport tp;
+	struct worker *worker; /* parses the pages */
 	char *arm_endpoint;
 	char *provider;
 	int64_t collect_from;
@@ -135,6 +143,10 @@ bool collector_strset_has(const struct strset *s, const char *v);
 bool collector_strset_add(struct strset *s, const char *v); /* false: there already */
 void collector_strset_clear(struct strset *s);
 
+/* collector-fetch.c: drop the page being parsed for the job and what was asked early, if any. */
+void collector_job_cancel_work(struct collector *c, struct job *j);
+/* collector-fetch.c: drop what was asked early for the job, if anything. */
+void collector_job_drop_prefetch(struct collector *c, struct job *j);
 /* collector-fetch.c: send the job's next request, unless paused, throttled or in its backoff. */
 void collector_job_step(struct collector *c, uint64_t now, uint64_t *wake);
 /* Start or continue a refresh of the user-subscription cache when one is due. */

@@ -58,6 +58,7 @@ int
 collector_new(struct event_base *base, const struct collector_options *o, struct collector **ret)
 {
 	struct collector *c;
+	int r;
 
 	if (!base || !o || !o->store || isempty(o->arm_endpoint) ||
 	    isempty(o->provider_subscription) || (!o->transport && (!o->http || !o->auth)) ||
@@ -101,6 +102,13 @@ collector_new(struct event_base *base, const struct collector_options *o, struct
 	if (!c->timer) {
 		collector_free(c);
 		return -ENOMEM;
+	}
+	if (!o->parse_on_loop) {
+		r = worker_new(base, &c->worker);
+		if (r < 0) {
+			collector_free(c);
+			return r;
+		}
 	}
 	*ret = c;
 	return 0;
@@ -177,6 +185,7 @@ collector_stop(struct collector *c)
 	if (c->job) {
 		if (c->job->handle)
 			c->tp.cancel(c->tp.userdata, c->job->handle);
+		collector_job_cancel_work(c, c->job);
 		job_free(c->job);
 		c->job = NULL;
 	}
@@ -193,6 +202,7 @@ collector_free(struct collector *c)
 	if (!c)
 		return NULL;
 	collector_stop(c);
+	c->worker = worker_free(c->worker);
 	if (c->timer)
 		event_free(c->timer);
 	for (size_t i = 0; i < c->n_holds; i++) {
@@ -243,6 +253,8 @@ collector_set_auth(struct collector *c, struct auth *auth)
 		if (c->job->handle)
 			c->tp.cancel(c->tp.userdata, c->job->handle);
 		c->job->handle = NULL;
+		c->job->prefetch_adopted = false;
+		collector_job_drop_prefetch(c, c->job);
 		/* a backoff grown on the old credentials says nothing about the new ones */
 		c->job->not_before = 0;
 		c->job->attempt = 0;
@@ -303,7 +315,7 @@ tick(_unused_ evutil_socket_t fd, _unused_ short what, void *userdata)
 	if (!c->started)
 		return;
 	collector_refresh_step(c, now, &wake);
-	if (c->job && !c->job->handle)
+	if (c->job && !c->job->handle && !c->job->parse)
 		collector_job_step(c, now, &wake);
 	if (!c->job)
 		plan(c, now, &wake);
@@ -589,6 +601,7 @@ collector_job_park(struct collector *c, struct job *j, uint64_t not_before, cons
 	h->restarted = j->restarted;
 	free(h->error);
 	h->error = TAKE_PTR(j->error);
+	collector_job_cancel_work(c, j);
 	if (c->job == j)
 		c->job = NULL;
 	job_free(j);
@@ -603,6 +616,7 @@ collector_job_end(struct collector *c, struct job *j)
 
 	if (h)
 		hold_remove(c, h);
+	collector_job_cancel_work(c, j);
 	if (c->job == j)
 		c->job = NULL;
 	job_free(j);

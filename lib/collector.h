@@ -42,7 +42,12 @@
  *
  * The transport is a seam: by default every GET asks lib/auth for the stamp's token and sends the
  * request with lib/http; tests hand in their own. Times come from lib/timeutil (the clock seam);
- * waits are loop timers. Nothing here blocks the loop but short store transactions.
+ * waits are loop timers. Nothing here blocks the loop but short store transactions: a page's body
+ * is parsed on a worker thread of the collector's own (lib/worker) while the loop serves the
+ * forwarder and health, and the page is stored from the loop once parsed, in the order asked for.
+ * While a page is parsed, the nextLink it seems to have (found by a quick scan, checked like any
+ * nextLink) is asked for already; that answer is used only when the parsed page has the same
+ * nextLink and is stored, else it is dropped unseen.
  *
  * Ownership: the collector borrows the store, metrics, http client and auth given in its options
  * (they must outlive it) and copies every string.
@@ -111,6 +116,7 @@ struct collector_options {
 	uint64_t retry_max_usec;          /* and its cap, also of Retry-After; 0: 5 min */
 	uint64_t unknown_refresh_usec;    /* refreshes for unknown subscriptions; 0: 60 s apart */
 	const struct http_random *random; /* jitter; NULL: the default */
+	bool parse_on_loop; /* tests: parse a page inside its answer, without the worker */
 };
 
 /* A summary for /readyz and /v1/status. */

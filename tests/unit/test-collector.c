@@ -402,6 +402,7 @@ setup(void **state)
 	        .retry_initial_usec = USEC_PER_MSEC,
 	        .retry_max_usec = 20 * USEC_PER_MSEC,
 	        .unknown_refresh_usec = 100 * USEC_PER_MSEC,
+	        .parse_on_loop = true, /* settle_loop() then sees every page stored */
 	};
 	*state = t;
 	return 0;
@@ -1034,11 +1035,65 @@ test_collector_quarantine_and_unknown_subscription(void **state)
 	assert_int_equal(log_count(t, "does not know"), 1); /* logged once */
 }
 
+/*
+ * The pages parsed on the worker thread (as the daemon does), with the nextLink asked early while
+ * the page before it is parsed: stored in order through their nextLinks, an early answer that is
+ * a malformed page retried after the page before it is in; and a collector stopped, then freed,
+ * while a page is being parsed and its nextLink asked drops both (nothing stored, nothing leaks).
+ */
+static void
+test_collector_worker_thread(void **state)
+{
+	struct ctx *t = *state;
+	_cleanup_free_ char *n1 = next_link(STAMP, "page2"), *n3 = next_link(STAMP, "page4");
+	_cleanup_free_ char *p1 = page(H0, SUB_A, 0, 2, NULL, n1);
+	_cleanup_free_ char *p2 = page(H0, SUB_A, 2, 3, NULL, NULL);
+	_cleanup_free_ char *p3 = page(H0 + HOUR, SUB_A, 10, 4, NULL, n3);
+	_cleanup_free_ char *link = NULL;
+	struct fake_req *r, *early;
+
+	t->options.parse_on_loop = false;
+	fake_now = H0 + 2 * HOUR + 60;
+	start(t);
+	answer_subscriptions(t);
+	r = wait_req(t, true);
+	assert_int_equal(url_hour(r->url), H0);
+	answer(r, 200, p1, NULL);
+	early = wait_req(t, true); /* asked while page 1 is parsed */
+	assert_string_equal(early->url, n1);
+	answer(early, 200, "{\"value\": [", NULL); /* malformed: asked again once page 1 is in */
+	r = wait_req(t, true);
+	assert_string_equal(r->url, n1);
+	assert_int_equal(count_state(t, STORE_PENDING), 2);
+	assert_int_equal(schedule_pass(t, H0, "", &link), 0);
+	assert_string_equal(link, n1);
+	assert_int_equal(metric(t, METRICS_COLLECT_PAGES_TOTAL, "retry"), 1);
+	answer(r, 200, p2, NULL);
+	r = wait_req(t, true);
+	assert_int_equal(url_hour(r->url), H0 + HOUR);
+	assert_int_equal(count_state(t, STORE_PENDING), 5);
+	assert_int_equal(schedule_pass(t, H0, "", NULL), 1);
+	assert_int_equal(metric(t, METRICS_COLLECT_PAGES_TOTAL, "ok"), 2);
+
+	/* the next hour's page is being parsed and its nextLink asked when the collector stops */
+	answer(r, 200, p3, NULL); /* no loop turn in between: its parse is still owed */
+	early = pending(t, true);
+	assert_non_null(early);
+	assert_string_equal(early->url, n3);
+	collector_stop(t->c);
+	assert_true(early->cancelled);
+	settle_loop(t);
+	t->c = collector_free(t->c);
+	assert_int_equal(count_state(t, STORE_PENDING), 5);
+	assert_int_equal(metric(t, METRICS_COLLECT_PAGES_TOTAL, "ok"), 2);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test_setup_teardown(test_collector_settle, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_collector_worker_thread, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_collector_pages_and_lookback, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_collector_catch_up, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_collector_throttle_and_backoff, setup,
