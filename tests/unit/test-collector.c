@@ -11,7 +11,8 @@
  * without value), RequestEndTimeIsInFuture, a refused nextLink (restart once per pass), resuming
  * from the saved nextLink after a restart, nextLink loops, the nextLink authority, 401, the
  * per-subscriber split and SubscriberIdIsNotDirectTenant, the max_pending pause, the store-full
- * pause, quarantined records and the refresh for an unknown subscription.
+ * pause, quarantined records and the refresh for an unknown subscription; and the pages parsed on
+ * the worker thread with their nextLink asked early (plain text only), stop while in flight.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -1088,12 +1089,50 @@ test_collector_worker_thread(void **state)
 	assert_int_equal(metric(t, METRICS_COLLECT_PAGES_TOTAL, "ok"), 2);
 }
 
+/*
+ * A nextLink written with escapes is not asked early (the quick scan takes only plain text): it
+ * is asked, unescaped, once its page is parsed and stored.
+ */
+static void
+test_collector_worker_escaped_next_link(void **state)
+{
+	struct ctx *t = *state;
+	_cleanup_free_ char *n1 = next_link(STAMP, "page2");
+	_cleanup_free_ char *p1 = page(H0, SUB_A, 0, 2, NULL, n1);
+	_cleanup_free_ char *p2 = page(H0, SUB_A, 2, 1, NULL, NULL);
+	_cleanup_free_ char *escaped = NULL;
+	const char *at = strstr(p1, "\"nextLink\":\"https://");
+	uint64_t end = now_monotonic_usec() + GUARD;
+	struct fake_req *r;
+
+	assert_non_null(at);
+	escaped = xasprintf("%.*s\"nextLink\":\"https:\\/\\/%s", (int)(at - p1), p1,
+	                    at + strlen("\"nextLink\":\"https://"));
+	t->options.parse_on_loop = false;
+	fake_now = H0 + HOUR + 60;
+	start(t);
+	answer_subscriptions(t);
+	r = wait_req(t, true);
+	answer(r, 200, escaped, NULL);
+	r = wait_req(t, true);
+	assert_string_equal(r->url, n1);
+	assert_int_equal(count_state(t, STORE_PENDING), 2); /* asked only after page 1 is in */
+	answer(r, 200, p2, NULL);
+	while (schedule_pass(t, H0, "", NULL) != 1) {
+		assert_true(now_monotonic_usec() < end);
+		event_base_loop(t->base, EVLOOP_ONCE);
+	}
+	assert_int_equal(count_state(t, STORE_PENDING), 3);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test_setup_teardown(test_collector_settle, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_collector_worker_thread, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_collector_worker_escaped_next_link, setup,
+	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_collector_pages_and_lookback, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_collector_catch_up, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_collector_throttle_and_backoff, setup,
