@@ -176,8 +176,13 @@ struct store_charge_entry {
 	uint64_t seen; /* the claim that last decided it (store.claim_seq) */
 };
 
+struct store_checkpointer;
+
 struct store {
 	sqlite3 *db;
+	/* the thread that copies the WAL into the file (store.c); NULL: SQLite's checkpoints */
+	struct store_checkpointer *checkpointer;
+	unsigned checkpoint_pages; /* WAL pages that start a checkpoint */
 	/* the latest charge per subscription as of charges_epoch (-1: nothing known), an open
 	 * addressing table of charges_size slots; forgotten with every rollback */
 	struct store_charge_entry *charges;

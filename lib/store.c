@@ -13,7 +13,9 @@
  * Every public operation is one transaction; write transactions start with BEGIN IMMEDIATE and
  * roll back on any error, so a failed operation changes nothing. Counts by state live in a small
  * table and are changed by the same transaction that moves records, from deltas collected while
- * it runs (no trigger per row, no COUNT(*) scan). Statements are prepared once and cached.
+ * it runs (no trigger per row, no COUNT(*) scan). Statements are prepared once and cached. The
+ * one thing done off the caller's thread is copying the WAL into the file: a checkpointer thread
+ * with its own connection (below), so that the daemon's loop never waits for it.
  *
  * Why the layout (records written once, a batch row for the state of a claimed run, narrow state
  * rows for the exceptions): the earlier layout kept the state in the record row, so a record's
@@ -26,6 +28,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +51,11 @@
 #define STRINGIFY(x)          STRINGIFY_(x)
 #define STORE_BUSY_TIMEOUT_MS 5000
 #define STORE_PAGE_SIZE       16384 /* for new files */
+#define STORE_CHECKPOINT      4000  /* WAL pages (64 MB) that start a checkpoint */
+/* the checkpointer's passes in a row while the loop keeps committing */
+#define CHECKPOINT_PASSES 8
+/* a WAL this many times the checkpoint size is checkpointed by the loop itself */
+#define CHECKPOINT_HARD 4
 
 /* migrations[v] takes a file from version v to v + 1 */
 static const char *const *const migrations[] = {store_schema_v1};
@@ -431,6 +439,167 @@ check_header(const char *path, char **ret_error)
 	return -EBADMSG;
 }
 
+/*
+ * The checkpointer. Copying the WAL into the database file (64 MB of it every 4,000 pages, then
+ * an fdatasync of each file) took 100-450 ms when SQLite did it at the end of the commit that
+ * crossed the mark, on the daemon's loop: the slowest /healthz answer while collecting was that
+ * long (bench-h6-backlog.py; issue 13 asks for under 50 ms). A thread with a connection of its
+ * own does the bulk of it: the WAL hook of the store's connection wakes it after a commit that
+ * leaves checkpoint_pages or more in the WAL, and it runs PASSIVE checkpoints, which never block a
+ * writer (the loop goes on committing into the same WAL meanwhile). A pass copies the WAL as it
+ * was when it began; a second pass copies what the loop committed during the first. SQLite starts
+ * the WAL over at the first commit after a checkpoint that copied all of it, which the thread
+ * cannot be sure of while the loop commits, so what is left after its passes (the commits of the
+ * last few tens of milliseconds) the loop copies itself at its next commit: nothing else writes
+ * then, so that checkpoint reaches the end of the WAL, and both its fdatasyncs find little to
+ * write. Should the thread fall behind, the loop checkpoints everything itself once the WAL holds
+ * CHECKPOINT_HARD times checkpoint_pages, as SQLite would. The guarantees are SQLite's: a
+ * checkpoint is the same operation on either connection, and a kill in the middle of one leaves
+ * a WAL that the next open recovers (the crash test kills inside checkpoints).
+ */
+enum checkpointer_state {
+	CHECKPOINT_IDLE,
+	CHECKPOINT_REQUESTED,
+	CHECKPOINT_RUNNING,
+	CHECKPOINT_TAIL, /* the thread is done: the loop copies the rest */
+};
+
+struct store_checkpointer {
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	sqlite3 *db;
+	enum checkpointer_state state; /* under lock */
+	bool stop;                     /* under lock */
+	unsigned next_at; /* the loop's: WAL pages before it asks again, after a tail that did
+	                     not start the WAL over (a reader holds it) */
+};
+
+static void *
+checkpointer_main(void *userdata)
+{
+	struct store_checkpointer *c = userdata;
+
+	pthread_mutex_lock(&c->lock);
+	for (;;) {
+		int rc = SQLITE_OK, last = -1;
+
+		while (c->state != CHECKPOINT_REQUESTED && !c->stop)
+			pthread_cond_wait(&c->wake, &c->lock);
+		if (c->stop)
+			break;
+		c->state = CHECKPOINT_RUNNING;
+		pthread_mutex_unlock(&c->lock);
+		/* a pass copies the WAL up to where it ended when the pass began: the next one
+		 * copies what was committed meanwhile, if anything was */
+		for (unsigned pass = 0; pass < CHECKPOINT_PASSES; pass++) {
+			int in_log = 0;
+
+			rc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE,
+			                               &in_log, NULL);
+			if (rc != SQLITE_OK || in_log == last)
+				break;
+			last = in_log;
+		}
+		pthread_mutex_lock(&c->lock);
+		/* an error (busy: the loop checkpoints itself): the loop's own checkpoint meets it
+		 * again, as it did when it did them all */
+		c->state = rc == SQLITE_OK ? CHECKPOINT_TAIL : CHECKPOINT_IDLE;
+	}
+	pthread_mutex_unlock(&c->lock);
+	return NULL;
+}
+
+/* The WAL hook of the store's connection: after every commit, with the WAL's size in pages. */
+static int
+checkpointer_hook(void *userdata, sqlite3 *db, const char *name, int pages)
+{
+	struct store *s = userdata;
+	struct store_checkpointer *c = s->checkpointer;
+	bool tail = false;
+
+	pthread_mutex_lock(&c->lock);
+	if (pages < 0 || (unsigned)pages < s->checkpoint_pages) {
+		/* the WAL started over, with the tail or before it */
+		if (c->state == CHECKPOINT_TAIL)
+			c->state = CHECKPOINT_IDLE;
+		c->next_at = 0;
+	} else if (c->state == CHECKPOINT_TAIL) {
+		c->state = CHECKPOINT_IDLE;
+		tail = true;
+	} else if (c->state == CHECKPOINT_IDLE && (unsigned)pages >= c->next_at) {
+		c->state = CHECKPOINT_REQUESTED;
+		c->next_at = (unsigned)pages + s->checkpoint_pages / 4;
+		pthread_cond_signal(&c->wake);
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (tail || (unsigned)pages >= CHECKPOINT_HARD * s->checkpoint_pages)
+		/* PASSIVE gives up at once while the thread runs a pass: then the next commit */
+		(void)sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+	return SQLITE_OK;
+}
+
+/* Start the checkpointer; on any failure SQLite's own checkpoints stay, as set by the open. */
+static void
+checkpointer_start(struct store *s)
+{
+	struct store_checkpointer *c;
+	int rc;
+
+	if (!sqlite3_threadsafe())
+		return;
+	c = xcalloc(1, sizeof(*c));
+	rc = sqlite3_open_v2(s->path, &c->db,
+	                     SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
+	                     NULL);
+	if (rc == SQLITE_OK)
+		/* the store's own connection closes last and checkpoints then */
+		rc = sqlite3_db_config(c->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
+	if (rc == SQLITE_OK)
+		/* a checkpoint syncs the WAL before it copies and the file after, as on the store's
+		 * connection; reading the header opens the WAL (a checkpoint copies frames, it
+		 * needs neither the schema nor a page cache) */
+		rc = sqlite3_exec(c->db, "PRAGMA synchronous = NORMAL; PRAGMA schema_version", NULL,
+		                  NULL, NULL);
+	if (rc != SQLITE_OK) {
+		sqlite3_close_v2(c->db);
+		free(c);
+		return;
+	}
+	pthread_mutex_init(&c->lock, NULL);
+	pthread_cond_init(&c->wake, NULL);
+	if (pthread_create(&c->thread, NULL, checkpointer_main, c) != 0) {
+		pthread_cond_destroy(&c->wake);
+		pthread_mutex_destroy(&c->lock);
+		sqlite3_close_v2(c->db);
+		free(c);
+		return;
+	}
+	s->checkpointer = c;
+	(void)sqlite3_wal_hook(s->db, checkpointer_hook, s);
+}
+
+/* Stop the checkpointer (waits for a pass in progress) and close its connection. */
+static void
+checkpointer_stop(struct store *s)
+{
+	struct store_checkpointer *c = s->checkpointer;
+
+	if (!c)
+		return;
+	(void)sqlite3_wal_hook(s->db, NULL, NULL);
+	pthread_mutex_lock(&c->lock);
+	c->stop = true;
+	pthread_cond_signal(&c->wake);
+	pthread_mutex_unlock(&c->lock);
+	pthread_join(c->thread, NULL);
+	pthread_cond_destroy(&c->wake);
+	pthread_mutex_destroy(&c->lock);
+	sqlite3_close_v2(c->db);
+	free(c);
+	s->checkpointer = NULL;
+}
+
 /* Open the store (see store.h). */
 int
 store_open(const struct store_options *options, struct store **ret, char **ret_error)
@@ -491,19 +660,29 @@ store_open(const struct store_options *options, struct store **ret, char **ret_e
 
 	rc = sqlite3_exec(s->db,
 	                  "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;"
-	                  " PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;"
+	                  /* 16 MiB of cache: the records' newest leaves and the index pages of the
+	                   * hour being collected (about 45 bytes a record) stay in it up to some
+	                   * 200,000 records an hour. It is most of the daemon's memory (issue 13:
+	                   * peak RSS under 48 MiB whatever the backlog): azs-usaged collecting with
+	                   * Commerce down peaked at 59.8 MB with 32 MiB and 43.0 MB with 16 MiB,
+	                   * flat from 100,000 to 600,000 records (bench-h6-backlog.py); bench-store
+	                   * at 100,000 records an hour is as fast with 8 MiB, at 500,000 an hour 30
+	                   * % slower. Tried and not kept before: a 64 MiB cache (no faster). */
+	                  " PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY;"
 	                  " PRAGMA journal_size_limit = 67108864;"
 	                  /* checkpoint every 64 MB of WAL, not every 16 MB: index pages written by
 	                   * many transactions are copied into the file once (bench-store, 1,000,000
 	                   * records, two runs each: put 174,000-182,000 -> 191,000-209,000
 	                   * records/s); the WAL stays within journal_size_limit. Tried and not
 	                   * kept: 4 and 8 KiB pages (put 150,000 and 156,000 against 166,000 in the
-	                   * same hour, claim slower too) and a 64 MiB cache (no faster, 33 MB more
-	                   * memory). */
-	                  " PRAGMA wal_autocheckpoint = 4000;",
+	                   * same hour, claim slower too). The checkpointer below takes over when it
+	                   * can start. */
+	                  " PRAGMA wal_autocheckpoint = " STRINGIFY(STORE_CHECKPOINT) ";",
 	                  NULL, NULL, NULL);
+	/* the crash test checkpoints often, so that its kills land inside checkpoints */
+	s->checkpoint_pages =
+	        options->checkpoint_pages ? options->checkpoint_pages : STORE_CHECKPOINT;
 	if (rc == SQLITE_OK && options->checkpoint_pages) {
-		/* the crash test checkpoints often, so that its kills land inside checkpoints */
 		char pragma[64];
 
 		snprintf(pragma, sizeof(pragma), "PRAGMA wal_autocheckpoint = %u;",
@@ -523,8 +702,10 @@ store_open(const struct store_options *options, struct store **ret, char **ret_e
 		open_error(ret_error, "%s: %s", s->path, s->errmsg);
 		return r;
 	}
-	if (!s->readonly)
+	if (!s->readonly) {
 		(void)sqlite3_db_config(s->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, NULL);
+		checkpointer_start(s); /* else SQLite's own checkpoints, set above */
+	}
 
 	*ret = TAKE_PTR(s);
 	return 0;
@@ -536,6 +717,8 @@ store_free(struct store *s)
 {
 	if (!s)
 		return NULL;
+	/* before the store's own connection closes, the last one, which checkpoints the WAL */
+	checkpointer_stop(s);
 	for (size_t i = 0; i < _STMT_MAX; i++)
 		sqlite3_finalize(s->stmts[i]);
 	if (s->db && !sqlite3_get_autocommit(s->db))
