@@ -11,12 +11,22 @@
  *
  * One wake timer drives claiming: it fires at the earliest of the next due record, the end of a
  * Retry-After throttle and the idle poll. A reply frees a slot and claims again at once.
+ *
+ * While Commerce fails as a whole (no connection, time-outs, 408/429/5xx, no token or a refused
+ * one: what fail_batch() covers) the forwarder claims no fresh batch: once the batches that
+ * were out have come back, one batch at a time probes Commerce. The probe is the batch that
+ * failed last, claimed again under its batch id when its backoff has passed (probe_at: the store
+ * then holds a batch due for a re-send, which a claim takes before any fresh run); the other
+ * failed batches wait with their own backoff. The first batch answered record by record ends the
+ * failure and max_inflight batches go out again at once. Without this an outage would claim,
+ * encode and fail every batch of the backlog in turn.
  */
 #define LOG_MODULE "forwarder"
 
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +54,14 @@
 #define FWD_STORE_RETRY_USEC   (1 * USEC_PER_SEC) /* a store error: try again after this */
 #define FWD_REASON_MAX         256
 #define FWD_HEADERS_MAX        5
+
+/* Kinds of a failure of the whole endpoint: each is logged once per failure. */
+enum {
+	FWD_FAIL_NO_ANSWER = 1 << 0, /* no connection, time-out, reset */
+	FWD_FAIL_HTTP = 1 << 1,      /* 408, 429, 5xx, an unparsable answer */
+	FWD_FAIL_AUTH = 1 << 2,      /* 401/403 even with a new token */
+	FWD_FAIL_TOKEN = 1 << 3,     /* no token could be had */
+};
 
 struct fwd_batch {
 	struct forwarder *f;
@@ -93,11 +111,14 @@ struct forwarder {
 	bool draining;
 
 	uint64_t throttled_until; /* realtime usec */
+	uint64_t probe_at;        /* while failing: realtime usec of the next probe */
+	unsigned fail_count;      /* whole batches failed since Commerce last answered */
 	bool holding;
 	bool failing;
 	bool auth_failing;
 	bool store_failing;
 	char fail_reason[FWD_REASON_MAX];
+	unsigned fail_kinds; /* FWD_FAIL_* seen since Commerce last answered (each logged once) */
 	int64_t last_success_at;
 };
 
@@ -122,7 +143,7 @@ static void batch_send(struct fwd_batch *b);
 static void batch_finish(struct fwd_batch *b);
 static void batch_free(struct fwd_batch *b);
 static void batch_apply(struct fwd_batch *b);
-static int64_t backoff_at(struct fwd_batch *b);
+static int64_t backoff_at(struct fwd_batch *b, unsigned attempts);
 static void on_reply(const struct forwarder_reply *reply, void *userdata);
 static void on_wake(evutil_socket_t fd, short what, void *userdata);
 static void on_apply_timer(evutil_socket_t fd, short what, void *userdata);
@@ -332,6 +353,7 @@ static void
 schedule(struct forwarder *f)
 {
 	uint64_t now_usec, delay;
+	unsigned limit;
 	int64_t due;
 	int r;
 
@@ -360,8 +382,17 @@ schedule(struct forwarder *f)
 		f->holding = false;
 		log_notice("the registration cache is fresh again: forwarding resumes");
 	}
+	/* Commerce fails: one probe at a time, when the last failed batch is due again */
+	limit = f->failing ? 1 : f->settings.max_inflight;
+	if (f->failing && f->n_inflight < limit) {
+		now_usec = now_realtime_usec();
+		if (f->probe_at > now_usec) {
+			arm_wake(f, f->probe_at - now_usec);
+			return;
+		}
+	}
 
-	while (f->n_inflight < f->settings.max_inflight) {
+	while (f->n_inflight < limit) {
 		struct store_claim claim = {
 		        .max_records = f->settings.batch_size,
 		        .max_bytes = f->settings.batch_bytes,
@@ -391,7 +422,7 @@ schedule(struct forwarder *f)
 		f->n_inflight++;
 		batch_send(b);
 	}
-	if (f->n_inflight >= f->settings.max_inflight)
+	if (f->n_inflight >= limit)
 		return; /* a reply claims again */
 
 	delay = f->poll_usec;
@@ -445,7 +476,8 @@ batch_send(struct fwd_batch *b)
 					bad++;
 				} else {
 					o->kind = STORE_OUTCOME_RETRY;
-					o->next_attempt_at = bad ? 0 : backoff_at(b);
+					o->next_attempt_at =
+					        bad ? 0 : backoff_at(b, b->batch.attempts);
 				}
 			}
 			if (bad == 0)
@@ -505,13 +537,13 @@ fill_all(struct fwd_batch *b, enum store_outcome_kind kind, const char *status, 
 		};
 }
 
-/* The next attempt of the batch after a backoff, no sooner than a throttle ends (seconds). */
+/* The next attempt of the batch after a backoff for attempts so far, no sooner than a throttle
+ * ends (seconds). */
 static int64_t
-backoff_at(struct fwd_batch *b)
+backoff_at(struct fwd_batch *b, unsigned attempts)
 {
 	struct forwarder *f = b->f;
-	uint64_t at = now_realtime_usec() + http_backoff(b->batch.attempts,
-	                                                 f->settings.retry_initial_usec,
+	uint64_t at = now_realtime_usec() + http_backoff(attempts, f->settings.retry_initial_usec,
 	                                                 f->settings.retry_max_usec, f->random);
 
 	at = MAX(at, f->throttled_until);
@@ -535,19 +567,37 @@ split_halves(struct fwd_batch *b)
 		b->outcomes[i].new_batch_id = b->split_ids[i < half ? 0 : 1];
 }
 
-/* Note Commerce failing for the whole batch (logged when the reason changes). */
+/*
+ * Commerce failed the whole of batch b (kind: FWD_FAIL_*): every record is retried after a
+ * backoff, and the forwarder fails until a batch is answered record by record: b, due again after
+ * its backoff, is the next probe. The backoff grows with the batch's attempts or with the
+ * failures in a row, whichever is more, so that probes which take turns among the batches that
+ * failed together still back off. Logged when the failure starts and the first time it is of
+ * another kind, not per retry (a transport error's text varies from one try to the next, and a
+ * Commerce may answer 503 and refuse connections by turns).
+ */
 static void
-note_failing(struct forwarder *f, const char *batch_id, const char *reason, long status)
+fail_batch(struct fwd_batch *b, unsigned kind, const char *reason, long status)
 {
+	struct forwarder *f = b->f;
+	int64_t next = backoff_at(b, MAX(b->batch.attempts, f->fail_count));
 	char st[16];
 
-	if (f->failing && streq(f->fail_reason, reason))
+	if (f->fail_count < UINT_MAX)
+		f->fail_count++;
+
+	fill_all(b, STORE_OUTCOME_RETRY, NULL, NULL, NULL, next);
+	f->probe_at = (uint64_t)next * USEC_PER_SEC;
+	metrics_inc(f->metrics, METRICS_FORWARD_RETRIES_TOTAL, NULL);
+	snprintf(f->fail_reason, sizeof(f->fail_reason), "%s", reason);
+	if (f->failing && (f->fail_kinds & kind))
 		return;
 	f->failing = true;
-	snprintf(f->fail_reason, sizeof(f->fail_reason), "%s", reason);
+	f->fail_kinds |= kind;
 	snprintf(st, sizeof(st), "%ld", status);
 	log_fields(LOG_WARNING,
-	           LOG_FIELDS("AZS_BATCH_ID", batch_id, "AZS_HTTP_STATUS", status > 0 ? st : NULL),
+	           LOG_FIELDS("AZS_BATCH_ID", b->batch.batch_id, "AZS_HTTP_STATUS",
+	                      status > 0 ? st : NULL),
 	           "Commerce fails: %s; batches are retried with backoff", reason);
 }
 
@@ -563,6 +613,9 @@ note_working(struct forwarder *f)
 		log_notice("Commerce answers again (it failed: %s)", f->fail_reason);
 	f->failing = false;
 	f->fail_reason[0] = '\0';
+	f->fail_kinds = 0;
+	f->probe_at = 0;
+	f->fail_count = 0;
 }
 
 /* Take a Retry-After of a 429 or 503 as a throttle of the whole endpoint. */
@@ -606,11 +659,9 @@ on_reply(const struct forwarder_reply *reply, void *userdata)
 		snprintf(reason, sizeof(reason), "no token for Commerce: %s",
 		         reply->token_error_text ? reply->token_error_text
 		                                 : strerror(-reply->token_error));
-		note_failing(f, batch_id, reason, 0);
+		fail_batch(b, FWD_FAIL_TOKEN, reason, 0);
 		f->auth_failing = true;
 		metrics_inc(f->metrics, METRICS_FORWARD_BATCHES_TOTAL, "no-token");
-		metrics_inc(f->metrics, METRICS_FORWARD_RETRIES_TOTAL, NULL);
-		fill_all(b, STORE_OUTCOME_RETRY, NULL, NULL, NULL, backoff_at(b));
 		batch_apply(b);
 		return;
 	}
@@ -624,7 +675,8 @@ on_reply(const struct forwarder_reply *reply, void *userdata)
 	if (r < 0) {
 		/* cannot happen for a claimed batch; retried like a transient answer */
 		log_debug_errno(r, "cannot classify the answer to batch %s", batch_id);
-		fill_all(b, STORE_OUTCOME_RETRY, NULL, NULL, NULL, backoff_at(b));
+		fill_all(b, STORE_OUTCOME_RETRY, NULL, NULL, NULL,
+		         backoff_at(b, b->batch.attempts));
 		batch_apply(b);
 		return;
 	}
@@ -638,7 +690,7 @@ on_reply(const struct forwarder_reply *reply, void *userdata)
 
 		note_working(f);
 		if (b->resp.n_retry > 0) {
-			next = backoff_at(b);
+			next = backoff_at(b, b->batch.attempts);
 			metrics_inc(f->metrics, METRICS_FORWARD_RETRIES_TOTAL, NULL);
 			log_debug("batch %s: %zu records answered with a transient status, retried",
 			          batch_id, b->resp.n_retry);
@@ -673,10 +725,8 @@ on_reply(const struct forwarder_reply *reply, void *userdata)
 		}
 		snprintf(reason, sizeof(reason), "HTTP %d %s even with a new token", status,
 		         b->resp.error_code ? b->resp.error_code : "");
-		note_failing(f, batch_id, reason, status);
+		fail_batch(b, FWD_FAIL_AUTH, reason, status);
 		f->auth_failing = true;
-		metrics_inc(f->metrics, METRICS_FORWARD_RETRIES_TOTAL, NULL);
-		fill_all(b, STORE_OUTCOME_RETRY, NULL, NULL, NULL, backoff_at(b));
 		break;
 	case COMMERCE_RESULT_TRANSIENT:
 	default:
@@ -687,9 +737,7 @@ on_reply(const struct forwarder_reply *reply, void *userdata)
 		else
 			snprintf(reason, sizeof(reason), "HTTP %d %s", status,
 			         b->resp.error_code ? b->resp.error_code : "");
-		note_failing(f, batch_id, reason, status);
-		metrics_inc(f->metrics, METRICS_FORWARD_RETRIES_TOTAL, NULL);
-		fill_all(b, STORE_OUTCOME_RETRY, NULL, NULL, NULL, backoff_at(b));
+		fail_batch(b, http->error ? FWD_FAIL_NO_ANSWER : FWD_FAIL_HTTP, reason, status);
 		break;
 	}
 	batch_apply(b);

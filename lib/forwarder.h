@@ -12,10 +12,14 @@
  * 409 -> forwarded; 413 -> halved (a batch of one record that is still too large ends dead);
  * 408, 429, 5xx, time-outs, resets and unparsable answers -> the batch retried after a capped,
  * full-jitter backoff (retry_initial .. retry_max, by the batch's attempts so far). A Retry-After
- * on a 429 or 503 throttles the whole endpoint: no batch is sent before it has passed. The
- * schedule (attempts, next attempt) lives in the store, so a restart keeps it; a retried batch
- * keeps its batch id (x-ms-correlationid) and its records their usageEventIds. A record leaves
- * the queue only forwarded or dead: nothing retryable is ever given up.
+ * on a 429 or 503 throttles the whole endpoint: no batch is sent before it has passed. While
+ * Commerce fails as a whole (any of those, or no token, or a token refused twice) nothing fresh is
+ * claimed: one batch at a time, one that failed, is sent again after its backoff as a probe, and
+ * the first batch answered record by record sends max_inflight batches again at once; per-event
+ * rejections, 400s and 413s are answers, not failures. The schedule (attempts, next attempt)
+ * lives in the store, so a restart keeps it; a retried batch keeps its batch id
+ * (x-ms-correlationid) and its records their usageEventIds. A record leaves the queue only
+ * forwarded or dead: nothing retryable is ever given up.
  *
  * Forwarding holds (claims nothing) while the registration cache is stale (is_stale), and
  * resumes by itself once it is fresh. New records are found by a short poll (poll_usec, 1 s):
@@ -23,10 +27,10 @@
  * (store_next_due) costs nothing; forwarder_nudge() lets the daemon wake it sooner. Records due
  * later (a backoff) wake it at their time.
  *
- * Logging: one line per change of state (Commerce failing or back, throttled, holding for a stale
- * registration, resuming), not per retry; dead letters with LOG_MESSAGE_ID_BATCH_DEAD. No token,
- * body or record content is logged. Metrics: records_forwarded_total{status},
- * forward_batches_total{result}, forward_retries_total,
+ * Logging: one line per change of state (Commerce failing, once per kind of failure, or back,
+ * throttled, holding for a stale registration, resuming), not per retry; dead letters with
+ * LOG_MESSAGE_ID_BATCH_DEAD. No token, body or record content is logged. Metrics:
+ * records_forwarded_total{status}, forward_batches_total{result}, forward_retries_total,
  * http_request_duration_seconds{api="commerce"}.
  *
  * Seams: the transport (by default lib/auth's token for the Commerce audience and lib/http) and
@@ -115,7 +119,7 @@ struct forwarder_status {
 	int64_t last_success_at;  /* realtime of the last batch answered with outcomes; 0: none */
 	uint64_t throttled_until; /* realtime usec of a Retry-After being waited out; 0: none */
 	bool holding;             /* the registration cache is stale: nothing is claimed */
-	bool failing;             /* the last answer was a failure of the whole batch */
+	bool failing;             /* Commerce fails as a whole: one batch probes it, none is new */
 	bool auth_failing;        /* Commerce refused the token even after a new one */
 	bool draining;            /* forwarder_drain() was called */
 };

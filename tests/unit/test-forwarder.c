@@ -10,6 +10,8 @@
  * backoff, 409, transient answers keeping the batch id and event ids, Retry-After throttling the
  * endpoint, the backoff bounds, max_inflight, holding while the registration is stale, the
  * graceful drain, and the journal: one line per change of state, the fields of a dead letter.
+ * While Commerce fails as a whole, nothing fresh is claimed and one batch at a time probes it;
+ * the first success sends max_inflight batches again.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -808,6 +810,149 @@ test_forwarder_backoff_bounds(void **state)
 	assert_int_equal(count(t, STORE_FORWARDED), 1);
 }
 
+/* Whether a request carries key. */
+static bool
+req_has_key(const struct fake_req *r, const char *key)
+{
+	for (size_t i = 0; i < r->n_keys; i++)
+		if (streq(r->keys[i], key))
+			return true;
+	return false;
+}
+
+/* Unanswered requests. */
+static size_t
+n_pending(struct ctx *t)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < t->n; i++)
+		n += !t->reqs[i].answered && !t->reqs[i].cancelled;
+	return n;
+}
+
+/*
+ * A Commerce that refuses connections: the batches out when it starts failing come back, then
+ * no fresh record is claimed, one batch at a time is sent again (one that failed, under its batch
+ * id) after its backoff, and the journal says it once. The first success sends max_inflight
+ * batches at once again, and the records all end forwarded.
+ */
+static void
+test_forwarder_failing_probes_one_batch_claims_nothing(void **state)
+{
+	struct ctx *t = *state;
+	struct forwarder_status st;
+	struct fake_req *r;
+	char failed[4][64];
+	size_t n_failed = 0;
+	uint64_t fresh;
+
+	t->options.settings.batch_size = 2;
+	t->options.settings.max_inflight = 4;
+	put_records(t, 0, 40);
+	start(t);
+	wait_req(t);
+	settle_loop(t);
+	assert_int_equal(t->n, 4);
+	/* the first failure: the three others out already fail too, and nothing new goes out */
+	for (size_t i = 0; i < 4; i++) {
+		snprintf(failed[n_failed++], sizeof(failed[0]), "%s", t->reqs[i].correlation);
+		answer_error(&t->reqs[i], -ECONNREFUSED);
+		settle_loop(t);
+		assert_int_equal(t->n, 4);
+	}
+	forwarder_get_status(t->f, &st);
+	assert_true(st.failing);
+	assert_int_equal(st.inflight, 0);
+	fresh = count(t, STORE_PENDING);
+	assert_int_equal(fresh, 40);
+
+	/* probes: one at a time, each a batch that failed, never a fresh one */
+	for (int probe = 0; probe < 12; probe++) {
+		bool known = false;
+
+		while (!pending(t))
+			advance(t, 1);
+		r = pending(t);
+		settle_loop(t);
+		assert_int_equal(n_pending(t), 1);
+		forwarder_get_status(t->f, &st);
+		assert_int_equal(st.inflight, 1);
+		for (size_t k = 0; k < n_failed; k++)
+			known |= streq(r->correlation, failed[k]);
+		assert_true(known);
+		assert_int_equal(r->n_keys, 2);
+		/* the 32 records no batch took are still untouched: claimed by nobody */
+		for (size_t k = 8; k < 40; k++)
+			assert_false(req_has_key(r, t->keys[k]));
+		assert_int_equal(count(t, STORE_INFLIGHT), 2);
+		if (probe % 3 == 2)
+			answer(r, 503, "{}", NULL);
+		else
+			answer_error(r, -ECONNREFUSED);
+		settle_loop(t);
+		assert_int_equal(n_pending(t), 0);
+	}
+	assert_int_equal(t->n, 4 + 12);
+	assert_int_equal(count(t, STORE_PENDING), 40);
+	/* one line when it started, one the first time it was a 503 (not per retry or per turn) */
+	assert_int_equal(log_count(t, "Commerce fails"), 2);
+	assert_true(metric(t, METRICS_FORWARD_RETRIES_TOTAL, NULL) == 16);
+
+	/* the first success: max_inflight batches at once again */
+	while (!pending(t))
+		advance(t, 1);
+	answer_all(pending(t), "Accepted");
+	settle_loop(t);
+	forwarder_get_status(t->f, &st);
+	assert_false(st.failing);
+	assert_int_equal(n_pending(t), 4);
+	assert_int_equal(st.inflight, 4);
+	assert_int_equal(log_count(t, "Commerce answers again"), 1);
+	while (count(t, STORE_FORWARDED) < 40) {
+		r = pending(t);
+		if (!r) {
+			advance(t, 1);
+			continue;
+		}
+		answer_all(r, "Accepted");
+		settle_loop(t);
+	}
+	assert_int_equal(count(t, STORE_PENDING), 0);
+	assert_int_equal(log_count(t, "Commerce fails"), 2);
+}
+
+/* A batch answered record by record, even with per-event rejections, is not a failing Commerce:
+ * the other slots keep claiming. */
+static void
+test_forwarder_rejections_do_not_stop_claiming(void **state)
+{
+	struct ctx *t = *state;
+	struct forwarder_status st;
+	struct fake_req *r;
+
+	t->options.settings.batch_size = 2;
+	t->options.settings.max_inflight = 2;
+	put_records(t, 0, 8);
+	start(t);
+	wait_req(t);
+	settle_loop(t);
+	assert_int_equal(n_pending(t), 2);
+	r = pending(t);
+	{
+		_cleanup_free_ char *body = result_body(r, "Expired", NULL, NULL);
+
+		answer(r, 200, body, NULL);
+	}
+	settle_loop(t);
+	answer(pending(t), 400, "{\"error\":{\"code\":\"BadRequest\",\"message\":\"no\"}}", NULL);
+	settle_loop(t);
+	forwarder_get_status(t->f, &st);
+	assert_false(st.failing);
+	assert_int_equal(n_pending(t), 2);
+	assert_int_equal(log_count(t, "Commerce fails"), 0);
+}
+
 static void
 test_forwarder_holds_while_registration_stale(void **state)
 {
@@ -902,6 +1047,10 @@ main(void)
 	        cmocka_unit_test_setup_teardown(test_forwarder_retry_after_throttles_endpoint,
 	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_forwarder_backoff_bounds, setup, teardown),
+	        cmocka_unit_test_setup_teardown(
+	                test_forwarder_failing_probes_one_batch_claims_nothing, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_forwarder_rejections_do_not_stop_claiming,
+	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_forwarder_holds_while_registration_stale,
 	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_forwarder_drain_waits_for_inflight, setup,
