@@ -215,8 +215,33 @@ utf8_sequence(const unsigned char *u, const unsigned char *end)
 }
 
 /*
+ * The bytes a JSON string holds as they are: printable ASCII (0x20 to 0x7f) but the quote (0x22)
+ * and the backslash (0x5c).
+ */
+/* clang-format off */
+static const bool json_plain[256] = {
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0x00 */
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0x10 */
+	1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x20 */
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x30 */
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x40 */
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, /* 0x50 */
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x60 */
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x70 */
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0x80 */
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0x90 */
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0xa0 */
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0xb0 */
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0xc0 */
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0xd0 */
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0xe0 */
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0xf0 */
+};
+/* clang-format on */
+
+/*
  * Write s as a JSON string at p (room for 6 * len + 2 bytes is the caller's); ASCII letters in
- * lower case when lower. NULL when s is not valid UTF-8.
+ * lower case when lower. NULL when s is not valid UTF-8. Runs of plain bytes are copied whole.
  */
 static char *
 put_string(char *p, const char *s, size_t len, bool lower)
@@ -225,14 +250,26 @@ put_string(char *p, const char *s, size_t len, bool lower)
 
 	*p++ = '"';
 	while (u < end) {
-		unsigned char c = *u;
+		const unsigned char *run = u;
+		unsigned char c;
+		size_t n;
 
-		if (_likely_(c >= 0x20 && c < 0x80 && c != '"' && c != '\\')) {
-			if (lower && c >= 'A' && c <= 'Z')
-				c += 'a' - 'A';
-			*p++ = (char)c;
+		while (u < end && json_plain[*u])
 			u++;
-		} else if (c >= 0x80) {
+		n = (size_t)(u - run);
+		if (lower) {
+			for (size_t i = 0; i < n; i++) {
+				c = run[i];
+				p[i] = (char)((unsigned)(c - 'A') < 26 ? c + ('a' - 'A') : c);
+			}
+		} else {
+			memcpy(p, run, n);
+		}
+		p += n;
+		if (u == end)
+			break;
+		c = *u;
+		if (c >= 0x80) {
 			size_t k = utf8_sequence(u, end);
 
 			if (!k)
@@ -558,9 +595,14 @@ commerce_scan_string(const unsigned char *p, const unsigned char *end)
 {
 	p++;
 	while (p < end) {
-		unsigned char c = *p;
+		unsigned char c;
 		unsigned cp, low;
 
+		while (p < end && json_plain[*p])
+			p++;
+		if (p >= end)
+			break;
+		c = *p;
 		if (c == '"')
 			return p + 1;
 		if (c < 0x20)
@@ -573,10 +615,7 @@ commerce_scan_string(const unsigned char *p, const unsigned char *end)
 			p += k;
 			continue;
 		}
-		if (c != '\\') {
-			p++;
-			continue;
-		}
+		/* a backslash */
 		if (end - p < 2)
 			return NULL;
 		if (p[1] != 'u') {
