@@ -30,6 +30,7 @@ struct commerce_strings {
 struct key_index {
 	uint32_t *slots; /* record index + 1; 0 empty */
 	uint32_t *next;  /* next record with the same key, or INDEX_NONE */
+	size_t *len;     /* each record's key length, measured once */
 	size_t mask;
 };
 
@@ -227,6 +228,8 @@ ascii_case_equal(const char *a, size_t alen, const char *b, size_t blen)
 {
 	if (alen != blen)
 		return false;
+	if (memcmp(a, b, alen) == 0) /* the usual case: Commerce echoes the key as sent */
+		return true;
 	for (size_t i = 0; i < alen; i++) {
 		unsigned char x = (unsigned char)a[i], y = (unsigned char)b[i];
 
@@ -266,11 +269,13 @@ key_index_build(struct key_index *x, const struct store_record *records, size_t 
 		size *= 2;
 	x->slots = xcalloc(size, sizeof(*x->slots));
 	x->next = xmalloc(n * sizeof(*x->next));
+	x->len = xmalloc(n * sizeof(*x->len));
 	x->mask = size - 1;
 	for (size_t i = 0; i < n; i++) {
 		const char *key = records[i].key;
 		size_t len = commerce_len0(key);
 
+		x->len[i] = len;
 		x->next[i] = INDEX_NONE;
 		if (len == 0)
 			continue;
@@ -281,8 +286,7 @@ key_index_build(struct key_index *x, const struct store_record *records, size_t 
 				x->slots[j] = (uint32_t)i + 1;
 				break;
 			}
-			if (ascii_case_equal(records[slot - 1].key, strlen(records[slot - 1].key),
-			                     key, len)) {
+			if (ascii_case_equal(records[slot - 1].key, x->len[slot - 1], key, len)) {
 				uint32_t last = slot - 1;
 
 				while (x->next[last] != INDEX_NONE)
@@ -304,7 +308,7 @@ key_index_find(const struct key_index *x, const struct store_record *records, co
 
 		if (slot == 0)
 			return INDEX_NONE;
-		if (ascii_case_equal(records[slot - 1].key, strlen(records[slot - 1].key), id, len))
+		if (ascii_case_equal(records[slot - 1].key, x->len[slot - 1], id, len))
 			return slot - 1;
 	}
 }
@@ -315,6 +319,7 @@ key_index_done(struct key_index *x)
 {
 	free(x->slots);
 	free(x->next);
+	free(x->len);
 }
 
 /*
