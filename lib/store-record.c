@@ -152,6 +152,13 @@ store_event_size(const struct store_record *r)
 	                 len0(r->location) + len0(r->tags) + len0(r->additional_info));
 }
 
+/* Bind a text of known length, or NULL. */
+static int
+bind_text_len(sqlite3_stmt *st, int i, const char *v, size_t len)
+{
+	return v ? sqlite3_bind_text(st, i, v, (int)len, SQLITE_STATIC) : sqlite3_bind_null(st, i);
+}
+
 /*
  * The id of the next record. Ids are never given twice, also when the newest records were
  * pruned: a record id above the claim head that once was a batch's would be taken for that
@@ -188,6 +195,12 @@ store_record_insert(struct store *s, const struct store_record *r, enum store_ki
 
 	unsigned char key[STORE_KEY_BYTES];
 	int64_t id = 0;
+	/* each text measured once, for the event size and the binds (SQLite would measure again) */
+	size_t l_sub = len0(r->subscription_id), l_meter = len0(r->meter_id),
+	       l_qty = len0(r->quantity), l_uri = len0(r->resource_uri), l_loc = len0(r->location),
+	       l_tags = len0(r->tags), l_info = len0(r->additional_info);
+	int64_t event_size = (int64_t)(STORE_EVENT_OVERHEAD + len0(r->key) + 2 * l_sub + l_meter +
+	                               l_qty + l_uri + l_loc + l_tags + l_info);
 
 	r2 = next_record_id(s, &id);
 	if (r2 < 0)
@@ -200,16 +213,16 @@ store_record_insert(struct store *s, const struct store_record *r, enum store_ki
 	rc |= sqlite3_bind_int64(st, 2, reported_hour);
 	rc |= store_bind_key(st, 3, r->key, key);
 	rc |= of ? sqlite3_bind_int64(st, 4, of) : sqlite3_bind_null(st, 4);
-	rc |= store_bind_text(st, 5, r->subscription_id);
-	rc |= store_bind_text(st, 6, r->meter_id);
-	rc |= store_bind_text(st, 7, r->quantity);
+	rc |= bind_text_len(st, 5, r->subscription_id, l_sub);
+	rc |= bind_text_len(st, 6, r->meter_id, l_meter);
+	rc |= bind_text_len(st, 7, r->quantity, l_qty);
 	rc |= sqlite3_bind_int64(st, 8, r->usage_start);
 	rc |= sqlite3_bind_int64(st, 9, r->usage_end);
-	rc |= store_bind_text(st, 10, r->resource_uri);
-	rc |= store_bind_text(st, 11, r->location);
-	rc |= store_bind_text(st, 12, r->tags);
-	rc |= store_bind_text(st, 13, r->additional_info);
-	rc |= sqlite3_bind_int64(st, 14, store_event_size(r));
+	rc |= bind_text_len(st, 10, r->resource_uri, l_uri);
+	rc |= bind_text_len(st, 11, r->location, l_loc);
+	rc |= bind_text_len(st, 12, r->tags, l_tags);
+	rc |= bind_text_len(st, 13, r->additional_info, l_info);
+	rc |= sqlite3_bind_int64(st, 14, event_size);
 	rc |= sqlite3_bind_int64(st, 15, now);
 	rc |= store_bind_text(st, 16, kind == KIND_QUARANTINED ? r->error_message : NULL);
 	rc |= store_bind_text(st, 17, r->raw);
