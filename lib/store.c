@@ -52,8 +52,10 @@
 #define STORE_BUSY_TIMEOUT_MS 5000
 #define STORE_PAGE_SIZE       16384 /* for new files */
 #define STORE_CHECKPOINT      4000  /* WAL pages (64 MB) that start a checkpoint */
-/* the checkpointer's passes in a row while the loop keeps committing */
-#define CHECKPOINT_PASSES 8
+/* the checkpointer's passes at most before the loop copies the rest, and the pages committed
+ * during a pass below which it stops early (4 MiB: what the loop copies is about as little) */
+#define CHECKPOINT_PASSES 6
+#define CHECKPOINT_LITTLE 256
 /* a WAL this many times the checkpoint size is checkpointed by the loop itself */
 #define CHECKPOINT_HARD 4
 
@@ -440,22 +442,24 @@ check_header(const char *path, char **ret_error)
 }
 
 /*
- * The checkpointer. Copying the WAL into the database file (64 MB of it every 4,000 pages, then
- * an fdatasync of each file) took 100-450 ms when SQLite did it at the end of the commit that
- * crossed the mark, on the daemon's loop: the slowest /healthz answer while collecting was that
- * long (bench-h6-backlog.py; issue 13 asks for under 50 ms). A thread with a connection of its
- * own does the bulk of it: the WAL hook of the store's connection wakes it after a commit that
- * leaves checkpoint_pages or more in the WAL, and it runs PASSIVE checkpoints, which never block a
- * writer (the loop goes on committing into the same WAL meanwhile). A pass copies the WAL as it
- * was when it began; a second pass copies what the loop committed during the first. SQLite starts
- * the WAL over at the first commit after a checkpoint that copied all of it, which the thread
- * cannot be sure of while the loop commits, so what is left after its passes (the commits of the
- * last few tens of milliseconds) the loop copies itself at its next commit: nothing else writes
- * then, so that checkpoint reaches the end of the WAL, and both its fdatasyncs find little to
- * write. Should the thread fall behind, the loop checkpoints everything itself once the WAL holds
- * CHECKPOINT_HARD times checkpoint_pages, as SQLite would. The guarantees are SQLite's: a
- * checkpoint is the same operation on either connection, and a kill in the middle of one leaves
- * a WAL that the next open recovers (the crash test kills inside checkpoints).
+ * The checkpointer. Copying the WAL into the database file (64 MB of it every 4,000 pages, then an
+ * fdatasync of each file) took 100-450 ms when SQLite did it at the end of the commit that crossed
+ * the mark, on the daemon's loop: the slowest /healthz answer while collecting was that long
+ * (bench-h6-backlog.py; issue 13 asks for under 50 ms). A thread with a connection of its own does
+ * the bulk of it: the WAL hook of the store's connection wakes it after a commit that leaves
+ * checkpoint_pages or more in the WAL, and it runs PASSIVE checkpoints, which never block a writer
+ * (the loop goes on committing into the same WAL meanwhile). A pass copies the WAL as it was when
+ * it began, the next pass what the loop committed during the one before, until that was little (on
+ * a busy disk a pass of 64 MB lasts long enough for the loop to commit tens of MB meanwhile; a pass
+ * of those, a few MB; the next, less). SQLite starts the WAL over at the first commit after a
+ * checkpoint that copied all of it, which the thread cannot be sure of while the loop commits, so
+ * what is left after its passes (the commits of the last few tens of milliseconds) the loop copies
+ * itself at its next commit: nothing else writes then, so that checkpoint reaches the end of the
+ * WAL, and both its fdatasyncs find little to write. Should the thread fall behind, the loop
+ * checkpoints everything itself once the WAL holds CHECKPOINT_HARD times checkpoint_pages, as
+ * SQLite would. The guarantees are SQLite's: a checkpoint is the same operation on either
+ * connection, and a kill in the middle of one leaves a WAL that the next open recovers (the crash
+ * test kills inside checkpoints).
  */
 enum checkpointer_state {
 	CHECKPOINT_IDLE,
@@ -490,14 +494,15 @@ checkpointer_main(void *userdata)
 			break;
 		c->state = CHECKPOINT_RUNNING;
 		pthread_mutex_unlock(&c->lock);
-		/* a pass copies the WAL up to where it ended when the pass began: the next one
-		 * copies what was committed meanwhile, if anything was */
+		/* a pass copies the WAL up to where it ended when the pass began, the next one what
+		 * was committed meanwhile: passes get shorter until one had little to copy, and
+		 * what was committed during it is about as little */
 		for (unsigned pass = 0; pass < CHECKPOINT_PASSES; pass++) {
 			int in_log = 0;
 
 			rc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE,
 			                               &in_log, NULL);
-			if (rc != SQLITE_OK || in_log == last)
+			if (rc != SQLITE_OK || (last >= 0 && in_log - last <= CHECKPOINT_LITTLE))
 				break;
 			last = in_log;
 		}
