@@ -7,13 +7,17 @@
  * arrives during a turn waits for its end. The wall time of a turn counts the time the thread
  * waited for a core on a busy machine; "own" is the wall time less that wait (the run queue delay
  * of /proc/thread-self/schedstat): the CPU time plus the time blocked in fsync, reads and other
- * calls, what the daemon itself makes a request wait. Every second and at exit it writes FILE
- * (rewritten whole):
+ * calls, what the daemon itself makes a request wait, unless the turn took a major page fault
+ * (code or data the kernel had dropped under memory pressure, read back from the disk): "clean"
+ * is the own time of the turns without one. Every second and at exit it writes FILE (rewritten
+ * whole):
  *
  *   turns N
  *   wall_max_ms X at_s T     (seconds since the first turn)
  *   own_max_ms X at_s T
  *   cpu_max_ms X at_s T
+ *   clean_max_ms X at_s T
+ *   faulting_turns N
  *   wall_over_ms 10 N 25 N 50 N 100 N   (turns longer than 10, 25, 50, 100 ms)
  *   own_over_ms ...
  *   cpu_over_ms ...
@@ -26,21 +30,31 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <time.h>
 
 static const double limits_ms[] = {10, 25, 50, 100};
 
-enum { WALL, OWN, CPU, _KINDS };
-static const char *const kind_names[_KINDS] = {"wall", "own", "cpu"};
+enum { WALL, OWN, CPU, CLEAN, _KINDS };
+static const char *const kind_names[_KINDS] = {"wall", "own", "cpu", "clean"};
 
 static struct {
-	uint64_t turns;
+	uint64_t turns, faulting;
 	double max[_KINDS], at[_KINDS];
 	uint64_t over[_KINDS][4];
 	double first, last_write;
 } st;
 
 static __thread double turn_wall = -1, turn_cpu, turn_queued;
+static __thread long turn_majflt;
+
+static long
+majflt(void)
+{
+	struct rusage ru;
+
+	return getrusage(RUSAGE_THREAD, &ru) == 0 ? ru.ru_majflt : 0;
+}
 
 /* The time this thread has waited on a run queue, in ms (0 when the kernel does not say). */
 static double
@@ -79,7 +93,8 @@ write_stats(void)
 	f = fopen(tmp, "we");
 	if (!f)
 		return;
-	fprintf(f, "turns %llu\n", (unsigned long long)st.turns);
+	fprintf(f, "turns %llu\nfaulting_turns %llu\n", (unsigned long long)st.turns,
+	        (unsigned long long)st.faulting);
 	for (size_t k = 0; k < _KINDS; k++)
 		fprintf(f, "%s_max_ms %.1f at_s %.1f\n", kind_names[k], st.max[k], st.at[k]);
 	for (size_t k = 0; k < _KINDS; k++) {
@@ -118,7 +133,9 @@ epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout)
 		t[WALL] = now - turn_wall;
 		t[OWN] = t[WALL] - (queued_ms() - turn_queued);
 		t[CPU] = clock_ms(CLOCK_THREAD_CPUTIME_ID) - turn_cpu;
+		t[CLEAN] = majflt() == turn_majflt ? t[OWN] : 0;
 		st.turns++;
+		st.faulting += majflt() != turn_majflt;
 		for (size_t k = 0; k < _KINDS; k++) {
 			if (t[k] > st.max[k]) {
 				st.max[k] = t[k];
@@ -134,6 +151,7 @@ epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout)
 	}
 	r = real(epfd, events, maxevents, timeout);
 	turn_queued = queued_ms();
+	turn_majflt = majflt();
 	turn_wall = clock_ms(CLOCK_MONOTONIC);
 	turn_cpu = clock_ms(CLOCK_THREAD_CPUTIME_ID);
 	return r;
