@@ -36,8 +36,29 @@
 #include "timeutil.h"
 #include "xmalloc.h"
 
-#define NAME_MAX_DECODED 16 /* longest member name the scanner compares ("properties") */
-#define QUOTE_MAX        64 /* bytes of a value quoted in a reason */
+#if defined(__SANITIZE_ADDRESS__)
+#define STACK_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define STACK_ASAN 1
+#endif
+#endif
+
+#ifdef STACK_ASAN
+#include <sanitizer/asan_interface.h>
+#define REDZONE 8 /* poisoned bytes after each string of a page, at least */
+#define ALIGN   8 /* AddressSanitizer's granule: a string starts on one */
+#else
+#define ASAN_POISON_MEMORY_REGION(addr, size)   ((void)(addr), (void)(size))
+#define ASAN_UNPOISON_MEMORY_REGION(addr, size) ((void)(addr), (void)(size))
+#define REDZONE                                 0
+#define ALIGN                                   1
+#endif
+
+#define BLOCK_MIN        (64 * 1024) /* bytes of a page's text block, at least */
+#define KEY_TEXT_STACK   2048 /* a record key's hashed text up to this size stays on the stack */
+#define NAME_MAX_DECODED 16   /* longest member name the scanner compares ("properties") */
+#define QUOTE_MAX        64   /* bytes of a value quoted in a reason */
 
 /* What the scanner found for one element of the page's value array. */
 struct scan_record {
@@ -56,6 +77,32 @@ struct scan {
 	unsigned n_value; /* top-level "value" members */
 };
 
+/*
+ * The memory of a page. The page and its records are one allocation; every string of every
+ * record is copied back to back into a few large text blocks that the page owns, so parsing a
+ * page takes a handful of mallocs instead of one per string, and freeing it (on another thread
+ * than the parse, where glibc's free is dearer) a handful of frees. A block never moves once a
+ * string is in it: when the current one is full, a new one is started. Under AddressSanitizer
+ * every byte of a block not handed out is poisoned, with a red zone after each string.
+ */
+struct block {
+	struct block *next;
+	size_t size; /* bytes of data */
+	char data[];
+};
+
+struct pool {
+	struct block *blocks; /* newest first */
+	char *p, *end;        /* the free part of the newest block */
+	size_t next_size;     /* bytes of the next block, at least */
+};
+
+struct page_memory {
+	struct pool pool;
+	struct stack_usage_page page;
+	struct stack_record records[];
+};
+
 /* A quarantine reason being built: "what: why; what: why". */
 struct reason {
 	char *text;
@@ -66,10 +113,12 @@ static int usage_page_read(long http_status, const char *body, size_t size, int6
 static void json_dropp(json_t **v);
 static int scan_page(struct scan *s);
 static void scan_free(struct scan *s);
-static int parse_record(json_t *item, const struct scan_record *sr, size_t index,
+static int parse_record(struct pool *pool, json_t *item, const struct scan_record *sr, size_t index,
                         int64_t reported_hour, bool ints_as_real, struct stack_record *rec,
                         char error[static STACK_ERROR_MAX]);
-static void record_done(struct stack_record *rec);
+static void pool_grow(struct pool *pool, size_t size);
+static char *pool_alloc(struct pool *pool, size_t size);
+static char *pool_strndup(struct pool *pool, const char *s, size_t n);
 static int check_quantity_literal(json_t *q, const struct scan_record *sr, size_t index,
                                   bool ints_as_real, char error[static STACK_ERROR_MAX]);
 static void reason_add(struct reason *r, const char *format, ...) _printf_(2, 3);
@@ -137,13 +186,18 @@ stack_usage_page_parse(long http_status, const char *body, size_t size, int64_t 
 struct stack_usage_page *
 stack_usage_page_free(struct stack_usage_page *page)
 {
+	struct page_memory *m;
+	struct block *b;
+
 	if (!page)
 		return NULL;
-	for (size_t i = 0; i < page->n_records; i++)
-		record_done(&page->records[i]);
-	free(page->records);
-	free(page->next_link);
-	free(page);
+	m = (struct page_memory *)((char *)page - offsetof(struct page_memory, page));
+	while ((b = m->pool.blocks)) {
+		m->pool.blocks = b->next;
+		ASAN_UNPOISON_MEMORY_REGION(b->data, b->size);
+		free(b);
+	}
+	free(m);
 	return NULL;
 }
 
@@ -154,6 +208,8 @@ stack_record_key(int64_t reported_hour, const char *subscription_id, const char 
                  char ret[static HASH_SHA256_HEX_LEN + 1])
 {
 	char hour[TIME_RFC3339_LEN + 1], start[TIME_RFC3339_LEN + 1], end[TIME_RFC3339_LEN + 1];
+	char small[KEY_TEXT_STACK];
+	_cleanup_free_ char *big = NULL;
 	size_t ns, nm, ni, size;
 	char *text, *p;
 
@@ -169,7 +225,7 @@ stack_record_key(int64_t reported_hour, const char *subscription_id, const char 
 	nm = strlen(meter_id);
 	ni = strlen(instance_data);
 	size = 3 * TIME_RFC3339_LEN + ns + nm + ni + 5;
-	p = text = xmalloc(size + 1);
+	p = text = size <= sizeof(small) ? small : (big = xmalloc(size));
 	memcpy(p, hour, TIME_RFC3339_LEN);
 	p += TIME_RFC3339_LEN;
 	*p++ = '\n';
@@ -193,7 +249,6 @@ stack_record_key(int64_t reported_hour, const char *subscription_id, const char 
 	memcpy(p, instance_data, ni);
 	p += ni;
 	hash_sha256_hex(text, (size_t)(p - text), ret);
-	free(text);
 	return 0;
 }
 
@@ -206,7 +261,9 @@ usage_page_read(long http_status, const char *body, size_t size, int64_t reporte
 {
 	_cleanup_(json_dropp) json_t *root = NULL;
 	_cleanup_(scan_free) struct scan scan = {0};
+	_cleanup_free_ char *next_link = NULL;
 	struct stack_usage_page *page;
+	struct page_memory *m;
 	char arm[STACK_ERROR_MAX];
 	json_error_t jerr;
 	bool ints_as_real = false;
@@ -262,13 +319,26 @@ usage_page_read(long http_status, const char *body, size_t size, int64_t reporte
 		return -EBADMSG;
 	}
 
-	page = xcalloc(1, sizeof(*page));
+	m = xcalloc(1, sizeof(*m) + n * sizeof(m->records[0]));
+	/*
+	 * The first block fits the strings of an ordinary page, about twice its text: each
+	 * record's text, its canonical instanceData and the members copied out of both (each
+	 * shorter than its escaped text in the page, unless reals are written longer), its key.
+	 * Anything beyond goes to further blocks.
+	 */
+	m->pool.next_size = 2 * size + n * (HASH_SHA256_HEX_LEN + 16 * (ALIGN + REDZONE));
+	page = &m->page;
 	page->reported_hour = reported_hour;
-	page->records = xcalloc(n, sizeof(*page->records));
-	r = stack_next_link_get(root, &page->next_link, error);
+	page->records = m->records;
+	r = stack_next_link_get(root, &next_link, error);
+	if (r >= 0 && next_link)
+		page->next_link = pool_strndup(&m->pool, next_link, strlen(next_link));
+	else if (n > 0)
+		pool_alloc(&m->pool, 0); /* the first block */
+	m->pool.next_size = BLOCK_MIN;
 	for (size_t i = 0; r >= 0 && i < n; i++) {
-		r = parse_record(json_array_get(value, i), &scan.records[i], i, reported_hour,
-		                 ints_as_real, &page->records[i], error);
+		r = parse_record(&m->pool, json_array_get(value, i), &scan.records[i], i,
+		                 reported_hour, ints_as_real, &page->records[i], error);
 		page->n_records = i + 1;
 		if (r >= 0 && page->records[i].reason)
 			page->n_quarantined++;
@@ -639,7 +709,8 @@ static int
 check_quantity_literal(json_t *q, const struct scan_record *sr, size_t index, bool ints_as_real,
                        char error[static STACK_ERROR_MAX])
 {
-	_cleanup_free_ char *literal = NULL;
+	_cleanup_free_ char *big = NULL;
+	char small[64], *literal;
 	bool literal_number, integer;
 	char *end;
 
@@ -667,7 +738,12 @@ check_quantity_literal(json_t *q, const struct scan_record *sr, size_t index, bo
 	if (!literal_number)
 		return 0;
 
-	literal = xstrndup(sr->quantity, sr->quantity_size);
+	if (sr->quantity_size < sizeof(small)) {
+		memcpy(small, sr->quantity, sr->quantity_size);
+		small[sr->quantity_size] = '\0';
+		literal = small;
+	} else
+		literal = big = xstrndup(sr->quantity, sr->quantity_size);
 	integer = !ints_as_real && !strpbrk(literal, ".eE");
 	errno = 0;
 	if (integer && json_is_integer(q)) {
@@ -700,10 +776,11 @@ check_quantity_literal(json_t *q, const struct scan_record *sr, size_t index, bo
  * a string or holds a NUL character.
  */
 static const char *
-required_string(json_t *obj, const char *name, struct reason *why)
+required_string(json_t *obj, const char *name, struct reason *why, size_t *ret_size)
 {
 	json_t *v = json_object_get(obj, name);
 	const char *s;
+	size_t n;
 
 	if (!v) {
 		reason_add(why, "%s: missing", name);
@@ -714,10 +791,13 @@ required_string(json_t *obj, const char *name, struct reason *why)
 		return NULL;
 	}
 	s = json_string_value(v);
-	if (strlen(s) != json_string_length(v)) {
+	n = json_string_length(v);
+	if (memchr(s, '\0', n)) {
 		reason_add(why, "%s: contains a NUL character", name);
 		return NULL;
 	}
+	if (ret_size)
+		*ret_size = n;
 	return s;
 }
 
@@ -725,7 +805,7 @@ required_string(json_t *obj, const char *name, struct reason *why)
 static bool
 record_time(json_t *props, const char *name, struct reason *why, int64_t *ret)
 {
-	const char *s = required_string(props, name, why);
+	const char *s = required_string(props, name, why, NULL);
 	_cleanup_free_ char *quoted = NULL;
 	int64_t t;
 
@@ -747,8 +827,8 @@ record_time(json_t *props, const char *name, struct reason *why, int64_t *ret)
 
 /* Read the quantity of a record (the literal from the raw text); false with a reason if bad. */
 static bool
-record_quantity(json_t *props, const struct scan_record *sr, struct stack_record *rec,
-                struct reason *why)
+record_quantity(struct pool *pool, json_t *props, const struct scan_record *sr,
+                struct stack_record *rec, struct reason *why)
 {
 	json_t *q = json_object_get(props, "quantity");
 	_cleanup_free_ char *quoted = NULL;
@@ -767,7 +847,7 @@ record_quantity(json_t *props, const struct scan_record *sr, struct stack_record
 		const char *s = json_string_value(q);
 		size_t n = json_string_length(q);
 
-		rec->quantity = xstrndup(s, n);
+		rec->quantity = pool_strndup(pool, s, strnlen(s, n));
 		quoted = quote(s, n);
 		if (strlen(s) != n || decimal_parse(s, n, &d) < 0)
 			reason_add(why, "quantity: not a finite decimal (%s)", quoted);
@@ -779,7 +859,7 @@ record_quantity(json_t *props, const struct scan_record *sr, struct stack_record
 		reason_add(why, "quantity: not a number but %s", stack_type_name(q));
 		return false;
 	}
-	rec->quantity = xstrndup(sr->quantity, sr->quantity_size);
+	rec->quantity = pool_strndup(pool, sr->quantity, sr->quantity_size);
 	r = decimal_parse(rec->quantity, sr->quantity_size, &d);
 	if (r < 0) {
 		quoted = quote(rec->quantity, sr->quantity_size);
@@ -801,7 +881,7 @@ record_quantity(json_t *props, const struct scan_record *sr, struct stack_record
 
 /* Read an optional string member of Microsoft.Resources; a reason when it is not a string. */
 static void
-resource_string(json_t *res, const char *name, struct reason *why, char **ret)
+resource_string(struct pool *pool, json_t *res, const char *name, struct reason *why, char **ret)
 {
 	json_t *v = json_object_get(res, name);
 
@@ -812,7 +892,8 @@ resource_string(json_t *res, const char *name, struct reason *why, char **ret)
 		           stack_type_name(v));
 		return;
 	}
-	*ret = xstrdup(json_string_value(v)); /* the inner document was parsed without NULs */
+	/* the inner document was parsed without NULs */
+	*ret = pool_strndup(pool, json_string_value(v), json_string_length(v));
 }
 
 /* ---- JSON text as jansson writes it ---- */
@@ -828,21 +909,63 @@ resource_string(json_t *res, const char *name, struct reason *why, char **ret)
  * as %lld; a real through json_dumps() itself, so its precision rules stay jansson's.
  */
 struct text {
+	struct pool *pool; /* written at the free part of its newest block */
 	char *data;
 	size_t len, cap;
 };
+
+/* Start a text at the free part of the pool's newest block. */
+static void
+text_begin(struct text *t, struct pool *pool)
+{
+	char *p = pool_alloc(pool, 0); /* aligned, a red zone's room at least */
+
+	pool->p = p; /* the text is open there */
+	*t = (struct text){.pool = pool, .data = p, .cap = (size_t)(pool->end - p) - REDZONE};
+}
+
+/*
+ * Move a text that outgrew its block to a new one with room for need more bytes: nothing points
+ * into it before text_end().
+ */
+static void
+text_move(struct text *t, size_t need)
+{
+	struct pool *pool = t->pool;
+	char *old = t->data;
+
+	pool->next_size = MAX((size_t)BLOCK_MIN, 2 * (t->len + need));
+	pool_grow(pool, t->len + need);
+	pool->next_size = BLOCK_MIN;
+	t->data = pool->p;
+	t->cap = (size_t)(pool->end - pool->p) - REDZONE;
+	ASAN_UNPOISON_MEMORY_REGION(t->data, t->len);
+	memcpy(t->data, old, t->len);
+	ASAN_POISON_MEMORY_REGION(old, t->len);
+}
 
 /* Room for need more bytes; returns where they go. */
 static char *
 text_room(struct text *t, size_t need)
 {
-	if (t->cap - t->len < need) {
-		size_t cap = MAX(t->cap * 2, t->len + need);
-
-		t->data = xrealloc(t->data, cap);
-		t->cap = cap;
-	}
+	if (_unlikely_(t->cap - t->len < need))
+		text_move(t, need);
+	ASAN_UNPOISON_MEMORY_REGION(t->data + t->len, need);
 	return t->data + t->len;
+}
+
+/* Close a text: its NUL-terminated string is the pool's from now on. */
+static char *
+text_end(struct text *t)
+{
+	struct pool *pool = t->pool;
+	char *ret;
+
+	*text_room(t, 1) = '\0';
+	pool->p = t->data;
+	ret = pool_alloc(pool, t->len + 1); /* t->data itself: the room was checked */
+	ASAN_POISON_MEMORY_REGION(ret + t->len + 1, (size_t)(pool->end - (ret + t->len + 1)));
+	return ret;
 }
 
 static void
@@ -994,28 +1117,30 @@ text_put_value(struct text *t, json_t *v, bool sort)
 	return false;
 }
 
-/* The compact text of v as a new string (sorted members with sort), or NULL. */
+/* The compact text of v in the pool (sorted members with sort), or NULL. */
 static char *
-json_text(json_t *v, bool sort)
+json_text(struct pool *pool, json_t *v, bool sort)
 {
-	struct text t = {0};
+	struct text t;
 
-	if (!v || !text_put_value(&t, v, sort)) {
-		free(t.data);
+	if (!v)
+		return NULL;
+	text_begin(&t, pool);
+	if (!text_put_value(&t, v, sort)) {
+		ASAN_POISON_MEMORY_REGION(t.data, t.len);
 		return NULL;
 	}
-	*text_room(&t, 1) = '\0';
-	return t.data;
+	return text_end(&t);
 }
 
 /* Parse instanceData: its canonical text and the members kept; problems go to the reason. */
 static int
-record_instance_data(json_t *props, struct stack_record *rec, struct reason *why)
+record_instance_data(struct pool *pool, json_t *props, struct stack_record *rec, struct reason *why)
 {
 	/* the tree is read and copied here: its arena memory is taken back on return */
 	_cleanup_(jsonarena_rewindp) _unused_ struct jsonarena_mark mark = jsonarena_mark();
 	_cleanup_(json_dropp) json_t *inst = NULL;
-	const char *s = required_string(props, "instanceData", why);
+	const char *s = required_string(props, "instanceData", why, NULL);
 	json_error_t jerr;
 	json_t *res, *v;
 
@@ -1031,7 +1156,7 @@ record_instance_data(json_t *props, struct stack_record *rec, struct reason *why
 		return 0;
 	}
 	/* JSON_ENSURE_ASCII is not given, so non-ASCII stays UTF-8 as section 4 wants */
-	rec->instance_data = json_text(inst, true);
+	rec->instance_data = json_text(pool, inst, true);
 	if (!rec->instance_data)
 		return -ENOMEM;
 
@@ -1041,13 +1166,13 @@ record_instance_data(json_t *props, struct stack_record *rec, struct reason *why
 		           stack_type_name(res));
 		return 0;
 	}
-	resource_string(res, "resourceUri", why, &rec->resource_uri);
-	resource_string(res, "location", why, &rec->location);
+	resource_string(pool, res, "resourceUri", why, &rec->resource_uri);
+	resource_string(pool, res, "location", why, &rec->location);
 	v = json_object_get(res, "tags");
-	if (v && !json_is_null(v) && !(rec->tags = json_text(v, false)))
+	if (v && !json_is_null(v) && !(rec->tags = json_text(pool, v, false)))
 		return -ENOMEM;
 	v = json_object_get(res, "additionalInfo");
-	if (v && !json_is_null(v) && !(rec->additional_info = json_text(v, false)))
+	if (v && !json_is_null(v) && !(rec->additional_info = json_text(pool, v, false)))
 		return -ENOMEM;
 	return 0;
 }
@@ -1057,26 +1182,28 @@ record_instance_data(json_t *props, struct stack_record *rec, struct reason *why
  * every problem in its reason. Returns < 0 only for what refuses the whole page.
  */
 static int
-parse_record(json_t *item, const struct scan_record *sr, size_t index, int64_t reported_hour,
-             bool ints_as_real, struct stack_record *rec, char error[static STACK_ERROR_MAX])
+parse_record(struct pool *pool, json_t *item, const struct scan_record *sr, size_t index,
+             int64_t reported_hour, bool ints_as_real, struct stack_record *rec,
+             char error[static STACK_ERROR_MAX])
 {
 	struct reason why = {0};
 	const char *s, *sub, *meter;
+	size_t n_sub = 0, n_meter = 0, n;
 	json_t *props;
 	bool times_ok;
 	int r;
 
-	*rec = (struct stack_record){.raw = xstrndup(sr->start, sr->size)};
+	*rec = (struct stack_record){.raw = pool_strndup(pool, sr->start, sr->size)};
 	if (sr->size > STACK_RECORD_MAX)
 		reason_add(&why, "%zu bytes, more than the %d allowed", sr->size, STACK_RECORD_MAX);
 	if (!json_is_object(item)) {
 		reason_add(&why, "not a JSON object but %s", stack_type_name(item));
 		goto done;
 	}
-	if ((s = stack_string_member(item, "id", NULL)))
-		rec->id = xstrdup(s);
-	if ((s = stack_string_member(item, "name", NULL)))
-		rec->name = xstrdup(s);
+	if ((s = stack_string_member(item, "id", &n)))
+		rec->id = pool_strndup(pool, s, n);
+	if ((s = stack_string_member(item, "name", &n)))
+		rec->name = pool_strndup(pool, s, n);
 
 	props = json_object_get(item, "properties");
 	r = check_quantity_literal(json_is_object(props) ? json_object_get(props, "quantity")
@@ -1098,18 +1225,21 @@ parse_record(json_t *item, const struct scan_record *sr, size_t index, int64_t r
 		goto done;
 	}
 
-	sub = required_string(props, "subscriptionId", &why);
-	if (sub && stack_is_guid(sub, false))
-		rec->subscription_id = stack_lower_dup(sub);
-	else if (sub) {
+	sub = required_string(props, "subscriptionId", &why, &n_sub);
+	if (sub && stack_is_guid(sub, false)) {
+		rec->subscription_id = pool_strndup(pool, sub, n_sub);
+		for (char *p = rec->subscription_id; *p; p++)
+			if (*p >= 'A' && *p <= 'Z')
+				*p = (char)(*p - 'A' + 'a');
+	} else if (sub) {
 		_cleanup_free_ char *quoted = quote(sub, strlen(sub));
 
-		rec->subscription_id = xstrdup(sub);
+		rec->subscription_id = pool_strndup(pool, sub, n_sub);
 		reason_add(&why, "subscriptionId: not a GUID (%s)", quoted);
 	}
-	meter = required_string(props, "meterId", &why);
+	meter = required_string(props, "meterId", &why, &n_meter);
 	if (meter) {
-		rec->meter_id = xstrdup(meter);
+		rec->meter_id = pool_strndup(pool, meter, n_meter);
 		if (!stack_is_guid(meter, true)) {
 			_cleanup_free_ char *quoted = quote(meter, strlen(meter));
 
@@ -1125,8 +1255,8 @@ parse_record(json_t *item, const struct scan_record *sr, size_t index, int64_t r
 		           time_format_rfc3339(rec->usage_end, b),
 		           time_format_rfc3339(rec->usage_start, a));
 	}
-	record_quantity(props, sr, rec, &why);
-	r = record_instance_data(props, rec, &why);
+	record_quantity(pool, props, sr, rec, &why);
+	r = record_instance_data(pool, props, rec, &why);
 	if (r < 0) {
 		free(why.text);
 		stack_set_error(error, "record %zu: out of memory", index + 1);
@@ -1135,11 +1265,13 @@ parse_record(json_t *item, const struct scan_record *sr, size_t index, int64_t r
 
 done:
 	if (why.text) {
-		rec->reason = xasprintf("record %zu: %s", index + 1, why.text);
+		_cleanup_free_ char *reason = xasprintf("record %zu: %s", index + 1, why.text);
+
 		free(why.text);
+		rec->reason = pool_strndup(pool, reason, strlen(reason));
 		return 0;
 	}
-	rec->key = xmalloc(HASH_SHA256_HEX_LEN + 1);
+	rec->key = pool_alloc(pool, HASH_SHA256_HEX_LEN + 1);
 	r = stack_record_key(reported_hour, rec->subscription_id, rec->meter_id, rec->usage_start,
 	                     rec->usage_end, rec->instance_data, rec->key);
 	if (r < 0) {
@@ -1150,24 +1282,51 @@ done:
 	return 0;
 }
 
-/* Free the strings of a record. */
+/* ---- the page's memory ---- */
+
+/* Start a new block in the pool with room for size bytes and a red zone at least. */
 static void
-record_done(struct stack_record *rec)
+pool_grow(struct pool *pool, size_t size)
 {
-	free(rec->key);
-	free(rec->id);
-	free(rec->name);
-	free(rec->subscription_id);
-	free(rec->meter_id);
-	free(rec->quantity);
-	free(rec->instance_data);
-	free(rec->resource_uri);
-	free(rec->location);
-	free(rec->tags);
-	free(rec->additional_info);
-	free(rec->raw);
-	free(rec->reason);
-	*rec = (struct stack_record){0};
+	struct block *b;
+
+	size = MAX(size + REDZONE, pool->next_size);
+	b = xmalloc(offsetof(struct block, data) + size);
+	b->next = pool->blocks;
+	b->size = size;
+	pool->blocks = b;
+	pool->p = b->data;
+	pool->end = b->data + size;
+	ASAN_POISON_MEMORY_REGION(b->data, size);
+}
+
+/* size bytes of the page's memory, for as long as the page lives. */
+static char *
+pool_alloc(struct pool *pool, size_t size)
+{
+	uintptr_t p = ((uintptr_t)pool->p + ALIGN - 1) & ~(uintptr_t)(ALIGN - 1);
+	char *ret;
+
+	if (!pool->blocks || p > (uintptr_t)pool->end ||
+	    (uintptr_t)pool->end - p < size + REDZONE) {
+		pool_grow(pool, size);
+		p = (uintptr_t)pool->p;
+	}
+	ret = (char *)p;
+	pool->p = ret + size + REDZONE;
+	ASAN_UNPOISON_MEMORY_REGION(ret, size);
+	return ret;
+}
+
+/* A copy of n bytes of s and a NUL in the page's memory. */
+static char *
+pool_strndup(struct pool *pool, const char *s, size_t n)
+{
+	char *d = pool_alloc(pool, n + 1);
+
+	memcpy(d, s, n);
+	d[n] = '\0';
+	return d;
 }
 
 /* ---- helpers ---- */

@@ -6,8 +6,10 @@
  * can see.
  *
  * Ownership: every parsed result owns its strings; a page or list is freed with its _free, a
- * struct filled in place is emptied with its _done. A caller may borrow the strings of a record
- * into a struct store_record (the field names are the same) while the page lives.
+ * struct filled in place is emptied with its _done. A page keeps its records and all their
+ * strings in a few blocks of its own memory: never free() one of them, nor keep one past
+ * stack_usage_page_free(). A caller may borrow the strings of a record into a struct
+ * store_record (the field names are the same) while the page lives.
  *
  * Messages for the log are written into a caller's buffer of STACK_ERROR_MAX bytes on failure
  * (the usual rule "ret_* only on success" holds for the results; the message buffer is there

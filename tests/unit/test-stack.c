@@ -70,6 +70,71 @@ static int parse_text(long status, const char *text, struct stack_usage_page **r
                       char error[static STACK_ERROR_MAX]);
 static size_t read_key_rows(struct key_row rows[static KEY_ROWS]);
 
+/*
+ * A page's strings live in blocks of its own, sized from the page's text. Reals written longer
+ * than in the page (1e300 as 1.0000000000000001e+300) make a canonical instanceData outgrow them:
+ * the text moves to a new block while it is written, and neither it nor the strings of the
+ * records before and after are cut or overwritten.
+ */
+static void
+test_stack_usage_page_parse_outgrows_blocks(void **state)
+{
+	_cleanup_free_ char *inst = NULL, *first = NULL, *big = NULL, *last = NULL, *text = NULL;
+	_cleanup_free_ char *want = NULL;
+	struct fields f = good, g = good;
+	struct stack_usage_page *page;
+	char error[STACK_ERROR_MAX], key[HASH_SHA256_HEX_LEN + 1];
+	size_t n = 0, cap = 10000 * 6 + 64;
+	json_error_t jerr;
+	json_t *v;
+
+	(void)state;
+	inst = malloc(cap);
+	assert_non_null(inst);
+	n += (size_t)snprintf(inst, cap, "{\"b\":[");
+	for (int i = 0; i < 10000; i++)
+		n += (size_t)snprintf(inst + n, cap - n, "%s1e300", i ? "," : "");
+	n += (size_t)snprintf(inst + n, cap - n, "],\"a\":1}");
+	assert_true(n < cap);
+
+	first = record_of(&good);
+	f.instance = inst;
+	big = record_of(&f);
+	g.meter = "\"0ab6eb84-500b-4a09-a8ca-7358f8bbaea5\"";
+	last = record_of(&g);
+	assert_true(asprintf(&text, "{\"value\":[%s,%s,%s]}", first, big, last) > 0);
+	assert_int_equal(parse_text(200, text, &page, error), 0);
+	assert_int_equal(page->n_records, 3);
+	assert_int_equal(page->n_quarantined, 0);
+
+	v = json_loads(inst, 0, &jerr);
+	assert_non_null(v);
+	want = json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS);
+	json_decref(v);
+	assert_non_null(want);
+	assert_true(strlen(want) > 2 * strlen(text));
+	assert_string_equal(page->records[1].instance_data, want);
+
+	assert_string_equal(page->records[0].raw, first);
+	assert_string_equal(page->records[1].raw, big);
+	assert_string_equal(page->records[2].raw, last);
+	assert_string_equal(page->records[2].meter_id, "0ab6eb84-500b-4a09-a8ca-7358f8bbaea5");
+	for (size_t i = 0; i < 3; i++) {
+		const struct stack_record *r = &page->records[i];
+
+		assert_string_equal(r->subscription_id, "c79389af-4480-48cc-8fa2-ee8ced8e843d");
+		assert_string_equal(r->quantity, "2.4000000000");
+		assert_int_equal(stack_record_key(HOUR, r->subscription_id, r->meter_id,
+		                                  r->usage_start, r->usage_end, r->instance_data,
+		                                  key),
+		                 0);
+		assert_string_equal(r->key, key);
+	}
+	assert_string_equal(page->records[0].instance_data, page->records[2].instance_data);
+	assert_string_not_equal(page->records[0].key, page->records[2].key);
+	stack_usage_page_free(page);
+}
+
 /* Page 1: three valid records with every field as received, and its nextLink verbatim. */
 static void
 test_stack_usage_page_parse_page1(void **state)
@@ -1554,6 +1619,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_stack_usage_page_parse_page1),
+	        cmocka_unit_test(test_stack_usage_page_parse_outgrows_blocks),
 	        cmocka_unit_test(test_stack_usage_page_parse_exact_quantity),
 	        cmocka_unit_test(test_stack_usage_page_parse_page2_last),
 	        cmocka_unit_test(test_stack_usage_page_parse_keys_match_testdata),
