@@ -53,12 +53,12 @@ struct store_options {
 };
 
 /*
- * Open (creating when absent and not readonly), check, migrate forward. The check is bounded
- * whatever the number of records (unless skip_quick_check): quick_check of the schema, the
- * freelist and every table but the records, and the records table read at its newest rows and
- * after the claim head (store.c bounded_check() says what it leaves to store_quick_check()). A
- * corrupt or foreign file is -EBADMSG and is never modified; a file written by a newer build is
- * -EPROTO.
+ * Open (creating when absent and not readonly), check, migrate forward. The check (none with
+ * skip_quick_check) reads of the records only a few thousand at the edges of their table:
+ * quick_check of the schema, the freelist and every table but the records, and the records read
+ * at their newest rows and after the claim head (store.c bounded_check() says what it leaves to
+ * store_quick_check()). A corrupt or foreign file is -EBADMSG and is never modified; a file
+ * written by a newer build is -EPROTO.
  * Readonly: a missing file is -ENOENT, a file with an older schema (or none) is -ESTALE (start
  * azs-usaged once to migrate it). A file this user may not write, opened for writing, is -EACCES.
  * ret_error (may be NULL) receives a message for the log on failure.
