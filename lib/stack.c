@@ -413,6 +413,29 @@ scan_string(struct scan *s, char *name, size_t *ret_size)
 		return -EBADMSG;
 	if (!name && !ret_size)
 		return scan_string_skip(s);
+	if (name && ret_size) {
+		/* the usual member name: short plain ASCII without escapes, decoded as it is */
+		const char *start = s->p + 1;
+		size_t avail = (size_t)(s->end - start);
+		const char *q = memchr(start, '"', MIN(avail, (size_t)NAME_MAX_DECODED + 1));
+
+		if (q) {
+			size_t len = (size_t)(q - start), i;
+
+			for (i = 0; i < len; i++) {
+				unsigned char c = (unsigned char)start[i];
+
+				if (c < 0x20 || c == '\\' || c >= 0x80)
+					break;
+			}
+			if (i == len) {
+				memcpy(name, start, len);
+				*ret_size = len;
+				s->p = q + 1;
+				return 0;
+			}
+		}
+	}
 	s->p++;
 	while (s->p < s->end) {
 		unsigned char c = (unsigned char)*s->p++;
