@@ -201,9 +201,11 @@ struct store {
 	int64_t delta[_STORE_STATE_MAX]; /* count changes of the open transaction */
 	unsigned tx_depth;               /* 1: in a transaction, 2+: in savepoints inside it */
 	int64_t saved_delta[4][_STORE_STATE_MAX]; /* delta when each savepoint began */
-	/* store_write_error(): the last write transaction failed with this (0: it committed) */
+	/* store_write_error(): the last write transaction failed with this (0: one that changed a
+	 * row committed since; a transaction that wrote nothing proves nothing) */
 	int write_error;
 	int64_t write_error_since;
+	int tx_total_changes; /* sqlite3_total_changes() when the transaction began */
 };
 
 /* A batch row. */

@@ -32,6 +32,7 @@
 #include "hash.h"
 #include "macro.h"
 #include "store.h"
+#include "store-private.h"
 #include "xmalloc.h"
 
 #define HOUR        INT64_C(3600)
@@ -1388,8 +1389,16 @@ test_store_claim_commit_failure_forgets_registration(void **state)
 	signal(SIGXFSZ, old_handler);
 	assert_true(r < 0);
 	assert_count(f->store, STORE_PENDING, 1);
+	assert_true(store_write_error(f->store, NULL) < 0);
+
+	/* a transaction that writes nothing (an idle claim) commits even on a disk that cannot be
+	 * written: it must not clear the error */
+	assert_int_equal(store_tx_begin(f->store), 0);
+	assert_int_equal(store_tx_end(f->store, 0), 0);
+	assert_true(store_write_error(f->store, NULL) < 0);
 
 	claim(f->store, &m, 10, 0, NOW, &b);
+	assert_int_equal(store_write_error(f->store, NULL), 0);
 	assert_int_equal(b.n_records, 1);
 	assert_string_equal(b.records[0].registration, REGISTRATION);
 	store_batch_done(&b);
