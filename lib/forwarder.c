@@ -986,4 +986,11 @@ forwarder_set_auth(struct forwarder *f, struct auth *auth)
 		s->wait = auth_wait_cancel(s->wait);
 		auth_get(f->auth, f->audience, on_token, s, &s->wait);
 	}
+	/* failing for want of a token: the new credentials are tried at once, not at the probe's
+	 * backoff */
+	if (f->failing && (f->fail_kinds & (FWD_FAIL_AUTH | FWD_FAIL_TOKEN))) {
+		f->probe_at = 0;
+		f->fail_count = 0;
+		schedule(f);
+	}
 }
