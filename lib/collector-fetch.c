@@ -315,9 +315,8 @@ strdup_or_null(const char *s)
 	return s ? xstrdup(s) : NULL;
 }
 
-/* keep_body false: the body is left out (a 2xx's page is on the worker with its own copy) */
 static struct early *
-early_copy(const struct collector_reply *reply, bool keep_body)
+early_copy(const struct collector_reply *reply)
 {
 	struct early *e = xcalloc(1, sizeof(*e));
 
@@ -332,11 +331,9 @@ early_copy(const struct collector_reply *reply, bool keep_body)
 		e->error_message = strdup_or_null(h->error_message);
 		e->content_type = strdup_or_null(h->content_type);
 		e->retry_after = strdup_or_null(h->retry_after);
-		if (!keep_body)
-			e->http.body_size = 0;
-		e->body = xmalloc(e->http.body_size + 1);
-		memcpy(e->body, h->body ? h->body : "", e->http.body_size);
-		e->body[e->http.body_size] = '\0';
+		e->body = xmalloc(h->body_size + 1);
+		memcpy(e->body, h->body ? h->body : "", h->body_size);
+		e->body[h->body_size] = '\0';
 		e->http.error_message = e->error_message;
 		e->http.content_type = e->content_type;
 		e->http.retry_after = e->retry_after;
@@ -419,7 +416,7 @@ scan_next_link(const char *body, size_t size)
  * then), nor beyond COLLECTOR_AHEAD_MAX.
  */
 static void
-ask_ahead(struct collector *c, struct job *j, const char *next_link)
+ask_ahead(struct collector *c, struct job *j, const char *body, size_t body_size)
 {
 	_cleanup_free_ char *link = NULL;
 	uint64_t now = now_monotonic_usec();
@@ -430,7 +427,7 @@ ask_ahead(struct collector *c, struct job *j, const char *next_link)
 		return;
 	if (c->paused_backlog || (c->store_full && now < c->full_until) || now < c->throttle_until)
 		return;
-	link = strdup_or_null(next_link);
+	link = scan_next_link(body, body_size);
 	if (!link || collector_strset_has(&j->seen, link) ||
 	    !stack_link_authority_ok(link, c->arm_endpoint))
 		return;
@@ -452,12 +449,8 @@ ask_ahead(struct collector *c, struct job *j, const char *next_link)
 static void
 prefetch(struct collector *c, struct job *j, const struct http_result *http)
 {
-	_cleanup_free_ char *link = NULL;
-
-	if (j->n_ahead > 0)
-		return;
-	link = scan_next_link(http->body, http->body_size);
-	ask_ahead(c, j, link);
+	if (j->n_ahead == 0)
+		ask_ahead(c, j, http->body, http->body_size);
 }
 
 /* Free what one early request holds, cancelling what is in flight. */
@@ -469,8 +462,6 @@ ahead_clear(struct collector *c, struct ahead *a)
 	a->handle = NULL;
 	free(a->url);
 	a->url = NULL;
-	free(a->next_link);
-	a->next_link = NULL;
 	a->early = early_free(a->early);
 	ahead_parse_drop(c, a);
 }
@@ -545,12 +536,10 @@ on_prefetch_reply(const struct collector_reply *reply, void *userdata)
 	a = &j->ahead[j->n_ahead - 1];
 	assert(a->handle && !a->early);
 	a->handle = NULL;
+	a->early = early_copy(reply);
 	ahead_parse_start(c, j, a, reply);
-	a->early = early_copy(reply, !a->parse);
-	if (a->parse) {
-		a->next_link = scan_next_link(reply->http->body, reply->http->body_size);
-		ask_ahead(c, j, a->next_link);
-	}
+	if (a->parse)
+		ask_ahead(c, j, reply->http->body, reply->http->body_size);
 }
 
 /* The kept answer of an adopted early request, as the answer of the job's request. */
@@ -755,13 +744,6 @@ parse_work(void *userdata)
 
 	p->r = stack_usage_page_parse(p->status, p->body, p->body_size, p->hour, &p->page,
 	                              p->error);
-	if (p->r >= 0) {
-		/* the page owns its strings: the body is not needed any more (only a not-ready
-		 * answer's is read again), and need not wait for the store */
-		free(p->body);
-		p->body = NULL;
-		p->body_size = 0;
-	}
 }
 
 /* Back on the loop: a page, not ready yet, or a malformed page. */
@@ -872,10 +854,7 @@ page_answer(struct collector *c, struct job *j, const struct http_result *http)
 		struct ahead *a = TAKE_PTR(j->replaying);
 
 		p = TAKE_PTR(a->parse);
-		if (j->n_ahead == 0)
-			ask_ahead(c, j, a->next_link); /* not asked when the page came */
-		free(a->next_link);
-		a->next_link = NULL;
+		prefetch(c, j, http);
 		if (a->task) {
 			j->parse = TAKE_PTR(a->task);
 			return;

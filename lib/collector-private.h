@@ -43,8 +43,7 @@ struct hold {
 struct ahead {
 	char *url;           /* NULL: adopted, its answer is the next step's */
 	void *handle;        /* in flight, not yet the job's */
-	struct early *early; /* its answer, kept until the page before is in (not a 2xx's body) */
-	char *next_link;     /* what that 2xx seems to link to; asked with it when it could be */
+	struct early *early; /* its answer, kept until the page before is in */
 	/* that answer's page (a 2xx), parsed on the worker while the page before is stored */
 	struct parse *parse;
 	struct worker_task *task; /* its parse, still owed by the worker */
