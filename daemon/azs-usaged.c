@@ -818,6 +818,16 @@ daemon_start_watchdog(struct daemon *d)
 	return 0;
 }
 
+/* Whether an identity's tenant, client id, secret or certificate differ between two loads. */
+static bool
+credentials_changed(const char *old_tenant, const struct config_client *old, const char *new_tenant,
+                    const struct config_client *new)
+{
+	return !streq_ptr(old_tenant, new_tenant) || !streq_ptr(old->client_id, new->client_id) ||
+	       !streq_ptr(old->secret, new->secret) ||
+	       !streq_ptr(old->certificate, new->certificate);
+}
+
 /*
  * SIGHUP: read the file again. A file with errors is refused and the running configuration
  * kept; a good one replaces it and the keys that only a restart can apply are named. Either way
@@ -852,16 +862,11 @@ daemon_reload(struct daemon *d)
 	/* new credentials: a new token source (the old one's tokens are forgotten), both made
 	 * before either is used, so that a file is applied whole or not at all */
 	r = 0;
-	if (!streq_ptr(c->stack.tenant, d->config->stack.tenant) ||
-	    !streq_ptr(c->stack.client.client_id, d->config->stack.client.client_id) ||
-	    !streq_ptr(c->stack.client.secret, d->config->stack.client.secret) ||
-	    !streq_ptr(c->stack.client.certificate, d->config->stack.client.certificate))
+	if (credentials_changed(d->config->stack.tenant, &d->config->stack.client, c->stack.tenant,
+	                        &c->stack.client))
 		r = daemon_new_stack_auth(d, d->config, c, &stack);
-	if (r >= 0 &&
-	    (!streq_ptr(c->azure.tenant, d->config->azure.tenant) ||
-	     !streq_ptr(c->azure.client.client_id, d->config->azure.client.client_id) ||
-	     !streq_ptr(c->azure.client.secret, d->config->azure.client.secret) ||
-	     !streq_ptr(c->azure.client.certificate, d->config->azure.client.certificate)))
+	if (r >= 0 && credentials_changed(d->config->azure.tenant, &d->config->azure.client,
+	                                  c->azure.tenant, &c->azure.client))
 		r = daemon_new_azure_auth(d, d->config, c, &azure);
 	if (r < 0) {
 		log_error("the new credentials cannot be used, keeping the running configuration");
