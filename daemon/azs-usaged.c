@@ -33,6 +33,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -158,6 +159,13 @@ main(int argc, char **argv)
 	struct daemon d = {0};
 	int r;
 
+	/*
+	 * glibc's malloc maps a block of 256 KiB or more (a usage page's body and its parsed
+	 * strings, a Commerce batch) for itself and unmaps it when freed. Left to itself, glibc
+	 * raises that threshold to the largest block freed so far, and those blocks then stay in
+	 * the heap, resident, after use: scripts/bench catchup's peak RSS 45.8 -> 43.7 MiB.
+	 */
+	mallopt(M_MMAP_THRESHOLD, 256 * 1024);
 	/* jansson's allocator is process-wide: set it before any thread uses jansson */
 	jsonarena_install();
 	r = parse_options(argc, argv, &opts);
