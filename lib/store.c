@@ -60,6 +60,8 @@
 #define CHECKPOINT_LITTLE 256
 /* a WAL this many times the checkpoint size is checkpointed by the loop itself */
 #define CHECKPOINT_HARD 4
+/* the newest bytes of the file whose kernel cache the checkpointer keeps */
+#define CHECKPOINT_KEEP_CACHE ((off_t)64 << 20)
 
 /* migrations[v] takes a file from version v to v + 1 */
 static const char *const *const migrations[] = {store_schema_v1};
@@ -484,6 +486,25 @@ struct store_checkpointer {
 	                     not start the WAL over (a reader holds it) */
 };
 
+/*
+ * Give back the kernel's cache of the file's synced pages, but for its last
+ * CHECKPOINT_KEEP_CACHE bytes. The file is written once and read back rarely (the claim reads
+ * the newest records, which the WAL, SQLite's own cache or the kept tail hold; index pages of
+ * the hour being collected live in SQLite's cache): kept cached, every page copied into the file
+ * is a new page of the kernel's memory, and a catch-up of 2,000,000 records grows the cache by
+ * 2 GB. Dropped, the next pages reuse the memory just freed, which costs less than memory never
+ * touched or given back to the host, as on this VM (a bare pwrite loop: 0.06 s of CPU per 256 MB
+ * while the memory was warm, 0.66 s after the first 3 GB). Advice only: errors are ignored.
+ */
+static void
+checkpointer_drop_cache(int fd)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) == 0 && st.st_size > CHECKPOINT_KEEP_CACHE)
+		(void)posix_fadvise(fd, 0, st.st_size - CHECKPOINT_KEEP_CACHE, POSIX_FADV_DONTNEED);
+}
+
 static void *
 checkpointer_main(void *userdata)
 {
@@ -515,8 +536,8 @@ checkpointer_main(void *userdata)
 		 * syncs it when a checkpoint reaches the end, which is the loop's tail: sync here,
 		 * so that the loop's sync finds little left to write (an extra sync is always safe)
 		 */
-		if (rc == SQLITE_OK && c->fd >= 0)
-			(void)fdatasync(c->fd);
+		if (rc == SQLITE_OK && c->fd >= 0 && fdatasync(c->fd) == 0)
+			checkpointer_drop_cache(c->fd);
 		pthread_mutex_lock(&c->lock);
 		/* an error (busy: the loop checkpoints itself): the loop's own checkpoint meets it
 		 * again, as it did when it did them all */
@@ -689,15 +710,18 @@ store_open(const struct store_options *options, struct store **ret, char **ret_e
 
 	rc = sqlite3_exec(s->db,
 	                  "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;"
-	                  /* 16 MiB of cache: the records' newest leaves and the index pages of the
+	                  /* 8 MiB of cache: the records' newest leaves and the index pages of the
 	                   * hour being collected (about 45 bytes a record) stay in it up to some
-	                   * 200,000 records an hour. It is most of the daemon's memory (issue 13:
+	                   * 100,000 records an hour. It is most of the daemon's memory (issue 13:
 	                   * peak RSS under 48 MiB whatever the backlog): azs-usaged collecting with
 	                   * Commerce down peaked at 59.8 MB with 32 MiB and 43.0 MB with 16 MiB,
 	                   * flat from 100,000 to 600,000 records (bench-h6-backlog.py); bench-store
-	                   * at 100,000 records an hour is as fast with 8 MiB, at 500,000 an hour 30
-	                   * % slower. Tried and not kept before: a 64 MiB cache (no faster). */
-	                  " PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY;"
+	                   * at 100,000 records an hour is as fast with 8 MiB (218,000 against
+	                   * 214,000 records/s put), at 500,000 an hour 30 % slower; scripts/bench
+	                   * catchup (1,000,000 records, about 6,000 an hour): 25.1 us of CPU per
+	                   * record as with 16 MiB, peak RSS 43.7 -> 35.6 MiB. Tried and not kept
+	                   * before: a 64 MiB cache (no faster). */
+	                  " PRAGMA cache_size = -8192; PRAGMA temp_store = MEMORY;"
 	                  " PRAGMA journal_size_limit = 67108864;"
 	                  /* checkpoint every 64 MB of WAL, not every 16 MB: index pages written by
 	                   * many transactions are copied into the file once (bench-store, 1,000,000
