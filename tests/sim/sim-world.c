@@ -3,8 +3,8 @@
  * seed. Tenants, user subscriptions, resources and the registration are made at load time; the
  * usage records of a reported hour are generated on demand from (seed, hour) alone, so the same
  * scenario always gives the same records, and any hour can be regenerated for the expected
- * charges. Each generated hour keeps its records pre-formatted as JSON text (a small LRU of
- * hours) so that serving a page is a concatenation, not a JSON tree walk.
+ * charges. The records of the last hours served stay in a small LRU of hours; a page writes
+ * its records as JSON text by hand as it is served, without a JSON tree or printf.
  *
  * What the records look like follows a real stamp: each resource kind reports its own meters,
  * with quantities per meter as the documented units imply (known_meters); split aggregates
@@ -365,14 +365,7 @@ void
 world_free(struct sim_world *w)
 {
 	for (size_t i = 0; i < SIM_HOUR_CACHE; i++) {
-		struct sim_hour *h = &w->cache[i];
-
-		if (h->text)
-			for (size_t j = 0; j < h->n; j++)
-				free(h->text[j]);
-		free(h->text);
-		free(h->len);
-		free(h->recs);
+		free(w->cache[i].recs);
 	}
 	for (size_t i = 0; i < w->n_res; i++) {
 		free(w->res[i].uri);
@@ -481,55 +474,110 @@ world_hour_records(const struct sim_world *w, int64_t hour, struct sim_record *o
 
 /*
  * Write a quantity literal: integers of 10^-SIM_QTY_DECIMALS shown with at least `decimals`
- * decimals, more when the value needs them (a changed quantity), never an exponent.
+ * decimals, more when the value needs them (a changed quantity), never an exponent. Returns
+ * its length. The value is cut into the integer part and two halves of ten decimals, so that
+ * the digits come from 64-bit arithmetic (pages and the ledger's check write one per record).
  */
-void
+size_t
 world_quantity_text(sim_u128 quantity, uint8_t decimals, char out[static SIM_QTY_TEXT])
 {
-	sim_u128 scale = pow10_u128(SIM_QTY_DECIMALS), ip = quantity / scale;
-	sim_u128 fp = quantity % scale;
-	char digits[48];
+	const uint64_t e10 = UINT64_C(10000000000);
+	sim_u128 upper = quantity / e10;
+	uint64_t lo = (uint64_t)(quantity - upper * e10);
+	uint64_t ip = (uint64_t)(upper / e10); /* below 2^128 / 10^20 < 2^64 */
+	uint64_t hi = (uint64_t)(upper - (sim_u128)ip * e10);
+	char frac[SIM_QTY_DECIMALS], digits[24];
 	unsigned d = MIN(decimals, (unsigned)SIM_QTY_DECIMALS), n = 0, k = 0;
 
-	while (d < SIM_QTY_DECIMALS && fp % pow10_u128(SIM_QTY_DECIMALS - d) != 0)
-		d++;
+	_Static_assert(SIM_QTY_DECIMALS == 20, "a quantity's decimals are two halves of ten");
+	for (int i = 9; i >= 0; i--) {
+		frac[i] = (char)('0' + hi % 10);
+		hi /= 10;
+		frac[10 + i] = (char)('0' + lo % 10);
+		lo /= 10;
+	}
+	for (unsigned i = SIM_QTY_DECIMALS; i > d; i--)
+		if (frac[i - 1] != '0') {
+			d = i;
+			break;
+		}
 	do {
-		digits[n++] = (char)('0' + (int)(ip % 10));
+		digits[n++] = (char)('0' + ip % 10);
 		ip /= 10;
 	} while (ip > 0);
 	while (n > 0)
 		out[k++] = digits[--n];
 	if (d > 0) {
 		out[k++] = '.';
-		for (unsigned i = 0; i < d; i++)
-			out[k++] =
-			        (char)('0' + (int)(fp / pow10_u128(SIM_QTY_DECIMALS - 1 - i) % 10));
+		memcpy(out + k, frac, d);
+		k += d;
 	}
 	out[k] = '\0';
+	return k;
 }
 
-/* Append one record as the usage API writes it (compact JSON, quantity a number literal). */
+/* Append n bytes at p; the end of what was written. */
+static inline char *
+put_text(char *p, const char *text, size_t n)
+{
+	memcpy(p, text, n);
+	return p + n;
+}
+
+#define put_lit(p, lit) put_text((p), (lit), sizeof(lit) - 1)
+
+/*
+ * Append one record as the usage API writes it (compact JSON, quantity a number literal),
+ * written straight into the buffer's free space: a page formats its records as it is served.
+ */
 void
 world_format_record(const struct sim_world *w, const struct sim_record *rec, sim_u128 quantity,
                     struct evbuffer *out)
 {
 	const struct sim_resource *res = &w->res[rec->resource];
-	const char *sub = w->subs[res->usersub].id;
-	const char *meter = w->meters[rec->meter];
+	const struct sim_instance *in = &res->inst[rec->variant];
+	const char *sub = w->subs[res->usersub].id, *meter = w->meters[rec->meter];
+	size_t pl = strlen(w->provider_sub), sl = strlen(sub), ml = strlen(meter), ql;
 	char ts[32], te[32], q[SIM_QTY_TEXT];
+	struct evbuffer_iovec v;
+	char *p;
 
 	world_format_time(rec->usage_start, false, ts);
 	world_format_time(rec->usage_start + 3600, false, te);
-	world_quantity_text(quantity, rec->decimals, q);
-	evbuffer_add_printf(out,
-	                    "{\"id\":\"/subscriptions/%s/providers/Microsoft.Commerce.Admin/"
-	                    "UsageAggregate/%s-%s\",\"name\":\"%s-%s\","
-	                    "\"type\":\"Microsoft.Commerce.Admin/UsageAggregate\","
-	                    "\"properties\":{\"subscriptionId\":\"%s\",\"usageStartTime\":\"%s\","
-	                    "\"usageEndTime\":\"%s\",\"instanceData\":\"%s\",\"quantity\":%s,"
-	                    "\"meterId\":\"%s\"}}",
-	                    w->provider_sub, sub, meter, sub, meter, sub, ts, te,
-	                    res->inst[rec->variant].escaped, q, meter);
+	ql = world_quantity_text(quantity, rec->decimals, q);
+	/* the literal text below is under 400 bytes */
+	if (evbuffer_reserve_space(
+	            out, (ev_ssize_t)(400 + pl + 4 * sl + 3 * ml + 2 * 32 + ql + in->escaped_len),
+	            &v, 1) < 1)
+		abort();
+	p = v.iov_base;
+	p = put_lit(p, "{\"id\":\"/subscriptions/");
+	p = put_text(p, w->provider_sub, pl);
+	p = put_lit(p, "/providers/Microsoft.Commerce.Admin/UsageAggregate/");
+	p = put_text(p, sub, sl);
+	*p++ = '-';
+	p = put_text(p, meter, ml);
+	p = put_lit(p, "\",\"name\":\"");
+	p = put_text(p, sub, sl);
+	*p++ = '-';
+	p = put_text(p, meter, ml);
+	p = put_lit(p, "\",\"type\":\"Microsoft.Commerce.Admin/UsageAggregate\","
+	               "\"properties\":{\"subscriptionId\":\"");
+	p = put_text(p, sub, sl);
+	p = put_lit(p, "\",\"usageStartTime\":\"");
+	p = put_text(p, ts, strlen(ts));
+	p = put_lit(p, "\",\"usageEndTime\":\"");
+	p = put_text(p, te, strlen(te));
+	p = put_lit(p, "\",\"instanceData\":\"");
+	p = put_text(p, in->escaped, in->escaped_len);
+	p = put_lit(p, "\",\"quantity\":");
+	p = put_text(p, q, ql);
+	p = put_lit(p, ",\"meterId\":\"");
+	p = put_text(p, meter, ml);
+	p = put_lit(p, "\"}}");
+	v.iov_len = (size_t)(p - (char *)v.iov_base);
+	if (evbuffer_commit_space(out, &v, 1) < 0)
+		abort();
 }
 
 /*
@@ -983,6 +1031,7 @@ make_instance(struct sim_instance *in, const char *uri, const struct member *tag
 	doc = xstrdup((const char *)evbuffer_pullup(b, -1));
 	evbuffer_drain(b, evbuffer_get_length(b));
 	in->escaped = escape_json(doc);
+	in->escaped_len = strlen(in->escaped);
 	evbuffer_add_printf(b,
 	                    "{\"Microsoft.Resources\":{\"additionalInfo\":%s,"
 	                    "\"location\":\"local\",\"resourceUri\":",
@@ -1063,31 +1112,14 @@ string_text(struct evbuffer *b, const char *s, bool ascii)
 	evbuffer_add(b, "\"", 1);
 }
 
-/* Generate the records of one hour into a cache slot, each pre-formatted. */
+/* Generate the records of one hour into a cache slot. */
 static void
 generate_hour(struct sim_world *w, struct sim_hour *h, int64_t hour)
 {
-	struct evbuffer *b = evbuffer_new();
-
-	if (h->text)
-		for (size_t j = 0; j < h->n; j++)
-			free(h->text[j]);
 	h->n = w->records_per_hour;
 	h->hour = hour;
 	h->recs = xreallocarray(h->recs, h->n + 1, sizeof(*h->recs));
-	h->text = xreallocarray(h->text, h->n + 1, sizeof(char *));
-	h->len = xreallocarray(h->len, h->n + 1, sizeof(size_t));
-	if (!b)
-		abort();
 	generate_records(w, hour, h->recs);
-	for (size_t i = 0; i < h->n; i++) {
-		world_format_record(w, &h->recs[i], h->recs[i].quantity, b);
-		h->len[i] = evbuffer_get_length(b);
-		h->text[i] = xmalloc(h->len[i] + 1);
-		evbuffer_remove(b, h->text[i], h->len[i]);
-		h->text[i][h->len[i]] = '\0';
-	}
-	evbuffer_free(b);
 }
 
 /* Generate every record of an hour from (seed, hour) alone. */
@@ -1250,11 +1282,25 @@ pow10_u128(unsigned n)
 	return v;
 }
 
-/* Write a time as the usage API does ("+00:00") or as keys and Commerce do ("Z"). */
+/*
+ * Write a time as the usage API does ("+00:00") or as keys and Commerce do ("Z"). The times of
+ * a world are whole hours, a few hundred at most, each written for many records: a small table
+ * keeps the last ones written (the simulator is one thread).
+ */
 void
 world_format_time(int64_t t, bool zulu, char out[static 32])
 {
-	time_format_rfc3339(t, out);
+	static struct {
+		int64_t t;
+		char text[TIME_RFC3339_LEN + 1];
+	} cache[256];
+	size_t i = (size_t)((uint64_t)t / 3600 % ARRAY_SIZE(cache));
+
+	if (!cache[i].text[0] || cache[i].t != t) {
+		time_format_rfc3339(t, cache[i].text);
+		cache[i].t = t;
+	}
+	memcpy(out, cache[i].text, sizeof(cache[i].text));
 	if (!zulu && strlen(out) == TIME_RFC3339_LEN)
 		memcpy(out + TIME_RFC3339_LEN - 1, "+00:00", sizeof("+00:00"));
 }

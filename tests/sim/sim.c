@@ -1175,7 +1175,7 @@ handle_metadata(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q,
 }
 
 /*
- * The usage API: one reported hour, pages of pre-formatted records, nextLink with a token. The
+ * The usage API: one reported hour, pages of records written as served, nextLink with a token. The
  * token carries what was decided on the query's first page: the query number of the hour (g),
  * changed quantities (c, d) and records held back as late data (l).
  */
@@ -1339,11 +1339,11 @@ handle_usage(struct sim *s, struct evhttp_request *req, struct evkeyvalq *q, con
 		}
 		if (emitted)
 			evbuffer_add(r->body, ",", 1);
-		if (idx - 1 < change_count)
-			world_format_record(w, &hr->recs[i],
-			                    changed_quantity(hr->recs[i].quantity, delta), r->body);
-		else
-			evbuffer_add(r->body, hr->text[i], hr->len[i]);
+		world_format_record(w, &hr->recs[i],
+		                    idx - 1 < change_count
+		                            ? changed_quantity(hr->recs[i].quantity, delta)
+		                            : hr->recs[i].quantity,
+		                    r->body);
 		emitted++;
 	}
 	next = (size_t)offset + emitted;

@@ -18,7 +18,7 @@
 
 #define SIM_GUID_LEN     36
 #define SIM_KEY_LEN      64
-#define SIM_HOUR_CACHE   16
+#define SIM_HOUR_CACHE   4
 #define SIM_QTY_DECIMALS 20    /* generated quantities and totals: integers of 10^-20 */
 #define SIM_QTY_TEXT     64    /* room for a generated quantity literal */
 #define SIM_VARIANTS     3     /* instance data variants of a resource (split aggregates) */
@@ -126,7 +126,8 @@ struct sim_usersub {
 
 /* One form of a resource's instanceData (a split aggregate differs in tags or additionalInfo). */
 struct sim_instance {
-	char *escaped;   /* instanceData as served, already escaped to sit inside a JSON string */
+	char *escaped; /* instanceData as served, already escaped to sit inside a JSON string */
+	size_t escaped_len;
 	char *canonical; /* the key's form: members sorted, no white space, UTF-8 (section 4) */
 	size_t canonical_len;
 	char *tags; /* JSON text of instanceData's tags ("null" or an object) */
@@ -163,9 +164,7 @@ struct sim_record {
 struct sim_hour {
 	int64_t hour; /* -1: unused slot */
 	size_t n;
-	struct sim_record *recs;
-	char **text; /* pre-formatted JSON of each record */
-	size_t *len;
+	struct sim_record *recs; /* a page formats its records as it is served */
 	uint64_t last_used;
 };
 
@@ -309,7 +308,7 @@ void world_format_record(const struct sim_world *w, const struct sim_record *rec
                          struct evbuffer *out);
 void world_record_key(const struct sim_world *w, int64_t hour, const struct sim_record *rec,
                       char out[static SIM_KEY_LEN + 1]);
-void world_quantity_text(sim_u128 quantity, uint8_t decimals, char out[static SIM_QTY_TEXT]);
+size_t world_quantity_text(sim_u128 quantity, uint8_t decimals, char out[static SIM_QTY_TEXT]);
 void world_reset_state(struct sim_world *w);
 void world_format_time(int64_t t, bool zulu, char out[static 32]);
 const char *world_charged(const struct sim_world *w, size_t usersub, const char **ret_reason);
