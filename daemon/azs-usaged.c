@@ -11,7 +11,9 @@
  * timers look after it: the STATUS= line ("pending 120, dead 0, held 0, last forward 14s ago"),
  * and pruning of forwarded records past [store] retention, a small transaction per loop turn so
  * the loop never stalls. The health server listens on [health] listen before READY=1 too: a
- * daemon that cannot be watched does not start. Its /readyz asks one check per concern: the
+ * daemon that cannot be watched does not start. It answers /healthz on a thread of its own from
+ * the loop's heartbeat (lib/health.h), so that a busy loop is never taken for a dead one, and
+ * hands the other questions to the loop. Its /readyz asks one check per concern: the
  * store (cannot be read, the last write failed, records held as ambiguous), the two token
  * sources, the collector, the registry and the forwarder.
  *
@@ -1030,11 +1032,11 @@ on_prune_timer(_unused_ evutil_socket_t fd, _unused_ short what, void *userdata)
 }
 
 /*
- * The health server on [health] listen, bound before READY=1 (it answers once the loop runs):
- * readiness from one check per concern, /metrics with the store's gauges refreshed at each
- * scrape, /v1/status from the same sources. An address that cannot be bound stops the start:
- * a daemon nobody can watch would look down to its monitoring anyway, and the operator learns
- * why at once instead of from a missing scrape.
+ * The health server on [health] listen, bound before READY=1 (/healthz answers at once, from
+ * its own thread; the rest once the loop runs): readiness from one check per concern, /metrics with
+ * the store's gauges refreshed at each scrape, /v1/status from the same sources. An address that
+ * cannot be bound stops the start: a daemon nobody can watch would look down to its monitoring
+ * anyway, and the operator learns why at once instead of from a missing scrape.
  */
 static int
 daemon_start_health(struct daemon *d)

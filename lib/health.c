@@ -1,19 +1,33 @@
 /*
  * The health server: /healthz, /readyz, /metrics and /v1/status over libevent's evhttp (see
  * health.h). The listening socket is made here (so a bind error comes back as its errno) and
- * handed to evhttp; evhttp itself is made by health_start() and freed by health_stop(), which
- * closes every connection with it.
+ * handed to evhttp; evhttp, the thread's event base and the thread are made by health_start() and
+ * ended by health_stop(), which closes every connection.
+ *
+ * Two threads, one rule: evhttp and its requests belong to the server's thread, the checks and
+ * callbacks to the loop. A question for the loop travels as a job: the thread puts it on a list
+ * under the lock and wakes the loop through an eventfd; the loop fills in the answer, puts the job
+ * on the other list and wakes the thread through another. Only the thread touches job->req.
+ * evhttp keeps a request whose client went away meanwhile until it is answered (it detaches it
+ * from the connection), so every job is answered once, by the thread: at health_stop() the thread
+ * answers those still waiting (503) before evhttp_free() closes the connections. The heartbeat is
+ * one atomic number, written by the loop's timer and read by the thread.
  */
 #define LOG_MODULE "health"
 
 #include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -46,8 +60,24 @@ struct health_reasons {
 	size_t dropped;
 };
 
+/* A question for the loop and, once the loop has made it, its answer. */
+struct health_job {
+	struct health_job *next;
+	struct evhttp_request *req; /* the thread's: the loop never touches it */
+	void (*serve)(struct health *h, struct health_job *job); /* run on the loop */
+	int code;                                                /* 0: not answered (yet) */
+	const char *reason;
+	const char *content_type;
+	char *body; /* NULL with a code: evhttp's own error page */
+	size_t size;
+};
+
+struct job_list {
+	struct health_job *head, *tail;
+};
+
 struct health {
-	struct event_base *base;
+	struct event_base *base; /* the loop's */
 	char *address;
 	uint16_t port;
 	char *version;
@@ -61,8 +91,27 @@ struct health {
 	struct health_check checks[HEALTH_CHECKS_MAX];
 	size_t n_checks;
 
-	struct evhttp *http; /* while started */
+	uint64_t beat_usec, stall_usec;
+	_Atomic uint64_t beat; /* monotonic usec of the loop's last heartbeat */
+
+	/* while started */
+	bool started;
+	bool thread_runs;
 	uint16_t bound_port;
+	struct event *beat_timer; /* the loop's */
+	struct event *loop_wake;  /* the loop's: jobs to answer */
+	int loop_efd;
+	pthread_t thread;
+	struct event_base *thread_base;
+	struct evhttp *http;       /* the thread's */
+	struct event *thread_wake; /* the thread's: answers to send, or stop */
+	int thread_efd;
+
+	pthread_mutex_t lock;
+	struct job_list for_loop;   /* under lock */
+	struct job_list for_thread; /* under lock */
+	size_t n_jobs;              /* under lock: on either list or on the loop */
+	bool stopping;              /* under lock */
 };
 
 static int parse_address(const char *address, uint16_t port, struct sockaddr_storage *ret,
@@ -72,13 +121,23 @@ static void reasons_done(struct health_reasons *reasons);
 static json_t *reasons_json(const struct health_reasons *reasons);
 static void reply(struct evhttp_request *req, int code, const char *reason,
                   const char *content_type, const char *body, size_t size);
-static void reply_json(struct evhttp_request *req, int code, const char *reason, json_t *j);
+static void answer(struct health_job *job, int code, const char *reason, const char *content_type,
+                   char *body, size_t size);
+static void answer_json(struct health_job *job, int code, const char *reason, json_t *j);
 static void serve_healthz(struct health *h, struct evhttp_request *req);
-static void serve_readyz(struct health *h, struct evhttp_request *req);
-static void serve_metrics(struct health *h, struct evhttp_request *req);
-static void serve_status(struct health *h, struct evhttp_request *req);
+static void serve_readyz(struct health *h, struct health_job *job);
+static void serve_metrics(struct health *h, struct health_job *job);
+static void serve_status(struct health *h, struct health_job *job);
 static json_t *time_json(int64_t t);
 static void on_request(struct evhttp_request *req, void *arg);
+static void on_beat(evutil_socket_t fd, short what, void *arg);
+static void on_loop_wake(evutil_socket_t fd, short what, void *arg);
+static void on_thread_wake(evutil_socket_t fd, short what, void *arg);
+static void *thread_main(void *arg);
+static void job_push(struct job_list *l, struct health_job *job);
+static void job_send(struct health *h, struct health_job *job);
+static void wake(int efd);
+static void drain(int efd);
 
 /* Make a server; it listens once started. */
 int
@@ -106,6 +165,11 @@ health_new(struct event_base *base, const struct health_options *options, struct
 	h->status = options->status;
 	h->userdata = options->userdata;
 	h->started_usec = now_monotonic_usec();
+	h->beat_usec = options->beat_usec ? options->beat_usec : HEALTH_BEAT_MSEC * USEC_PER_MSEC;
+	h->stall_usec =
+	        options->stall_usec ? options->stall_usec : HEALTH_STALL_MSEC * USEC_PER_MSEC;
+	h->loop_efd = h->thread_efd = -1;
+	pthread_mutex_init(&h->lock, NULL);
 	if (h->metrics) {
 		struct metrics_family *f;
 
@@ -138,17 +202,19 @@ health_add_check(struct health *h, const char *name, health_check_fn fn, void *u
 	return 0;
 }
 
-/* Bind, listen and hand the socket to a new evhttp. */
+/* Bind and listen, hand the socket to a new evhttp on the thread's base, start the thread. */
 int
 health_start(struct health *h)
 {
 	struct sockaddr_storage ss;
 	socklen_t len;
 	_cleanup_close_ int fd = -1;
+	struct timeval tv;
+	sigset_t all, old;
 	int one = 1, r;
 
 	assert(h);
-	if (h->http)
+	if (h->started)
 		return 0;
 	r = parse_address(h->address, h->port, &ss, &len);
 	if (r < 0)
@@ -165,9 +231,32 @@ health_start(struct health *h)
 	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
 		return -errno;
 
-	h->http = evhttp_new(h->base);
+	/* from here on health_stop() undoes whatever was made */
+	h->started = true;
+	h->loop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	h->thread_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (h->loop_efd < 0 || h->thread_efd < 0) {
+		r = -errno;
+		goto fail;
+	}
+	r = -ENOMEM;
+	h->thread_base = event_base_new();
+	if (!h->thread_base)
+		goto fail;
+	h->thread_wake =
+	        event_new(h->thread_base, h->thread_efd, EV_READ | EV_PERSIST, on_thread_wake, h);
+	h->loop_wake = event_new(h->base, h->loop_efd, EV_READ | EV_PERSIST, on_loop_wake, h);
+	h->beat_timer = event_new(h->base, -1, EV_PERSIST, on_beat, h);
+	tv = (struct timeval){.tv_sec = (time_t)(h->beat_usec / USEC_PER_SEC),
+	                      .tv_usec = (suseconds_t)(h->beat_usec % USEC_PER_SEC)};
+	if (!h->thread_wake || !h->loop_wake || !h->beat_timer ||
+	    event_add(h->thread_wake, NULL) < 0 || event_add(h->loop_wake, NULL) < 0 ||
+	    event_add(h->beat_timer, &tv) < 0)
+		goto fail;
+
+	h->http = evhttp_new(h->thread_base);
 	if (!h->http)
-		return -ENOMEM;
+		goto fail;
 	/* every method reaches on_request, which answers 405 (evhttp itself would say 501) */
 	evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
 	                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
@@ -177,26 +266,67 @@ health_start(struct health *h)
 	evhttp_set_max_body_size(h->http, HEALTH_MAX_BODY);
 	evhttp_set_timeout(h->http, HEALTH_TIMEOUT_SEC);
 	evhttp_set_gencb(h->http, on_request, h);
-	if (!evhttp_accept_socket_with_handle(h->http, fd)) {
-		evhttp_free(h->http);
-		h->http = NULL;
-		return -ENOMEM;
-	}
+	if (!evhttp_accept_socket_with_handle(h->http, fd))
+		goto fail;
 	TAKE_FD(fd); /* evhttp closes it */
+
+	atomic_store_explicit(&h->beat, now_monotonic_usec(), memory_order_relaxed);
+	/* signals stay with the loop thread: the thread starts with all of them blocked */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	r = -pthread_create(&h->thread, NULL, thread_main, h);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (r < 0)
+		goto fail;
+	h->thread_runs = true;
+	(void)pthread_setname_np(h->thread, "azs-health"); /* for top -H, perf, /proc */
 	h->bound_port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
 	                                         : ntohs(((struct sockaddr_in *)&ss)->sin_port);
 	log_debug("listening on %s port %u", h->address, h->bound_port);
 	return 0;
+
+fail:
+	health_stop(h);
+	return r;
 }
 
-/* Stop listening; evhttp_free() closes the socket and every connection. */
+/*
+ * Stop: the thread answers what still waits, closes every connection and the socket
+ * (evhttp_free) and ends; then nothing of it is left.
+ */
 void
 health_stop(struct health *h)
 {
-	if (!h || !h->http)
+	if (!h || !h->started)
 		return;
-	evhttp_free(h->http);
+	if (h->thread_runs) {
+		pthread_mutex_lock(&h->lock);
+		h->stopping = true;
+		pthread_mutex_unlock(&h->lock);
+		wake(h->thread_efd);
+		pthread_join(h->thread, NULL);
+	} else if (h->http)
+		evhttp_free(h->http);
 	h->http = NULL;
+	if (h->beat_timer)
+		event_free(h->beat_timer);
+	if (h->loop_wake)
+		event_free(h->loop_wake);
+	if (h->thread_wake)
+		event_free(h->thread_wake);
+	if (h->thread_base)
+		event_base_free(h->thread_base);
+	h->beat_timer = h->loop_wake = h->thread_wake = NULL;
+	h->thread_base = NULL;
+	if (h->loop_efd >= 0)
+		close(h->loop_efd);
+	if (h->thread_efd >= 0)
+		close(h->thread_efd);
+	h->loop_efd = h->thread_efd = -1;
+	assert(!h->for_loop.head && !h->for_thread.head && h->n_jobs == 0);
+	h->stopping = false;
+	h->thread_runs = false;
+	h->started = false;
 	h->bound_port = 0;
 }
 
@@ -209,6 +339,7 @@ health_free(struct health *h)
 	health_stop(h);
 	for (size_t i = 0; i < h->n_checks; i++)
 		free(h->checks[i].name);
+	pthread_mutex_destroy(&h->lock);
 	free(h->address);
 	free(h->version);
 	free(h);
@@ -394,32 +525,63 @@ reply(struct evhttp_request *req, int code, const char *reason, const char *cont
 	evbuffer_free(b);
 }
 
-/* Send a JSON answer (takes j). */
+/* The loop's answer to a job: the thread sends it (takes body). */
 static void
-reply_json(struct evhttp_request *req, int code, const char *reason, json_t *j)
+answer(struct health_job *job, int code, const char *reason, const char *content_type, char *body,
+       size_t size)
 {
-	_cleanup_free_ char *text = NULL;
+	job->code = code;
+	job->reason = reason;
+	job->content_type = content_type;
+	job->body = body;
+	job->size = size;
+}
+
+/* A JSON answer (takes j). */
+static void
+answer_json(struct health_job *job, int code, const char *reason, json_t *j)
+{
+	char *text = NULL;
 
 	if (j)
 		text = json_dumps(j, JSON_COMPACT);
 	json_decref(j);
 	if (!text) {
-		evhttp_send_error(req, HTTP_INTERNAL, NULL);
+		answer(job, HTTP_INTERNAL, NULL, NULL, NULL, 0);
 		return;
 	}
-	reply(req, code, reason, HEALTH_CONTENT_JSON, text, strlen(text));
+	answer(job, code, reason, HEALTH_CONTENT_JSON, text, strlen(text));
 }
 
-/* GET /healthz: answering is the proof that the loop runs. */
-static void
-serve_healthz(_unused_ struct health *h, struct evhttp_request *req)
+/* True while a heartbeat is fresh (health.h). */
+bool
+health_beat_fresh(uint64_t beat_usec, uint64_t now_usec, uint64_t stall_usec)
 {
-	reply(req, HTTP_OK, "OK", HEALTH_CONTENT_TEXT, "ok\n", 3);
+	return now_usec <= beat_usec || now_usec - beat_usec < stall_usec;
+}
+
+/* GET /healthz, on the thread: 200 while the loop's heartbeat is fresh. */
+static void
+serve_healthz(struct health *h, struct evhttp_request *req)
+{
+	uint64_t beat = atomic_load_explicit(&h->beat, memory_order_relaxed);
+	uint64_t now = now_monotonic_usec();
+	char text[96];
+	int n;
+
+	if (health_beat_fresh(beat, now, h->stall_usec)) {
+		reply(req, HTTP_OK, "OK", HEALTH_CONTENT_TEXT, "ok\n", 3);
+		return;
+	}
+	n = snprintf(text, sizeof(text), "stalled: the loop has not turned for %" PRIu64 " ms\n",
+	             (now - beat) / USEC_PER_MSEC);
+	reply(req, HTTP_SERVUNAVAIL, "Service Unavailable", HEALTH_CONTENT_TEXT, text,
+	      (size_t)MIN(n, (int)sizeof(text) - 1));
 }
 
 /* GET /readyz: 200 or 503 with the reasons. */
 static void
-serve_readyz(struct health *h, struct evhttp_request *req)
+serve_readyz(struct health *h, struct health_job *job)
 {
 	struct health_reasons reasons = {0};
 	bool ready;
@@ -429,23 +591,19 @@ serve_readyz(struct health *h, struct evhttp_request *req)
 	ready = reasons.n == 0 && reasons.dropped == 0;
 	j = json_pack("{s:b, s:o*}", "ready", ready, "reasons", reasons_json(&reasons));
 	reasons_done(&reasons);
-	reply_json(req, ready ? HTTP_OK : HTTP_SERVUNAVAIL, ready ? "OK" : "Service Unavailable",
-	           j);
+	answer_json(job, ready ? HTTP_OK : HTTP_SERVUNAVAIL, ready ? "OK" : "Service Unavailable",
+	            j);
 }
 
 /* GET /metrics: refresh the gauges that are read, not counted, and render. */
 static void
-serve_metrics(struct health *h, struct evhttp_request *req)
+serve_metrics(struct health *h, struct health_job *job)
 {
 	struct health_reasons reasons = {0};
-	_cleanup_free_ char *text = NULL;
+	char *text = NULL;
 	size_t size = 0;
 	int r;
 
-	if (!h->metrics) {
-		evhttp_send_error(req, HTTP_NOTFOUND, NULL);
-		return;
-	}
 	if (h->refresh)
 		h->refresh(h->userdata, h->metrics);
 	reasons_run(h, &reasons); /* azs_usaged_ready */
@@ -453,15 +611,15 @@ serve_metrics(struct health *h, struct evhttp_request *req)
 	r = metrics_render(h->metrics, &text, &size);
 	if (r < 0) {
 		log_debug_errno(r, "cannot render the metrics: %m");
-		evhttp_send_error(req, HTTP_INTERNAL, NULL);
+		answer(job, HTTP_INTERNAL, NULL, NULL, NULL, 0);
 		return;
 	}
-	reply(req, HTTP_OK, "OK", METRICS_CONTENT_TYPE, text, size);
+	answer(job, HTTP_OK, "OK", METRICS_CONTENT_TYPE, text, size);
 }
 
 /* GET /v1/status: the daemon in one JSON object. */
 static void
-serve_status(struct health *h, struct evhttp_request *req)
+serve_status(struct health *h, struct health_job *job)
 {
 	struct health_status st = {
 	        .oldest_pending_seconds = -1,
@@ -496,7 +654,7 @@ serve_status(struct health *h, struct evhttp_request *req)
 	              "last_success", "collect", time_json(st.last_collect_success), "forward",
 	              time_json(st.last_forward_success));
 	reasons_done(&reasons);
-	reply_json(req, HTTP_OK, "OK", j);
+	answer_json(job, HTTP_OK, "OK", j);
 }
 
 /* An epoch time as RFC 3339 text, or null for 0 (never). */
@@ -510,15 +668,18 @@ time_json(int64_t t)
 	return json_string(time_format_rfc3339(t, buf));
 }
 
-/* Route a request: unknown paths 404, other methods 405. */
+/*
+ * Route a request, on the thread: /healthz is answered here, the other paths are handed to the
+ * loop; unknown paths 404, other methods 405.
+ */
 static void
 on_request(struct evhttp_request *req, void *arg)
 {
 	static const struct {
 		const char *path;
-		void (*serve)(struct health *h, struct evhttp_request *req);
+		void (*serve)(struct health *h, struct health_job *job); /* NULL: /healthz */
 	} routes[] = {
-	        {"/healthz", serve_healthz},
+	        {"/healthz", NULL},
 	        {"/readyz", serve_readyz},
 	        {"/metrics", serve_metrics},
 	        {"/v1/status", serve_status},
@@ -528,6 +689,9 @@ on_request(struct evhttp_request *req, void *arg)
 	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
 
 	for (size_t i = 0; path && i < ARRAY_SIZE(routes); i++) {
+		struct health_job *job;
+		bool busy;
+
 		if (strcmp(path, routes[i].path) != 0)
 			continue;
 		if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
@@ -537,8 +701,164 @@ on_request(struct evhttp_request *req, void *arg)
 			      "method not allowed\n", 19);
 			return;
 		}
-		routes[i].serve(h, req);
+		if (!routes[i].serve) {
+			serve_healthz(h, req);
+			return;
+		}
+		if (routes[i].serve == serve_metrics && !h->metrics)
+			break;
+		job = xcalloc(1, sizeof(*job));
+		job->req = req;
+		job->serve = routes[i].serve;
+		pthread_mutex_lock(&h->lock);
+		busy = h->n_jobs >= HEALTH_JOBS_MAX;
+		if (!busy) {
+			h->n_jobs++;
+			job_push(&h->for_loop, job);
+		}
+		pthread_mutex_unlock(&h->lock);
+		if (busy) {
+			free(job);
+			reply(req, HTTP_SERVUNAVAIL, "Service Unavailable", HEALTH_CONTENT_TEXT,
+			      "busy\n", 5);
+			return;
+		}
+		wake(h->loop_efd);
 		return;
 	}
 	reply(req, HTTP_NOTFOUND, "Not Found", HEALTH_CONTENT_TEXT, "not found\n", 10);
+}
+
+/* The loop's heartbeat. */
+static void
+on_beat(_unused_ evutil_socket_t fd, _unused_ short what, void *arg)
+{
+	struct health *h = arg;
+
+	atomic_store_explicit(&h->beat, now_monotonic_usec(), memory_order_relaxed);
+}
+
+/* On the loop: answer the jobs the thread handed over, and hand them back. */
+static void
+on_loop_wake(_unused_ evutil_socket_t fd, _unused_ short what, void *arg)
+{
+	struct health *h = arg;
+	struct job_list done = {0};
+	struct health_job *job;
+
+	drain(h->loop_efd);
+	/* the loop turns: as good as a beat */
+	atomic_store_explicit(&h->beat, now_monotonic_usec(), memory_order_relaxed);
+	pthread_mutex_lock(&h->lock);
+	job = h->for_loop.head;
+	h->for_loop = (struct job_list){0};
+	pthread_mutex_unlock(&h->lock);
+	while (job) {
+		struct health_job *next = job->next;
+
+		job->serve(h, job);
+		job_push(&done, job);
+		job = next;
+	}
+	if (!done.head)
+		return;
+	pthread_mutex_lock(&h->lock);
+	if (h->for_thread.tail)
+		h->for_thread.tail->next = done.head;
+	else
+		h->for_thread.head = done.head;
+	h->for_thread.tail = done.tail;
+	pthread_mutex_unlock(&h->lock);
+	wake(h->thread_efd);
+}
+
+/*
+ * On the thread: send the loop's answers; when stopping, answer what the loop did not (503),
+ * close every connection and end the thread's loop.
+ */
+static void
+on_thread_wake(_unused_ evutil_socket_t fd, _unused_ short what, void *arg)
+{
+	struct health *h = arg;
+	struct health_job *answered, *left = NULL;
+	bool stopping;
+
+	drain(h->thread_efd);
+	pthread_mutex_lock(&h->lock);
+	answered = h->for_thread.head;
+	h->for_thread = (struct job_list){0};
+	stopping = h->stopping;
+	if (stopping) {
+		left = h->for_loop.head;
+		h->for_loop = (struct job_list){0};
+	}
+	pthread_mutex_unlock(&h->lock);
+
+	for (struct health_job *list[] = {answered, left}, **l = list; l < list + 2; l++)
+		while (*l) {
+			struct health_job *job = *l;
+
+			*l = job->next;
+			if (!job->code)
+				answer(job, HTTP_SERVUNAVAIL, "Service Unavailable",
+				       HEALTH_CONTENT_TEXT, xstrdup("stopping\n"), 9);
+			job_send(h, job);
+		}
+	if (stopping) {
+		evhttp_free(h->http);
+		event_base_loopbreak(h->thread_base);
+	}
+}
+
+/*
+ * Send a job's answer (which frees the request) and free the job. The body is malloc's: the loop
+ * rendered it outside any jsonarena.
+ */
+static void
+job_send(struct health *h, struct health_job *job)
+{
+	if (job->body)
+		reply(job->req, job->code, job->reason, job->content_type, job->body, job->size);
+	else
+		evhttp_send_error(job->req, job->code, NULL);
+	free(job->body);
+	free(job);
+	pthread_mutex_lock(&h->lock);
+	h->n_jobs--;
+	pthread_mutex_unlock(&h->lock);
+}
+
+static void
+job_push(struct job_list *l, struct health_job *job)
+{
+	job->next = NULL;
+	if (l->tail)
+		l->tail->next = job;
+	else
+		l->head = job;
+	l->tail = job;
+}
+
+/* The server's thread: its own loop, until health_stop(). */
+static void *
+thread_main(void *arg)
+{
+	struct health *h = arg;
+
+	event_base_dispatch(h->thread_base);
+	return NULL;
+}
+
+static void
+wake(int efd)
+{
+	(void)eventfd_write(efd, 1);
+}
+
+static void
+drain(int efd)
+{
+	eventfd_t n;
+
+	(void)eventfd_read(efd, &n);
 }

@@ -2,7 +2,7 @@
  * The health server (ARCHITECTURE.md section 8): a small libevent evhttp server on [health]
  * listen (loopback by default) that answers
  *
- *   GET /healthz    200 "ok" while the loop runs (the answer itself is the proof)
+ *   GET /healthz    200 "ok" while the loop runs (its heartbeat is fresh), else 503
  *   GET /readyz     200 {"ready":true,"reasons":[]} or 503 {"ready":false,"reasons":["..."]}
  *   GET /metrics    the metrics registry in the Prometheus text format
  *   GET /v1/status  JSON: version, uptime, ready, counts by state, oldest pending age, cursor
@@ -10,9 +10,18 @@
  *
  * Anything else is 404, a method other than GET 405 (with Allow: GET). Requests are small: headers
  * over HEALTH_MAX_HEADERS bytes or a body over HEALTH_MAX_BODY bytes are refused by evhttp (the
- * connection is answered 413 or closed). Every answer is made from the loop at once from what the
- * callbacks say; the callbacks must be cheap (counters in memory, the store's kept counts), so the
- * loop is never blocked.
+ * connection is answered 413 or closed).
+ *
+ * The server runs on a small thread of its own with its own event base, so that a monitor's
+ * question is answered at once however busy the loop is (the loop's own turns, storing pages,
+ * building and compressing batches, last tens of milliseconds on a busy machine, and an answer
+ * made on the loop waited for several of them). The loop keeps a heartbeat: a timer on it
+ * notes the time every HEALTH_BEAT_MSEC. /healthz is answered by the thread from the heartbeat
+ * alone: 200 while it is fresh (the loop ran its timers within the last HEALTH_STALL_MSEC), else
+ * 503 with how long the loop has not turned. /readyz, /metrics and /v1/status are handed to the
+ * loop, which makes the answer from what the callbacks say (they run on the loop, as before, and
+ * must be cheap: counters in memory, the store's kept counts) and hands it back for the thread to
+ * send; at most HEALTH_JOBS_MAX wait at a time, more are answered 503 at once.
  *
  * Readiness is the sum of checks: the daemon adds one per module (health_add_check), and each
  * adds zero or more reasons (health_reasons_add) when asked. The server knows nothing of the
@@ -21,7 +30,8 @@
  * azs_usaged_ready (1 ready, 0 not), which the health server adds to the metrics registry.
  *
  * Only this module touches evhttp. Ownership: the server borrows the event base and the metrics
- * registry (they must outlive it) and copies the strings of its options.
+ * registry (they must outlive it) and copies the strings of its options. Every function here and
+ * every callback (checks, refresh, status) runs on the loop's thread.
  */
 #pragma once
 
@@ -37,6 +47,9 @@
 #define HEALTH_READY_METRIC "azs_usaged_ready"
 #define HEALTH_CONTENT_JSON "application/json"
 #define HEALTH_CONTENT_TEXT "text/plain; charset=utf-8"
+#define HEALTH_BEAT_MSEC    1000 /* the loop notes that it runs this often */
+#define HEALTH_STALL_MSEC   5000 /* /healthz says 503 once the heartbeat is older */
+#define HEALTH_JOBS_MAX     64   /* questions waiting for the loop at a time */
 
 struct event_base;
 struct metrics;
@@ -75,7 +88,9 @@ struct health_options {
 	void (*refresh)(void *userdata, struct metrics *metrics);
 	/* Fills *ret (already set to "unknown") for /v1/status. NULL: only the defaults. */
 	void (*status)(void *userdata, struct health_status *ret);
-	void *userdata; /* of refresh and status */
+	void *userdata;      /* of refresh and status */
+	uint64_t beat_usec;  /* 0: HEALTH_BEAT_MSEC (tests set less) */
+	uint64_t stall_usec; /* 0: HEALTH_STALL_MSEC (tests set less) */
 };
 
 /*
@@ -90,10 +105,13 @@ int health_new(struct event_base *base, const struct health_options *options, st
  */
 int health_add_check(struct health *h, const char *name, health_check_fn fn, void *userdata);
 
-/* Bind and listen: -EADDRINUSE, -EADDRNOTAVAIL, -EACCES, ... (errno of bind/listen). */
+/*
+ * Bind, listen and start the server's thread; the heartbeat starts fresh. -EADDRINUSE,
+ * -EADDRNOTAVAIL, -EACCES, ... (errno of bind/listen), or the error of making the thread.
+ */
 int health_start(struct health *h);
 
-/* Stop listening and drop open connections. Accepts NULL. */
+/* Stop listening, drop open connections and end the thread (from the loop). Accepts NULL. */
 void health_stop(struct health *h);
 
 /* Stop and free. Accepts NULL; returns NULL. */
@@ -110,3 +128,10 @@ bool health_is_ready(struct health *h, char ***ret_reasons);
 
 /* Free a NULL-terminated array of strings. Accepts NULL; returns NULL. */
 char **health_strv_free(char **strv);
+
+/*
+ * The rule of /healthz: is a heartbeat noted at beat_usec still fresh at now_usec (both
+ * monotonic)? True while less than stall_usec old; a beat later than now (noted by the loop
+ * after the caller read the clock) is fresh.
+ */
+bool health_beat_fresh(uint64_t beat_usec, uint64_t now_usec, uint64_t stall_usec);

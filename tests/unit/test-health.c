@@ -1,8 +1,11 @@
 /*
- * Unit tests for lib/health.c: a real evhttp server on a loopback port of this process's loop,
- * asked over a plain socket by the test (the loop turns while the test waits for the answer):
- * /healthz, /readyz with reasons that appear and clear, /metrics refreshed before rendering and
- * with azs_usaged_ready, /v1/status, 404, 405, oversized headers and bodies, bind errors, stop.
+ * Unit tests for lib/health.c: a real evhttp server on a loopback port, on its own thread, that
+ * hands questions to this process's loop, asked over a plain socket by the test (the loop turns
+ * while the test waits for the answer, unless the test keeps it still): /healthz, /readyz with
+ * reasons that appear and clear, /metrics refreshed before rendering and with azs_usaged_ready,
+ * /v1/status, 404, 405, oversized headers and bodies, bind errors, stop; the heartbeat rule,
+ * /healthz 503 while the loop does not turn and 200 once it has, the bound on questions waiting
+ * for the loop, and a stop or a client gone while questions wait.
  *
  * With --dump-metrics it prints instead what /metrics answers for the daemon's registry with a
  * sample of every kind of series, for `promtool check metrics` (tests/monitoring/promtool.sh).
@@ -28,6 +31,7 @@
 #include "health.h"
 #include "macro.h"
 #include "metrics.h"
+#include "timeutil.h"
 #include "xmalloc.h"
 
 /* What a fake module says about itself. */
@@ -62,6 +66,8 @@ static int fixture_setup(void **state);
 static int fixture_teardown(void **state);
 static struct answer ask(struct fixture *f, const char *request);
 static struct answer get(struct fixture *f, const char *path);
+static int send_get(uint16_t port, const char *path);
+static struct answer receive(struct event_base *base, int fd);
 static void answer_done(struct answer *a);
 static bool has_header(const struct answer *a, const char *line);
 static json_t *body_json(const struct answer *a);
@@ -391,6 +397,160 @@ test_health_new_bad_address(void **state)
 	h = health_free(h);
 }
 
+/* The heartbeat rule at its edges. */
+static void
+test_health_beat_fresh_rule(_unused_ void **state)
+{
+	uint64_t stall = HEALTH_STALL_MSEC * USEC_PER_MSEC;
+
+	assert_true(health_beat_fresh(1000, 1000, 500));
+	assert_true(health_beat_fresh(1000, 1499, 500));
+	assert_false(health_beat_fresh(1000, 1500, 500));
+	assert_false(health_beat_fresh(1000, UINT64_MAX, 500));
+	/* noted by the loop after the reader took the time */
+	assert_true(health_beat_fresh(2000, 1000, 500));
+	assert_true(health_beat_fresh(UINT64_MAX, 0, 1));
+	/* the defaults: a beat of a second is fresh, a stall of the whole time is not */
+	assert_true(HEALTH_BEAT_MSEC < HEALTH_STALL_MSEC);
+	assert_true(health_beat_fresh(0, HEALTH_BEAT_MSEC * USEC_PER_MSEC, stall));
+	assert_false(health_beat_fresh(0, stall, stall));
+}
+
+/*
+ * /healthz is the thread's: while the loop does not turn (the test does not run it, as a loop
+ * stuck in a callback would not) it says 503 and for how long, once the heartbeat is older than
+ * the stall time; /readyz waits for the loop meanwhile; after the loop has turned /healthz says
+ * 200 again.
+ */
+static void
+test_health_healthz_loop_stalled(_unused_ void **state)
+{
+	struct event_base *base = event_base_new();
+	struct health_options o = {
+	        .address = "127.0.0.1",
+	        .beat_usec = 20 * USEC_PER_MSEC,
+	        .stall_usec = 200 * USEC_PER_MSEC,
+	};
+	struct health *h = NULL;
+	struct answer a;
+
+	assert_non_null(base);
+	assert_int_equal(health_new(base, &o, &h), 0);
+	assert_int_equal(health_start(h), 0);
+
+	/* fresh at the start, then old: each answer comes without the loop */
+	a = receive(NULL, send_get(health_get_port(h), "/healthz"));
+	assert_int_equal(a.status, 200);
+	while (a.status == 200) {
+		answer_done(&a);
+		poll(NULL, 0, 10);
+		a = receive(NULL, send_get(health_get_port(h), "/healthz"));
+	}
+	assert_int_equal(a.status, 503);
+	assert_true(has_header(&a, "Content-Type: " HEALTH_CONTENT_TEXT));
+	assert_true(strncmp(a.body, "stalled: the loop has not turned for ", 37) == 0);
+	assert_true(atoi(a.body + 37) >= 200);
+	answer_done(&a);
+
+	/* a question for the loop is answered once it turns; then /healthz says 200 again */
+	a = receive(base, send_get(health_get_port(h), "/readyz"));
+	assert_int_equal(a.status, 200);
+	answer_done(&a);
+	a = receive(NULL, send_get(health_get_port(h), "/healthz"));
+	assert_int_equal(a.status, 200);
+	assert_string_equal(a.body, "ok\n");
+	answer_done(&a);
+
+	health_free(h);
+	event_base_free(base);
+}
+
+/*
+ * While the loop does not turn, at most HEALTH_JOBS_MAX questions wait for it: the next are
+ * answered 503 at once by the thread. Once the loop turns, it answers every one that waited.
+ */
+static void
+test_health_questions_for_the_loop_bounded(void **state)
+{
+	struct fixture *f = *state;
+	int fds[3 * HEALTH_JOBS_MAX];
+	struct answer a[ARRAY_SIZE(fds)];
+	size_t n = 0, busy = 0, answered = 0;
+
+	memset(a, 0, sizeof(a));
+	while (busy == 0) {
+		assert_true(n < ARRAY_SIZE(fds));
+		fds[n++] = send_get(health_get_port(f->health), "/readyz");
+		for (size_t i = 0; i < n; i++) {
+			if (fds[i] < 0 || poll(&(struct pollfd){.fd = fds[i], .events = POLLIN}, 1,
+			                       i + 1 == n ? 10 : 0) != 1)
+				continue;
+			a[i] = receive(NULL, fds[i]);
+			fds[i] = -1;
+			assert_int_equal(a[i].status, 503);
+			assert_string_equal(a[i].body, "busy\n");
+			busy++;
+		}
+	}
+	assert_int_equal(f->store.asked, 0);
+	assert_true(n > HEALTH_JOBS_MAX);
+
+	for (size_t i = 0; i < n; i++) {
+		if (fds[i] >= 0) {
+			a[i] = receive(f->base, fds[i]);
+			assert_true(a[i].status == 200 ||
+			            (a[i].status == 503 && strcmp(a[i].body, "busy\n") == 0));
+		}
+		answered += a[i].status == 200;
+		answer_done(&a[i]);
+	}
+	assert_true(answered >= HEALTH_JOBS_MAX);
+	assert_int_equal(f->store.asked, answered);
+}
+
+/*
+ * Questions still waiting for the loop when the server stops, and questions whose client left
+ * before the loop answered, end without a leak (the sanitizer build checks) and without an
+ * answer made after the stop; the server starts again afterwards.
+ */
+static void
+test_health_stop_while_questions_wait(void **state)
+{
+	struct fixture *f = *state;
+	int fds[8];
+	unsigned asked;
+	struct answer a;
+
+	for (size_t i = 0; i < ARRAY_SIZE(fds); i++)
+		fds[i] = send_get(health_get_port(f->health), i % 2 ? "/metrics" : "/v1/status");
+	/* the odd ones leave at once */
+	for (size_t i = 1; i < ARRAY_SIZE(fds); i += 2)
+		close(fds[i]);
+	for (size_t i = 0; i < ARRAY_SIZE(fds); i += 2) {
+		a = receive(f->base, fds[i]);
+		assert_int_equal(a.status, 200);
+		answer_done(&a);
+	}
+
+	asked = f->store.asked;
+	for (size_t i = 0; i < ARRAY_SIZE(fds); i++)
+		fds[i] = send_get(health_get_port(f->health), i % 2 ? "/readyz" : "/v1/status");
+	for (size_t i = 1; i < ARRAY_SIZE(fds); i += 2)
+		close(fds[i]);
+	health_stop(f->health);
+	for (size_t i = 0; i < ARRAY_SIZE(fds); i += 2) {
+		a = receive(NULL, fds[i]);
+		assert_true(a.status == 0 || a.status == 503);
+		answer_done(&a);
+	}
+	assert_int_equal(f->store.asked, asked);
+
+	assert_int_equal(health_start(f->health), 0);
+	a = get(f, "/readyz");
+	assert_int_equal(a.status, 200);
+	answer_done(&a);
+}
+
 /* A port in use is -EADDRINUSE; after health_stop the port is closed. */
 static void
 test_health_port_in_use_and_stop(void **state)
@@ -464,6 +624,12 @@ main(int argc, char **argv)
 	                                        fixture_teardown),
 	        cmocka_unit_test_setup_teardown(test_health_port_in_use_and_stop, fixture_setup,
 	                                        fixture_teardown),
+	        cmocka_unit_test(test_health_beat_fresh_rule),
+	        cmocka_unit_test(test_health_healthz_loop_stalled),
+	        cmocka_unit_test_setup_teardown(test_health_questions_for_the_loop_bounded,
+	                                        fixture_setup, fixture_teardown),
+	        cmocka_unit_test_setup_teardown(test_health_stop_while_questions_wait,
+	                                        fixture_setup, fixture_teardown),
 	};
 
 	if (argc == 2 && strcmp(argv[1], "--dump-metrics") == 0)
@@ -510,46 +676,80 @@ fixture_teardown(void **state)
 	return 0;
 }
 
-/*
- * Send request on a new connection and read until the server closes it, turning the loop in
- * between (the server is on this thread). The test's time-out bounds the wait.
- */
+/* Send request on a new connection and read the answer, turning the loop meanwhile. */
 static struct answer
 ask(struct fixture *f, const char *request)
 {
 	struct sockaddr_in sin = {.sin_family = AF_INET,
 	                          .sin_port = htons(health_get_port(f->health))};
-	struct answer a = {0};
-	size_t len = strlen(request), sent = 0, size = 0, cap = 4096;
-	char *buf = xmalloc(cap);
-	char *end;
+	size_t len = strlen(request), sent = 0;
 	int fd;
 
 	inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr);
 	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	assert_true(fd >= 0);
 	assert_true(connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0 || errno == EINPROGRESS);
-	for (;;) {
+	while (sent < len) {
 		ssize_t n;
 
 		event_base_loop(f->base, EVLOOP_NONBLOCK);
-		if (sent < len) {
-			n = send(fd, request + sent, len - sent, MSG_NOSIGNAL);
-			if (n > 0)
-				sent += (size_t)n;
-			else if (n < 0 && errno != EAGAIN && errno != EINPROGRESS)
-				sent = len; /* refused halfway: read what came back */
-		}
+		n = send(fd, request + sent, len - sent, MSG_NOSIGNAL);
+		if (n > 0)
+			sent += (size_t)n;
+		else if (n < 0 && errno != EAGAIN && errno != EINPROGRESS)
+			break; /* refused halfway: read what came back */
+		else
+			poll(&(struct pollfd){.fd = fd, .events = POLLOUT}, 1, 5);
+	}
+	return receive(f->base, fd);
+}
+
+/* A small GET of path sent on a new connection (to be read with receive()). */
+static int
+send_get(uint16_t port, const char *path)
+{
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port)};
+	char request[512];
+	int fd, len;
+
+	len = snprintf(request, sizeof(request),
+	               "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", path);
+	inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr);
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(fd >= 0);
+	assert_int_equal(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	assert_int_equal(send(fd, request, (size_t)len, MSG_NOSIGNAL), len);
+	return fd;
+}
+
+/*
+ * Read until the server closes the connection, then close fd; with base, turn that loop in
+ * between (without, the answer must come from the server's thread alone). The test's time-out
+ * bounds the wait.
+ */
+static struct answer
+receive(struct event_base *base, int fd)
+{
+	struct answer a = {0};
+	size_t size = 0, cap = 4096;
+	char *buf = xmalloc(cap);
+	char *end;
+
+	for (;;) {
+		ssize_t n;
+
+		if (base)
+			event_base_loop(base, EVLOOP_NONBLOCK);
 		if (cap - size < 1024)
 			buf = xrealloc(buf, cap *= 2);
-		n = recv(fd, buf + size, cap - size - 1, 0);
+		n = recv(fd, buf + size, cap - size - 1, MSG_DONTWAIT);
 		if (n > 0) {
 			size += (size_t)n;
 			continue;
 		}
 		if (n == 0 || (errno != EAGAIN && errno != EINTR))
 			break; /* closed (or reset) */
-		poll(&(struct pollfd){.fd = fd, .events = POLLIN}, 1, 5);
+		poll(&(struct pollfd){.fd = fd, .events = POLLIN}, 1, base ? 5 : -1);
 	}
 	close(fd);
 	buf[size] = '\0';
