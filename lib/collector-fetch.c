@@ -51,6 +51,9 @@ struct stack_get {
 };
 
 static void on_job_reply(const struct collector_reply *reply, void *userdata);
+static void ahead_parse_start(struct collector *c, struct job *j, struct ahead *a,
+                              const struct collector_reply *reply);
+static void ahead_parse_drop(struct collector *c, struct ahead *a);
 static void on_prefetch_reply(const struct collector_reply *reply, void *userdata);
 static void replay_early(struct collector *c, struct job *j);
 static void on_refresh_reply(const struct collector_reply *reply, void *userdata);
@@ -95,7 +98,7 @@ collector_job_step(struct collector *c, uint64_t now, uint64_t *wake)
 	char h[TIME_RFC3339_LEN + 1];
 	int r;
 
-	if (j->early && !j->prefetch_url) {
+	if (j->n_ahead > 0 && !j->ahead[0].url) {
 		/* the answer to the request asked early is here: it is this step's answer */
 		replay_early(c, j);
 		return;
@@ -312,8 +315,9 @@ strdup_or_null(const char *s)
 	return s ? xstrdup(s) : NULL;
 }
 
+/* keep_body false: the body is left out (a 2xx's page is on the worker with its own copy) */
 static struct early *
-early_copy(const struct collector_reply *reply)
+early_copy(const struct collector_reply *reply, bool keep_body)
 {
 	struct early *e = xcalloc(1, sizeof(*e));
 
@@ -328,9 +332,11 @@ early_copy(const struct collector_reply *reply)
 		e->error_message = strdup_or_null(h->error_message);
 		e->content_type = strdup_or_null(h->content_type);
 		e->retry_after = strdup_or_null(h->retry_after);
-		e->body = xmalloc(h->body_size + 1);
-		memcpy(e->body, h->body ? h->body : "", h->body_size);
-		e->body[h->body_size] = '\0';
+		if (!keep_body)
+			e->http.body_size = 0;
+		e->body = xmalloc(e->http.body_size + 1);
+		memcpy(e->body, h->body ? h->body : "", e->http.body_size);
+		e->body[e->http.body_size] = '\0';
 		e->http.error_message = e->error_message;
 		e->http.content_type = e->content_type;
 		e->http.retry_after = e->retry_after;
@@ -406,95 +412,168 @@ scan_next_link(const char *body, size_t size)
 }
 
 /*
- * While the page is parsed on the worker thread, ask already for the nextLink it seems to have,
- * when the job's next request could go at once: the stamp makes the next page while this one is
- * parsed and stored. Nothing is asked for a link seen before in the hour or on another authority
- * (the parsed page's checks decide what happens then).
+ * While a page is parsed on the worker thread (or an early answer is kept), ask already for the
+ * nextLink it seems to have, when the job's next request could go at once: the stamp makes the
+ * next page while this one is parsed and stored. Nothing is asked for a link seen before in the
+ * hour, asked already or on another authority (the parsed page's checks decide what happens
+ * then), nor beyond COLLECTOR_AHEAD_MAX.
  */
+static void
+ask_ahead(struct collector *c, struct job *j, const char *next_link)
+{
+	_cleanup_free_ char *link = NULL;
+	uint64_t now = now_monotonic_usec();
+	struct ahead *a;
+	int r;
+
+	if (j->n_ahead >= COLLECTOR_AHEAD_MAX)
+		return;
+	if (c->paused_backlog || (c->store_full && now < c->full_until) || now < c->throttle_until)
+		return;
+	link = strdup_or_null(next_link);
+	if (!link || collector_strset_has(&j->seen, link) ||
+	    !stack_link_authority_ok(link, c->arm_endpoint))
+		return;
+	for (size_t i = 0; i < j->n_ahead; i++)
+		if (streq_ptr(j->ahead[i].url, link))
+			return;
+	a = &j->ahead[j->n_ahead];
+	*a = (struct ahead){0};
+	r = c->tp.get(c->tp.userdata, link, c->timeout_usec, on_prefetch_reply, c, &a->handle);
+	if (r < 0) {
+		a->handle = NULL;
+		return;
+	}
+	a->url = TAKE_PTR(link);
+	j->n_ahead++;
+}
+
+/* A fresh page's answer: ask early for its nextLink, unless asked already from the one before. */
 static void
 prefetch(struct collector *c, struct job *j, const struct http_result *http)
 {
 	_cleanup_free_ char *link = NULL;
-	uint64_t now = now_monotonic_usec();
-	int r;
 
-	assert(!j->prefetch && !j->prefetch_url && !j->early);
-	if (c->paused_backlog || (c->store_full && now < c->full_until) || now < c->throttle_until)
+	if (j->n_ahead > 0)
 		return;
 	link = scan_next_link(http->body, http->body_size);
-	if (!link || collector_strset_has(&j->seen, link) ||
-	    !stack_link_authority_ok(link, c->arm_endpoint))
-		return;
-	r = c->tp.get(c->tp.userdata, link, c->timeout_usec, on_prefetch_reply, c, &j->prefetch);
-	if (r < 0) {
-		j->prefetch = NULL;
-		return;
-	}
-	j->prefetch_url = TAKE_PTR(link);
+	ask_ahead(c, j, link);
+}
+
+/* Free what one early request holds, cancelling what is in flight. */
+static void
+ahead_clear(struct collector *c, struct ahead *a)
+{
+	if (a->handle)
+		c->tp.cancel(c->tp.userdata, a->handle);
+	a->handle = NULL;
+	free(a->url);
+	a->url = NULL;
+	free(a->next_link);
+	a->next_link = NULL;
+	a->early = early_free(a->early);
+	ahead_parse_drop(c, a);
 }
 
 /* Drop what was asked early, if anything. */
 void
 collector_job_drop_prefetch(struct collector *c, struct job *j)
 {
-	if (j->prefetch)
-		c->tp.cancel(c->tp.userdata, j->prefetch);
-	j->prefetch = NULL;
-	free(j->prefetch_url);
-	j->prefetch_url = NULL;
-	j->early = early_free(j->early);
+	for (size_t i = 0; i < j->n_ahead; i++)
+		ahead_clear(c, &j->ahead[i]);
+	j->n_ahead = 0;
+}
+
+/* Take the first early request off the queue into *ret. */
+static void
+ahead_pop(struct job *j, struct ahead *ret)
+{
+	assert(j->n_ahead > 0);
+	*ret = j->ahead[0];
+	memmove(&j->ahead[0], &j->ahead[1], (j->n_ahead - 1) * sizeof(j->ahead[0]));
+	j->n_ahead--;
+	j->ahead[j->n_ahead] = (struct ahead){0};
 }
 
 /*
- * The page is stored and j->url is its nextLink: when that is what was asked early, the early
- * request becomes the job's (its answer, if here, is taken by the next step), as if asked now.
+ * The page is stored and j->url is its nextLink: when that is what was asked early first, the
+ * early request becomes the job's (its answer, if here, is taken by the next step), as if asked
+ * now; else everything asked early is dropped.
  */
 static void
 adopt_prefetch(struct collector *c, struct job *j)
 {
-	if (!j->prefetch_url)
+	struct ahead *a = &j->ahead[0];
+
+	if (j->n_ahead == 0)
 		return;
-	if (!streq(j->prefetch_url, j->url) || !collector_backlog_ok(c)) {
+	if (!streq_ptr(a->url, j->url) || !collector_backlog_ok(c)) {
 		collector_job_drop_prefetch(c, j);
 		return;
 	}
-	free(j->prefetch_url);
-	j->prefetch_url = NULL;
-	if (j->prefetch) {
-		j->handle = TAKE_PTR(j->prefetch);
+	free(a->url);
+	a->url = NULL;
+	if (a->handle) {
+		struct ahead taken;
+
+		/* only the last one is in flight: nothing is asked after it yet */
+		assert(j->n_ahead == 1);
+		ahead_pop(j, &taken);
+		j->handle = taken.handle;
 		j->prefetch_adopted = true;
 	}
 }
 
-/* The answer to a request asked early: the job's answer when adopted, else kept for later. */
+/*
+ * The answer to a request asked early: the job's answer when adopted, else kept for later (a 2xx
+ * page goes to the worker at once, and its nextLink is asked early in turn).
+ */
 static void
 on_prefetch_reply(const struct collector_reply *reply, void *userdata)
 {
 	struct collector *c = userdata;
 	struct job *j = c->job;
+	struct ahead *a;
 
 	if (j->prefetch_adopted) {
 		j->prefetch_adopted = false;
 		on_job_reply(reply, c);
 		return;
 	}
-	j->prefetch = NULL;
-	j->early = early_copy(reply);
+	/* only the last one asked is in flight */
+	assert(j->n_ahead > 0);
+	a = &j->ahead[j->n_ahead - 1];
+	assert(a->handle && !a->early);
+	a->handle = NULL;
+	ahead_parse_start(c, j, a, reply);
+	a->early = early_copy(reply, !a->parse);
+	if (a->parse) {
+		a->next_link = scan_next_link(reply->http->body, reply->http->body_size);
+		ask_ahead(c, j, a->next_link);
+	}
 }
 
 /* The kept answer of an adopted early request, as the answer of the job's request. */
 static void
 replay_early(struct collector *c, struct job *j)
 {
-	struct early *e = TAKE_PTR(j->early);
-	struct collector_reply reply = {
+	struct collector_reply reply;
+	struct early *e;
+	struct ahead a;
+
+	ahead_pop(j, &a);
+	e = TAKE_PTR(a.early);
+	reply = (struct collector_reply){
 	        .token_error = e->token_error,
 	        .token_error_text = e->token_error_text,
 	        .http = e->has_http ? &e->http : NULL,
 	        .token = e->token,
 	};
-
+	/* a 2xx whose page went to the worker: page_answer() takes it (and j may be gone after) */
+	if (a.parse)
+		j->replaying = &a;
 	on_job_reply(&reply, c);
+	assert(!a.parse && !a.task);
 	early_free(e);
 }
 
@@ -655,6 +734,19 @@ parse_free(struct parse *p)
 	free(p);
 }
 
+static struct parse *
+parse_new(struct collector *c, struct job *j, const struct http_result *http)
+{
+	struct parse *p = xcalloc(1, sizeof(*p));
+
+	p->c = c;
+	p->status = http->status;
+	p->body = xmemdup(http->body ? http->body : "", http->body_size);
+	p->body_size = http->body_size;
+	p->hour = j->hour;
+	return p;
+}
+
 /* On the worker thread: nothing but the body in, the page (or the error) out. */
 static void
 parse_work(void *userdata)
@@ -663,6 +755,13 @@ parse_work(void *userdata)
 
 	p->r = stack_usage_page_parse(p->status, p->body, p->body_size, p->hour, &p->page,
 	                              p->error);
+	if (p->r >= 0) {
+		/* the page owns its strings: the body is not needed any more (only a not-ready
+		 * answer's is read again), and need not wait for the store */
+		free(p->body);
+		p->body = NULL;
+		p->body_size = 0;
+	}
 }
 
 /* Back on the loop: a page, not ready yet, or a malformed page. */
@@ -710,24 +809,82 @@ parse_done(void *userdata, bool cancelled)
 
 	if (!cancelled) {
 		/* a job's parse is cancelled whenever the job ends, so this is still its job */
-		assert(j && j->parse);
+		assert(j);
+		for (size_t i = 0; i < j->n_ahead; i++)
+			if (p == j->ahead[i].parse) {
+				/* an early answer's page: kept until the page before is in */
+				assert(j->ahead[i].task);
+				j->ahead[i].task = NULL;
+				return;
+			}
+		assert(j->parse);
 		j->parse = NULL;
 		page_parsed(c, j, p);
 	}
 	parse_free(p);
 }
 
+/*
+ * An early request's answer is here: when it is one that on_job_reply() would parse (a 2xx), its
+ * body goes to the worker now, behind the pages before it (the worker keeps the order), so that
+ * it is parsed while the page before is stored. Its result is taken by page_answer() only when
+ * the early request is adopted and its answer replayed; else dropped with the early answer.
+ */
+static void
+ahead_parse_start(struct collector *c, struct job *j, struct ahead *a,
+                  const struct collector_reply *reply)
+{
+	const struct http_result *http = reply->http;
+
+	assert(!a->parse && !a->task);
+	if (!c->worker || reply->token_error || !http || http->error || http->status < 200 ||
+	    http->status >= 300)
+		return;
+	a->parse = parse_new(c, j, http);
+	worker_submit(c->worker, parse_work, parse_done, a->parse, &a->task);
+}
+
+/* Drop an early answer's page: cancelled if the worker still owes it (parse_done() frees it). */
+static void
+ahead_parse_drop(struct collector *c, struct ahead *a)
+{
+	struct parse *p = TAKE_PTR(a->parse);
+
+	if (a->task) {
+		worker_cancel(c->worker, a->task);
+		a->task = NULL;
+	} else if (p)
+		parse_free(p);
+}
+
 /* A 2xx answer: its body is parsed on the worker thread; parse_done() goes on from there. */
 static void
 page_answer(struct collector *c, struct job *j, const struct http_result *http)
 {
-	struct parse *p = xcalloc(1, sizeof(*p));
+	struct parse *p;
 
-	p->c = c;
-	p->status = http->status;
-	p->body = xmemdup(http->body ? http->body : "", http->body_size);
-	p->body_size = http->body_size;
-	p->hour = j->hour;
+	if (j->replaying) {
+		/*
+		 * The replayed answer of the adopted early request: its page went to the worker
+		 * when it came. Still owed: parse_done() goes on as for any page. Parsed already:
+		 * now.
+		 */
+		struct ahead *a = TAKE_PTR(j->replaying);
+
+		p = TAKE_PTR(a->parse);
+		if (j->n_ahead == 0)
+			ask_ahead(c, j, a->next_link); /* not asked when the page came */
+		free(a->next_link);
+		a->next_link = NULL;
+		if (a->task) {
+			j->parse = TAKE_PTR(a->task);
+			return;
+		}
+		page_parsed(c, j, p);
+		parse_free(p);
+		return;
+	}
+	p = parse_new(c, j, http);
 	if (!c->worker) {
 		/* parse_on_loop: all of it now, inside the answer */
 		parse_work(p);

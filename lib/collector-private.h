@@ -36,6 +36,20 @@ struct hold {
 	char *error; /* the state logged for the hour; NULL: none */
 };
 
+/* How many requests are asked early, ahead of the page being parsed or stored. */
+#define COLLECTOR_AHEAD_MAX 2
+
+/* A request asked early. */
+struct ahead {
+	char *url;           /* NULL: adopted, its answer is the next step's */
+	void *handle;        /* in flight, not yet the job's */
+	struct early *early; /* its answer, kept until the page before is in (not a 2xx's body) */
+	char *next_link;     /* what that 2xx seems to link to; asked with it when it could be */
+	/* that answer's page (a 2xx), parsed on the worker while the page before is stored */
+	struct parse *parse;
+	struct worker_task *task; /* its parse, still owed by the worker */
+};
+
 /* The hour (scope) being collected. */
 struct job {
 	int64_t hour;
@@ -50,12 +64,17 @@ struct job {
 	uint64_t not_before;
 	void *handle;              /* the request in flight */
 	struct worker_task *parse; /* the answer's page being parsed on the worker */
-	/* asked early: the nextLink found in the page being parsed, before it is stored */
-	void *prefetch;        /* the request in flight, not yet the job's */
-	char *prefetch_url;    /* NULL: nothing asked early */
-	bool prefetch_adopted; /* handle is the early request (its answer: on_prefetch_reply) */
-	struct early *early;   /* the early request's answer, kept until the page before is in */
-	char *error;           /* the state logged for the hour; NULL: none */
+	/*
+	 * asked early, in page order: ahead[0] is the nextLink found in the page being parsed or
+	 * stored, ahead[1] the one found in ahead[0]'s answer while that is parsed (only the last
+	 * one is ever in flight); each used only when the page before, parsed and stored, has the
+	 * same nextLink
+	 */
+	struct ahead ahead[COLLECTOR_AHEAD_MAX];
+	size_t n_ahead;
+	bool prefetch_adopted;   /* handle is the early request (its answer: on_prefetch_reply) */
+	struct ahead *replaying; /* the answer being replayed, while page_answer() takes its page */
+	char *error;             /* the state logged for the hour; NULL: none */
 	size_t pages, records, inserted, duplicates, conflicts, quarantined;
 };
 

@@ -29,6 +29,7 @@
 #include <event2/event.h>
 
 #include "collector.h"
+#include "collector-private.h" /* the early requests of the job, for one test */
 #include "http.h"
 #include "log.h"
 #include "macro.h"
@@ -1090,6 +1091,76 @@ test_collector_worker_thread(void **state)
 }
 
 /*
+ * An early answer's page goes to the worker when it comes, before the page before it is stored,
+ * and its own nextLink is asked early in turn; the pages are stored in order. An early page whose
+ * link is not the nextLink of the parsed page before it (the quick scan saw another: a duplicate
+ * member, the last one counts) is dropped with its parse, never stored, and the parsed nextLink
+ * is asked.
+ */
+static void
+test_collector_worker_parses_ahead(void **state)
+{
+	struct ctx *t = *state;
+	_cleanup_free_ char *n1 = next_link(STAMP, "page2"), *n2 = next_link(STAMP, "page3");
+	_cleanup_free_ char *na = next_link(STAMP, "pageA"), *nb = next_link(STAMP, "pageB");
+	_cleanup_free_ char *p1 = page(H0, SUB_A, 0, 2, NULL, n1);
+	_cleanup_free_ char *p2 = page(H0, SUB_A, 2, 3, NULL, n2);
+	_cleanup_free_ char *p3 = page(H0, SUB_A, 5, 1, NULL, NULL);
+	_cleanup_free_ char *q1 = page(H0 + HOUR, SUB_A, 10, 2, NULL, nb);
+	_cleanup_free_ char *qa = page(H0 + HOUR, SUB_A, 20, 4, NULL, NULL);
+	_cleanup_free_ char *qb = page(H0 + HOUR, SUB_A, 12, 1, NULL, NULL);
+	_cleanup_free_ char *q1_dup = xasprintf("{\"nextLink\":\"%s\",%s", na, q1 + 1);
+	uint64_t end = now_monotonic_usec() + GUARD;
+	struct fake_req *r, *early;
+
+	t->options.parse_on_loop = false;
+	fake_now = H0 + 2 * HOUR + 60;
+	start(t);
+	answer_subscriptions(t);
+	r = wait_req(t, true);
+	assert_int_equal(url_hour(r->url), H0);
+	answer(r, 200, p1, NULL); /* no loop turn from here: page 1 is not stored yet */
+	early = pending(t, true);
+	assert_non_null(early);
+	assert_string_equal(early->url, n1);
+	answer(early, 200, p2, NULL);
+	assert_int_equal(count_state(t, STORE_PENDING), 0);
+	assert_non_null(t->c->job);
+	assert_int_equal(t->c->job->n_ahead, 2);
+	assert_non_null(t->c->job->ahead[0].parse); /* page 2 is on the worker already */
+	early = pending(t, true);
+	assert_non_null(early);
+	assert_string_equal(early->url, n2); /* and its nextLink asked */
+	answer(early, 200, p3, NULL);
+	while (schedule_pass(t, H0, "", NULL) != 1) {
+		assert_true(now_monotonic_usec() < end);
+		event_base_loop(t->base, EVLOOP_ONCE);
+	}
+	assert_int_equal(count_state(t, STORE_PENDING), 6);
+	assert_int_equal(metric(t, METRICS_COLLECT_PAGES_TOTAL, "ok"), 3);
+
+	/* the next hour: its first page seems to link to pageA, its parsed nextLink is pageB */
+	r = wait_req(t, true);
+	assert_int_equal(url_hour(r->url), H0 + HOUR);
+	answer(r, 200, q1_dup, NULL);
+	early = pending(t, true);
+	assert_non_null(early);
+	assert_string_equal(early->url, na);
+	answer(early, 200, qa, NULL);
+	assert_non_null(t->c->job->ahead[0].parse);
+	r = wait_req(t, true); /* page 1 is in, pageA and its parse dropped: pageB is asked */
+	assert_string_equal(r->url, nb);
+	assert_int_equal(count_state(t, STORE_PENDING), 8);
+	answer(r, 200, qb, NULL);
+	while (schedule_pass(t, H0 + HOUR, "", NULL) != 1) {
+		assert_true(now_monotonic_usec() < end);
+		event_base_loop(t->base, EVLOOP_ONCE);
+	}
+	assert_int_equal(count_state(t, STORE_PENDING), 9);
+	assert_int_equal(metric(t, METRICS_COLLECT_PAGES_TOTAL, "ok"), 5);
+}
+
+/*
  * A nextLink written with escapes is not asked early (the quick scan takes only plain text): it
  * is asked, unescaped, once its page is parsed and stored.
  */
@@ -1131,6 +1202,8 @@ main(void)
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test_setup_teardown(test_collector_settle, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_collector_worker_thread, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_collector_worker_parses_ahead, setup,
+	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_collector_worker_escaped_next_link, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_collector_pages_and_lookback, setup, teardown),
