@@ -60,6 +60,8 @@
 #define CHECKPOINT_LITTLE 256
 /* a WAL this many times the checkpoint size is checkpointed by the loop itself */
 #define CHECKPOINT_HARD 4
+/* the newest bytes of the file whose kernel cache the checkpointer keeps */
+#define CHECKPOINT_KEEP_CACHE ((off_t)64 << 20)
 
 /* migrations[v] takes a file from version v to v + 1 */
 static const char *const *const migrations[] = {store_schema_v1};
@@ -484,6 +486,27 @@ struct store_checkpointer {
 	                     not start the WAL over (a reader holds it) */
 };
 
+/*
+ * Give back the kernel's cache of the file's synced pages, but for its last
+ * CHECKPOINT_KEEP_CACHE bytes. The file is written once and read back rarely (the claim reads
+ * the newest records, which the WAL, SQLite's own cache or the kept tail hold; index pages of
+ * the hour being collected live in SQLite's cache): kept cached, every page copied into the file
+ * is a new page of the kernel's memory, and a catch-up of 2,000,000 records grows the cache by
+ * 2.3 GB. Dropped, the next pages reuse the memory just freed, which costs less than memory never
+ * touched or given back to the host, as on this VM with free page reporting (a bare pwrite loop
+ * of 6 GB: 0.16-0.18 s of CPU per 512 MB for the first 3 GB, then 1.7-1.8 s; dropping all but
+ * the last 64 MB after each 64 MB synced, 0.20-0.23 s throughout). Advice only: errors are
+ * ignored.
+ */
+static void
+checkpointer_drop_cache(int fd)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) == 0 && st.st_size > CHECKPOINT_KEEP_CACHE)
+		(void)posix_fadvise(fd, 0, st.st_size - CHECKPOINT_KEEP_CACHE, POSIX_FADV_DONTNEED);
+}
+
 static void *
 checkpointer_main(void *userdata)
 {
@@ -515,8 +538,8 @@ checkpointer_main(void *userdata)
 		 * syncs it when a checkpoint reaches the end, which is the loop's tail: sync here,
 		 * so that the loop's sync finds little left to write (an extra sync is always safe)
 		 */
-		if (rc == SQLITE_OK && c->fd >= 0)
-			(void)fdatasync(c->fd);
+		if (rc == SQLITE_OK && c->fd >= 0 && fdatasync(c->fd) == 0)
+			checkpointer_drop_cache(c->fd);
 		pthread_mutex_lock(&c->lock);
 		/* an error (busy: the loop checkpoints itself): the loop's own checkpoint meets it
 		 * again, as it did when it did them all */
