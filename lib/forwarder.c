@@ -771,6 +771,37 @@ log_dead(struct fwd_batch *b)
 	           n > 1 ? " (and others)" : "");
 }
 
+/*
+ * Count the forwarded and dead records of an outcome table in records_forwarded_total, one
+ * addition per run of records with the same label (a batch is mostly one run of "Accepted")
+ * rather than one look-up of the label's series per record.
+ */
+static void
+count_forwarded(struct forwarder *f, const struct store_outcome *o, size_t n)
+{
+	const char *label = NULL;
+	uint64_t run = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		const char *l;
+
+		if (o[i].kind == STORE_OUTCOME_FORWARDED)
+			l = o[i].status ? o[i].status : "Accepted";
+		else if (o[i].kind == STORE_OUTCOME_DEAD)
+			l = "dead";
+		else
+			continue;
+		if (run > 0 && l != label && !streq(l, label)) {
+			metrics_add(f->metrics, METRICS_RECORDS_FORWARDED_TOTAL, label, run);
+			run = 0;
+		}
+		label = l;
+		run++;
+	}
+	if (run > 0)
+		metrics_add(f->metrics, METRICS_RECORDS_FORWARDED_TOTAL, label, run);
+}
+
 /* Write the outcome table; on a store error keep it and try again shortly. */
 static void
 batch_apply(struct fwd_batch *b)
@@ -795,15 +826,7 @@ batch_apply(struct fwd_batch *b)
 		f->store_failing = false;
 		log_info("the store answers again: forwarding resumes");
 	}
-	for (size_t i = 0; i < b->batch.n_records; i++) {
-		const struct store_outcome *o = &b->outcomes[i];
-
-		if (o->kind == STORE_OUTCOME_FORWARDED)
-			metrics_inc(f->metrics, METRICS_RECORDS_FORWARDED_TOTAL,
-			            o->status ? o->status : "Accepted");
-		else if (o->kind == STORE_OUTCOME_DEAD)
-			metrics_inc(f->metrics, METRICS_RECORDS_FORWARDED_TOTAL, "dead");
-	}
+	count_forwarded(f, b->outcomes, b->batch.n_records);
 	log_dead(b);
 	batch_finish(b);
 }
