@@ -41,11 +41,22 @@
 #define EVENT_OVERHEAD 512  /* member names, punctuation and the three times of one event */
 #define RECORD_GUESS   1024 /* initial buffer bytes per record */
 
+/* buffers bigger than this after a build are not kept for the next one */
+#define SCRATCH_KEEP_MAX (8u << 20)
+
 /* A growing output buffer. */
 struct jbuf {
 	char *data;
 	size_t len;
 	size_t cap;
+};
+
+struct commerce_scratch {
+	struct jbuf json; /* the JSON of the last body (len: 0 between builds) */
+	char *out;        /* deflate's output, copied into the request at its size */
+	size_t out_cap;
+	z_stream z;
+	bool z_ready; /* z was initialised: deflateReset() before the next body */
 };
 
 static char *jbuf_reserve(struct jbuf *b, size_t need);
@@ -59,7 +70,8 @@ static bool json_text_valid(const char *text, size_t len, const char **ret_start
 static const unsigned char *scan_number(const unsigned char *p, const unsigned char *end);
 static const unsigned char *scan_literal(const unsigned char *p, const unsigned char *end,
                                          const char *word);
-static int gzip_body(const char *in, size_t size, char **ret, size_t *ret_size);
+static int gzip_body(struct commerce_scratch *scratch, const char *in, size_t size, char **ret,
+                     size_t *ret_size);
 static bool batch_id_valid(const char *s);
 
 /* Check that one record can be encoded, by encoding it alone. */
@@ -84,11 +96,12 @@ int
 commerce_request_build(const struct commerce_options *o, const char *batch_id,
                        const struct store_record *records, size_t n, struct commerce_request *ret)
 {
-	_cleanup_free_ char *json = NULL;
+	_cleanup_free_ char *json = NULL; /* the buffer when it is not the scratch's */
+	struct commerce_scratch *scratch;
 	struct commerce_request req = {0};
 	struct jbuf b = {0};
 	char *p;
-	int k;
+	int k = 0;
 
 	assert(o && ret);
 	if (n == 0 || !records || !batch_id_valid(batch_id))
@@ -96,8 +109,15 @@ commerce_request_build(const struct commerce_options *o, const char *batch_id,
 	if (n > COMMERCE_BATCH_MAX)
 		return -E2BIG;
 
-	b.cap = n * RECORD_GUESS + 16;
-	b.data = xmalloc(b.cap);
+	/* a gzip body is compressed from the scratch's buffer; a plain one is the buffer itself */
+	scratch = o->gzip ? o->scratch : NULL;
+	if (scratch)
+		b = (struct jbuf){.data = scratch->json.data, .cap = scratch->json.cap};
+	if (b.cap < n * RECORD_GUESS + 16) {
+		free(b.data);
+		b.cap = n * RECORD_GUESS + 16;
+		b.data = xmalloc(b.cap);
+	}
 	p = b.data;
 	memcpy(p, "{\"request\":[", 12);
 	b.len = 12;
@@ -107,19 +127,28 @@ commerce_request_build(const struct commerce_options *o, const char *batch_id,
 			b.len++;
 		}
 		k = encode_event(&b, o, &records[i], NULL);
-		if (k < 0) {
-			free(b.data);
-			return k;
-		}
+		if (k < 0)
+			break;
 	}
-	p = jbuf_reserve(&b, 3);
-	memcpy(p, "]}", 3);
-	b.len += 2;
-	json = b.data;
+	if (k >= 0) {
+		p = jbuf_reserve(&b, 3);
+		memcpy(p, "]}", 3);
+		b.len += 2;
+	}
+	if (scratch && b.cap <= SCRATCH_KEEP_MAX)
+		/* kept, also after an error; a rare huge body is not */
+		scratch->json = (struct jbuf){.data = b.data, .cap = b.cap};
+	else {
+		if (scratch)
+			scratch->json = (struct jbuf){0};
+		json = b.data;
+	}
+	if (k < 0)
+		return k;
 
 	req.json_size = b.len;
 	if (o->gzip) {
-		k = gzip_body(json, b.len, &req.body, &req.body_size);
+		k = gzip_body(scratch, b.data, b.len, &req.body, &req.body_size);
 		if (k < 0)
 			return k;
 		req.gzip = true;
@@ -739,40 +768,91 @@ commerce_hex4(const unsigned char *p, const unsigned char *end, unsigned *ret)
 	return 0;
 }
 
+/* Buffers for building bodies, kept from one build to the next. */
+struct commerce_scratch *
+commerce_scratch_new(void)
+{
+	return xcalloc(1, sizeof(struct commerce_scratch));
+}
+
+struct commerce_scratch *
+commerce_scratch_free(struct commerce_scratch *s)
+{
+	if (!s)
+		return NULL;
+	if (s->z_ready)
+		deflateEnd(&s->z);
+	free(s->json.data);
+	free(s->out);
+	free(s);
+	return NULL;
+}
+
+/* Start a gzip member in z: the scratch's state reset, else a new one. */
+static int
+gzip_start(struct commerce_scratch *scratch, z_stream *z)
+{
+	if (scratch && scratch->z_ready)
+		return deflateReset(z) == Z_OK ? 0 : -ENOMEM;
+	/* windowBits 15 + 16: a gzip header and trailer instead of zlib's */
+	if (deflateInit2(z, COMMERCE_GZIP_LEVEL, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) !=
+	    Z_OK)
+		return -ENOMEM;
+	if (scratch)
+		scratch->z_ready = true;
+	return 0;
+}
+
 /*
- * Compress a body into a gzip member in one deflate() call. Level 1: on event JSON it compresses
- * about as well as level 6 for half the CPU (bench-commerce prints both), and CPU, not the
- * uplink, is what bounds a catch-up (section 11).
+ * Compress a body into a gzip member in one deflate() call, with the scratch's state and output
+ * buffer when there is one. Level 1: on event JSON it compresses about as well as level 6 for
+ * half the CPU (bench-commerce prints both), and CPU, not the uplink, is what bounds a catch-up
+ * (section 11).
  */
 static int
-gzip_body(const char *in, size_t size, char **ret, size_t *ret_size)
+gzip_body(struct commerce_scratch *scratch, const char *in, size_t size, char **ret,
+          size_t *ret_size)
 {
-	z_stream z = {0};
+	z_stream own = {0}, *z = scratch ? &scratch->z : &own;
 	size_t bound;
 	char *out;
 	int k;
 
 	if (size > UINT_MAX)
 		return -E2BIG;
-	/* windowBits 15 + 16: a gzip header and trailer instead of zlib's */
-	if (deflateInit2(&z, COMMERCE_GZIP_LEVEL, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) !=
-	    Z_OK)
+	if (gzip_start(scratch, z) < 0)
 		return -ENOMEM;
-	bound = deflateBound(&z, (uLong)size);
-	out = xmalloc(bound);
-	z.next_in = (const Bytef *)in;
-	z.avail_in = (uInt)size;
-	z.next_out = (Bytef *)out;
-	z.avail_out = (uInt)bound;
+	bound = deflateBound(z, (uLong)size);
+	if (scratch && scratch->out_cap < bound) {
+		free(scratch->out);
+		scratch->out = xmalloc(bound);
+		scratch->out_cap = bound;
+	}
+	out = scratch ? scratch->out : xmalloc(bound);
+	z->next_in = (const Bytef *)in;
+	z->avail_in = (uInt)size;
+	z->next_out = (Bytef *)out;
+	z->avail_out = (uInt)bound;
 	/* with deflateBound() bytes of room, one Z_FINISH call always completes */
-	k = deflate(&z, Z_FINISH);
-	deflateEnd(&z);
+	k = deflate(z, Z_FINISH);
+	if (!scratch)
+		deflateEnd(z);
 	if (k != Z_STREAM_END) {
-		free(out);
+		if (!scratch)
+			free(out);
 		return -ENOMEM;
 	}
-	*ret = xrealloc(out, z.total_out);
-	*ret_size = z.total_out;
+	*ret_size = z->total_out;
+	if (!scratch) {
+		*ret = xrealloc(out, z->total_out);
+		return 0;
+	}
+	*ret = xmemdup(out, z->total_out);
+	if (scratch->out_cap > SCRATCH_KEEP_MAX) {
+		free(scratch->out);
+		scratch->out = NULL;
+		scratch->out_cap = 0;
+	}
 	return 0;
 }
 

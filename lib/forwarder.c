@@ -184,7 +184,11 @@ forwarder_new(struct event_base *base, const struct forwarder_options *o, struct
 	f->url = xstrdup(o->url);
 	f->audience = o->audience ? xstrdup(o->audience) : NULL;
 	f->registration = o->registration ? xstrdup(o->registration) : NULL;
-	f->commerce = (struct commerce_options){.registration = f->registration, .gzip = o->gzip};
+	f->commerce = (struct commerce_options){
+	        .registration = f->registration,
+	        .gzip = o->gzip,
+	        .scratch = commerce_scratch_new(),
+	};
 	f->map = o->map;
 	f->map_userdata = o->map_userdata;
 	f->is_stale = o->is_stale;
@@ -254,6 +258,7 @@ forwarder_free(struct forwarder *f)
 	free(f->url);
 	free(f->audience);
 	free(f->registration);
+	commerce_scratch_free(f->commerce.scratch);
 	free(f);
 	return NULL;
 }

@@ -417,6 +417,60 @@ test_commerce_request_build_gzip_inflates_to_json(void **state)
 	commerce_request_done(&packed);
 }
 
+/*
+ * Builds that share a scratch give the same bodies as builds without one, whatever came before:
+ * batches of several sizes, one that failed half-way (its buffer stays for the next) and a plain
+ * body, which does not use the scratch.
+ */
+static void
+test_commerce_request_build_scratch_reused(void **state)
+{
+	static const size_t sizes[] = {300, 2, COMMERCE_BATCH_MAX, 0 /* fails */, 40, 300};
+	_cleanup_(batch_free) struct batch b = batch_new(COMMERCE_BATCH_MAX);
+	struct commerce_options gz = {.gzip = true};
+	struct commerce_options gz_scratch = {.gzip = true, .scratch = commerce_scratch_new()};
+	struct commerce_options plain_scratch = {.scratch = gz_scratch.scratch};
+
+	(void)state;
+	for (size_t i = 0; i < ARRAY_SIZE(sizes); i++) {
+		struct commerce_request want, got;
+
+		if (sizes[i] == 0) {
+			char *uri = b.records[500].resource_uri;
+
+			b.records[500].resource_uri = (char *)"bad \xff";
+			assert_int_equal(commerce_request_build(&gz_scratch, BATCH_ID, b.records,
+			                                        COMMERCE_BATCH_MAX, &got),
+			                 -EBADMSG);
+			b.records[500].resource_uri = uri;
+			continue;
+		}
+		assert_int_equal(commerce_request_build(&gz, BATCH_ID, b.records, sizes[i], &want),
+		                 0);
+		assert_int_equal(
+		        commerce_request_build(&gz_scratch, BATCH_ID, b.records, sizes[i], &got),
+		        0);
+		assert_true(got.gzip);
+		assert_int_equal(got.json_size, want.json_size);
+		assert_int_equal(got.body_size, want.body_size);
+		assert_memory_equal(got.body, want.body, want.body_size);
+		commerce_request_done(&got);
+		commerce_request_done(&want);
+		assert_int_equal(
+		        commerce_request_build(&plain_scratch, BATCH_ID, b.records, sizes[i], &got),
+		        0);
+		assert_int_equal(commerce_request_build(&options_plain, BATCH_ID, b.records,
+		                                        sizes[i], &want),
+		                 0);
+		assert_false(got.gzip);
+		assert_int_equal(got.body_size, want.body_size);
+		assert_memory_equal(got.body, want.body, want.body_size);
+		commerce_request_done(&got);
+		commerce_request_done(&want);
+	}
+	commerce_scratch_free(gz_scratch.scratch);
+}
+
 /* Every build has a new version-4 request id; the correlation id is the batch id. */
 static void
 test_commerce_request_build_request_ids(void **state)
@@ -1809,6 +1863,7 @@ main(void)
 	        cmocka_unit_test(test_commerce_request_build_lower_cases_guids),
 	        cmocka_unit_test(test_commerce_request_build_times),
 	        cmocka_unit_test(test_commerce_request_build_gzip_inflates_to_json),
+	        cmocka_unit_test(test_commerce_request_build_scratch_reused),
 	        cmocka_unit_test(test_commerce_request_build_request_ids),
 	        cmocka_unit_test(test_commerce_request_build_bad_batch_id),
 	        cmocka_unit_test(test_commerce_request_build_batch_size),
