@@ -41,6 +41,11 @@
 #define HTTP_TIMEOUT_DEFAULT         (300 * USEC_PER_SEC)
 #define HTTP_HOST_CONNECTIONS        8
 #define HTTP_BODY_CHUNK              16384
+/* answer buffers kept for the next answers (body_take(), body_give()): how many, and the sizes
+ * worth keeping (smaller ones come from malloc's heap anyway; larger ones are rare) */
+#define HTTP_SPARES    3
+#define HTTP_SPARE_MIN (64u << 10)
+#define HTTP_SPARE_MAX (8u << 20)
 
 struct http_socket {
 	struct http_client *client;
@@ -79,6 +84,11 @@ struct http_client {
 	bool local;           /* http:// allowed, no proxy */
 	struct http_request *requests;
 	struct http_socket *sockets;
+	/* wiped answer buffers of finished requests, for the next answers: a usage page's body is
+	 * about a megabyte, which malloc maps afresh each time (the kernel then zeroes every page
+	 * of it again) unless a buffer is kept */
+	char *spare[HTTP_SPARES];
+	size_t spare_cap[HTTP_SPARES];
 	unsigned dispatching; /* nesting depth of drain(): free is deferred while > 0 */
 	bool dead;            /* freed from a callback: destroy when drain() unwinds */
 };
@@ -90,6 +100,8 @@ static void request_finish(struct http_request *r, CURLcode code);
 static void request_unlink(struct http_request *r);
 static struct http_request *request_free(struct http_request *r);
 static void client_destroy(struct http_client *c);
+static char *body_take(struct http_client *c, size_t want, size_t *ret_cap);
+static void body_give(struct http_client *c, char *p, size_t cap);
 static void drain(struct http_client *c);
 static int curl_to_errno(CURLcode code);
 static int curlm_to_errno(CURLMcode code);
@@ -567,10 +579,53 @@ request_free(struct http_request *r)
 	}
 	if (r->body) {
 		explicit_wipe(r->body, r->size);
-		free(r->body);
+		body_give(r->client, r->body, r->cap);
 	}
 	free(r);
 	return NULL;
+}
+
+/*
+ * A buffer of at least want bytes for an answer: the smallest spare that is large enough, else a
+ * new one. *ret_cap is its size.
+ */
+static char *
+body_take(struct http_client *c, size_t want, size_t *ret_cap)
+{
+	size_t best = HTTP_SPARES;
+	char *p;
+
+	for (size_t i = 0; i < HTTP_SPARES; i++)
+		if (c->spare[i] && c->spare_cap[i] >= want &&
+		    (best == HTTP_SPARES || c->spare_cap[i] < c->spare_cap[best]))
+			best = i;
+	if (best == HTTP_SPARES) {
+		*ret_cap = want;
+		return xmalloc(want);
+	}
+	p = TAKE_PTR(c->spare[best]);
+	*ret_cap = c->spare_cap[best];
+	c->spare_cap[best] = 0;
+	return p;
+}
+
+/* Keep a wiped answer buffer for the next answers, in place of a smaller spare, or free it. */
+static void
+body_give(struct http_client *c, char *p, size_t cap)
+{
+	size_t slot = HTTP_SPARES;
+
+	if (cap >= HTTP_SPARE_MIN && cap <= HTTP_SPARE_MAX)
+		for (size_t i = 0; i < HTTP_SPARES; i++)
+			if (slot == HTTP_SPARES || c->spare_cap[i] < c->spare_cap[slot])
+				slot = i; /* an empty slot has cap 0: the smallest */
+	if (slot == HTTP_SPARES || c->spare_cap[slot] >= cap) {
+		free(p);
+		return;
+	}
+	free(c->spare[slot]);
+	c->spare[slot] = p;
+	c->spare_cap[slot] = cap;
 }
 
 /* Drop every request and release libcurl, then the timer. */
@@ -600,6 +655,8 @@ client_destroy(struct http_client *c)
 		sk_X509_pop_free(c->cas, X509_free);
 	free(c->proxy);
 	free(c->user_agent);
+	for (size_t i = 0; i < HTTP_SPARES; i++)
+		free(c->spare[i]);
 	free(c);
 	curl_global_cleanup();
 }
@@ -840,13 +897,23 @@ on_write(char *data, size_t size, size_t n, void *userdata)
 	}
 	if (r->size + len + 1 > r->cap) {
 		size_t cap = MAX(MAX(r->cap * 2, r->size + len + 1), (size_t)HTTP_BODY_CHUNK);
-		char *p = xmalloc(cap);
+		curl_off_t announced = -1;
+		char *p;
 
+		/* the first bytes: room for the whole body when its length was announced (as
+		 * sent: a compressed body may grow when decoded, then the buffer grows too) */
+		if (!r->body &&
+		    curl_easy_getinfo(r->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &announced) ==
+		            CURLE_OK &&
+		    announced > 0 && (max == 0 || (uint64_t)announced <= max) &&
+		    (uint64_t)announced < SIZE_MAX - 1)
+			cap = MAX(cap, (size_t)announced + 1);
+		p = body_take(r->client, cap, &cap);
 		/* copy instead of realloc so the old buffer can be wiped */
 		if (r->body) {
 			memcpy(p, r->body, r->size);
 			explicit_wipe(r->body, r->size);
-			free(r->body);
+			body_give(r->client, r->body, r->cap);
 		}
 		r->body = p;
 		r->cap = cap;

@@ -369,6 +369,45 @@ test_http_request_gzip_decoded(void **state)
 	outcome_done(&o);
 }
 
+/*
+ * Answers of every kind and size, one after the other on one client, each exactly as sent: the
+ * buffers of finished answers are wiped and kept for the next ones, which must not see what an
+ * earlier answer left.
+ */
+static void
+test_http_request_bodies_in_turn(void **state)
+{
+	static const char *const paths[] = {"/big", "/ok", "/chunked", "/gzip",   "/404",
+	                                    "/big", "/ok", "/gzip",    "/chunked"};
+	struct env *e = *state;
+	struct outcome o;
+
+	for (size_t i = 0; i < ARRAY_SIZE(paths); i++) {
+		get(e, e->client, paths[i], NULL, 0, &o);
+		assert_int_equal(o.error, 0);
+		if (streq(paths[i], "/ok"))
+			assert_string_equal(o.body, "{\"hello\":\"world\"}");
+		else if (streq(paths[i], "/404"))
+			assert_string_equal(
+			        o.body,
+			        "{\"error\":{\"code\":\"NotFound\",\"message\":\"nothing here\"}}");
+		else {
+			char c = streq(paths[i], "/big")    ? 'x'
+			         : streq(paths[i], "/gzip") ? 'z'
+			                                    : 'y';
+			char span[2] = {c, '\0'};
+
+			assert_int_equal(o.body_size, BIG_SIZE);
+			assert_int_equal(strspn(o.body, span), BIG_SIZE);
+			assert_int_equal(o.body[BIG_SIZE], '\0');
+		}
+		if (!streq(paths[i], "/big") && !streq(paths[i], "/gzip") &&
+		    !streq(paths[i], "/chunked"))
+			assert_int_equal(o.body_size, strlen(o.body));
+		outcome_done(&o);
+	}
+}
+
 /* max_response: announced by Content-Length, sent chunked, or inflated from gzip: -EFBIG. */
 static void
 test_http_request_max_response(void **state)
@@ -1042,6 +1081,7 @@ main(void)
 	        cmocka_unit_test_setup_teardown(test_http_request_methods_and_bodies, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_http_request_gzip_decoded, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_http_request_bodies_in_turn, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_http_request_max_response, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_http_request_timeout, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_http_request_untrusted_ca, setup, teardown),
