@@ -51,10 +51,11 @@ struct stack_get {
 };
 
 static void on_job_reply(const struct collector_reply *reply, void *userdata);
-static void ahead_parse_start(struct collector *c, struct job *j, struct ahead *a,
+static void ahead_parse_start(struct collector *c, int64_t hour, struct ahead *a,
                               const struct collector_reply *reply);
 static void ahead_parse_drop(struct collector *c, struct ahead *a);
 static void on_prefetch_reply(const struct collector_reply *reply, void *userdata);
+static void on_next_reply(const struct collector_reply *reply, void *userdata);
 static void replay_early(struct collector *c, struct job *j);
 static void on_refresh_reply(const struct collector_reply *reply, void *userdata);
 static void refresh_failed(struct collector *c, const char *state, const char *status,
@@ -412,6 +413,36 @@ scan_next_link(const char *body, size_t size)
 }
 
 /*
+ * The job's last page seems to be here (no nextLink): ask already for the first page of the hour
+ * after it, the one the next job most likely asks first (the oldest due hour: a catch-up goes
+ * hour after hour), when that hour is collectable now, so that the stamp makes it while the last
+ * pages are parsed and stored. Only after an all-tenants first pass; one at a time. Its answer
+ * goes to the worker like any early page. The next job takes it only when it starts at once with
+ * that very request (collector_next_take); the hour's checkpoints are those of before, since
+ * nothing of it is stored but by that job.
+ */
+static void
+ask_next_hour(struct collector *c, struct job *j)
+{
+	int64_t hour = j->hour + HOUR_SEC, settle = (int64_t)(c->set.settle_usec / USEC_PER_SEC);
+	_cleanup_free_ char *url = NULL;
+	int r;
+
+	if (c->next.url || j->scope[0] || j->pass != 0 || c->set.per_subscriber ||
+	    hour + HOUR_SEC + settle > now_seconds())
+		return;
+	if (stack_usage_url(c->arm_endpoint, c->provider, hour, NULL, &url) < 0)
+		return;
+	r = c->tp.get(c->tp.userdata, url, c->timeout_usec, on_next_reply, c, &c->next.handle);
+	if (r < 0) {
+		c->next.handle = NULL;
+		return;
+	}
+	c->next.url = TAKE_PTR(url);
+	c->next_hour = hour;
+}
+
+/*
  * While a page is parsed on the worker thread (or an early answer is kept), ask already for the
  * nextLink it seems to have, when the job's next request could go at once: the stamp makes the
  * next page while this one is parsed and stored. Nothing is asked for a link seen before in the
@@ -430,9 +461,12 @@ ask_ahead(struct collector *c, struct job *j, const char *next_link)
 		return;
 	if (c->paused_backlog || (c->store_full && now < c->full_until) || now < c->throttle_until)
 		return;
-	link = strdup_or_null(next_link);
-	if (!link || collector_strset_has(&j->seen, link) ||
-	    !stack_link_authority_ok(link, c->arm_endpoint))
+	if (!next_link) {
+		ask_next_hour(c, j);
+		return;
+	}
+	link = xstrdup(next_link);
+	if (collector_strset_has(&j->seen, link) || !stack_link_authority_ok(link, c->arm_endpoint))
 		return;
 	for (size_t i = 0; i < j->n_ahead; i++)
 		if (streq_ptr(j->ahead[i].url, link))
@@ -545,12 +579,70 @@ on_prefetch_reply(const struct collector_reply *reply, void *userdata)
 	a = &j->ahead[j->n_ahead - 1];
 	assert(a->handle && !a->early);
 	a->handle = NULL;
-	ahead_parse_start(c, j, a, reply);
+	ahead_parse_start(c, j->hour, a, reply);
 	a->early = early_copy(reply, !a->parse);
 	if (a->parse) {
 		a->next_link = scan_next_link(reply->http->body, reply->http->body_size);
 		ask_ahead(c, j, a->next_link);
 	}
+}
+
+/*
+ * The answer to the next hour's first page asked early: kept (a 2xx's page goes to the worker at
+ * once) for the job that takes it, or the answer of that job's request when it was taken in
+ * flight. Its own nextLink waits for that job.
+ */
+static void
+on_next_reply(const struct collector_reply *reply, void *userdata)
+{
+	struct collector *c = userdata;
+	struct ahead *a = &c->next;
+
+	if (!a->handle) {
+		/* taken in flight: the job's request, nothing else of it is early */
+		assert(c->job && c->job->prefetch_adopted && c->job->n_ahead == 0);
+		on_prefetch_reply(reply, c);
+		return;
+	}
+	a->handle = NULL;
+	ahead_parse_start(c, c->next_hour, a, reply);
+	a->early = early_copy(reply, !a->parse);
+	if (a->parse)
+		a->next_link = scan_next_link(reply->http->body, reply->http->body_size);
+}
+
+/* A new job takes the next hour's first page asked early when it asks that first, else drops it. */
+void
+collector_next_take(struct collector *c, struct job *j)
+{
+	struct ahead *a = &c->next;
+
+	if (!a->url)
+		return;
+	if (c->next_hour != j->hour || j->scope[0] || !streq(a->url, j->url) || j->n_ahead > 0 ||
+	    j->handle) {
+		collector_next_drop(c);
+		return;
+	}
+	free(a->url);
+	a->url = NULL;
+	if (a->handle) {
+		/* in flight: the job's request from now on (its answer: on_next_reply) */
+		j->handle = TAKE_PTR(a->handle);
+		j->prefetch_adopted = true;
+	} else {
+		/* here: the job's first step replays it (replay_early), its page parsed or owed */
+		j->ahead[0] = *a;
+		j->n_ahead = 1;
+	}
+	*a = (struct ahead){0};
+}
+
+/* Drop the next hour's first page asked early, if any. */
+void
+collector_next_drop(struct collector *c)
+{
+	ahead_clear(c, &c->next);
 }
 
 /* The kept answer of an adopted early request, as the answer of the job's request. */
@@ -735,7 +827,7 @@ parse_free(struct parse *p)
 }
 
 static struct parse *
-parse_new(struct collector *c, struct job *j, const struct http_result *http)
+parse_new(struct collector *c, int64_t hour, const struct http_result *http)
 {
 	struct parse *p = xcalloc(1, sizeof(*p));
 
@@ -743,7 +835,7 @@ parse_new(struct collector *c, struct job *j, const struct http_result *http)
 	p->status = http->status;
 	p->body = xmemdup(http->body ? http->body : "", http->body_size);
 	p->body_size = http->body_size;
-	p->hour = j->hour;
+	p->hour = hour;
 	return p;
 }
 
@@ -808,6 +900,12 @@ parse_done(void *userdata, bool cancelled)
 	struct job *j = c->job;
 
 	if (!cancelled) {
+		if (p == c->next.parse) {
+			/* the next hour's first page: kept for the job that takes it */
+			assert(c->next.task);
+			c->next.task = NULL;
+			return;
+		}
 		/* a job's parse is cancelled whenever the job ends, so this is still its job */
 		assert(j);
 		for (size_t i = 0; i < j->n_ahead; i++)
@@ -831,7 +929,7 @@ parse_done(void *userdata, bool cancelled)
  * the early request is adopted and its answer replayed; else dropped with the early answer.
  */
 static void
-ahead_parse_start(struct collector *c, struct job *j, struct ahead *a,
+ahead_parse_start(struct collector *c, int64_t hour, struct ahead *a,
                   const struct collector_reply *reply)
 {
 	const struct http_result *http = reply->http;
@@ -840,7 +938,7 @@ ahead_parse_start(struct collector *c, struct job *j, struct ahead *a,
 	if (!c->worker || reply->token_error || !http || http->error || http->status < 200 ||
 	    http->status >= 300)
 		return;
-	a->parse = parse_new(c, j, http);
+	a->parse = parse_new(c, hour, http);
 	worker_submit(c->worker, parse_work, parse_done, a->parse, &a->task);
 }
 
@@ -884,7 +982,7 @@ page_answer(struct collector *c, struct job *j, const struct http_result *http)
 		parse_free(p);
 		return;
 	}
-	p = parse_new(c, j, http);
+	p = parse_new(c, j->hour, http);
 	if (!c->worker) {
 		/* parse_on_loop: all of it now, inside the answer */
 		parse_work(p);

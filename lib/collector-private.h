@@ -111,6 +111,14 @@ struct collector {
 	struct job *job;
 	struct hold *holds;
 	size_t n_holds;
+	/*
+	 * asked early: the first page of the hour after the job's (all tenants), asked while the
+	 * job's last page is parsed and stored, so that the next job need not wait for the stamp;
+	 * used only by a job started at the next decision with the same request (see
+	 * collector_next_take), else dropped
+	 */
+	struct ahead next;
+	int64_t next_hour;
 
 	uint64_t throttle_until; /* monotonic: no request to the stamp before */
 	char *stamp_error;       /* the stamp's failing state as logged; NULL: answering */
@@ -166,6 +174,14 @@ void collector_strset_clear(struct strset *s);
 void collector_job_cancel_work(struct collector *c, struct job *j);
 /* collector-fetch.c: drop what was asked early for the job, if anything. */
 void collector_job_drop_prefetch(struct collector *c, struct job *j);
+/*
+ * collector-fetch.c: a new job takes the next hour's first page asked early when it is its own
+ * first request (else that is dropped): then it is in flight as the job's request (j->handle) or
+ * its answer is the job's next step.
+ */
+void collector_next_take(struct collector *c, struct job *j);
+/* collector-fetch.c: drop the next hour's first page asked early, if any. */
+void collector_next_drop(struct collector *c);
 /* collector-fetch.c: send the job's next request, unless paused, throttled or in its backoff. */
 void collector_job_step(struct collector *c, uint64_t now, uint64_t *wake);
 /* Start or continue a refresh of the user-subscription cache when one is due. */

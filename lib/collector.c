@@ -189,6 +189,7 @@ collector_stop(struct collector *c)
 		job_free(c->job);
 		c->job = NULL;
 	}
+	collector_next_drop(c);
 	if (c->refresh) {
 		collector_refresh_free(c, c->refresh);
 		c->refresh = NULL;
@@ -259,6 +260,7 @@ collector_set_auth(struct collector *c, struct auth *auth)
 		c->job->not_before = 0;
 		c->job->attempt = 0;
 	}
+	collector_next_drop(c); /* asked with the old credentials */
 	if (c->refresh && c->refresh->handle) {
 		c->tp.cancel(c->tp.userdata, c->refresh->handle);
 		c->refresh->handle = NULL;
@@ -317,8 +319,12 @@ tick(_unused_ evutil_socket_t fd, _unused_ short what, void *userdata)
 	collector_refresh_step(c, now, &wake);
 	if (c->job && !c->job->handle && !c->job->parse)
 		collector_job_step(c, now, &wake);
-	if (!c->job)
+	if (!c->job) {
 		plan(c, now, &wake);
+		/* the next hour asked early is for a job started now, not later */
+		if (!c->job)
+			collector_next_drop(c);
+	}
 	if (c->started && !evtimer_pending(c->timer, NULL))
 		arm(c, wake, now);
 }
@@ -576,7 +582,9 @@ plan(struct collector *c, uint64_t now, uint64_t *wake)
 			break;
 		}
 		c->job = job_new(c, row);
-		collector_job_step(c, now, wake);
+		collector_next_take(c, c->job);
+		if (!c->job->handle)
+			collector_job_step(c, now, wake);
 	}
 	for (size_t i = 0; i < n; i++)
 		store_hour_done(&rows[i]);

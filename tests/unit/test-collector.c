@@ -216,6 +216,24 @@ wait_req(struct ctx *t, bool usage)
 	return r;
 }
 
+/* Run the loop until a request for url, not answered yet, arrives; fails after the guard. */
+static struct fake_req *
+wait_url(struct ctx *t, const char *url)
+{
+	uint64_t end = now_monotonic_usec() + GUARD;
+
+	for (;;) {
+		for (size_t i = 0; i < t->fake.n; i++) {
+			struct fake_req *r = &t->fake.reqs[i];
+
+			if (!r->answered && !r->cancelled && streq(r->url, url))
+				return r;
+		}
+		assert_true(now_monotonic_usec() < end);
+		event_base_loop(t->base, EVLOOP_ONCE);
+	}
+}
+
 /* ---- pages -------------------------------------------------------------------------------- */
 
 /* An RFC 3339 time as the usage API writes it. */
@@ -1052,7 +1070,8 @@ test_collector_worker_thread(void **state)
 	_cleanup_free_ char *p2 = page(H0, SUB_A, 2, 3, NULL, NULL);
 	_cleanup_free_ char *p3 = page(H0 + HOUR, SUB_A, 10, 4, NULL, n3);
 	_cleanup_free_ char *link = NULL;
-	struct fake_req *r, *early;
+	uint64_t end = now_monotonic_usec() + GUARD;
+	struct fake_req *r, *early, *next;
 
 	t->options.parse_on_loop = false;
 	fake_now = H0 + 2 * HOUR + 60;
@@ -1064,15 +1083,23 @@ test_collector_worker_thread(void **state)
 	early = wait_req(t, true); /* asked while page 1 is parsed */
 	assert_string_equal(early->url, n1);
 	answer(early, 200, "{\"value\": [", NULL); /* malformed: asked again once page 1 is in */
-	r = wait_req(t, true);
-	assert_string_equal(r->url, n1);
+	/* the quick scan saw no nextLink in it: the next hour's first page is asked early too */
+	next = pending(t, true);
+	assert_non_null(next);
+	assert_int_equal(url_hour(next->url), H0 + HOUR);
+	r = wait_url(t, n1);
 	assert_int_equal(count_state(t, STORE_PENDING), 2);
 	assert_int_equal(schedule_pass(t, H0, "", &link), 0);
 	assert_string_equal(link, n1);
 	assert_int_equal(metric(t, METRICS_COLLECT_PAGES_TOTAL, "retry"), 1);
 	answer(r, 200, p2, NULL);
+	while (!t->c->job || t->c->job->hour != H0 + HOUR) {
+		assert_true(now_monotonic_usec() < end);
+		event_base_loop(t->base, EVLOOP_ONCE);
+	}
 	r = wait_req(t, true);
-	assert_int_equal(url_hour(r->url), H0 + HOUR);
+	assert_ptr_equal(r, next); /* the next hour's job took it: not asked again */
+	assert_ptr_equal(t->c->job->handle, next);
 	assert_int_equal(count_state(t, STORE_PENDING), 5);
 	assert_int_equal(schedule_pass(t, H0, "", NULL), 1);
 	assert_int_equal(metric(t, METRICS_COLLECT_PAGES_TOTAL, "ok"), 2);
@@ -1140,8 +1167,13 @@ test_collector_worker_parses_ahead(void **state)
 	assert_int_equal(metric(t, METRICS_COLLECT_PAGES_TOTAL, "ok"), 3);
 
 	/* the next hour: its first page seems to link to pageA, its parsed nextLink is pageB */
-	r = wait_req(t, true);
+	while (!t->c->job || t->c->job->hour != H0 + HOUR) {
+		assert_true(now_monotonic_usec() < end);
+		event_base_loop(t->base, EVLOOP_ONCE);
+	}
+	r = wait_req(t, true); /* asked early while page 3 was stored, the job's request now */
 	assert_int_equal(url_hour(r->url), H0 + HOUR);
+	assert_ptr_equal(t->c->job->handle, r);
 	answer(r, 200, q1_dup, NULL);
 	early = pending(t, true);
 	assert_non_null(early);
@@ -1196,6 +1228,110 @@ test_collector_worker_escaped_next_link(void **state)
 	assert_int_equal(count_state(t, STORE_PENDING), 3);
 }
 
+/* How many usage requests were made. */
+static size_t
+usage_requests(struct ctx *t)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < t->fake.n; i++)
+		n += is_usage(&t->fake.reqs[i]);
+	return n;
+}
+
+/*
+ * While the hour's last page (no nextLink) is parsed, the next collectable hour's first page is
+ * asked early; its answer is parsed at once and kept, and the next hour's job takes it instead of
+ * asking again. Nothing of it is stored before the hour before is in; an hour not collectable yet
+ * is not asked.
+ */
+static void
+test_collector_worker_next_hour_early(void **state)
+{
+	struct ctx *t = *state;
+	_cleanup_free_ char *p0 = page(H0, SUB_A, 0, 2, NULL, NULL);
+	_cleanup_free_ char *q0 = page(H0 + HOUR, SUB_A, 10, 3, NULL, NULL);
+	uint64_t end = now_monotonic_usec() + GUARD;
+	struct fake_req *r, *next;
+
+	t->options.parse_on_loop = false;
+	fake_now = H0 + 2 * HOUR + 60; /* H0 and H0 + 1h are collectable, H0 + 2h is not */
+	start(t);
+	answer_subscriptions(t);
+	r = wait_req(t, true);
+	assert_int_equal(url_hour(r->url), H0);
+	answer(r, 200, p0, NULL); /* no loop turn from here: page 1 is not stored yet */
+	next = pending(t, true);
+	assert_non_null(next);
+	assert_int_equal(url_hour(next->url), H0 + HOUR);
+	answer(next, 200, q0, NULL);
+	assert_int_equal(count_state(t, STORE_PENDING), 0);
+	assert_int_equal(schedule_pass(t, H0 + HOUR, "", NULL), 0);
+	while (schedule_pass(t, H0 + HOUR, "", NULL) != 1) {
+		assert_true(now_monotonic_usec() < end);
+		event_base_loop(t->base, EVLOOP_ONCE);
+	}
+	assert_int_equal(schedule_pass(t, H0, "", NULL), 1);
+	assert_int_equal(count_state(t, STORE_PENDING), 5);
+	assert_int_equal(metric(t, METRICS_COLLECT_PAGES_TOTAL, "ok"), 2);
+	settle_loop(t);
+	assert_null(pending(t, true)); /* H0 + 2h is not asked before it is collectable */
+	assert_int_equal(usage_requests(t), 2);
+}
+
+/*
+ * The next hour's first page asked early is dropped when no job starts at once to take it (here:
+ * max_pending reached by the hour before): the request is cancelled, and the hour is asked again
+ * when collection goes on. Stopped while that page is parsed, the collector stores none of it.
+ */
+static void
+test_collector_worker_next_hour_dropped(void **state)
+{
+	struct ctx *t = *state;
+	_cleanup_free_ char *p0 = page(H0, SUB_A, 0, 2, NULL, NULL);
+	_cleanup_free_ char *q0 = page(H0 + HOUR, SUB_A, 10, 3, NULL, NULL);
+	uint64_t end = now_monotonic_usec() + GUARD;
+	struct fake_req *r, *next;
+
+	t->options.parse_on_loop = false;
+	t->options.settings.max_pending = 2;
+	fake_now = H0 + 2 * HOUR + 60;
+	start(t);
+	answer_subscriptions(t);
+	r = wait_req(t, true);
+	answer(r, 200, p0, NULL);
+	next = pending(t, true);
+	assert_non_null(next);
+	assert_int_equal(url_hour(next->url), H0 + HOUR);
+	while (!next->cancelled) {
+		assert_true(now_monotonic_usec() < end);
+		event_base_loop(t->base, EVLOOP_ONCE);
+	}
+	assert_int_equal(schedule_pass(t, H0, "", NULL), 1);
+	assert_int_equal(count_state(t, STORE_PENDING), 2);
+	assert_null(pending(t, true));
+
+	/* collection goes on: the hour is asked again; its last page's parse is under way when
+	 * the collector stops with the hour after it asked early and answered */
+	t->c->set.max_pending = 0;
+	collector_apply(t->c, &t->c->set);
+	r = wait_req(t, true);
+	assert_ptr_not_equal(r, next);
+	assert_int_equal(url_hour(r->url), H0 + HOUR);
+	fake_now = H0 + 3 * HOUR + 60;
+	answer(r, 200, q0, NULL);
+	next = pending(t, true);
+	assert_non_null(next);
+	assert_int_equal(url_hour(next->url), H0 + 2 * HOUR);
+	answer(next, 200, p0, NULL); /* not even of its hour: never looked at */
+	collector_stop(t->c);
+	settle_loop(t);
+	t->c = collector_free(t->c);
+	assert_int_equal(count_state(t, STORE_PENDING), 2);
+	assert_int_equal(schedule_pass(t, H0 + HOUR, "", NULL), 0);
+	assert_int_equal(schedule_pass(t, H0 + 2 * HOUR, "", NULL), -1);
+}
+
 int
 main(void)
 {
@@ -1205,6 +1341,10 @@ main(void)
 	        cmocka_unit_test_setup_teardown(test_collector_worker_parses_ahead, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_collector_worker_escaped_next_link, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_collector_worker_next_hour_early, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_collector_worker_next_hour_dropped, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_collector_pages_and_lookback, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_collector_catch_up, setup, teardown),
