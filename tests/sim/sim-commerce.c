@@ -17,6 +17,9 @@
 #include <time.h>
 
 #include <zlib.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "sim.h"
 #include "timeutil.h"
@@ -105,9 +108,9 @@ static const struct {
 
 struct jevent {
 	const char *strs[M_MAX]; /* a string member's decoded text, else NULL */
-	size_t lens[M_MAX];      /* its length */
+	size_t lens[M_MAX];      /* its length (set when the member is there) */
 	enum jtype types[M_MAX];
-	const char *raw[M_MAX]; /* the value's JSON text, as received (not a string) */
+	const char *raw[M_MAX]; /* the value's JSON text, as received (set when it is there) */
 	size_t raw_len[M_MAX];
 	bool object; /* false: the array element was not an object */
 };
@@ -174,13 +177,19 @@ struct sbuf {
 /* The keys of the records of one expected hour, and a key → index table (the dedupe's). */
 struct keytab {
 	int64_t hour;
-	char text[32]; /* the hour as reportedStartTime writes it */
 	size_t n;
 	struct sim_record *recs;
 	uint8_t (*keys)[KEY_BYTES]; /* NULL: an unused entry */
 	uint32_t *slots;            /* index + 1; 0: free */
 	size_t mask;
 	uint64_t used;
+	size_t next; /* the record after the last one looked up (see record_bit) */
+};
+
+/* A valid time text (TIME_RFC3339_LEN bytes, no NUL; all NUL: none yet) and its value. */
+struct parsed_time {
+	char text[TIME_RFC3339_LEN];
+	int64_t t;
 };
 
 /* A bit of the accepted bitmaps set by the batch being written (undone if it fails). */
@@ -206,14 +215,12 @@ struct commerce {
 	struct bitref *undo;
 	size_t n_undo;
 	size_t undo_cap;
+	struct parsed_time last_times[3]; /* the last valid usage start, end, reported start */
 	/* buffers of the batch being handled */
 	struct jevent *events;
 	size_t events_cap;
 	unsigned char *zbuf; /* the inflated body */
 	size_t zcap;
-	bool times_valid; /* times_start formatted as times_text[0] and, an hour later, [1] */
-	int64_t times_start;
-	char times_text[2][32];
 	struct sbuf res;      /* the results, one after the other */
 	size_t *starts;       /* where each result starts in res */
 	bool *omit;           /* results the answer leaves out */
@@ -303,12 +310,12 @@ struct run {
 
 static void batch(struct sim *s, struct evhttp_request *req, struct sim_response *r);
 static int store_event(struct sim *s, const struct jevent *e, const char *corr, sqlite3_int64 now,
-                       int64_t reported);
+                       const int64_t times[static 3]);
 static int record_bit(struct sim *s, const char *id, int64_t reported, uint32_t *ret_hour,
                       uint32_t *ret_rec, const struct keytab **ret_tab);
 static bool event_is_record(struct sim *s, const struct jevent *e, const struct sim_record *rec,
-                            const char *hour_text);
-static const struct keytab *keytab_get(struct sim *s, int64_t hour);
+                            const int64_t times[static 3]);
+static struct keytab *keytab_get(struct sim *s, int64_t hour);
 static int key_decode(const char *id, uint8_t out[static KEY_BYTES]);
 static size_t key_slot(const uint8_t key[static KEY_BYTES]);
 static int ledger_mode(struct sim *s);
@@ -317,10 +324,11 @@ static void write_results(struct sim *s, struct sim_response *r, size_t count);
 static void sbuf_add(struct sbuf *b, const char *p, size_t n);
 static void sbuf_json_str(struct sbuf *b, const char *str);
 static int validate_event(struct sim *s, const struct jevent *e, const char **ret_status,
-                          const char **ret_message, int64_t *ret_reported);
+                          const char **ret_message, int64_t ret_times[static 3]);
 static int parse_batch(char *p, char *end, struct jevent **events, size_t *cap, size_t *ret_n);
 static enum member member_of(const char *key, size_t len);
 static int parse_event(char **pp, char *end, struct jevent *e);
+static const char *plain_end(const char *p, const char *end);
 static int parse_string(char **pp, char *end, char **ret, size_t *ret_len, bool decode);
 static inline void put(char **out, bool decode, char c);
 static int skip_value(char **pp, char *end, enum jtype *ret_type);
@@ -377,7 +385,13 @@ commerce_open(struct sim *s)
 	_cleanup_free_ char *path = xasprintf("%s/ledger.db", s->state_dir);
 
 	s->commerce = xcalloc(1, sizeof(*s->commerce));
-	/* one thread: SQLite need not lock its structures on every call */
+	/*
+	 * One thread: SQLite need not lock its structures on every call, nor count its memory
+	 * under a mutex on every allocation (before anything else of SQLite's runs; a second call
+	 * is refused and changes nothing).
+	 */
+	sqlite3_config(SQLITE_CONFIG_SINGLETHREAD);
+	sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
 	if (sqlite3_open_v2(path, &s->db,
 	                    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
 	                    NULL) != SQLITE_OK) {
@@ -631,7 +645,7 @@ batch(struct sim *s, struct evhttp_request *req, struct sim_response *r)
 		const char *id = e->strs[M_ID];
 		const char *status = NULL, *message = NULL;
 		struct sim_rule *rule;
-		int64_t reported = 0;
+		int64_t times[3] = {0};
 
 		c->starts[i] = c->res.n;
 		c->omit[i] = id && sim_fault_take(s, SIM_EP_COMMERCE, SIM_ACT_OMIT_RESULTS, id, -1);
@@ -640,7 +654,7 @@ batch(struct sim *s, struct evhttp_request *req, struct sim_response *r)
 			sbuf_json_str(&c->res, id);
 		else
 			sbuf_lit(&c->res, "null");
-		if (validate_event(s, e, &status, &message, &reported) < 0) {
+		if (validate_event(s, e, &status, &message, times) < 0) {
 			s->rejected++;
 		} else if ((rule = sim_fault_take(s, SIM_EP_COMMERCE, SIM_ACT_EVENTS, id, -1))) {
 			status = rule->code ? rule->code : "Error";
@@ -649,7 +663,7 @@ batch(struct sim *s, struct evhttp_request *req, struct sim_response *r)
 			                                   : "Simulated per-event fault.";
 			s->rejected++;
 		} else {
-			int k = store_event(s, e, corr, now, reported);
+			int k = store_event(s, e, corr, now, times);
 
 			if (k == -EEXIST) {
 				s->duplicates++;
@@ -702,13 +716,13 @@ batch(struct sim *s, struct evhttp_request *req, struct sim_response *r)
  */
 static int
 store_event(struct sim *s, const struct jevent *e, const char *corr, sqlite3_int64 now,
-            int64_t reported)
+            const int64_t times[static 3])
 {
 	struct commerce *c = s->commerce;
 	sqlite3_stmt *q = s->insert;
 	const struct keytab *t = NULL;
 	uint32_t hour = 0, rec = 0;
-	bool bit = !c->indexed && record_bit(s, e->strs[M_ID], reported, &hour, &rec, &t) == 0;
+	bool bit = !c->indexed && record_bit(s, e->strs[M_ID], times[2], &hour, &rec, &t) == 0;
 	struct group *gr;
 	int k;
 
@@ -740,7 +754,7 @@ store_event(struct sim *s, const struct jevent *e, const char *corr, sqlite3_int
 	if (sqlite3_changes(s->db) == 0)
 		return -EEXIST;
 	gr->rows++;
-	if (bit && event_is_record(s, e, &t->recs[rec], t->text)) {
+	if (bit && event_is_record(s, e, &t->recs[rec], times)) {
 		if (gr->verified_gen != s->world.reg_gen) { /* rows verified before do not count */
 			gr->verified = 0;
 			gr->verified_gen = s->world.reg_gen;
@@ -772,29 +786,40 @@ record_bit(struct sim *s, const char *id, int64_t reported, uint32_t *ret_hour, 
 {
 	struct commerce *c = s->commerce;
 	const struct sim_world *w = &s->world;
-	const struct keytab *t;
+	struct keytab *t;
 	uint8_t key[KEY_BYTES];
 	int64_t hour = (reported - w->hour_from) / 3600;
+	size_t rec = SIZE_MAX;
 
 	if (reported < w->hour_from || (reported - w->hour_from) % 3600 != 0 ||
 	    hour >= (int64_t)w->hour_count || !world_hour_has_usage(w, reported) ||
 	    key_decode(id, key) < 0)
 		return -ENOENT;
 	t = keytab_get(s, reported);
-	for (size_t j = key_slot(key) & t->mask; t->slots[j]; j = (j + 1) & t->mask)
-		if (memcmp(t->keys[t->slots[j] - 1], key, KEY_BYTES) == 0) {
-			if (!c->accepted)
-				c->accepted = xcalloc(w->hour_count, sizeof(*c->accepted));
-			*ret_hour = (uint32_t)hour;
-			*ret_rec = t->slots[j] - 1;
-			*ret_tab = t;
-			return 0;
-		}
-	return -ENOENT;
+	/*
+	 * A forwarder sends the records of an hour mostly in the order the usage API listed them:
+	 * the one after the last found is tried first, before the table (whose slot and key, at
+	 * random places in a large table, are two cache misses).
+	 */
+	if (t->next < t->n && memcmp(t->keys[t->next], key, KEY_BYTES) == 0)
+		rec = t->next;
+	for (size_t j = key_slot(key) & t->mask; rec == SIZE_MAX && t->slots[j];
+	     j = (j + 1) & t->mask)
+		if (memcmp(t->keys[t->slots[j] - 1], key, KEY_BYTES) == 0)
+			rec = t->slots[j] - 1;
+	if (rec == SIZE_MAX)
+		return -ENOENT;
+	if (!c->accepted)
+		c->accepted = xcalloc(w->hour_count, sizeof(*c->accepted));
+	t->next = rec + 1;
+	*ret_hour = (uint32_t)hour;
+	*ret_rec = (uint32_t)rec;
+	*ret_tab = t;
+	return 0;
 }
 
 /* The keys of an expected hour, from the cache or made (replacing the least recently used). */
-static const struct keytab *
+static struct keytab *
 keytab_get(struct sim *s, int64_t hour)
 {
 	struct commerce *c = s->commerce;
@@ -819,9 +844,9 @@ keytab_get(struct sim *s, int64_t hour)
 		t->mask = cap - 1;
 	}
 	t->hour = hour;
-	world_format_time(hour, true, t->text);
 	t->used = ++c->tab_tick;
 	t->n = world_hour_records(w, hour, t->recs);
+	t->next = 0;
 	memset(t->slots, 0, cap * sizeof(*t->slots));
 	for (size_t i = 0; i < t->n; i++) {
 		char hex[SIM_KEY_LEN + 1];
@@ -839,16 +864,17 @@ keytab_get(struct sim *s, int64_t hour)
 
 /*
  * Tell whether an event is, byte for byte (but for white space between the tokens of tags and
- * additionalInfo), the one the expected record rec of the hour (hour_text) implies, charged as
- * the registration stands now: then the summary's comparison of its row could find nothing
- * (see compare_row, which is less strict: it compares subscriptions without case and JSON
- * texts as values).
+ * additionalInfo), the one the expected record rec of the hour its reportedStartTime names
+ * implies, charged as the registration stands now: then the summary's comparison of its row
+ * could find nothing (see compare_row, which is less strict: it compares subscriptions without
+ * case and JSON texts as values). The three times are compared as the times validate_event
+ * read: it let through only the one text each time has (YYYY-MM-DDTHH:MM:SSZ), and the hour
+ * of rec is the one reportedStartTime names (record_bit found it there).
  */
 static bool
 event_is_record(struct sim *s, const struct jevent *e, const struct sim_record *rec,
-                const char *hour_text)
+                const int64_t times[static 3])
 {
-	struct commerce *c = s->commerce;
 	const struct sim_world *w = &s->world;
 	const struct sim_resource *res = &w->res[rec->resource];
 	const struct sim_instance *in = &res->inst[rec->variant];
@@ -856,28 +882,20 @@ event_is_record(struct sim *s, const struct jevent *e, const struct sim_record *
 	const struct sim_tenant *t = &w->tenants[u->tenant];
 	const char *reason, *charged = world_charged(w, res->usersub, &reason);
 	char lit[SIM_QTY_TEXT];
+	size_t n;
 
-	if (!streq_ptr(e->strs[M_SUBSCRIPTION], charged) || !streq_ptr(e->strs[M_REASON], reason) ||
+	if (times[0] != rec->usage_start || times[1] != rec->usage_start + 3600 ||
+	    !streq_ptr(e->strs[M_SUBSCRIPTION], charged) || !streq_ptr(e->strs[M_REASON], reason) ||
 	    !(t->unlisted ? e->types[M_TENANT] == JT_NULL : streq_ptr(e->strs[M_TENANT], t->id)) ||
 	    !streq_ptr(e->strs[M_SOURCE], u->id) ||
 	    !streq_ptr(e->strs[M_REGISTRATION], w->reg_id_lower) ||
 	    !streq_ptr(e->strs[M_METER], w->meters[rec->meter]) ||
-	    !streq_ptr(e->strs[M_REPORTED_START], hour_text) ||
 	    !streq_ptr(e->strs[M_RESOURCE], res->uri) || !streq_ptr(e->strs[M_LOCATION], "local") ||
 	    !json_text_same(e->raw[M_TAGS], e->raw_len[M_TAGS], in->tags) ||
 	    !json_text_same(e->raw[M_INFO], e->raw_len[M_INFO], in->info))
 		return false;
-	if (!c->times_valid || c->times_start != rec->usage_start) { /* mostly the same */
-		world_format_time(rec->usage_start, true, c->times_text[0]);
-		world_format_time(rec->usage_start + 3600, true, c->times_text[1]);
-		c->times_start = rec->usage_start;
-		c->times_valid = true;
-	}
-	if (!streq_ptr(e->strs[M_USAGE_START], c->times_text[0]) ||
-	    !streq_ptr(e->strs[M_USAGE_END], c->times_text[1]))
-		return false;
-	world_quantity_text(rec->quantity, rec->decimals, lit);
-	return streq_ptr(e->strs[M_QUANTITY], lit);
+	n = world_quantity_text(rec->quantity, rec->decimals, lit);
+	return e->lens[M_QUANTITY] == n && memcmp(e->strs[M_QUANTITY], lit, n) == 0;
 }
 
 /* A key written as 64 lower-case hex digits (a SHA-256 digest) as its bytes; -EINVAL if not. */
@@ -964,24 +982,25 @@ sbuf_add(struct sbuf *b, const char *p, size_t n)
 static void
 sbuf_json_str(struct sbuf *b, const char *str)
 {
-	const char *run = str, *p;
+	const char *p = str, *end = str + strlen(str);
 
 	sbuf_add(b, "\"", 1);
-	for (p = str; *p; p++) {
-		unsigned char ch = (unsigned char)*p;
+	for (;;) {
+		const char *run = p;
 		char esc[8];
+		unsigned char ch;
 
-		if (ch != '"' && ch != '\\' && ch >= 0x20)
-			continue;
+		p = plain_end(p, end);
 		sbuf_add(b, run, (size_t)(p - run));
+		if (p == end)
+			break;
+		ch = (unsigned char)*p++;
 		if (ch == '"' || ch == '\\')
 			snprintf(esc, sizeof(esc), "\\%c", ch);
 		else
 			snprintf(esc, sizeof(esc), "\\u%04x", ch);
 		sbuf_add(b, esc, strlen(esc));
-		run = p + 1;
 	}
-	sbuf_add(b, run, (size_t)(p - run));
 	sbuf_add(b, "\"", 1);
 }
 
@@ -1207,11 +1226,11 @@ commerce_expected_events(struct sim *s, int64_t from, int64_t until, size_t limi
 
 /*
  * Check one event against the contract; the per-event status and message when it fails, its
- * reportedStartTime when it passes.
+ * usageStartTime, usageEndTime and reportedStartTime when it passes.
  */
 static int
 validate_event(struct sim *s, const struct jevent *e, const char **ret_status,
-               const char **ret_message, int64_t *ret_reported)
+               const char **ret_message, int64_t ret_times[static 3])
 {
 	static const enum member times[] = {M_USAGE_START, M_USAGE_END, M_REPORTED_START};
 	static const enum member strings[] = {M_RESOURCE, M_LOCATION, M_METER};
@@ -1228,7 +1247,7 @@ validate_event(struct sim *s, const struct jevent *e, const char **ret_status,
 	int k;
 
 	*ret_status = "BadArgument";
-	if (!e->object || isempty(id) || strlen(id) > 128) {
+	if (!e->object || isempty(id) || e->lens[M_ID] > 128) {
 		*ret_message = "usageEventId is missing or malformed.";
 		return -EINVAL;
 	}
@@ -1245,7 +1264,8 @@ validate_event(struct sim *s, const struct jevent *e, const char **ret_status,
 		*ret_message = "tenantId must be a lower-case GUID or null.";
 		return -EINVAL;
 	}
-	if (!reg || strcasecmp(reg, w->reg_id) != 0) {
+	/* the lower-case form (what expected events name) compares faster */
+	if (!reg || (strcmp(reg, w->reg_id_lower) != 0 && strcasecmp(reg, w->reg_id) != 0)) {
 		*ret_message = "registration does not name this registration.";
 		return -EINVAL;
 	}
@@ -1257,12 +1277,21 @@ validate_event(struct sim *s, const struct jevent *e, const char **ret_status,
 		}
 	for (size_t i = 0; i < ARRAY_SIZE(times); i++) {
 		const char *tx = e->strs[times[i]];
+		struct parsed_time *last = &s->commerce->last_times[i];
 
+		/* the events of a batch mostly repeat the times of the one before */
+		if (tx && e->lens[times[i]] == TIME_RFC3339_LEN &&
+		    memcmp(tx, last->text, TIME_RFC3339_LEN) == 0) {
+			t[i] = last->t;
+			continue;
+		}
 		if (!tx || !is_utc_time(tx) || time_parse_rfc3339(tx, &t[i]) < 0) {
 			*ret_message = "usageStartTime, usageEndTime and reportedStartTime must be "
 			               "YYYY-MM-DDTHH:MM:SSZ.";
 			return -EINVAL;
 		}
+		memcpy(last->text, tx, TIME_RFC3339_LEN);
+		last->t = t[i];
 	}
 	if (t[1] <= t[0]) {
 		*ret_message = "usageEndTime must be after usageStartTime.";
@@ -1301,7 +1330,7 @@ validate_event(struct sim *s, const struct jevent *e, const char **ret_status,
 		        "subscription of the registration.";
 		return -ENOENT;
 	}
-	*ret_reported = t[2];
+	memcpy(ret_times, t, sizeof(t));
 	return 0;
 }
 
@@ -1396,7 +1425,10 @@ parse_event(char **pp, char *end, struct jevent *e)
 {
 	char *p = *pp;
 
-	memset(e, 0, sizeof(*e));
+	/* an absent member has no text and no type; lengths and raw texts are set with them */
+	memset(e->strs, 0, sizeof(e->strs));
+	memset(e->types, 0, sizeof(e->types));
+	e->object = false;
 	if (p >= end || *p != '{') {
 		enum jtype t;
 		int r = skip_value(pp, end, &t);
@@ -1452,6 +1484,54 @@ parse_event(char **pp, char *end, struct jevent *e)
 }
 
 /*
+ * The end of the run of plain string bytes at p (before end): the first '"', '\\' or control
+ * character, else end. Sixteen bytes at a time with SSE2, then eight: a word holds one when a
+ * byte of it, XORed with '"' or '\\', is zero, or is itself below 0x20 (the borrow tricks of
+ * "has a zero byte" and "has a byte less than n": exact about whether there is one; the byte
+ * is then found one by one).
+ */
+static const char *
+plain_end(const char *p, const char *end)
+{
+	/* the bytes that end a plain run: control characters, the quote and the backslash */
+	static const bool stop[256] = {
+	        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x00 to 0x1f */
+	        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, ['"'] = 1, ['\\'] = 1,
+	};
+	const uint64_t ones = UINT64_C(0x0101010101010101), high = UINT64_C(0x8080808080808080);
+#ifdef __SSE2__
+	const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
+	const __m128i control = _mm_set1_epi8(0x1f);
+
+	while (end - p >= 16) {
+		__m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+		/* a control character: max(v, 0x1f) == 0x1f, unsigned */
+		__m128i m = _mm_or_si128(
+		        _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
+		        _mm_cmpeq_epi8(_mm_max_epu8(v, control), control));
+		unsigned mask = (unsigned)_mm_movemask_epi8(m);
+
+		if (mask)
+			return p + __builtin_ctz(mask);
+		p += 16;
+	}
+#endif
+	while (end - p >= 8) {
+		uint64_t v, q, b;
+
+		memcpy(&v, p, sizeof(v));
+		q = v ^ (ones * '"');
+		b = v ^ (ones * '\\');
+		if ((((q - ones) & ~q) | ((b - ones) & ~b) | ((v - ones * 0x20) & ~v)) & high)
+			break;
+		p += 8;
+	}
+	while (p < end && !stop[(unsigned char)*p])
+		p++;
+	return p;
+}
+
+/*
  * Parse a JSON string at *pp and return its start (and with ret_len, its decoded length); with
  * decode, decode it in place (NUL-terminated), else only check it, leaving the text as it was
  * (the raw text of an object member is kept for the ledger).
@@ -1459,19 +1539,13 @@ parse_event(char **pp, char *end, struct jevent *e)
 static int
 parse_string(char **pp, char *end, char **ret, size_t *ret_len, bool decode)
 {
-	/* the bytes that end the plain run of a string: its end, an escape, a control character */
-	static const bool stop[256] = {
-	        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x00 to 0x1f */
-	        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, ['"'] = 1, ['\\'] = 1,
-	};
 	char *p = *pp, *out, *start;
 
 	if (p >= end || *p != '"')
 		return -EINVAL;
 	start = ++p;
 	/* up to the first escape the text stays where it is */
-	while (p < end && !stop[(unsigned char)*p])
-		p++;
+	p += plain_end(p, end) - p;
 	out = p;
 	while (p < end && *p != '"') {
 		unsigned char ch = (unsigned char)*p;
@@ -1789,7 +1863,7 @@ is_utc_time(const char *s)
 	if (strlen(s) != sizeof(pat) - 1)
 		return false;
 	for (size_t i = 0; pat[i]; i++)
-		if (pat[i] == 'd' ? !isdigit((unsigned char)s[i]) : s[i] != pat[i])
+		if (pat[i] == 'd' ? (unsigned char)(s[i] - '0') > 9 : s[i] != pat[i])
 			return false;
 	return true;
 }

@@ -195,18 +195,29 @@ world_guid(uint64_t *state, char out[static SIM_GUID_LEN + 1])
 bool
 world_is_guid(const char *s, bool lower_only)
 {
-	if (!s || strlen(s) != SIM_GUID_LEN)
+	/* 1: a lower-case hex digit, 2: an upper-case one */
+	static const uint8_t hex[256] = {
+	        ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1,
+	        ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1, ['a'] = 1, ['b'] = 1,
+	        ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['A'] = 2, ['B'] = 2,
+	        ['C'] = 2, ['D'] = 2, ['E'] = 2, ['F'] = 2,
+	};
+	unsigned bad = lower_only ? 2 : 0;
+
+	if (!s)
 		return false;
 	for (size_t i = 0; i < SIM_GUID_LEN; i++) {
 		if (i == 8 || i == 13 || i == 18 || i == 23) {
 			if (s[i] != '-')
 				return false;
-		} else if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f') ||
-		             (!lower_only && s[i] >= 'A' && s[i] <= 'F'))) {
-			return false;
+		} else {
+			uint8_t k = hex[(unsigned char)s[i]];
+
+			if (!k || k == bad)
+				return false;
 		}
 	}
-	return true;
+	return s[SIM_GUID_LEN] == '\0';
 }
 
 /* Build the world from a scenario; ret_error gets a message on failure. */
