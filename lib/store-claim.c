@@ -739,6 +739,8 @@ claim_fresh(struct store *s, const struct store_claim *claim, struct claim_set *
 			return r;
 	}
 	r = store_meta_set(s, "claimed_through", head);
+	if (r >= 0)
+		s->claim_head = head;
 	if (r < 0 || set->taken == 0)
 		return r;
 

@@ -191,6 +191,9 @@ struct store {
 	uint64_t claim_seq;     /* counts claims, for store_charge_entry.seen */
 	int64_t next_record_id; /* 0: to be read from the file (store.c next_record_id()) */
 	bool next_record_id_dirty;
+	/* what this process last saw of the newest record id inserted and of the claim head
+	 * (0: not yet), for the checkpointer's cache advice only (store.c) */
+	int64_t newest_record_id, claim_head;
 	char *registration_id; /* the last registration_number() answered, and its number */
 	int64_t registration_number;
 	bool readonly;

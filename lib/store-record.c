@@ -236,6 +236,7 @@ store_record_insert(struct store *s, const struct store_record *r, enum store_ki
 		*ret_id = id;
 		s->next_record_id = id + 1;
 		s->next_record_id_dirty = true;
+		s->newest_record_id = id;
 	}
 	return 0;
 }
