@@ -901,13 +901,14 @@ on_write(char *data, size_t size, size_t n, void *userdata)
 		char *p;
 
 		/* the first bytes: room for the whole body when its length was announced (as
-		 * sent: a compressed body may grow when decoded, then the buffer grows too) */
+		 * sent: a compressed body may grow when decoded, then the buffer grows too), up
+		 * to HTTP_SPARE_MAX: a length announced is not a length received */
 		if (!r->body &&
 		    curl_easy_getinfo(r->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &announced) ==
 		            CURLE_OK &&
-		    announced > 0 && (max == 0 || (uint64_t)announced <= max) &&
-		    (uint64_t)announced < SIZE_MAX - 1)
-			cap = MAX(cap, (size_t)announced + 1);
+		    announced > 0 && (max == 0 || (uint64_t)announced <= max))
+			cap = MAX(cap,
+			          (size_t)MIN((uint64_t)announced + 1, (uint64_t)HTTP_SPARE_MAX));
 		p = body_take(r->client, cap, &cap);
 		/* copy instead of realloc so the old buffer can be wiped */
 		if (r->body) {
