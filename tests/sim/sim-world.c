@@ -202,22 +202,20 @@ world_is_guid(const char *s, bool lower_only)
 	        ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['A'] = 2, ['B'] = 2,
 	        ['C'] = 2, ['D'] = 2, ['E'] = 2, ['F'] = 2,
 	};
-	unsigned bad = lower_only ? 2 : 0;
+	/* the places of the hex digits of 8-4-4-4-12 */
+	static const uint8_t digits[32] = {
+	        0,  1,  2,  3,  4,  5,  6,  7,  9,  10, 11, 12, 14, 15, 16, 17,
+	        19, 20, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35,
+	};
+	unsigned ok = lower_only ? 1 : 3;
+	bool bad = false;
 
-	if (!s)
+	if (!s || strnlen(s, SIM_GUID_LEN + 1) != SIM_GUID_LEN || s[8] != '-' || s[13] != '-' ||
+	    s[18] != '-' || s[23] != '-')
 		return false;
-	for (size_t i = 0; i < SIM_GUID_LEN; i++) {
-		if (i == 8 || i == 13 || i == 18 || i == 23) {
-			if (s[i] != '-')
-				return false;
-		} else {
-			uint8_t k = hex[(unsigned char)s[i]];
-
-			if (!k || k == bad)
-				return false;
-		}
-	}
-	return s[SIM_GUID_LEN] == '\0';
+	for (size_t i = 0; i < ARRAY_SIZE(digits); i++)
+		bad |= !(hex[(unsigned char)s[digits[i]]] & ok);
+	return !bad;
 }
 
 /* Build the world from a scenario; ret_error gets a message on failure. */
