@@ -14,7 +14,8 @@ ledger does not match prints FAIL and no rate. Figures: records/s end to end (wa
 starting the daemon to the last record forwarded), the daemon's CPU time per record
 ((utime + stime) / N from /proc), the simulator's (its own accounting without its control API,
 over the same span) and the daemon's peak RSS (VmHWM), the slowest /healthz answer (asked every
-100 ms from a thread while catching up); then bench-floor on a sample of the same pages (saved
+100 ms from a thread while catching up; the health server's thread answers it from the loop's
+heartbeat) and, with no target, the slowest /readyz (the loop answers it); then bench-floor on a sample of the same pages (saved
 from the simulator before the daemon starts) and the ratio of the daemon's CPU per record to it.
 
 backlog: the same world with N records (default 10,000,000) while Commerce is down (the daemon's
@@ -190,12 +191,16 @@ def tail(path, lines=15):
 
 
 class HealthProbe:
-    """Asks GET /healthz every HEALTHZ_INTERVAL on a new connection (as a monitor would) and
-    keeps the slowest answer once the first one came; a failure after that counts as an answer
-    as slow as the time it took to fail."""
+    """Asks GET path every HEALTHZ_INTERVAL on a new connection (as a monitor would) and keeps
+    the slowest answer once the first one came; a failure after that counts as an answer as slow
+    as the time it took to fail. /healthz is answered by the health server's thread from the
+    loop's heartbeat, /readyz by the loop itself (either status is an answer there): the second
+    shows how long the loop keeps a question waiting."""
 
-    def __init__(self, port):
+    def __init__(self, port, path="/healthz", answers=(200,)):
         self.port = port
+        self.path = path
+        self.answers = answers
         self.max_ms = None
         self.count = 0
         self.failures = 0
@@ -210,10 +215,10 @@ class HealthProbe:
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
                 try:
-                    conn.request("GET", "/healthz")
+                    conn.request("GET", self.path)
                     r = conn.getresponse()
                     r.read()
-                    ok = r.status == 200
+                    ok = r.status in self.answers
                 finally:
                     conn.close()
             except (OSError, http.client.HTTPException):
@@ -470,7 +475,7 @@ def run_catchup(args, build_dir, work, res):
     n_req, hours = args.records, args.hours
     say("== catch-up: %d records over %d reported hours (files in %s)" % (n_req, hours, work))
     sim = start_sim(work, n_req, hours)
-    daemon = probe = None
+    daemon = probe = rprobe = None
     try:
         pages, page_records = save_pages(sim, os.path.join(work, "pages"),
                                          min(FLOOR_PAGES_RECORDS, n_req))
@@ -485,6 +490,7 @@ def run_catchup(args, build_dir, work, res):
             k: conf["stack"][k] for k in ("poll_interval", "settle", "lookback")}}
         daemon = Daemon(build_dir, conf_path, os.path.join(work, "daemon", "azs-usaged.log"))
         probe = HealthProbe(health_port)
+        rprobe = HealthProbe(health_port, "/readyz", (200, 503))
         daemon.wait_ready(60)
         phases = {}
 
@@ -499,10 +505,11 @@ def run_catchup(args, build_dir, work, res):
         hwm = proc_status_kib(daemon.pid, "VmHWM")
         wall = t_end - daemon.started_at
         deadline = time.monotonic() + 30  # a run shorter than one probe still gets one answer
-        while probe.count == 0 and time.monotonic() < deadline:
+        while (probe.count == 0 or rprobe.count == 0) and time.monotonic() < deadline:
             daemon.check()
             time.sleep(0.05)
         probe.stop()
+        rprobe.stop()
         summary = wait_ledger(sim, n, 120 + n / 20000)
         ok = ledger_ok(summary, n)
         res.check("ledger", ok, "ledger holds all %d records and matches the expected charges"
@@ -536,6 +543,11 @@ def run_catchup(args, build_dir, work, res):
                    hz is not None and hz < TARGETS["healthz_max_ms"] and probe.failures == 0)
         res.figures["healthz_count"] = probe.count
         res.figures["healthz_failures"] = probe.failures
+        # no target of its own: how long the loop itself keeps a question waiting
+        res.figure("readyz_max_ms", rprobe.max_ms, "slowest /readyz, answered by the loop (ms, %d"
+                   " asked)" % rprobe.count, "%.1f")
+        res.figures["readyz_count"] = rprobe.count
+        res.figures["readyz_failures"] = rprobe.failures
         if not daemon.stop():
             res.check("daemon_exit", False, "azs-usaged did not exit 0 on SIGTERM")
         daemon = None
@@ -552,6 +564,8 @@ def run_catchup(args, build_dir, work, res):
     finally:
         if probe:
             probe.stop()
+        if rprobe:
+            rprobe.stop()
         if daemon:
             daemon.stop()
         sim.stop(check=False)
