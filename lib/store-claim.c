@@ -69,7 +69,6 @@ static int claim_loose(struct store *s, const struct store_claim *claim, struct 
                        struct store_batch_row *ret);
 static int claim_fresh(struct store *s, const struct store_claim *claim, struct claim_set *set,
                        struct store_batch_row *ret);
-static void claim_set_done(struct claim_set *c);
 static int batch_new(struct store *s, int64_t first, int64_t last, int64_t members,
                      uint64_t members_fp, int64_t epoch, int64_t now, struct store_batch_row *ret);
 
@@ -93,7 +92,8 @@ store_batch_done(struct store_batch *b)
 int
 store_claim_batch(struct store *s, const struct store_claim *claim, struct store_batch *ret)
 {
-	struct claim_set set = {0};
+	/* the array of the last claim: 1,000 items are 256 KiB, which malloc would map afresh */
+	struct claim_set set = {.items = TAKE_PTR(s->claim_items), .cap = s->claim_items_cap};
 	struct store_batch_row b = {0};
 	struct store_batch out = {0};
 	int64_t batch_due = 0, batch_at = 0, state_batch = 0, state_at = 0;
@@ -160,7 +160,11 @@ store_claim_batch(struct store *s, const struct store_claim *claim, struct store
 			*rec = (struct store_record){0};
 		}
 	}
-	claim_set_done(&set);
+	/* the array stays for the next claim (its records are freed) */
+	for (size_t i = 0; i < set.n; i++)
+		store_record_done(&set.items[i].rec);
+	s->claim_items = set.items;
+	s->claim_items_cap = set.cap;
 	store_batch_row_done(&b);
 	if (r < 0)
 		return r;
@@ -178,16 +182,6 @@ store_charges_forget(struct store *s)
 		memset(s->charges, 0, s->charges_size * sizeof(*s->charges));
 	s->charges_n = 0;
 	s->charges_epoch = -1;
-}
-
-/* Free what a claim gathered. */
-static void
-claim_set_done(struct claim_set *c)
-{
-	for (size_t i = 0; i < c->n; i++)
-		store_record_done(&c->items[i].rec);
-	free(c->items);
-	*c = (struct claim_set){0};
 }
 
 /* Length of a string with its NUL, 0 for NULL. */

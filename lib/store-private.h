@@ -194,6 +194,9 @@ struct store {
 	/* what this process last saw of the newest record id inserted and of the claim head
 	 * (0: not yet), for the checkpointer's cache advice only (store.c) */
 	int64_t newest_record_id, claim_head;
+	/* the array a claim gathers its records in, kept for the next claim (store-claim.c) */
+	void *claim_items;
+	size_t claim_items_cap;
 	char *registration_id; /* the last registration_number() answered, and its number */
 	int64_t registration_number;
 	bool readonly;

@@ -797,6 +797,7 @@ store_free(struct store *s)
 	free(s->registration_id);
 	store_charges_forget(s);
 	free(s->charges);
+	free(s->claim_items);
 	free(s);
 	return NULL;
 }
