@@ -1065,10 +1065,14 @@ daemon_start_health(struct daemon *d)
 		r = health_add_check(d->health, "forwarder", daemon_check_forwarder, d);
 	if (r < 0)
 		return log_error_errno(r, "cannot set up the health server: %m");
-	r = health_start(d->health);
+	r = health_listen(d->health);
 	if (r < 0)
 		return log_error_errno(r, "cannot listen on [health] listen %s, not starting: %m",
 		                       d->config->health.listen);
+	/* a failure after the bind is logged by health_start(), naming what failed */
+	r = health_start(d->health);
+	if (r < 0)
+		return log_error_errno(r, "cannot start the health server, not starting: %m");
 	daemon_health_since = now_seconds();
 	log_info("health server listening on %s", d->config->health.listen);
 	return 0;

@@ -1,8 +1,8 @@
 /*
  * The health server: /healthz, /readyz, /metrics and /v1/status over libevent's evhttp (see
- * health.h). The listening socket is made here (so a bind error comes back as its errno) and
- * handed to evhttp; evhttp, the thread's event base and the thread are made by health_start() and
- * ended by health_stop(), which closes every connection.
+ * health.h). The listening socket is made here by health_listen() (so a bind error comes back as
+ * its errno) and handed to evhttp; evhttp, the thread's event base and the thread are made by
+ * health_start() and ended by health_stop(), which closes every connection.
  *
  * Two threads, one rule: evhttp and its requests belong to the server's thread, the checks and
  * callbacks to the loop. A question for the loop travels as a job: the thread puts it on a list
@@ -10,8 +10,11 @@
  * on the other list and wakes the thread through another. Only the thread touches job->req.
  * evhttp keeps a request whose client went away meanwhile until it is answered (it detaches it
  * from the connection), so every job is answered once, by the thread: at health_stop() the thread
- * answers those still waiting (503) before evhttp_free() closes the connections. The heartbeat is
- * one atomic number, written by the loop's timer and read by the thread.
+ * stops listening, answers those still waiting (503) and runs on until every answer it queued is
+ * written out (evhttp calls on_sent), at most HEALTH_DRAIN_MSEC; then, the thread ended, the loop
+ * frees evhttp, which closes the connections. The heartbeat is one atomic number, written by the
+ * loop's timer and read by the thread. The thread logs nothing (the log's state is the loop's):
+ * when its event loop fails it leaves the error for the loop to log.
  */
 #define LOG_MODULE "health"
 
@@ -94,18 +97,24 @@ struct health {
 	uint64_t beat_usec, stall_usec;
 	_Atomic uint64_t beat; /* monotonic usec of the loop's last heartbeat */
 
+	int listen_fd; /* listening, not yet evhttp's */
+	uint16_t bound_port;
+
 	/* while started */
 	bool started;
 	bool thread_runs;
-	uint16_t bound_port;
 	struct event *beat_timer; /* the loop's */
 	struct event *loop_wake;  /* the loop's: jobs to answer */
 	int loop_efd;
 	pthread_t thread;
 	struct event_base *thread_base;
-	struct evhttp *http;       /* the thread's */
-	struct event *thread_wake; /* the thread's: answers to send, or stop */
+	struct evhttp *http;                  /* the thread's */
+	struct evhttp_bound_socket *listener; /* the thread's */
+	struct event *thread_wake;            /* the thread's: answers to send, or stop */
 	int thread_efd;
+	unsigned sending;         /* the thread's: answers queued, not yet written */
+	bool draining;            /* the thread's: stopping, answers being written */
+	_Atomic int thread_error; /* the thread's event loop failed: -errno; 0 */
 
 	pthread_mutex_t lock;
 	struct job_list for_loop;   /* under lock */
@@ -119,11 +128,15 @@ static int parse_address(const char *address, uint16_t port, struct sockaddr_sto
 static void reasons_run(struct health *h, struct health_reasons *reasons);
 static void reasons_done(struct health_reasons *reasons);
 static json_t *reasons_json(const struct health_reasons *reasons);
-static void reply(struct evhttp_request *req, int code, const char *reason,
+static void reply(struct health *h, struct evhttp_request *req, int code, const char *reason,
                   const char *content_type, const char *body, size_t size);
+static void count_sending(struct health *h, struct evhttp_request *req);
+static void send_error(struct health *h, struct evhttp_request *req, int code);
+static void on_sent(struct evhttp_request *req, void *arg);
 static void answer(struct health_job *job, int code, const char *reason, const char *content_type,
                    char *body, size_t size);
 static void answer_json(struct health_job *job, int code, const char *reason, json_t *j);
+static void answer_refused(struct health_job *job, const char *why);
 static void serve_healthz(struct health *h, struct evhttp_request *req);
 static void serve_readyz(struct health *h, struct health_job *job);
 static void serve_metrics(struct health *h, struct health_job *job);
@@ -136,6 +149,9 @@ static void on_thread_wake(evutil_socket_t fd, short what, void *arg);
 static void *thread_main(void *arg);
 static void job_push(struct job_list *l, struct health_job *job);
 static void job_send(struct health *h, struct health_job *job);
+static void job_reply(struct health *h, struct health_job *job);
+static void jobs_send_all(struct health *h, struct health_job *jobs, const char *why);
+static void thread_report(struct health *h);
 static void wake(int efd);
 static void drain(int efd);
 
@@ -168,7 +184,7 @@ health_new(struct event_base *base, const struct health_options *options, struct
 	h->beat_usec = options->beat_usec ? options->beat_usec : HEALTH_BEAT_MSEC * USEC_PER_MSEC;
 	h->stall_usec =
 	        options->stall_usec ? options->stall_usec : HEALTH_STALL_MSEC * USEC_PER_MSEC;
-	h->loop_efd = h->thread_efd = -1;
+	h->loop_efd = h->thread_efd = h->listen_fd = -1;
 	pthread_mutex_init(&h->lock, NULL);
 	if (h->metrics) {
 		struct metrics_family *f;
@@ -202,19 +218,17 @@ health_add_check(struct health *h, const char *name, health_check_fn fn, void *u
 	return 0;
 }
 
-/* Bind and listen, hand the socket to a new evhttp on the thread's base, start the thread. */
+/* Bind and listen; the socket waits for health_start(). */
 int
-health_start(struct health *h)
+health_listen(struct health *h)
 {
 	struct sockaddr_storage ss;
 	socklen_t len;
 	_cleanup_close_ int fd = -1;
-	struct timeval tv;
-	sigset_t all, old;
 	int one = 1, r;
 
 	assert(h);
-	if (h->started)
+	if (h->started || h->listen_fd >= 0)
 		return 0;
 	r = parse_address(h->address, h->port, &ss, &len);
 	if (r < 0)
@@ -230,30 +244,66 @@ health_start(struct health *h)
 	len = sizeof(ss);
 	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
 		return -errno;
+	h->bound_port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+	                                         : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+	h->listen_fd = TAKE_FD(fd);
+	return 0;
+}
+
+/* Listen, hand the socket to a new evhttp on the thread's base, start the thread. */
+int
+health_start(struct health *h)
+{
+	const char *what;
+	struct timeval tv;
+	sigset_t all, old;
+	int r;
+
+	assert(h);
+	if (h->started)
+		return 0;
+	r = health_listen(h);
+	if (r < 0)
+		return r;
 
 	/* from here on health_stop() undoes whatever was made */
 	h->started = true;
+	h->sending = 0;
+	h->draining = false;
+	atomic_store_explicit(&h->thread_error, 0, memory_order_relaxed);
+	what = "eventfd()";
 	h->loop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (h->loop_efd < 0) {
+		r = -errno;
+		goto fail;
+	}
 	h->thread_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (h->loop_efd < 0 || h->thread_efd < 0) {
+	if (h->thread_efd < 0) {
 		r = -errno;
 		goto fail;
 	}
 	r = -ENOMEM;
+	what = "event_base_new()";
 	h->thread_base = event_base_new();
 	if (!h->thread_base)
 		goto fail;
+	what = "event_new()";
 	h->thread_wake =
 	        event_new(h->thread_base, h->thread_efd, EV_READ | EV_PERSIST, on_thread_wake, h);
 	h->loop_wake = event_new(h->base, h->loop_efd, EV_READ | EV_PERSIST, on_loop_wake, h);
 	h->beat_timer = event_new(h->base, -1, EV_PERSIST, on_beat, h);
+	if (!h->thread_wake || !h->loop_wake || !h->beat_timer)
+		goto fail;
+	r = -EIO;
+	what = "event_add()";
 	tv = (struct timeval){.tv_sec = (time_t)(h->beat_usec / USEC_PER_SEC),
 	                      .tv_usec = (suseconds_t)(h->beat_usec % USEC_PER_SEC)};
-	if (!h->thread_wake || !h->loop_wake || !h->beat_timer ||
-	    event_add(h->thread_wake, NULL) < 0 || event_add(h->loop_wake, NULL) < 0 ||
+	if (event_add(h->thread_wake, NULL) < 0 || event_add(h->loop_wake, NULL) < 0 ||
 	    event_add(h->beat_timer, &tv) < 0)
 		goto fail;
 
+	r = -ENOMEM;
+	what = "evhttp_new()";
 	h->http = evhttp_new(h->thread_base);
 	if (!h->http)
 		goto fail;
@@ -266,12 +316,16 @@ health_start(struct health *h)
 	evhttp_set_max_body_size(h->http, HEALTH_MAX_BODY);
 	evhttp_set_timeout(h->http, HEALTH_TIMEOUT_SEC);
 	evhttp_set_gencb(h->http, on_request, h);
-	if (!evhttp_accept_socket_with_handle(h->http, fd))
+	r = -EIO;
+	what = "evhttp_accept_socket_with_handle()";
+	h->listener = evhttp_accept_socket_with_handle(h->http, h->listen_fd);
+	if (!h->listener)
 		goto fail;
-	TAKE_FD(fd); /* evhttp closes it */
+	h->listen_fd = -1; /* evhttp closes it */
 
 	atomic_store_explicit(&h->beat, now_monotonic_usec(), memory_order_relaxed);
 	/* signals stay with the loop thread: the thread starts with all of them blocked */
+	what = "pthread_create()";
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	r = -pthread_create(&h->thread, NULL, thread_main, h);
@@ -280,34 +334,64 @@ health_start(struct health *h)
 		goto fail;
 	h->thread_runs = true;
 	(void)pthread_setname_np(h->thread, "azs-health"); /* for top -H, perf, /proc */
-	h->bound_port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
-	                                         : ntohs(((struct sockaddr_in *)&ss)->sin_port);
 	log_debug("listening on %s port %u", h->address, h->bound_port);
 	return 0;
 
 fail:
+	log_error_errno(r, "cannot start the health server on %s port %u: %s failed: %m",
+	                h->address, h->bound_port, what);
 	health_stop(h);
 	return r;
 }
 
 /*
- * Stop: the thread answers what still waits, closes every connection and the socket
- * (evhttp_free) and ends; then nothing of it is left.
+ * Stop: the thread stops listening, answers what still waits and writes out the answers it
+ * made, and ends; then evhttp is freed here (closing every connection) and nothing of the
+ * server is left. Also after the thread's loop failed: what it left is answered and freed here.
  */
 void
 health_stop(struct health *h)
 {
-	if (!h || !h->started)
+	struct health_job *left;
+
+	if (!h)
 		return;
+	if (!h->started) {
+		/* listening only (health_listen) */
+		if (h->listen_fd >= 0)
+			close(h->listen_fd);
+		h->listen_fd = -1;
+		h->bound_port = 0;
+		return;
+	}
 	if (h->thread_runs) {
 		pthread_mutex_lock(&h->lock);
 		h->stopping = true;
 		pthread_mutex_unlock(&h->lock);
 		wake(h->thread_efd);
 		pthread_join(h->thread, NULL);
-	} else if (h->http)
+		thread_report(h);
+	}
+	/*
+	 * The thread has ended: what it did not answer (its loop failed, or it never ran) is
+	 * answered now, for the requests' sake; evhttp_free() drops it with the connections.
+	 */
+	pthread_mutex_lock(&h->lock);
+	left = h->for_thread.head;
+	if (h->for_thread.tail)
+		h->for_thread.tail->next = h->for_loop.head;
+	else
+		left = h->for_loop.head;
+	h->for_thread = h->for_loop = (struct job_list){0};
+	pthread_mutex_unlock(&h->lock);
+	jobs_send_all(h, left, "stopping");
+	if (h->http)
 		evhttp_free(h->http);
 	h->http = NULL;
+	h->listener = NULL;
+	if (h->listen_fd >= 0)
+		close(h->listen_fd);
+	h->listen_fd = -1;
 	if (h->beat_timer)
 		event_free(h->beat_timer);
 	if (h->loop_wake)
@@ -351,6 +435,19 @@ uint16_t
 health_get_port(const struct health *h)
 {
 	return h ? h->bound_port : 0;
+}
+
+/* Questions on the lists or on the loop. */
+size_t
+health_get_waiting(struct health *h)
+{
+	size_t n;
+
+	assert(h);
+	pthread_mutex_lock(&h->lock);
+	n = h->n_jobs;
+	pthread_mutex_unlock(&h->lock);
+	return n;
 }
 
 /* Run every check; hand the reasons over as strings. */
@@ -501,16 +598,50 @@ reasons_json(const struct health_reasons *reasons)
 	return a;
 }
 
+/*
+ * Note an answer about to be queued on its connection, so that a stop waits until evhttp has
+ * written it (on_sent). A request whose client went away has no connection: evhttp frees it at
+ * once, nothing is written.
+ */
+static void
+count_sending(struct health *h, struct evhttp_request *req)
+{
+	if (!evhttp_request_get_connection(req))
+		return;
+	evhttp_request_set_on_complete_cb(req, on_sent, h);
+	h->sending++;
+}
+
+/* On the thread: an answer is written out (evhttp frees the request after this). */
+static void
+on_sent(_unused_ struct evhttp_request *req, void *arg)
+{
+	struct health *h = arg;
+
+	assert(h->sending > 0);
+	h->sending--;
+	if (h->draining && h->sending == 0)
+		event_base_loopbreak(h->thread_base);
+}
+
+/* evhttp's own error page. */
+static void
+send_error(struct health *h, struct evhttp_request *req, int code)
+{
+	count_sending(h, req);
+	evhttp_send_error(req, code, NULL);
+}
+
 /* Send an answer with a body; nothing of it is cached by a proxy. */
 static void
-reply(struct evhttp_request *req, int code, const char *reason, const char *content_type,
-      const char *body, size_t size)
+reply(struct health *h, struct evhttp_request *req, int code, const char *reason,
+      const char *content_type, const char *body, size_t size)
 {
 	struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
 	struct evbuffer *b = evbuffer_new();
 
 	if (!b) {
-		evhttp_send_error(req, HTTP_INTERNAL, NULL);
+		send_error(h, req, HTTP_INTERNAL);
 		return;
 	}
 	evhttp_add_header(headers, "Content-Type", content_type);
@@ -518,9 +649,10 @@ reply(struct evhttp_request *req, int code, const char *reason, const char *cont
 	evhttp_add_header(headers, "X-Content-Type-Options", "nosniff");
 	if (evbuffer_add(b, body, size) < 0) {
 		evbuffer_free(b);
-		evhttp_send_error(req, HTTP_INTERNAL, NULL);
+		send_error(h, req, HTTP_INTERNAL);
 		return;
 	}
+	count_sending(h, req);
 	evhttp_send_reply(req, code, reason, b);
 	evbuffer_free(b);
 }
@@ -553,6 +685,28 @@ answer_json(struct health_job *job, int code, const char *reason, json_t *j)
 	answer(job, code, reason, HEALTH_CONTENT_JSON, text, strlen(text));
 }
 
+/*
+ * A 503 made without the loop, in the shape of the path's answer: /readyz as not ready with why
+ * as the reason, /v1/status as a JSON error object, /metrics as text. Made on the thread with a
+ * format: why ("busy: ...", "stopping") has no character that JSON escapes.
+ */
+static void
+answer_refused(struct health_job *job, const char *why)
+{
+	const char *type = HEALTH_CONTENT_JSON;
+	char *text;
+
+	if (job->serve == serve_readyz)
+		text = xasprintf("{\"ready\":false,\"reasons\":[\"%s\"]}", why);
+	else if (job->serve == serve_status)
+		text = xasprintf("{\"error\":\"%s\"}", why);
+	else {
+		text = xasprintf("%s\n", why);
+		type = HEALTH_CONTENT_TEXT;
+	}
+	answer(job, HTTP_SERVUNAVAIL, "Service Unavailable", type, text, strlen(text));
+}
+
 /* True while a heartbeat is fresh (health.h). */
 bool
 health_beat_fresh(uint64_t beat_usec, uint64_t now_usec, uint64_t stall_usec)
@@ -570,12 +724,12 @@ serve_healthz(struct health *h, struct evhttp_request *req)
 	int n;
 
 	if (health_beat_fresh(beat, now, h->stall_usec)) {
-		reply(req, HTTP_OK, "OK", HEALTH_CONTENT_TEXT, "ok\n", 3);
+		reply(h, req, HTTP_OK, "OK", HEALTH_CONTENT_TEXT, "ok\n", 3);
 		return;
 	}
 	n = snprintf(text, sizeof(text), "stalled: the loop has not turned for %" PRIu64 " ms\n",
 	             (now - beat) / USEC_PER_MSEC);
-	reply(req, HTTP_SERVUNAVAIL, "Service Unavailable", HEALTH_CONTENT_TEXT, text,
+	reply(h, req, HTTP_SERVUNAVAIL, "Service Unavailable", HEALTH_CONTENT_TEXT, text,
 	      (size_t)MIN(n, (int)sizeof(text) - 1));
 }
 
@@ -697,7 +851,7 @@ on_request(struct evhttp_request *req, void *arg)
 		if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
 			/* evhttp_send_error() would drop the Allow header */
 			evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET");
-			reply(req, 405, "Method Not Allowed", HEALTH_CONTENT_TEXT,
+			reply(h, req, 405, "Method Not Allowed", HEALTH_CONTENT_TEXT,
 			      "method not allowed\n", 19);
 			return;
 		}
@@ -710,6 +864,14 @@ on_request(struct evhttp_request *req, void *arg)
 		job = xcalloc(1, sizeof(*job));
 		job->req = req;
 		job->serve = routes[i].serve;
+		if (h->draining) {
+			/* a question on a kept-alive connection while the server stops */
+			evhttp_add_header(evhttp_request_get_output_headers(req), "Connection",
+			                  "close");
+			answer_refused(job, "stopping");
+			job_reply(h, job);
+			return;
+		}
 		pthread_mutex_lock(&h->lock);
 		busy = h->n_jobs >= HEALTH_JOBS_MAX;
 		if (!busy) {
@@ -718,15 +880,20 @@ on_request(struct evhttp_request *req, void *arg)
 		}
 		pthread_mutex_unlock(&h->lock);
 		if (busy) {
-			free(job);
-			reply(req, HTTP_SERVUNAVAIL, "Service Unavailable", HEALTH_CONTENT_TEXT,
-			      "busy\n", 5);
+			char why[64];
+
+			snprintf(why, sizeof(why), "busy: %d questions wait for the loop",
+			         HEALTH_JOBS_MAX);
+			evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After",
+			                  "1");
+			answer_refused(job, why);
+			job_reply(h, job);
 			return;
 		}
 		wake(h->loop_efd);
 		return;
 	}
-	reply(req, HTTP_NOTFOUND, "Not Found", HEALTH_CONTENT_TEXT, "not found\n", 10);
+	reply(h, req, HTTP_NOTFOUND, "Not Found", HEALTH_CONTENT_TEXT, "not found\n", 10);
 }
 
 /* The loop's heartbeat. */
@@ -747,6 +914,7 @@ on_loop_wake(_unused_ evutil_socket_t fd, _unused_ short what, void *arg)
 	struct health_job *job;
 
 	drain(h->loop_efd);
+	thread_report(h);
 	/* the loop turns: as good as a beat */
 	atomic_store_explicit(&h->beat, now_monotonic_usec(), memory_order_relaxed);
 	pthread_mutex_lock(&h->lock);
@@ -773,8 +941,10 @@ on_loop_wake(_unused_ evutil_socket_t fd, _unused_ short what, void *arg)
 }
 
 /*
- * On the thread: send the loop's answers; when stopping, answer what the loop did not (503),
- * close every connection and end the thread's loop.
+ * On the thread: send the loop's answers. When stopping: stop listening, answer what the loop
+ * did not (503), and end the thread's loop once every answer is written out, or after
+ * HEALTH_DRAIN_MSEC at most (a client that does not read); health_stop() then closes the
+ * connections.
  */
 static void
 on_thread_wake(_unused_ evutil_socket_t fd, _unused_ short what, void *arg)
@@ -794,35 +964,60 @@ on_thread_wake(_unused_ evutil_socket_t fd, _unused_ short what, void *arg)
 	}
 	pthread_mutex_unlock(&h->lock);
 
-	for (struct health_job *list[] = {answered, left}, **l = list; l < list + 2; l++)
-		while (*l) {
-			struct health_job *job = *l;
-
-			*l = job->next;
-			if (!job->code)
-				answer(job, HTTP_SERVUNAVAIL, "Service Unavailable",
-				       HEALTH_CONTENT_TEXT, xstrdup("stopping\n"), 9);
-			job_send(h, job);
-		}
-	if (stopping) {
-		evhttp_free(h->http);
+	jobs_send_all(h, answered, "stopping"); /* all answered by the loop */
+	if (!stopping || h->draining)
+		return;
+	h->draining = true;
+	evhttp_del_accept_socket(h->http, h->listener); /* closes the socket */
+	h->listener = NULL;
+	jobs_send_all(h, left, "stopping");
+	if (h->sending == 0)
 		event_base_loopbreak(h->thread_base);
-	}
+	else
+		event_base_loopexit(h->thread_base, &(struct timeval){.tv_usec = HEALTH_DRAIN_MSEC *
+		                                                                 USEC_PER_MSEC});
 }
 
 /*
- * Send a job's answer (which frees the request) and free the job. The body is malloc's: the loop
+ * Send each job of a list; one not answered by the loop is answered 503 why (stopping: with
+ * Connection: close).
+ */
+static void
+jobs_send_all(struct health *h, struct health_job *jobs, const char *why)
+{
+	while (jobs) {
+		struct health_job *job = jobs;
+
+		jobs = job->next;
+		if (!job->code) {
+			evhttp_add_header(evhttp_request_get_output_headers(job->req), "Connection",
+			                  "close");
+			answer_refused(job, why);
+		}
+		job_send(h, job);
+	}
+}
+
+/* Send a job's answer (which frees the request) and free the job. */
+static void
+job_reply(struct health *h, struct health_job *job)
+{
+	if (job->body)
+		reply(h, job->req, job->code, job->reason, job->content_type, job->body, job->size);
+	else
+		send_error(h, job->req, job->code);
+	free(job->body);
+	free(job);
+}
+
+/*
+ * Send the answer of a job that waited for the loop and free it. The body is malloc's: the loop
  * rendered it outside any jsonarena.
  */
 static void
 job_send(struct health *h, struct health_job *job)
 {
-	if (job->body)
-		reply(job->req, job->code, job->reason, job->content_type, job->body, job->size);
-	else
-		evhttp_send_error(job->req, job->code, NULL);
-	free(job->body);
-	free(job);
+	job_reply(h, job);
 	pthread_mutex_lock(&h->lock);
 	h->n_jobs--;
 	pthread_mutex_unlock(&h->lock);
@@ -839,14 +1034,41 @@ job_push(struct job_list *l, struct health_job *job)
 	l->tail = job;
 }
 
-/* The server's thread: its own loop, until health_stop(). */
+/*
+ * The server's thread: its own loop, until health_stop(). When the loop fails (or ends unasked)
+ * the error is left for the loop thread to log (thread_report), which it does at its next turn.
+ */
 static void *
 thread_main(void *arg)
 {
 	struct health *h = arg;
+	bool stopping;
+	int r;
 
-	event_base_dispatch(h->thread_base);
+	errno = 0;
+	r = event_base_dispatch(h->thread_base);
+	pthread_mutex_lock(&h->lock);
+	stopping = h->stopping;
+	pthread_mutex_unlock(&h->lock);
+	if (r < 0 || !stopping) {
+		atomic_store_explicit(&h->thread_error, r < 0 && errno > 0 ? -errno : -EIO,
+		                      memory_order_relaxed);
+		wake(h->loop_efd);
+	}
 	return NULL;
+}
+
+/* On the loop: log that the thread's event loop failed, once. */
+static void
+thread_report(struct health *h)
+{
+	int r = atomic_exchange_explicit(&h->thread_error, 0, memory_order_relaxed);
+
+	if (r < 0)
+		log_error_errno(r,
+		                "the health server's thread ended, its event loop failed: %m; "
+		                "nothing on %s port %u answers until the daemon restarts",
+		                h->address, h->bound_port);
 }
 
 static void

@@ -21,7 +21,13 @@
  * 503 with how long the loop has not turned. /readyz, /metrics and /v1/status are handed to the
  * loop, which makes the answer from what the callbacks say (they run on the loop, as before, and
  * must be cheap: counters in memory, the store's kept counts) and hands it back for the thread to
- * send; at most HEALTH_JOBS_MAX wait at a time, more are answered 503 at once.
+ * send; at most HEALTH_JOBS_MAX wait at a time, more are answered 503 at once, in the shape of
+ * the path's answer: /readyz {"ready":false,"reasons":["busy: ..."]} and /v1/status {"error":
+ * "busy: ..."} as JSON, /metrics as text, each with Retry-After.
+ *
+ * At health_stop() the server stops listening, answers the questions still waiting for the loop
+ * 503 (stopping, in the same shapes) and lets its thread run until every answer made is written
+ * to its connection, at most HEALTH_DRAIN_MSEC, before it closes the connections.
  *
  * Readiness is the sum of checks: the daemon adds one per module (health_add_check), and each
  * adds zero or more reasons (health_reasons_add) when asked. The server knows nothing of the
@@ -50,6 +56,7 @@
 #define HEALTH_BEAT_MSEC    1000 /* the loop notes that it runs this often */
 #define HEALTH_STALL_MSEC   5000 /* /healthz says 503 once the heartbeat is older */
 #define HEALTH_JOBS_MAX     64   /* questions waiting for the loop at a time */
+#define HEALTH_DRAIN_MSEC   500  /* at stop, answers made are written for at most this long */
 
 struct event_base;
 struct metrics;
@@ -106,19 +113,34 @@ int health_new(struct event_base *base, const struct health_options *options, st
 int health_add_check(struct health *h, const char *name, health_check_fn fn, void *userdata);
 
 /*
- * Bind, listen and start the server's thread; the heartbeat starts fresh. -EADDRINUSE,
- * -EADDRNOTAVAIL, -EACCES, ... (errno of bind/listen), or the error of making the thread.
+ * Bind and listen (health_get_port says where); nothing answers until health_start(). Returns 0
+ * (also when listening already) or the errno of socket, bind or listen: -EADDRINUSE,
+ * -EADDRNOTAVAIL, -EACCES, ...; logs nothing, the caller names the address.
+ */
+int health_listen(struct health *h);
+
+/*
+ * Listen (health_listen, when not yet) and start the server's thread; the heartbeat starts
+ * fresh. Returns 0, an error of health_listen() (not logged), or the error of what failed after
+ * listening (an eventfd, an event base or event, evhttp, the thread), which is logged here,
+ * naming it; then nothing of the server is left.
  */
 int health_start(struct health *h);
 
-/* Stop listening, drop open connections and end the thread (from the loop). Accepts NULL. */
+/*
+ * Stop listening, answer what waits (503), write the answers made (at most HEALTH_DRAIN_MSEC),
+ * close every connection and end the thread (from the loop). Accepts NULL.
+ */
 void health_stop(struct health *h);
 
 /* Stop and free. Accepts NULL; returns NULL. */
 struct health *health_free(struct health *h);
 
-/* The port listened on (after health_start), 0 when not listening. */
+/* The port listened on (after health_listen or health_start), 0 when not listening. */
 uint16_t health_get_port(const struct health *h);
+
+/* How many questions wait for the loop, or for their answer to be sent, now (tests). */
+size_t health_get_waiting(struct health *h);
 
 /*
  * Run every check now: true when ready. With ret_reasons, a new NULL-terminated array of new

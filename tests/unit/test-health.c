@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -465,9 +466,13 @@ test_health_healthz_loop_stalled(_unused_ void **state)
 	event_base_free(base);
 }
 
+#define BUSY "busy: 64 questions wait for the loop"
+
 /*
  * While the loop does not turn, at most HEALTH_JOBS_MAX questions wait for it: the next are
- * answered 503 at once by the thread. Once the loop turns, it answers every one that waited.
+ * answered 503 at once by the thread, in the shape of the path's answer (the contract's
+ * {"ready":false,"reasons":[...]} for /readyz, a JSON error object for /v1/status, text for
+ * /metrics), with Retry-After. Once the loop turns, it answers every one that waited.
  */
 static void
 test_health_questions_for_the_loop_bounded(void **state)
@@ -488,18 +493,44 @@ test_health_questions_for_the_loop_bounded(void **state)
 			a[i] = receive(NULL, fds[i]);
 			fds[i] = -1;
 			assert_int_equal(a[i].status, 503);
-			assert_string_equal(a[i].body, "busy\n");
+			assert_string_equal(a[i].body,
+			                    "{\"ready\":false,\"reasons\":[\"" BUSY "\"]}");
+			assert_true(has_header(&a[i], "Content-Type: " HEALTH_CONTENT_JSON));
+			assert_true(has_header(&a[i], "Retry-After: 1"));
 			busy++;
 		}
 	}
 	assert_int_equal(f->store.asked, 0);
 	assert_true(n > HEALTH_JOBS_MAX);
+	assert_int_equal(health_get_waiting(f->health), HEALTH_JOBS_MAX);
+
+	/* the loop still does not turn: the other paths are busy too, each in its shape */
+	{
+		struct answer b = receive(NULL, send_get(health_get_port(f->health), "/v1/status"));
+		json_t *j;
+
+		assert_int_equal(b.status, 503);
+		assert_true(has_header(&b, "Content-Type: " HEALTH_CONTENT_JSON));
+		assert_true(has_header(&b, "Retry-After: 1"));
+		j = body_json(&b);
+		assert_true(json_is_object(j));
+		assert_string_equal(json_string_value(json_object_get(j, "error")), BUSY);
+		json_decref(j);
+		answer_done(&b);
+
+		b = receive(NULL, send_get(health_get_port(f->health), "/metrics"));
+		assert_int_equal(b.status, 503);
+		assert_true(has_header(&b, "Content-Type: " HEALTH_CONTENT_TEXT));
+		assert_true(has_header(&b, "Retry-After: 1"));
+		assert_string_equal(b.body, BUSY "\n");
+		answer_done(&b);
+	}
 
 	for (size_t i = 0; i < n; i++) {
 		if (fds[i] >= 0) {
 			a[i] = receive(f->base, fds[i]);
 			assert_true(a[i].status == 200 ||
-			            (a[i].status == 503 && strcmp(a[i].body, "busy\n") == 0));
+			            (a[i].status == 503 && strstr(a[i].body, BUSY)));
 		}
 		answered += a[i].status == 200;
 		answer_done(&a[i]);
@@ -509,9 +540,10 @@ test_health_questions_for_the_loop_bounded(void **state)
 }
 
 /*
- * Questions still waiting for the loop when the server stops, and questions whose client left
- * before the loop answered, end without a leak (the sanitizer build checks) and without an
- * answer made after the stop; the server starts again afterwards.
+ * Questions still waiting for the loop when the server stops are answered 503 "stopping" in
+ * their path's shape, with Connection: close, and answers the loop made are delivered; questions
+ * whose client left before the loop answered end without a leak (the sanitizer build checks);
+ * nothing is asked of the checks after the stop; the server starts again afterwards.
  */
 static void
 test_health_stop_while_questions_wait(void **state)
@@ -532,18 +564,50 @@ test_health_stop_while_questions_wait(void **state)
 		answer_done(&a);
 	}
 
+	/* every question waits for the loop (the thread has read them all), then the stop */
 	asked = f->store.asked;
 	for (size_t i = 0; i < ARRAY_SIZE(fds); i++)
-		fds[i] = send_get(health_get_port(f->health), i % 2 ? "/readyz" : "/v1/status");
+		fds[i] = send_get(health_get_port(f->health), i % 2   ? "/metrics"
+		                                              : i % 4 ? "/readyz"
+		                                                      : "/v1/status");
+	while (health_get_waiting(f->health) < ARRAY_SIZE(fds))
+		poll(NULL, 0, 1);
 	for (size_t i = 1; i < ARRAY_SIZE(fds); i += 2)
 		close(fds[i]);
 	health_stop(f->health);
 	for (size_t i = 0; i < ARRAY_SIZE(fds); i += 2) {
+		json_t *j;
+
 		a = receive(NULL, fds[i]);
-		assert_true(a.status == 0 || a.status == 503);
+		assert_int_equal(a.status, 503);
+		assert_true(has_header(&a, "Content-Type: " HEALTH_CONTENT_JSON));
+		assert_true(has_header(&a, "Connection: close"));
+		if (i % 4) {
+			assert_string_equal(a.body, "{\"ready\":false,\"reasons\":[\"stopping\"]}");
+		} else {
+			j = body_json(&a);
+			assert_string_equal(json_string_value(json_object_get(j, "error")),
+			                    "stopping");
+			json_decref(j);
+		}
 		answer_done(&a);
 	}
 	assert_int_equal(f->store.asked, asked);
+
+	/* answers the loop made just before the stop are delivered */
+	assert_int_equal(health_start(f->health), 0);
+	for (size_t i = 0; i < ARRAY_SIZE(fds); i++)
+		fds[i] = send_get(health_get_port(f->health), i % 2 ? "/readyz" : "/metrics");
+	while (health_get_waiting(f->health) < ARRAY_SIZE(fds))
+		poll(NULL, 0, 1);
+	event_base_loop(f->base, EVLOOP_NONBLOCK);
+	assert_int_equal(f->store.asked, asked + ARRAY_SIZE(fds));
+	health_stop(f->health);
+	for (size_t i = 0; i < ARRAY_SIZE(fds); i++) {
+		a = receive(NULL, fds[i]);
+		assert_int_equal(a.status, 200);
+		answer_done(&a);
+	}
 
 	assert_int_equal(health_start(f->health), 0);
 	a = get(f, "/readyz");
@@ -591,6 +655,55 @@ test_health_port_in_use_and_stop(void **state)
 	assert_null(health_free(NULL));
 }
 
+/*
+ * A failure after the bind (here: no descriptor left for the eventfd) comes back as its error,
+ * with nothing of the server left: not listening, the port free; started again, it answers.
+ */
+static void
+test_health_start_fails_after_bind(void **state)
+{
+	struct fixture *f = *state;
+	struct rlimit old, low;
+	uint16_t port;
+	int fd, r;
+	struct answer a;
+
+	health_stop(f->health);
+	assert_int_equal(health_listen(f->health), 0);
+	port = health_get_port(f->health);
+	assert_int_not_equal(port, 0);
+	/* the lowest free descriptor is the limit: the next one made fails */
+	fd = dup(0);
+	assert_true(fd >= 0);
+	close(fd);
+	assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+	low = (struct rlimit){.rlim_cur = (rlim_t)fd, .rlim_max = old.rlim_max};
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+	r = health_start(f->health);
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+	assert_int_equal(r, -EMFILE);
+	assert_int_equal(health_get_port(f->health), 0);
+	assert_int_equal(health_get_waiting(f->health), 0);
+
+	/* the listening socket was closed */
+	{
+		struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port)};
+		int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+		inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr);
+		assert_true(c >= 0);
+		assert_int_equal(connect(c, (struct sockaddr *)&sin, sizeof(sin)), -1);
+		assert_int_equal(errno, ECONNREFUSED);
+		close(c);
+	}
+
+	assert_int_equal(health_start(f->health), 0);
+	assert_int_not_equal(health_get_port(f->health), 0);
+	a = get(f, "/readyz");
+	assert_int_equal(a.status, 200);
+	answer_done(&a);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -630,6 +743,8 @@ main(int argc, char **argv)
 	                                        fixture_setup, fixture_teardown),
 	        cmocka_unit_test_setup_teardown(test_health_stop_while_questions_wait,
 	                                        fixture_setup, fixture_teardown),
+	        cmocka_unit_test_setup_teardown(test_health_start_fails_after_bind, fixture_setup,
+	                                        fixture_teardown),
 	};
 
 	if (argc == 2 && strcmp(argv[1], "--dump-metrics") == 0)
