@@ -54,9 +54,14 @@
 #define HEALTH_CONTENT_JSON "application/json"
 #define HEALTH_CONTENT_TEXT "text/plain; charset=utf-8"
 #define HEALTH_BEAT_MSEC    1000 /* the loop notes that it runs this often */
-#define HEALTH_STALL_MSEC   5000 /* /healthz says 503 once the heartbeat is older */
-#define HEALTH_JOBS_MAX     64   /* questions waiting for the loop at a time */
-#define HEALTH_DRAIN_MSEC   500  /* at stop, answers made are written for at most this long */
+/*
+ * /healthz says 503 once the heartbeat is older. Well above the store's busy time-out (5 s per
+ * statement): a loop waiting for the store's lock behind azs-usagectl or a backup is not stuck,
+ * and a liveness probe must not restart it.
+ */
+#define HEALTH_STALL_MSEC 15000
+#define HEALTH_JOBS_MAX   64  /* questions waiting for the loop at a time */
+#define HEALTH_DRAIN_MSEC 500 /* at stop, answers made are written for at most this long */
 
 struct event_base;
 struct metrics;
