@@ -811,6 +811,7 @@ struct parse {
 	long status;
 	char *body; /* a copy: lib/http's buffer is gone when the answer returns */
 	size_t body_size;
+	size_t body_block; /* the size of body's block (a STACK_BLOCK_BODY) */
 	int64_t hour;
 	/* the worker's output */
 	int r;
@@ -822,7 +823,7 @@ static void
 parse_free(struct parse *p)
 {
 	stack_usage_page_free(p->page);
-	free(p->body);
+	stack_block_put(STACK_BLOCK_BODY, p->body, p->body_block);
 	free(p);
 }
 
@@ -833,7 +834,9 @@ parse_new(struct collector *c, int64_t hour, const struct http_result *http)
 
 	p->c = c;
 	p->status = http->status;
-	p->body = xmemdup(http->body ? http->body : "", http->body_size);
+	p->body = stack_block_get(STACK_BLOCK_BODY, http->body_size + 1, &p->body_block);
+	memcpy(p->body, http->body ? http->body : "", http->body_size);
+	p->body[http->body_size] = '\0';
 	p->body_size = http->body_size;
 	p->hour = hour;
 	return p;
@@ -850,7 +853,7 @@ parse_work(void *userdata)
 	if (p->r >= 0) {
 		/* the page owns its strings: the body is not needed any more (only a not-ready
 		 * answer's is read again), and need not wait for the store */
-		free(p->body);
+		stack_block_put(STACK_BLOCK_BODY, p->body, p->body_block);
 		p->body = NULL;
 		p->body_size = 0;
 	}

@@ -15,6 +15,7 @@
  * produced) refuses the page, because then one of the two readings is wrong and billing must not
  * guess which.
  */
+#include <assert.h>
 #include <errno.h>
 #include <locale.h>
 #include <pthread.h>
@@ -55,7 +56,9 @@
 #define ALIGN                                   1
 #endif
 
-#define BLOCK_MIN        (64 * 1024) /* bytes of a page's text block, at least */
+#define BLOCK_MIN        (64 * 1024)  /* bytes of a page's text block, at least */
+#define BLOCKS_KEPT      2            /* freed large blocks kept per kind */
+#define BLOCK_KEPT_MIN   (256 * 1024) /* smaller blocks are not kept */
 #define KEY_TEXT_STACK   2048 /* a record key's hashed text up to this size stays on the stack */
 #define NAME_MAX_DECODED 16   /* longest member name the scanner compares ("properties") */
 #define QUOTE_MAX        64   /* bytes of a value quoted in a reason */
@@ -195,7 +198,7 @@ stack_usage_page_free(struct stack_usage_page *page)
 	while ((b = m->pool.blocks)) {
 		m->pool.blocks = b->next;
 		ASAN_UNPOISON_MEMORY_REGION(b->data, b->size);
-		free(b);
+		stack_block_put(STACK_BLOCK_TEXT, b, offsetof(struct block, data) + b->size);
 	}
 	free(m);
 	return NULL;
@@ -1307,6 +1310,86 @@ done:
 
 /* ---- the page's memory ---- */
 
+/* The large blocks kept, per kind (see stack_block_get). */
+static pthread_mutex_t blocks_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+	void *p;
+	size_t size;
+} blocks_kept[_STACK_BLOCK_KIND_MAX][BLOCKS_KEPT];
+
+/* A block of at least size bytes: the smallest kept one that fits, else a new one. */
+void *
+stack_block_get(enum stack_block_kind kind, size_t size, size_t *ret_size)
+{
+	size_t best = BLOCKS_KEPT;
+	void *p = NULL;
+
+	assert(kind < _STACK_BLOCK_KIND_MAX);
+	pthread_mutex_lock(&blocks_lock);
+	for (size_t i = 0; i < BLOCKS_KEPT; i++)
+		if (blocks_kept[kind][i].p && blocks_kept[kind][i].size >= size &&
+		    (best == BLOCKS_KEPT ||
+		     blocks_kept[kind][i].size < blocks_kept[kind][best].size))
+			best = i;
+	if (best < BLOCKS_KEPT) {
+		p = blocks_kept[kind][best].p;
+		size = blocks_kept[kind][best].size;
+		blocks_kept[kind][best].p = NULL;
+	}
+	pthread_mutex_unlock(&blocks_lock);
+	if (p)
+		ASAN_UNPOISON_MEMORY_REGION(p, size);
+	else {
+		/* room for a somewhat larger page next time, when the block is kept */
+		if (size >= BLOCK_KEPT_MIN)
+			size += size / 8;
+		p = xmalloc(size);
+	}
+	*ret_size = size;
+	return p;
+}
+
+/* Keep a freed block when it is large, in a free place or instead of a smaller one. */
+void
+stack_block_put(enum stack_block_kind kind, void *p, size_t size)
+{
+	size_t slot = BLOCKS_KEPT;
+
+	assert(kind < _STACK_BLOCK_KIND_MAX);
+	if (!p)
+		return;
+	if (size < BLOCK_KEPT_MIN) {
+		free(p);
+		return;
+	}
+	ASAN_POISON_MEMORY_REGION(p, size);
+	pthread_mutex_lock(&blocks_lock);
+	/* a free place, else the place of the smallest kept block */
+	for (size_t i = 0; i < BLOCKS_KEPT && slot == BLOCKS_KEPT; i++)
+		if (!blocks_kept[kind][i].p)
+			slot = i;
+	if (slot == BLOCKS_KEPT) {
+		slot = 0;
+		for (size_t i = 1; i < BLOCKS_KEPT; i++)
+			if (blocks_kept[kind][i].size < blocks_kept[kind][slot].size)
+				slot = i;
+	}
+	if (!blocks_kept[kind][slot].p || blocks_kept[kind][slot].size < size) {
+		void *old = blocks_kept[kind][slot].p;
+		size_t old_size = blocks_kept[kind][slot].size;
+
+		blocks_kept[kind][slot].p = p;
+		blocks_kept[kind][slot].size = size;
+		p = old;
+		size = old_size;
+	}
+	pthread_mutex_unlock(&blocks_lock);
+	if (p) {
+		ASAN_UNPOISON_MEMORY_REGION(p, size);
+		free(p);
+	}
+}
+
 /* Start a new block in the pool with room for size bytes and a red zone at least. */
 static void
 pool_grow(struct pool *pool, size_t size)
@@ -1314,7 +1397,8 @@ pool_grow(struct pool *pool, size_t size)
 	struct block *b;
 
 	size = MAX(size + REDZONE, pool->next_size);
-	b = xmalloc(offsetof(struct block, data) + size);
+	b = stack_block_get(STACK_BLOCK_TEXT, offsetof(struct block, data) + size, &size);
+	size -= offsetof(struct block, data);
 	b->next = pool->blocks;
 	b->size = size;
 	pool->blocks = b;

@@ -75,6 +75,24 @@ int stack_usage_page_parse(long http_status, const char *body, size_t size, int6
 struct stack_usage_page *stack_usage_page_free(struct stack_usage_page *page);
 
 /*
+ * Large blocks of memory that come and go with every page at about the same sizes: the copy of a
+ * page's body on its way to the parse, and a parsed page's text. A block freed with
+ * stack_block_put() is kept (a few of each kind, from any thread) for the next stack_block_get()
+ * of its kind that it fits, instead of going back to glibc, which maps such a block afresh each
+ * time (azs-usaged fixes its mmap threshold) and has the kernel zero every page of it again.
+ */
+enum stack_block_kind {
+	STACK_BLOCK_BODY,
+	STACK_BLOCK_TEXT,
+	_STACK_BLOCK_KIND_MAX,
+};
+
+/* A block of at least size bytes; *ret_size gets its size. Aborts when out of memory. */
+void *stack_block_get(enum stack_block_kind kind, size_t size, size_t *ret_size);
+/* Give back a block of stack_block_get() with the size it had (p may be NULL). */
+void stack_block_put(enum stack_block_kind kind, void *p, size_t size);
+
+/*
  * The record key of section 4 from its fields: subscription and meter ids are lower-cased and
  * the meter loses its dashes here; instance_data must already be canonical. -EINVAL for a NULL
  * field or a time outside the years 0000 to 9999.

@@ -1614,11 +1614,50 @@ read_key_rows(struct key_row rows[static KEY_ROWS])
 }
 
 /* Run the stack tests. */
+/*
+ * Large blocks are kept for the next get of their kind that they fit (the smallest that fits),
+ * two of a kind at most, the larger ones first; small blocks and other kinds are not shared.
+ */
+static void
+test_stack_blocks_kept(_unused_ void **state)
+{
+	size_t big = 1024 * 1024, s1, s2, s3, s4, s5;
+	char *a, *b, *c, *d, *e;
+
+	a = stack_block_get(STACK_BLOCK_BODY, big, &s1);
+	assert_true(s1 >= big);
+	memset(a, 'a', s1); /* all of it is usable */
+	b = stack_block_get(STACK_BLOCK_BODY, 2 * big, &s2);
+	assert_true(s2 >= 2 * big);
+	stack_block_put(STACK_BLOCK_BODY, a, s1);
+	stack_block_put(STACK_BLOCK_BODY, b, s2);
+	c = stack_block_get(STACK_BLOCK_TEXT, big / 2, &s3); /* another kind: new */
+	assert_ptr_not_equal(c, a);
+	assert_ptr_not_equal(c, b);
+	d = stack_block_get(STACK_BLOCK_BODY, big / 2, &s4); /* the smallest that fits */
+	assert_ptr_equal(d, a);
+	assert_int_equal(s4, s1);
+	e = stack_block_get(STACK_BLOCK_BODY, 3 * big, &s5); /* none fits */
+	assert_ptr_not_equal(e, b);
+	assert_true(s5 >= 3 * big);
+	stack_block_put(STACK_BLOCK_BODY, d, s4);
+	stack_block_put(STACK_BLOCK_BODY, e, s5); /* two kept already: the smallest goes */
+	d = stack_block_get(STACK_BLOCK_BODY, big / 2, &s4);
+	assert_ptr_equal(d, b);
+	stack_block_put(STACK_BLOCK_BODY, d, s4);
+	stack_block_put(STACK_BLOCK_TEXT, c, s3);
+	a = stack_block_get(STACK_BLOCK_TEXT, 1000, &s1); /* small: never kept, a new one */
+	assert_true(s1 >= 1000);
+	stack_block_put(STACK_BLOCK_TEXT, a, s1);
+	stack_block_put(STACK_BLOCK_TEXT, NULL, 0);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_stack_usage_page_parse_page1),
+	        cmocka_unit_test(test_stack_blocks_kept),
 	        cmocka_unit_test(test_stack_usage_page_parse_outgrows_blocks),
 	        cmocka_unit_test(test_stack_usage_page_parse_exact_quantity),
 	        cmocka_unit_test(test_stack_usage_page_parse_page2_last),
