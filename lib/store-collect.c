@@ -325,8 +325,9 @@ put_record(struct store *s, const struct store_page *page, const struct store_re
 {
 	char qkey[HASH_SHA256_HEX_LEN + 1], qtext[DECIMAL_STRING_MAX];
 	_cleanup_free_ char *stored = NULL;
-	struct store_record copy;
+	struct store_record copy, row;
 	struct decimal q;
+	bool rewritten = false;
 	int64_t id = 0;
 	int rr;
 
@@ -365,12 +366,21 @@ put_record(struct store *s, const struct store_page *page, const struct store_re
 			copy = *r;
 			copy.quantity = qtext;
 			r = &copy;
+			rewritten = true;
 		}
 	}
 
 	rr = page->pass > 0 ? lookup(s, page->reported_hour, r->key, &id, &stored) : -ENOENT;
 	if (rr == -ENOENT) {
-		rr = store_record_insert(s, r, KIND_USAGE, page->reported_hour, page->now, 0, &id);
+		/* The usage row keeps the fields, not the text they came in (which is most of a
+		 * row's bytes, written again by the WAL and the checkpoint): the raw text stays
+		 * where an operator reads it, in quarantined and conflict rows, and where the
+		 * stored quantity is not the literal that was received. */
+		row = *r;
+		if (!rewritten)
+			row.raw = NULL;
+		rr = store_record_insert(s, &row, KIND_USAGE, page->reported_hour, page->now, 0,
+		                         &id);
 		if (rr < 0)
 			return rr;
 		if (id) {

@@ -95,7 +95,7 @@ struct store_record {
 	char *location;
 	char *tags;            /* JSON text or NULL */
 	char *additional_info; /* JSON text or NULL */
-	char *raw;             /* the record's text as received */
+	char *raw;             /* the record's text as received (stored: see store_put_page) */
 
 	/* out only, set as the record moves */
 	char *tenant_id;            /* directory tenant, set when mapped */
@@ -172,7 +172,9 @@ int store_recollect(struct store *s, const struct store_recollect *rc, size_t *r
  * negative, else the whole page is -EINVAL (the collector quarantines such records). The quantity
  * is stored as lib/decimal formats it: the literal's own text when it is plain decimal notation
  * ("2.4000000000" stays so), the same value at the same scale otherwise ("1e3" -> "1000",
- * ".5" -> "0.5"), so that what is forwarded is never exponent notation; raw keeps the literal.
+ * ".5" -> "0.5"), so that what is forwarded is never exponent notation. The raw text is stored
+ * for quarantined records, conflict rows and a record whose quantity was written anew (it keeps
+ * the literal); a usage record stored as received has its fields and key, not its raw text.
  * A quarantined record without a valid key gets SHA-256 of "quarantined\n", its raw
  * text, "\n" and its reason. A quarantined record seen again (same hour and key) counts as a
  * duplicate; a valid record under the key of a quarantined one is stored and forwarded (the

@@ -5,7 +5,7 @@ in a loop; this test has it killed with SIGKILL 120 times, and after each kill c
 `store-torture verify` that the store opens (quick_check), that every page the program reported
 committed is complete, that the cursor is never behind a page whose records are present nor ahead
 of records, that the per-state counters equal a count by state, and that no key is stored twice
-(so no record is in two states), and that each record's raw text (kept in a table of its own)
+(so no record is in two states), and that each record's additionalInfo (the bulk of its row)
 came with it. The runs checkpoint the WAL every few pages instead of every 64 MB, so that many
 kills land inside a checkpoint, not only inside a transaction.
 

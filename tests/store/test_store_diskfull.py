@@ -17,7 +17,7 @@ from waiting import limit
 BUILD = os.environ.get("AZS_BUILD_DIR", "")
 TORTURE = os.path.join(BUILD, "tests", "store", "store-torture")
 RECORDS = 10
-RAW_BYTES = 2000  # the same for every mode: verify recomputes each record's raw text
+RAW_BYTES = 2000  # the same for every mode: verify recomputes each record's padded additionalInfo
 
 
 def _verify(db):

@@ -572,7 +572,8 @@ test_store_put_page_refuses_bad_input(void **state)
 	put_refused(f, edit_meter_null);
 }
 
-/* A quantity in exponent or other non-plain notation is stored as plain decimal text. */
+/* A quantity in exponent or other non-plain notation is stored as plain decimal text; the raw
+ * text, which a usage row does not keep otherwise, then keeps the literal received. */
 static void
 test_store_put_page_normalises_quantity(void **state)
 {
@@ -599,6 +600,10 @@ test_store_put_page_normalises_quantity(void **state)
 		assert_int_equal(res.inserted, 1);
 		assert_int_equal(store_record_find(f->store, d.key, STORE_PENDING, &r), 0);
 		assert_string_equal(r.quantity, cases[i].stored);
+		if (streq(cases[i].in, cases[i].stored))
+			assert_null(r.raw);
+		else
+			assert_string_equal(r.raw, d.raw);
 		store_record_done(&r);
 		/* the literal seen again is the same value: a duplicate, not a conflict */
 		assert_int_equal(put(f->store, &d, 1, &res), 0);
@@ -2025,12 +2030,12 @@ test_store_open_check_bounded(void **state)
 	char *bad;
 	size_t n = 0;
 
-	fill(f->store, 5000); /* records rec1000 .. rec5999, about 90 pages of them */
+	fill(f->store, 5000); /* records rec1000 .. rec5999, tens of pages of them */
 	f->store = store_free(f->store);
 	good = slurp(f->path, &n);
 
 	bad = xmemdup(good, n);
-	garble_page_of(bad, n, "\"rec3500\"");
+	garble_page_of(bad, n, "virtualmachines/vm3500");
 	spill(f->path, bad, n);
 	assert_int_equal(store_open(&o, &s, &err), 0);
 	assert_int_equal(store_quick_check(s), -EBADMSG);
@@ -2039,7 +2044,7 @@ test_store_open_check_bounded(void **state)
 	free(bad);
 
 	bad = xmemdup(good, n);
-	garble_page_of(bad, n, "\"rec5999\"");
+	garble_page_of(bad, n, "virtualmachines/vm5999");
 	spill(f->path, bad, n);
 	assert_refused(f->path, false, -EBADMSG);
 	free(bad);
@@ -2724,8 +2729,7 @@ test_store_apply_outcomes_retry_new_batch_id(void **state)
 }
 
 /* Pruning takes along the batches and charges nobody names any more, the state rows of what it
- * deletes, and the conflict rows deleted with their original (the raw text is in the record
- * row: it goes with it). */
+ * deletes, and the conflict rows deleted with their original. */
 static void
 test_store_prune_removes_batches_and_state_rows(void **state)
 {
@@ -2740,8 +2744,9 @@ test_store_prune_removes_batches_and_state_rows(void **state)
 	dead = drive(f->store, &d[1], STORE_OUTCOME_DEAD);
 	cid = make_conflict(f->store, &d[0], "1");
 	assert_int_equal(store_conflict_reject(f->store, cid, "x", NULL, NOW), 0);
-	assert_int_equal(side_int(f->path, "SELECT count(*) FROM records WHERE raw IS NOT NULL"),
-	                 3);
+	assert_int_equal(
+	        side_int(f->path, "SELECT count(*) FROM records WHERE resource_uri IS NOT NULL"),
+	        3);
 	assert_int_equal(side_int(f->path, "SELECT count(*) FROM batches"), 2);
 	/* one charge row per subscription while its charge stands, whatever the batches */
 	assert_int_equal(side_int(f->path, "SELECT count(*) FROM charges"), 1);
@@ -2750,11 +2755,11 @@ test_store_prune_removes_batches_and_state_rows(void **state)
 
 	assert_int_equal(store_prune(f->store, NOW + 1, 100, &n), 0);
 	assert_int_equal(n, 1);
-	/* the dead letter stays with its raw text, its state row and its batch */
+	/* the dead letter stays with its row, its state row and its batch */
 	assert_int_equal(side_int(f->path, "SELECT count(*) FROM records"), 1);
 	assert_int_equal(side_intf(f->path,
 	                           "SELECT count(*) FROM records WHERE id = %" PRId64
-	                           " AND raw IS NOT NULL",
+	                           " AND resource_uri IS NOT NULL",
 	                           dead),
 	                 1);
 	assert_int_equal(side_int(f->path, "SELECT count(*) FROM states"), 1);
