@@ -2,12 +2,12 @@
  * bench-h6-loopstall: how long azs-usaged's loop stays away from epoll_wait, whatever else runs
  * on the machine (issue 13: /healthz always under 50 ms while catching up). Preloaded into the
  * daemon (LD_PRELOAD=.../libbench-h6-loopstall.so AZS_H6_STALLS=FILE); it wraps epoll_wait and
- * measures, for the thread that calls it (libevent's loop), every turn: from one epoll_wait's
- * return to the next call, in wall time and in the thread's CPU time. A /healthz request that
- * arrives during a turn waits for its end. The wall time of a turn counts the time the thread
- * waited for a core on a busy machine; "own" is the wall time less that wait (the run queue delay
- * of /proc/thread-self/schedstat): the CPU time plus the time blocked in fsync, reads and other
- * calls, what the daemon itself makes a request wait, unless the turn took a major page fault
+ * measures, for the main thread (libevent's loop; other threads' calls pass), every turn: from one
+ * epoll_wait's return to the next call, in wall time and in the thread's CPU time. A /healthz
+ * request that arrives during a turn waits for its end. The wall time of a turn counts the time the
+ * thread waited for a core on a busy machine; "own" is the wall time less that wait (the run queue
+ * delay of /proc/thread-self/schedstat): the CPU time plus the time blocked in fsync, reads and
+ * other calls, what the daemon itself makes a request wait, unless the turn took a major page fault
  * (code or data the kernel had dropped under memory pressure, read back from the disk): "clean"
  * is the own time of the turns without one. Every second and at exit it writes FILE (rewritten
  * whole):
@@ -32,6 +32,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 static const double limits_ms[] = {10, 25, 50, 100};
 
@@ -123,6 +124,8 @@ epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout)
 
 	if (!real)
 		*(void **)&real = dlsym(RTLD_NEXT, "epoll_wait"); /* POSIX's way to a function */
+	if (gettid() != getpid()) /* the health server's thread has a loop of its own */
+		return real(epfd, events, maxevents, timeout);
 	if (atomic_exchange(&registered, 1) == 0) {
 		atexit(at_exit);
 		st.first = now;
