@@ -59,6 +59,7 @@
 #define BLOCK_MIN        (64 * 1024)  /* bytes of a page's text block, at least */
 #define BLOCKS_KEPT      2            /* freed large blocks kept per kind */
 #define BLOCK_KEPT_MIN   (256 * 1024) /* smaller blocks are not kept */
+#define BLOCK_KEPT_MAX   (16u << 20)  /* nor larger ones: an odd huge page is not held for good */
 #define KEY_TEXT_STACK   2048 /* a record key's hashed text up to this size stays on the stack */
 #define NAME_MAX_DECODED 16   /* longest member name the scanner compares ("properties") */
 #define QUOTE_MAX        64   /* bytes of a value quoted in a reason */
@@ -1358,7 +1359,7 @@ stack_block_put(enum stack_block_kind kind, void *p, size_t size)
 	assert(kind < _STACK_BLOCK_KIND_MAX);
 	if (!p)
 		return;
-	if (size < BLOCK_KEPT_MIN) {
+	if (size < BLOCK_KEPT_MIN || size > BLOCK_KEPT_MAX) {
 		free(p);
 		return;
 	}
