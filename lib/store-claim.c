@@ -92,8 +92,7 @@ store_batch_done(struct store_batch *b)
 int
 store_claim_batch(struct store *s, const struct store_claim *claim, struct store_batch *ret)
 {
-	/* the array of the last claim: 1,000 items are 256 KiB, which malloc would map afresh */
-	struct claim_set set = {.items = TAKE_PTR(s->claim_items), .cap = s->claim_items_cap};
+	struct claim_set set = {0};
 	struct store_batch_row b = {0};
 	struct store_batch out = {0};
 	int64_t batch_due = 0, batch_at = 0, state_batch = 0, state_at = 0;
@@ -105,6 +104,8 @@ store_claim_batch(struct store *s, const struct store_claim *claim, struct store
 	r = store_tx_begin(s);
 	if (r < 0)
 		return r;
+	/* the array of the last claim: 1,000 items are 256 KiB, which malloc would map afresh */
+	set = (struct claim_set){.items = TAKE_PTR(s->claim_items), .cap = s->claim_items_cap};
 	{
 		_cleanup_stmt_ sqlite3_stmt *st = NULL;
 
