@@ -611,7 +611,8 @@ on_next_reply(const struct collector_reply *reply, void *userdata)
 		a->next_link = scan_next_link(reply->http->body, reply->http->body_size);
 }
 
-/* A new job takes the next hour's first page asked early when it asks that first, else drops it. */
+/* A new job takes the next hour's first page asked early when it asks that first, in the hour's
+ * first pass (the one it was asked for: a look-back pass may not be due yet), else drops it. */
 void
 collector_next_take(struct collector *c, struct job *j)
 {
@@ -619,8 +620,8 @@ collector_next_take(struct collector *c, struct job *j)
 
 	if (!a->url)
 		return;
-	if (c->next_hour != j->hour || j->scope[0] || !streq(a->url, j->url) || j->n_ahead > 0 ||
-	    j->handle) {
+	if (c->next_hour != j->hour || j->scope[0] || j->pass != 0 || !streq(a->url, j->url) ||
+	    j->n_ahead > 0 || j->handle) {
 		collector_next_drop(c);
 		return;
 	}
