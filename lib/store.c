@@ -591,6 +591,18 @@ checkpointer_hook(void *userdata, sqlite3 *db, const char *name, int pages)
 	return SQLITE_OK;
 }
 
+/* Free a checkpointer whose thread is not running (never started, or joined). */
+static void
+checkpointer_free(struct store_checkpointer *c)
+{
+	pthread_cond_destroy(&c->wake);
+	pthread_mutex_destroy(&c->lock);
+	sqlite3_close_v2(c->db);
+	if (c->fd >= 0)
+		close(c->fd);
+	free(c);
+}
+
 /* Start the checkpointer; on any failure SQLite's own checkpoints stay, as set by the open. */
 static void
 checkpointer_start(struct store *s)
@@ -630,12 +642,7 @@ checkpointer_start(struct store *s)
 	rc = pthread_create(&c->thread, NULL, checkpointer_main, c);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (rc != 0) {
-		pthread_cond_destroy(&c->wake);
-		pthread_mutex_destroy(&c->lock);
-		sqlite3_close_v2(c->db);
-		if (c->fd >= 0)
-			close(c->fd);
-		free(c);
+		checkpointer_free(c);
 		return;
 	}
 	s->checkpointer = c;
@@ -656,12 +663,7 @@ checkpointer_stop(struct store *s)
 	pthread_cond_signal(&c->wake);
 	pthread_mutex_unlock(&c->lock);
 	pthread_join(c->thread, NULL);
-	pthread_cond_destroy(&c->wake);
-	pthread_mutex_destroy(&c->lock);
-	sqlite3_close_v2(c->db);
-	if (c->fd >= 0)
-		close(c->fd);
-	free(c);
+	checkpointer_free(c);
 	s->checkpointer = NULL;
 }
 
