@@ -1068,6 +1068,39 @@ test_commerce_parse_response_ids_case_insensitive(void **state)
 	commerce_response_done(&resp);
 }
 
+/* Keys that differ only in their first 24 digits are told apart (the index hashes the end). */
+static void
+test_commerce_parse_response_keys_with_common_prefix(void **state)
+{
+	_cleanup_(batch_free) struct batch b = batch_new(4);
+	_cleanup_free_ char *body = NULL, *other = NULL;
+	struct commerce_response resp;
+
+	(void)state;
+	for (size_t i = 1; i < 4; i++) {
+		memcpy(b.records[i].key + 24, b.records[0].key + 24, 40);
+		b.records[i].key[0] = (char)('a' + i);
+	}
+	other = xstrdup(b.records[0].key);
+	other[0] = 'f';
+	body = xasprintf("{\"result\":[{\"usageEventId\":\"%s\",\"status\":\"Expired\"},"
+	                 "{\"usageEventId\":\"%s\",\"status\":\"Accepted\"},"
+	                 "{\"usageEventId\":\"%s\",\"status\":\"Error\"},"
+	                 "{\"usageEventId\":\"%s\",\"status\":\"Duplicate\"}]}",
+	                 b.records[2].key, b.records[3].key, other, b.records[0].key);
+	resp = parse_ok(b.records, 4, 200, body);
+	assert_int_equal(resp.outcomes[0].kind, STORE_OUTCOME_FORWARDED);
+	assert_string_equal(resp.outcomes[0].status, "Duplicate");
+	assert_int_equal(resp.outcomes[1].kind, STORE_OUTCOME_RETRY);
+	assert_int_equal(resp.outcomes[2].kind, STORE_OUTCOME_DEAD);
+	assert_int_equal(resp.outcomes[3].kind, STORE_OUTCOME_FORWARDED);
+	assert_string_equal(resp.outcomes[3].status, "Accepted");
+	assert_int_equal(resp.n_missing, 1); /* records[1]: no result named it */
+	assert_int_equal(resp.n_unknown, 1); /* other: a key but for its first digit */
+	assert_string_equal(resp.unknown_id, other);
+	commerce_response_done(&resp);
+}
+
 /* Several results for one record that agree keep the first; disagreeing ones retry it. */
 static void
 test_commerce_parse_response_duplicate_results(void **state)
@@ -1882,6 +1915,7 @@ main(void)
 	        cmocka_unit_test(test_commerce_parse_response_reordered),
 	        cmocka_unit_test(test_commerce_parse_response_unknown_ids),
 	        cmocka_unit_test(test_commerce_parse_response_ids_case_insensitive),
+	        cmocka_unit_test(test_commerce_parse_response_keys_with_common_prefix),
 	        cmocka_unit_test(test_commerce_parse_response_duplicate_results),
 	        cmocka_unit_test(test_commerce_parse_response_repeated_key_in_batch),
 	        cmocka_unit_test(test_commerce_parse_response_malformed_results),
