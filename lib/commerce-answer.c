@@ -571,13 +571,13 @@ answer_result_done(struct answer_result *r)
 static const unsigned char *
 jstr_read(const unsigned char *p, const unsigned char *end, struct jstr *j)
 {
-	const unsigned char *start = p + 1, *q = start, *after;
+	const unsigned char *start = p + 1, *q, *after;
 	char *o;
 
 	jstr_done(j);
-	while (q < end && *q != '"' && *q != '\\')
-		q++;
-	if (q < end && *q == '"') {
+	/* the usual string has no escape: it ends at the first quote, with no backslash before */
+	q = memchr(start, '"', (size_t)(end - start));
+	if (q && !memchr(start, '\\', (size_t)(q - start))) {
 		j->s = (const char *)start;
 		j->len = (size_t)(q - start);
 		return q + 1;
