@@ -20,6 +20,7 @@
 #include <jansson.h>
 
 #include "jsonarena.h"
+#include "macro.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define JSONARENA_ASAN 1
@@ -62,6 +63,7 @@ struct arena {
 
 static void install_once(void);
 static void *hook_malloc(size_t size);
+static void *hook_malloc_slow(size_t size) __attribute__((noinline));
 static void hook_free(void *p);
 static struct chunk *chunk_get(struct arena *a, size_t size, bool big);
 static void chunk_put(struct arena *a, struct chunk *c);
@@ -199,9 +201,34 @@ install_once(void)
 	json_set_alloc_funcs(hook_malloc, hook_free);
 }
 
-/* jansson's malloc: from the active arena of this thread, else malloc(). */
+/*
+ * jansson's malloc: from the active arena of this thread, else malloc(). The usual case, a small
+ * block that fits the current chunk, is a few instructions here; the rest is hook_malloc_slow().
+ */
 static void *
 hook_malloc(size_t size)
+{
+	struct arena *a = &arena;
+
+	if (_likely_(a->active && size <= BIG)) {
+		size_t need =
+		        ((size ? size : 1) + REDZONE + ALIGNMENT - 1) & ~(size_t)(ALIGNMENT - 1);
+
+		if (_likely_(need <= (size_t)(a->end - a->p))) {
+			void *ret = a->p;
+
+			a->p += need;
+			a->used += size;
+			ASAN_UNPOISON_MEMORY_REGION(ret, size);
+			return ret;
+		}
+	}
+	return hook_malloc_slow(size);
+}
+
+/* hook_malloc() without a fitting chunk: malloc(), a big chunk or a new current chunk. */
+static void *
+hook_malloc_slow(size_t size)
 {
 	struct arena *a = &arena;
 	size_t need;

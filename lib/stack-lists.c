@@ -349,19 +349,6 @@ stack_url_host(const char *url, char **ret)
 
 /* ---- helpers shared with stack.c ---- */
 
-/* The value of one hex digit, or -1. */
-int
-stack_hex_value(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /* The JSON type of v, for messages. */
 const char *
 stack_type_name(const json_t *v)

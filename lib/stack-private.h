@@ -12,8 +12,19 @@
 #include "macro.h"
 #include "stack.h"
 
-/* The value of one hex digit, or -1. */
-int stack_hex_value(char c);
+/* The value of one hex digit, or -1 (inline: the scanner and the GUID check call it per byte). */
+static inline int
+stack_hex_value(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
 /* The JSON type of v, for messages. */
 const char *stack_type_name(const json_t *v);
 /* A GUID 8-4-4-4-12 in hex digits of either case; dashes_optional: also the 32 digits alone. */

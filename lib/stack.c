@@ -211,7 +211,9 @@ stack_record_key(int64_t reported_hour, const char *subscription_id, const char 
                  int64_t usage_start, int64_t usage_end, const char *instance_data,
                  char ret[static HASH_SHA256_HEX_LEN + 1])
 {
-	char hour[TIME_RFC3339_LEN + 1], start[TIME_RFC3339_LEN + 1], end[TIME_RFC3339_LEN + 1];
+	/* a page's records share the reported hour and mostly their usage hour: the last texts */
+	static _Thread_local struct time_rfc3339_cache times[3];
+	const char *hour, *start, *end;
 	char small[KEY_TEXT_STACK];
 	_cleanup_free_ char *big = NULL;
 	size_t ns, nm, ni, size;
@@ -219,9 +221,9 @@ stack_record_key(int64_t reported_hour, const char *subscription_id, const char 
 
 	if (!subscription_id || !meter_id || !instance_data)
 		return -EINVAL;
-	time_format_rfc3339(reported_hour, hour);
-	time_format_rfc3339(usage_start, start);
-	time_format_rfc3339(usage_end, end);
+	hour = time_format_rfc3339_cached(&times[0], reported_hour);
+	start = time_format_rfc3339_cached(&times[1], usage_start);
+	end = time_format_rfc3339_cached(&times[2], usage_end);
 	if (hour[0] == 'i' || start[0] == 'i' || end[0] == 'i') /* "invalid-time" */
 		return -EINVAL;
 
@@ -421,23 +423,19 @@ scan_string(struct scan *s, char *name, size_t *ret_size)
 		/* the usual member name: short plain ASCII without escapes, decoded as it is */
 		const char *start = s->p + 1;
 		size_t avail = (size_t)(s->end - start);
-		const char *q = memchr(start, '"', MIN(avail, (size_t)NAME_MAX_DECODED + 1));
+		size_t limit = MIN(avail, (size_t)NAME_MAX_DECODED + 1);
 
-		if (q) {
-			size_t len = (size_t)(q - start), i;
+		for (size_t i = 0; i < limit; i++) {
+			unsigned char c = (unsigned char)start[i];
 
-			for (i = 0; i < len; i++) {
-				unsigned char c = (unsigned char)start[i];
-
-				if (c < 0x20 || c == '\\' || c >= 0x80)
-					break;
-			}
-			if (i == len) {
-				memcpy(name, start, len);
-				*ret_size = len;
-				s->p = q + 1;
+			if (c == '"') {
+				memcpy(name, start, i);
+				*ret_size = i;
+				s->p = start + i + 1;
 				return 0;
 			}
+			if (c < 0x20 || c == '\\' || c >= 0x80)
+				break;
 		}
 	}
 	s->p++;
@@ -1002,17 +1000,45 @@ text_put(struct text *t, const char *s, size_t n)
 	t->len += n;
 }
 
+/*
+ * Whether any of the 8 bytes in w needs an escape in a JSON string: below 0x20, '"' or '\\'.
+ * Exact as a yes or no (a byte's borrow only reaches the bytes above one that is found already).
+ */
+static inline bool
+word_needs_escape(uint64_t w)
+{
+	const uint64_t ones = UINT64_C(0x0101010101010101), high = ones << 7;
+	uint64_t quote = w ^ (ones * '"'), backslash = w ^ (ones * '\\');
+
+	return (((w - ones * 0x20) & ~w) | ((quote - ones) & ~quote) |
+	        ((backslash - ones) & ~backslash)) &
+	       high;
+}
+
 /* A JSON string of n bytes. */
 static void
 text_put_string(struct text *t, const char *s, size_t n)
 {
 	static const char hex[] = "0123456789ABCDEF";
 	char *p = text_room(t, 6 * n + 2), *start = p;
+	size_t i = 0;
 
 	*p++ = '"';
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
+	for (;;) {
+		unsigned char c;
 
+		/* most strings need no escape at all: 8 bytes at a time while none does */
+		for (; n - i >= 8; i += 8, p += 8) {
+			uint64_t w;
+
+			memcpy(&w, s + i, 8);
+			if (word_needs_escape(w))
+				break;
+			memcpy(p, &w, 8);
+		}
+		if (i == n)
+			break;
+		c = (unsigned char)s[i++];
 		if (_likely_(c >= 0x20 && c != '"' && c != '\\')) {
 			*p++ = (char)c;
 			continue;
@@ -1086,7 +1112,17 @@ text_put_value(struct text *t, json_t *v, bool sort)
 			                       .size = json_object_iter_key_len(it),
 			                       .value = json_object_iter_value(it)};
 		n = i;
-		if (sort && n > 1)
+		if (sort && m == few) {
+			/* few members (instanceData has a handful): an insertion sort, no calls */
+			for (size_t j = 1; j < n; j++) {
+				struct member x = m[j];
+				size_t k = j;
+
+				for (; k > 0 && member_cmp(&x, &m[k - 1]) < 0; k--)
+					m[k] = m[k - 1];
+				m[k] = x;
+			}
+		} else if (sort && n > 1)
 			qsort(m, n, sizeof(*m), member_cmp);
 		text_put(t, "{", 1);
 		for (i = 0; ok && i < n; i++) {

@@ -35,6 +35,30 @@ int time_parse_rfc3339(const char *s, int64_t *ret);
  */
 char *time_format_rfc3339(int64_t t, char out[static TIME_RFC3339_LEN + 1]);
 
+/*
+ * The last time formatted and its text, for a caller that formats the same few times again and
+ * again (a page's records share the reported hour and mostly their usage hour): start it zeroed,
+ * keep one per value formatted (a thread's own: it is not locked).
+ */
+struct time_rfc3339_cache {
+	int64_t t;
+	bool valid;
+	char text[TIME_RFC3339_LEN + 1];
+};
+
+/* time_format_rfc3339() of t, written again only when t is not the cache's last; the cache's text.
+ */
+static inline const char *
+time_format_rfc3339_cached(struct time_rfc3339_cache *c, int64_t t)
+{
+	if (!c->valid || c->t != t) {
+		time_format_rfc3339(t, c->text);
+		c->t = t;
+		c->valid = true;
+	}
+	return c->text;
+}
+
 /* True when t is on the hour. */
 static inline bool
 time_on_hour(int64_t t)

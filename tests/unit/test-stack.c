@@ -1064,6 +1064,61 @@ test_stack_record_key_fields(void **state)
 	assert_int_equal(other[0], 'z');
 }
 
+/*
+ * Keys made one after another with the times changing or not (the key keeps the last texts of
+ * the times): each the same as hashing the text of section 4 written by hand.
+ */
+static void
+test_stack_record_key_times_vary(void **state)
+{
+	static const struct {
+		int64_t hour, start, end;
+	} rows[] = {
+	        {HOUR, HOUR - 3600, HOUR},
+	        {HOUR, HOUR - 3600, HOUR},
+	        {HOUR, HOUR - 7200, HOUR - 3600},
+	        {HOUR, HOUR - 3600, HOUR},
+	        {HOUR + 3600, HOUR - 3600, HOUR},
+	        {HOUR + 3600, HOUR, HOUR + 3600},
+	        {HOUR, HOUR, HOUR + 3600},
+	        {0, 0, 3600},
+	        {HOUR, 0, 3600},
+	        {HOUR, HOUR - 3600, HOUR + 86400},
+	};
+	char key[HASH_SHA256_HEX_LEN + 1], want[HASH_SHA256_HEX_LEN + 1];
+	char h[TIME_RFC3339_LEN + 1], st[TIME_RFC3339_LEN + 1], en[TIME_RFC3339_LEN + 1];
+
+	(void)state;
+	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
+		_cleanup_free_ char *text = NULL;
+
+		assert_int_equal(stack_record_key(rows[i].hour,
+		                                  "C79389AF-4480-48CC-8FA2-EE8CED8E843D",
+		                                  "FAB6EB84-500B-4A09-A8CA-7358F8BBAEA5",
+		                                  rows[i].start, rows[i].end, "{}", key),
+		                 0);
+		assert_true(asprintf(&text,
+		                     "%s\nc79389af-4480-48cc-8fa2-ee8ced8e843d\n"
+		                     "fab6eb84500b4a09a8ca7358f8bbaea5\n%s\n%s\n{}",
+		                     time_format_rfc3339(rows[i].hour, h),
+		                     time_format_rfc3339(rows[i].start, st),
+		                     time_format_rfc3339(rows[i].end, en)) > 0);
+		hash_sha256_hex(text, strlen(text), want);
+		assert_string_equal(key, want);
+	}
+	/* a time out of range after cached ones is still refused, and the next key is right */
+	assert_int_equal(
+	        stack_record_key(HOUR, "s", "m", HOUR - 3600, INT64_C(253402300800), "{}", key),
+	        -EINVAL);
+	assert_int_equal(stack_record_key(HOUR, "s", "m", HOUR - 3600, HOUR, "{}", key), 0);
+	hash_sha256_hex("2026-11-01T10:00:00Z\ns\nm\n2026-11-01T09:00:00Z\n"
+	                "2026-11-01T10:00:00Z\n{}",
+	                strlen("2026-11-01T10:00:00Z\ns\nm\n2026-11-01T09:00:00Z\n"
+	                       "2026-11-01T10:00:00Z\n{}"),
+	                want);
+	assert_string_equal(key, want);
+}
+
 /* ARM error bodies of both shapes, from the test data and by hand. */
 static void
 test_stack_arm_error_parse_shapes(void **state)
@@ -1652,12 +1707,63 @@ test_stack_blocks_kept(_unused_ void **state)
 	stack_block_put(STACK_BLOCK_TEXT, NULL, 0);
 }
 
+/*
+ * A freed block over 16 MiB is not kept (0d660d2): one odd huge page would otherwise hold its
+ * memory for the life of the process. Seen through the size a later get hands back: a kept block
+ * comes back whole for a smaller request, a new one is about the size asked for. The kinds are
+ * emptied first (the blocks taken are held), so that only the block put can come back.
+ */
+static void
+test_stack_blocks_kept_at_most_16_mib(_unused_ void **state)
+{
+	const size_t small = 512 * 1024, mib = 1024 * 1024;
+	const enum stack_block_kind kinds[] = {STACK_BLOCK_BODY, STACK_BLOCK_TEXT};
+
+	for (size_t k = 0; k < ARRAY_SIZE(kinds); k++) {
+		void *held[16], *p;
+		size_t held_size[16], n_held = 0, size, got;
+
+		/* take every kept block of the kind: then a get makes a new one, of its size */
+		for (;;) {
+			assert_true(n_held < ARRAY_SIZE(held));
+			held[n_held] = stack_block_get(kinds[k], 1, &held_size[n_held]);
+			if (held_size[n_held++] < small)
+				break;
+		}
+
+		/* 14 MiB asked is 15.75 MiB made: kept, and handed back whole for less */
+		p = stack_block_get(kinds[k], 14 * mib, &size);
+		assert_true(size > 14 * mib && size <= 16 * mib);
+		stack_block_put(kinds[k], p, size);
+		p = stack_block_get(kinds[k], small, &got);
+		assert_int_equal(got, size);
+		stack_block_put(kinds[k], p, got);
+		p = stack_block_get(kinds[k], small, &got); /* the same again: nothing else kept */
+		assert_int_equal(got, size);
+
+		/* 17 MiB asked is over 16 MiB made: freed, not kept */
+		held[n_held] = p;
+		held_size[n_held++] = got;
+		p = stack_block_get(kinds[k], 17 * mib, &size);
+		assert_true(size > 16 * mib);
+		stack_block_put(kinds[k], p, size);
+		p = stack_block_get(kinds[k], small, &got);
+		assert_true(got < 16 * mib);
+		assert_true(got >= small);
+		stack_block_put(kinds[k], p, got);
+
+		for (size_t i = 0; i < n_held; i++)
+			stack_block_put(kinds[k], held[i], held_size[i]);
+	}
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_stack_usage_page_parse_page1),
 	        cmocka_unit_test(test_stack_blocks_kept),
+	        cmocka_unit_test(test_stack_blocks_kept_at_most_16_mib),
 	        cmocka_unit_test(test_stack_usage_page_parse_outgrows_blocks),
 	        cmocka_unit_test(test_stack_usage_page_parse_exact_quantity),
 	        cmocka_unit_test(test_stack_usage_page_parse_page2_last),
@@ -1682,6 +1788,7 @@ main(void)
 	        cmocka_unit_test(test_stack_usage_page_parse_nul_in_string),
 	        cmocka_unit_test(test_stack_usage_page_parse_reason_lists_all),
 	        cmocka_unit_test(test_stack_record_key_fields),
+	        cmocka_unit_test(test_stack_record_key_times_vary),
 	        cmocka_unit_test(test_stack_arm_error_parse_shapes),
 	        cmocka_unit_test(test_stack_subscriptions_parse_testdata),
 	        cmocka_unit_test(test_stack_subscriptions_parse_skips_bad_entries),

@@ -196,6 +196,48 @@ test_time_format_rfc3339_round_trip(void **state)
 	assert_string_equal(time_format_rfc3339(t, buf), "2026-11-01T09:00:00Z");
 }
 
+/* The cached form writes what the plain one writes, whatever the order of the times. */
+static void
+test_time_format_rfc3339_cached(void **state)
+{
+	static const int64_t times[] = {
+	        0, /* the zeroed cache's own t: still formatted */
+	        0,
+	        T_2026_11_01_10,
+	        T_2026_11_01_10,
+	        T_2026_11_01_10 + 3600,
+	        T_2026_11_01_10,
+	        INT64_C(253402300800), /* "invalid-time" */
+	        INT64_C(253402300800),
+	        INT64_C(253402300799),
+	        -1,
+	        -86400,
+	        INT64_C(-62167219201), /* "invalid-time" */
+	        951868799,
+	        951868799,
+	};
+	struct time_rfc3339_cache cache = {0}, other = {0};
+	char buf[TIME_RFC3339_LEN + 1];
+
+	(void)state;
+	for (size_t i = 0; i < ARRAY_SIZE(times); i++) {
+		const char *text = time_format_rfc3339_cached(&cache, times[i]);
+
+		assert_ptr_equal(text, cache.text);
+		assert_string_equal(text, time_format_rfc3339(times[i], buf));
+		/* a second cache going the other way round the same times */
+		text = time_format_rfc3339_cached(&other, times[ARRAY_SIZE(times) - 1 - i]);
+		assert_string_equal(text,
+		                    time_format_rfc3339(times[ARRAY_SIZE(times) - 1 - i], buf));
+	}
+	/* every hour of a leap year, each twice in a row, against the plain form */
+	for (int64_t t = 1704067200; t < 1704067200 + 366 * 86400; t += 3600) {
+		assert_string_equal(time_format_rfc3339_cached(&cache, t),
+		                    time_format_rfc3339(t, buf));
+		assert_string_equal(time_format_rfc3339_cached(&cache, t), buf);
+	}
+}
+
 /* Times before 1970 format with the seconds of the day counted forward, not negative. */
 static void
 test_time_format_rfc3339_negative_times(void **state)
@@ -371,6 +413,7 @@ main(void)
 	        cmocka_unit_test(test_time_format_rfc3339_leap_days),
 	        cmocka_unit_test(test_time_format_rfc3339_range),
 	        cmocka_unit_test(test_time_format_rfc3339_matches_gmtime),
+	        cmocka_unit_test(test_time_format_rfc3339_cached),
 	        cmocka_unit_test(test_time_on_hour_boundaries),
 	        cmocka_unit_test(test_timeutil_set_clock_seam),
 	};
