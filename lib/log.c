@@ -5,12 +5,17 @@
  * The journal sender is a seam (log_set_journal) so tests see the fields it is handed.
  *
  * Logging is not on the per-record path, so an entry is simply formatted into a fresh buffer and
- * written with one call; the state below belongs to the loop thread.
+ * written with one call. Entries may come from any thread (the store's checkpointer logs its
+ * failures): the state below is read and changed under log_lock, and an entry is redacted and
+ * written under it, so that a secret registered or cleared by a reload meanwhile is either cut
+ * out or already gone, never half-freed; the level is an atomic, read before the lock.
  */
 #define SD_JOURNAL_SUPPRESS_LOCATION
 
 #include <ctype.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,8 +40,9 @@ struct log_buf {
 	size_t size;
 };
 
+static _Atomic int log_max_level = LOG_INFO;
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER; /* for everything below */
 static enum log_target log_target = LOG_TARGET_AUTO;
-static int log_max_level = LOG_INFO;
 static FILE *log_stream;
 static const struct log_journal *log_journal_override;
 static char **log_secrets;
@@ -56,6 +62,8 @@ static const char *const log_level_names[] = {
 /* clang-format on */
 
 static enum log_target log_resolve(enum log_target target);
+static enum log_target log_target_locked(void);
+static char *log_redact_locked(const char *s);
 static void log_write_stderr(int level, int error, const char *module, const char *message,
                              const char *const *fields, char **values);
 static int log_write_journal(int level, int error, const char *module, const char *file, int line,
@@ -71,12 +79,26 @@ static bool value_needs_quotes(const char *value);
 void
 log_open(enum log_target target)
 {
+	pthread_mutex_lock(&log_lock);
 	log_target = log_resolve(target);
+	pthread_mutex_unlock(&log_lock);
 }
 
 /* Return the resolved target. */
 enum log_target
 log_get_target(void)
+{
+	enum log_target target;
+
+	pthread_mutex_lock(&log_lock);
+	target = log_target_locked();
+	pthread_mutex_unlock(&log_lock);
+	return target;
+}
+
+/* The resolved target, resolving it on first use; under log_lock. */
+static enum log_target
+log_target_locked(void)
 {
 	if (log_target == LOG_TARGET_AUTO)
 		log_target = log_resolve(LOG_TARGET_AUTO);
@@ -87,14 +109,15 @@ log_get_target(void)
 void
 log_set_max_level(int level)
 {
-	log_max_level = MAX(LOG_EMERG, MIN(level, LOG_DEBUG));
+	atomic_store_explicit(&log_max_level, MAX(LOG_EMERG, MIN(level, LOG_DEBUG)),
+	                      memory_order_relaxed);
 }
 
 /* Return the most verbose level that is still written. */
 int
 log_get_max_level(void)
 {
-	return log_max_level;
+	return atomic_load_explicit(&log_max_level, memory_order_relaxed);
 }
 
 /* Parse a level name; returns the syslog level or -EINVAL. */
@@ -124,22 +147,27 @@ log_add_secret(const char *value)
 {
 	if (!value || strlen(value) < LOG_SECRET_MIN)
 		return;
+	pthread_mutex_lock(&log_lock);
 	for (size_t i = 0; i < log_n_secrets; i++)
 		if (streq(log_secrets[i], value))
-			return;
+			goto out;
 	log_secrets = xreallocarray(log_secrets, log_n_secrets + 1, sizeof(*log_secrets));
 	log_secrets[log_n_secrets++] = xstrdup(value);
+out:
+	pthread_mutex_unlock(&log_lock);
 }
 
 /* Forget every registered secret, wiping the copies. */
 void
 log_clear_secrets(void)
 {
+	pthread_mutex_lock(&log_lock);
 	for (size_t i = 0; i < log_n_secrets; i++)
 		free_secret(log_secrets[i]);
 	free(log_secrets);
 	log_secrets = NULL;
 	log_n_secrets = 0;
+	pthread_mutex_unlock(&log_lock);
 }
 
 /*
@@ -149,6 +177,18 @@ log_clear_secrets(void)
  */
 char *
 log_redact(const char *s)
+{
+	char *r;
+
+	pthread_mutex_lock(&log_lock);
+	r = log_redact_locked(s);
+	pthread_mutex_unlock(&log_lock);
+	return r;
+}
+
+/* log_redact() under log_lock. */
+static char *
+log_redact_locked(const char *s)
 {
 	_cleanup_free_ bool *mark = NULL;
 	struct log_buf b = {NULL, 0, 0};
@@ -197,14 +237,18 @@ log_redact(const char *s)
 void
 log_set_stream(FILE *f)
 {
+	pthread_mutex_lock(&log_lock);
 	log_stream = f;
+	pthread_mutex_unlock(&log_lock);
 }
 
 /* Replace the journal sender (tests); NULL goes back to sd_journal_sendv_with_location(). */
 void
 log_set_journal(const struct log_journal *journal)
 {
+	pthread_mutex_lock(&log_lock);
 	log_journal_override = journal;
+	pthread_mutex_unlock(&log_lock);
 }
 
 /* Write one entry (varargs form). */
@@ -232,26 +276,27 @@ log_internalv(int level, int error, const char *module, const char *file, int li
 	int saved_errno = errno;
 
 	error = abs(error);
-	if (level > log_max_level)
+	if (level > log_get_max_level())
 		return -error;
 
 	/* "%m" in a format names the error being logged, as in systemd. */
 	if (error != 0)
 		errno = error;
 	raw = xvasprintf(format, ap);
-	message = log_redact(raw);
-	explicit_wipe(raw, strlen(raw));
 
 	if (fields)
 		while (fields[2 * n_fields])
 			n_fields++;
 	values = xcalloc(n_fields + 1, sizeof(*values));
+	pthread_mutex_lock(&log_lock);
+	message = log_redact_locked(raw);
 	for (size_t i = 0; i < n_fields; i++)
-		values[i] = log_redact(fields[2 * i + 1]);
-
-	if (log_get_target() != LOG_TARGET_JOURNAL ||
+		values[i] = log_redact_locked(fields[2 * i + 1]);
+	if (log_target_locked() != LOG_TARGET_JOURNAL ||
 	    log_write_journal(level, error, module, file, line, func, message, fields, values) < 0)
 		log_write_stderr(level, error, module, message, fields, values);
+	pthread_mutex_unlock(&log_lock);
+	explicit_wipe(raw, strlen(raw));
 
 	for (size_t i = 0; i < n_fields; i++)
 		free(values[i]);

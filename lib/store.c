@@ -24,6 +24,8 @@
  * written once (its row and one unique index entry), claimed and acknowledged by one batch row
  * per 500 records; see scripts/bench store for today's figures.
  */
+#define LOG_MODULE "store"
+
 #include <assert.h>
 #include <errno.h>
 #include <signal.h>
@@ -42,6 +44,7 @@
 
 #include "decimal.h"
 #include "hash.h"
+#include "log.h"
 #include "macro.h"
 #include "store-private.h"
 #include "store.h"
@@ -64,6 +67,8 @@
  * yet claimed up to which it gives back the rest (their rows fit in those bytes) */
 #define CHECKPOINT_KEEP_CACHE   ((off_t)64 << 20)
 #define CHECKPOINT_DROP_BACKLOG 40000
+/* while the checkpointer's rounds fail, a failure is logged at most this often */
+#define CHECKPOINT_LOG_EVERY_USEC (60 * USEC_PER_SEC)
 
 /* migrations[v] takes a file from version v to v + 1 */
 static const char *const *const migrations[] = {store_schema_v1};
@@ -484,9 +489,12 @@ struct store_checkpointer {
 	int fd;                        /* the database file, to sync what the passes copied */
 	enum checkpointer_state state; /* under lock */
 	bool stop;                     /* under lock */
-	unsigned next_at; /* the loop's: WAL pages before it asks again, after a tail that did
-	                     not start the WAL over (a reader holds it) */
-	bool drop_cache;  /* under lock: after this round, give back the file's cache */
+	unsigned next_at;       /* the loop's: WAL pages before it asks again, after a tail that did
+	                           not start the WAL over (a reader holds it) */
+	bool drop_cache;        /* under lock: after this round, give back the file's cache */
+	unsigned failures;      /* the thread's: rounds failed in a row */
+	bool failures_logged;   /* the thread's: a line said so */
+	uint64_t failed_logged; /* the thread's: monotonic usec of the last failure logged; 0 */
 };
 
 /*
@@ -514,6 +522,53 @@ checkpointer_drop_cache(int fd)
 
 	if (fstat(fd, &st) == 0 && st.st_size > CHECKPOINT_KEEP_CACHE)
 		(void)posix_fadvise(fd, 0, st.st_size - CHECKPOINT_KEEP_CACHE, POSIX_FADV_DONTNEED);
+}
+
+/*
+ * Log how a round ended (rc: SQLite's; sync_error: -errno of the file's fdatasync()). Busy is no
+ * failure: the loop was checkpointing itself, and copies what is left. Any other error (a full
+ * disk, an I/O error) leaves the copying to the loop, whose checkpoints meet it too, and the WAL
+ * grows: the operator must hear of it. A failed round is logged when no failure was in the last
+ * minute (the first one, then at most one line a minute, whether the rounds fail in a row or
+ * now and then), and a round that succeeds after failures that were logged says so once. The
+ * thread logs itself (log.c takes entries from any thread), so that a failure is seen when it
+ * happens, not at the loop's next commit.
+ */
+static void
+checkpointer_report(struct store_checkpointer *c, int rc, int sync_error)
+{
+	const char *path = sqlite3_db_filename(c->db, "main");
+	uint64_t now;
+
+	if ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED)
+		return;
+	if (rc == SQLITE_OK && sync_error == 0) {
+		if (c->failures_logged)
+			log_notice("checkpoints of %s succeed again, after %u failed", path,
+			           c->failures);
+		c->failures = 0;
+		c->failures_logged = false;
+		return;
+	}
+	c->failures++;
+	now = now_monotonic_usec();
+	if (c->failed_logged != 0 && now - c->failed_logged < CHECKPOINT_LOG_EVERY_USEC)
+		return;
+	c->failed_logged = now;
+	c->failures_logged = true;
+	if (rc != SQLITE_OK)
+		log_warning_errno(store_translate(rc, sqlite3_system_errno(c->db)),
+		                  "checkpoint of %s failed (%u in a row): %s; the WAL grows until "
+		                  "the store's own connection copies it (logged at most once a "
+		                  "minute while this lasts)",
+		                  path, c->failures, sqlite3_errmsg(c->db));
+	else
+		log_warning_errno(
+		        sync_error,
+		        "checkpoint of %s failed (%u in a row): fdatasync(): %m; the WAL "
+		        "grows until the store's own connection copies it (logged at most "
+		        "once a minute while this lasts)",
+		        path, c->failures);
 }
 
 static void *
@@ -549,8 +604,13 @@ checkpointer_main(void *userdata)
 		 * syncs it when a checkpoint reaches the end, which is the loop's tail: sync here,
 		 * so that the loop's sync finds little left to write (an extra sync is always safe)
 		 */
-		if (rc == SQLITE_OK && c->fd >= 0 && fdatasync(c->fd) == 0 && drop)
-			checkpointer_drop_cache(c->fd);
+		if (rc == SQLITE_OK && c->fd >= 0 && fdatasync(c->fd) < 0)
+			checkpointer_report(c, rc, -errno);
+		else {
+			checkpointer_report(c, rc, 0);
+			if (rc == SQLITE_OK && c->fd >= 0 && drop)
+				checkpointer_drop_cache(c->fd);
+		}
 		pthread_mutex_lock(&c->lock);
 		/* an error (busy: the loop checkpoints itself): the loop's own checkpoint meets it
 		 * again, as it did when it did them all */
@@ -700,6 +760,7 @@ store_open(const struct store_options *options, struct store **ret, char **ret_e
 			return r;
 		}
 	}
+	store_sqlite_configure();
 	flags = SQLITE_OPEN_EXRESCODE | SQLITE_OPEN_NOMUTEX |
 	        (s->readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
 	rc = sqlite3_open_v2(s->path, &s->db, flags, NULL);
