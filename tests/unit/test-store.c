@@ -1041,6 +1041,56 @@ test_store_claim_batch_limits(void **state)
 	check_counts(f);
 }
 
+/*
+ * A claim that fails before its transaction (no arguments; the file locked by another writer)
+ * keeps the array the claim before it left for the next one (e29709d): it used to drop it, 256
+ * KiB lost for a batch of 1,000 each time a claim met a busy store (LeakSanitizer names the
+ * leak in the sanitizer build; the pointer kept is checked in every build).
+ */
+static void
+test_store_claim_failed_keeps_array(void **state)
+{
+	struct fixture *f = *state;
+	struct store_options o = {.path = f->path, .busy_timeout_ms = 50};
+	struct map_state m = {0};
+	struct store_claim c = {.max_records = 1, .now = NOW, .map = map_cb, .userdata = &m};
+	_cleanup_free_ char *err = NULL;
+	struct rec_data d[3];
+	struct store_batch b;
+	sqlite3 *db = NULL;
+	void *kept;
+
+	f->store = store_free(f->store);
+	assert_int_equal(store_open(&o, &f->store, &err), 0);
+	for (unsigned i = 0; i < 3; i++)
+		rec_init(&d[i], i, SUB_A, "1.25");
+	assert_int_equal(put(f->store, d, 3, NULL), 0);
+	claim(f->store, &m, 1, 0, NOW, &b);
+	assert_int_equal(b.n_records, 1);
+	store_batch_done(&b);
+	kept = f->store->claim_items;
+	assert_non_null(kept);
+
+	assert_int_equal(store_claim_batch(f->store, NULL, &b), -EINVAL);
+	assert_ptr_equal(f->store->claim_items, kept);
+
+	assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+	assert_int_equal(store_claim_batch(f->store, &c, &b), -EBUSY);
+	assert_ptr_equal(f->store->claim_items, kept);
+	assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+
+	/* and the store goes on claiming */
+	assert_int_equal(store_claim_batch(f->store, &c, &b), 0);
+	assert_int_equal(b.n_records, 1);
+	assert_string_equal(b.records[0].key, d[1].key);
+	store_batch_done(&b);
+	assert_non_null(f->store->claim_items);
+	assert_count(f->store, STORE_INFLIGHT, 2);
+	check_counts(f);
+}
+
 /* Send a record through claim to forwarded or dead; returns its id. */
 static int64_t
 drive(struct store *s, struct rec_data *d, enum store_outcome_kind kind)
@@ -4560,6 +4610,7 @@ main(void)
 	        T(test_store_reset_inflight_keeps_batch_id),
 	        T(test_store_claim_batch_holds_and_unhold),
 	        T(test_store_claim_batch_limits),
+	        T(test_store_claim_failed_keeps_array),
 	        T(test_store_apply_outcomes_refuses_bad_input),
 	        T(test_store_dead_retry_and_discard),
 	        T(test_store_dead_retry_all_moves_every_dead_letter),
