@@ -1332,6 +1332,66 @@ test_collector_worker_next_hour_dropped(void **state)
 	assert_int_equal(schedule_pass(t, H0 + 2 * HOUR, "", NULL), -1);
 }
 
+/*
+ * The next hour's first page asked early is only for that hour's first pass (04094b0): here the
+ * next hour is due for a recollect pass (pass 2, scheduled by an operator before it); its job
+ * asks the same first page, but must not take the early one, which was asked for a pass that was
+ * not due: the early request is cancelled and the job asks its page itself, which is stored.
+ */
+static void
+test_collector_worker_next_hour_not_for_later_pass(void **state)
+{
+	struct ctx *t = *state;
+	_cleanup_free_ char *p0 = page(H0, SUB_A, 0, 2, NULL, NULL);
+	_cleanup_free_ char *q0 = page(H0 + HOUR, SUB_A, 10, 3, NULL, NULL);
+	struct store_recollect rc = {
+	        .from = H0 + HOUR,
+	        .to = H0 + HOUR,
+	        .lookback = 6 * HOUR,
+	        .actor = "test",
+	        .now = H0 + 2 * HOUR + 60,
+	};
+	uint64_t end = now_monotonic_usec() + GUARD;
+	struct fake_req *r, *next;
+	size_t n = 0;
+
+	t->options.parse_on_loop = false;
+	fake_now = H0 + 2 * HOUR + 60; /* H0 and H0 + 1h are collectable */
+	assert_int_equal(store_hour_schedule(t->store, H0, "", H0 + HOUR), 0);
+	assert_int_equal(store_hour_schedule(t->store, H0 + HOUR, "", H0 + 2 * HOUR), 0);
+	assert_int_equal(store_recollect(t->store, &rc, &n), 0);
+	assert_int_equal(n, 1);
+	assert_true(schedule_pass(t, H0 + HOUR, "", NULL) >= 2);
+	assert_int_equal(schedule_pass(t, H0, "", NULL), 0);
+
+	start(t);
+	answer_subscriptions(t);
+	r = wait_req(t, true);
+	assert_int_equal(url_hour(r->url), H0);
+	answer(r, 200, p0, NULL); /* the hour's last page: the next hour's first is asked early */
+	next = pending(t, true);
+	assert_non_null(next);
+	assert_int_equal(url_hour(next->url), H0 + HOUR);
+	/* the job of H0 + 1h is its recollect pass: the early request is not its own */
+	while (!next->cancelled) {
+		assert_true(now_monotonic_usec() < end);
+		event_base_loop(t->base, EVLOOP_ONCE);
+	}
+	assert_non_null(t->c->job);
+	assert_int_equal(t->c->job->hour, H0 + HOUR);
+	assert_true(t->c->job->pass >= 2);
+	r = wait_req(t, true);
+	assert_ptr_not_equal(r, next);
+	assert_string_equal(r->url, next->url);
+	answer(r, 200, q0, NULL);
+	while (count_state(t, STORE_PENDING) != 5) {
+		assert_true(now_monotonic_usec() < end);
+		event_base_loop(t->base, EVLOOP_ONCE);
+	}
+	assert_int_equal(schedule_pass(t, H0, "", NULL), 1);
+	assert_int_equal(usage_requests(t), 3);
+}
+
 int
 main(void)
 {
@@ -1346,6 +1406,8 @@ main(void)
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_collector_worker_next_hour_dropped, setup,
 	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_collector_worker_next_hour_not_for_later_pass,
+	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_collector_pages_and_lookback, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_collector_catch_up, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_collector_throttle_and_backoff, setup,
