@@ -37,7 +37,9 @@
 #include "tls-fixture.h"
 #include "xmalloc.h"
 
-#define BIG_SIZE 100000
+#define BIG_SIZE    100000
+#define SECRET_SIZE (2 * BIG_SIZE)
+#define SECRET_TEXT "s3cret-t0ken-"
 
 static struct fixture_pki *pki;
 
@@ -128,6 +130,15 @@ handle(struct evhttp_request *req, void *userdata)
 		        "{\"error\":{\"code\":\"ServiceUnavailable\",\"message\":\"later\"}}");
 	} else if (streq(uri, "/empty")) {
 		fixture_reply(req, 204, NULL, NULL);
+	} else if (streq(uri, "/secret")) {
+		/* SECRET_SIZE bytes of SECRET_TEXT over and over, with Content-Length */
+		char *text = xmalloc(SECRET_SIZE + 1);
+
+		for (size_t i = 0; i < SECRET_SIZE; i++)
+			text[i] = SECRET_TEXT[i % strlen(SECRET_TEXT)];
+		text[SECRET_SIZE] = '\0';
+		fixture_reply(req, 200, "text/plain", text);
+		free(text);
 	} else if (streq(uri, "/big")) {
 		char *big = xmalloc(BIG_SIZE + 1);
 
@@ -406,6 +417,64 @@ test_http_request_bodies_in_turn(void **state)
 			assert_int_equal(o.body_size, strlen(o.body));
 		outcome_done(&o);
 	}
+}
+
+/* What a callback saw of an answer's buffer itself (not a copy). */
+struct peek {
+	bool done;
+	const char *buffer; /* the answer's buffer (compared only, never read after the callback) */
+	size_t size;
+	const char *reused; /* when the buffer is this one: look at its bytes up to span */
+	size_t span;
+	size_t left; /* bytes between the end of the body (and its NUL) and span not 0 */
+	bool body_ok;
+};
+
+static void
+on_peek(const struct http_result *result, void *userdata)
+{
+	struct peek *p = userdata;
+
+	p->done = true;
+	p->buffer = result->body;
+	p->size = result->body_size;
+	p->body_ok = result->error == 0 && result->status == 200 && result->body_size == BIG_SIZE &&
+	             strspn(result->body, "x") == BIG_SIZE && result->body[BIG_SIZE] == '\0';
+	if (result->body == p->reused)
+		for (size_t i = result->body_size + 1; i < p->span; i++)
+			p->left += result->body[i] != '\0';
+}
+
+/*
+ * A finished answer's buffer is wiped before it is kept for the next answers (5819b7b): a token
+ * or anything else an answer held must not stay in the process's memory, nor be seen by the next
+ * request. The next, shorter answer gets the very buffer of the one before (the smallest kept one
+ * that fits, sized from Content-Length): beyond its own body and NUL, every byte of the buffer
+ * that the secret answer filled is zero.
+ */
+static void
+test_http_kept_buffer_wiped(void **state)
+{
+	struct env *e = *state;
+	_cleanup_free_ char *secret_url = xasprintf("%s/secret", fixture_server_url(e->server));
+	_cleanup_free_ char *big_url = xasprintf("%s/big", fixture_server_url(e->server));
+	struct peek first = {0}, second = {0};
+
+	assert_int_equal(http_request(e->client, HTTP_GET, secret_url, NULL, NULL, 0, 0, on_peek,
+	                              &first, NULL),
+	                 0);
+	fixture_wait(e->base, &first.done);
+	assert_int_equal(first.size, SECRET_SIZE);
+
+	second.reused = first.buffer;
+	second.span = SECRET_SIZE + 1; /* the first buffer's size: the announced body and a NUL */
+	assert_int_equal(http_request(e->client, HTTP_GET, big_url, NULL, NULL, 0, 0, on_peek,
+	                              &second, NULL),
+	                 0);
+	fixture_wait(e->base, &second.done);
+	assert_true(second.body_ok);
+	assert_ptr_equal(second.buffer, first.buffer); /* kept, so what it held matters */
+	assert_int_equal(second.left, 0);
 }
 
 /* max_response: announced by Content-Length, sent chunked, or inflated from gzip: -EFBIG. */
@@ -1082,6 +1151,7 @@ main(void)
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_http_request_gzip_decoded, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_http_request_bodies_in_turn, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_http_kept_buffer_wiped, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_http_request_max_response, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_http_request_timeout, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_http_request_untrusted_ca, setup, teardown),
