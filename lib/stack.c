@@ -63,6 +63,7 @@
 #define KEY_TEXT_STACK   2048 /* a record key's hashed text up to this size stays on the stack */
 #define NAME_MAX_DECODED 16   /* longest member name the scanner compares ("properties") */
 #define QUOTE_MAX        64   /* bytes of a value quoted in a reason */
+#define MEMO_MAX         4096 /* slots of a page's instanceData memo, at most (128 KiB) */
 
 /* What the scanner found for one element of the page's value array. */
 struct scan_record {
@@ -110,6 +111,28 @@ struct page_memory {
 /* A quarantine reason being built: "what: why; what: why". */
 struct reason {
 	char *text;
+	unsigned n; /* problems in it */
+};
+
+/*
+ * The instanceData strings of a page met so far, each with the first record that had it. A
+ * resource's records (one per meter, per usage hour) carry the same instanceData: what a record
+ * takes from it (the canonical text, the Microsoft.Resources members) depends on that string
+ * alone, so a repeat is copied from the first record instead of being parsed and written again.
+ * Only strings that gave no problem are kept, so every reason is still written as it was. Open
+ * addressing, at most half full; at most MEMO_MAX slots, after which nothing more is kept.
+ */
+struct memo_entry {
+	const char *text; /* in the page's tree, which outlives the memo; NULL: free */
+	size_t size;
+	uint64_t hash;
+	const struct stack_record *rec;
+};
+
+struct memo {
+	struct memo_entry *entries;
+	size_t mask; /* slots - 1 */
+	size_t used;
 };
 
 static int usage_page_read(long http_status, const char *body, size_t size, int64_t reported_hour,
@@ -117,9 +140,12 @@ static int usage_page_read(long http_status, const char *body, size_t size, int6
 static void json_dropp(json_t **v);
 static int scan_page(struct scan *s);
 static void scan_free(struct scan *s);
-static int parse_record(struct pool *pool, json_t *item, const struct scan_record *sr, size_t index,
-                        int64_t reported_hour, bool ints_as_real, struct stack_record *rec,
+static int parse_record(struct pool *pool, struct memo *memo, json_t *item,
+                        const struct scan_record *sr, size_t index, int64_t reported_hour,
+                        bool ints_as_real, struct stack_record *rec,
                         char error[static STACK_ERROR_MAX]);
+static void memo_init(struct memo *memo, size_t n_records);
+static void memo_free(struct memo *memo);
 static void pool_grow(struct pool *pool, size_t size);
 static char *pool_alloc(struct pool *pool, size_t size);
 static char *pool_strndup(struct pool *pool, const char *s, size_t n);
@@ -267,6 +293,7 @@ usage_page_read(long http_status, const char *body, size_t size, int64_t reporte
 {
 	_cleanup_(json_dropp) json_t *root = NULL;
 	_cleanup_(scan_free) struct scan scan = {0};
+	_cleanup_(memo_free) struct memo memo = {0};
 	_cleanup_free_ char *next_link = NULL;
 	struct stack_usage_page *page;
 	struct page_memory *m;
@@ -342,8 +369,9 @@ usage_page_read(long http_status, const char *body, size_t size, int64_t reporte
 	else if (n > 0)
 		pool_alloc(&m->pool, 0); /* the first block */
 	m->pool.next_size = BLOCK_MIN;
+	memo_init(&memo, n);
 	for (size_t i = 0; r >= 0 && i < n; i++) {
-		r = parse_record(&m->pool, json_array_get(value, i), &scan.records[i], i,
+		r = parse_record(&m->pool, &memo, json_array_get(value, i), &scan.records[i], i,
 		                 reported_hour, ints_as_real, &page->records[i], error);
 		page->n_records = i + 1;
 		if (r >= 0 && page->records[i].reason)
@@ -1196,19 +1224,102 @@ json_text(struct pool *pool, json_t *v, bool sort)
 	return text_end(&t);
 }
 
+/* ---- the instanceData memo ---- */
+
+/* Make a page's memo with room for the strings of n_records records. */
+static void
+memo_init(struct memo *memo, size_t n_records)
+{
+	size_t slots = 16;
+
+	while (slots < 2 * n_records && slots < MEMO_MAX)
+		slots *= 2;
+	*memo = (struct memo){.entries = xcalloc(slots, sizeof(memo->entries[0])),
+	                      .mask = slots - 1};
+}
+
+static void
+memo_free(struct memo *memo)
+{
+	free(memo->entries);
+	memo->entries = NULL;
+}
+
+/* A hash of size bytes at s, 8 at a time (for the memo: equal strings are still compared). */
+static uint64_t
+memo_hash(const char *s, size_t size)
+{
+	const uint64_t k = UINT64_C(0x9e3779b97f4a7c15);
+	uint64_t h = size * k;
+	size_t i = 0;
+
+	for (; size - i >= 8; i += 8) {
+		uint64_t w;
+
+		memcpy(&w, s + i, 8);
+		h = (h ^ w) * k;
+		h ^= h >> 29;
+	}
+	for (; i < size; i++) {
+		h = (h ^ (unsigned char)s[i]) * k;
+		h ^= h >> 29;
+	}
+	return h;
+}
+
+/* The slot of the string s in the memo: its entry when it is there, else the free slot for it. */
+static struct memo_entry *
+memo_slot(const struct memo *memo, const char *s, size_t size, uint64_t hash)
+{
+	for (size_t i = hash & memo->mask;; i = (i + 1) & memo->mask) {
+		struct memo_entry *e = &memo->entries[i];
+
+		if (!e->text ||
+		    (e->hash == hash && e->size == size && memcmp(e->text, s, size) == 0))
+			return e;
+	}
+}
+
+/* A copy of s in the pool, or NULL for NULL. */
+static char *
+pool_strdup_null(struct pool *pool, const char *s)
+{
+	return s ? pool_strndup(pool, s, strlen(s)) : NULL;
+}
+
 /* Parse instanceData: its canonical text and the members kept; problems go to the reason. */
 static int
-record_instance_data(struct pool *pool, json_t *props, struct stack_record *rec, struct reason *why)
+record_instance_data(struct pool *pool, struct memo *memo, json_t *props, struct stack_record *rec,
+                     struct reason *why)
 {
 	/* the tree is read and copied here: its arena memory is taken back on return */
 	_cleanup_(jsonarena_rewindp) _unused_ struct jsonarena_mark mark = jsonarena_mark();
 	_cleanup_(json_dropp) json_t *inst = NULL;
-	const char *s = required_string(props, "instanceData", why, NULL);
+	size_t size = 0;
+	const char *s = required_string(props, "instanceData", why, &size);
+	struct memo_entry *e;
+	unsigned problems = why->n;
 	json_error_t jerr;
 	json_t *res, *v;
+	uint64_t hash;
 
 	if (!s)
 		return 0;
+	hash = memo_hash(s, size);
+	e = memo_slot(memo, s, size, hash);
+	if (e->text) {
+		/* the same string as an earlier record's, which gave no problem: the same members
+		 */
+		const struct stack_record *first = e->rec;
+
+		rec->instance_data = pool_strdup_null(pool, first->instance_data);
+		rec->resource_uri = pool_strdup_null(pool, first->resource_uri);
+		rec->location = pool_strdup_null(pool, first->location);
+		rec->tags = pool_strdup_null(pool, first->tags);
+		rec->additional_info = pool_strdup_null(pool, first->additional_info);
+		return 0;
+	}
+
 	inst = json_loads(s, JSON_DECODE_ANY, &jerr);
 	if (!inst) {
 		reason_add(why, "instanceData: not JSON: column %d: %s", jerr.column, jerr.text);
@@ -1237,6 +1348,10 @@ record_instance_data(struct pool *pool, json_t *props, struct stack_record *rec,
 	v = json_object_get(res, "additionalInfo");
 	if (v && !json_is_null(v) && !(rec->additional_info = json_text(pool, v, false)))
 		return -ENOMEM;
+	if (why->n == problems && 2 * (memo->used + 1) <= memo->mask + 1) {
+		*e = (struct memo_entry){.text = s, .size = size, .hash = hash, .rec = rec};
+		memo->used++;
+	}
 	return 0;
 }
 
@@ -1245,8 +1360,8 @@ record_instance_data(struct pool *pool, json_t *props, struct stack_record *rec,
  * every problem in its reason. Returns < 0 only for what refuses the whole page.
  */
 static int
-parse_record(struct pool *pool, json_t *item, const struct scan_record *sr, size_t index,
-             int64_t reported_hour, bool ints_as_real, struct stack_record *rec,
+parse_record(struct pool *pool, struct memo *memo, json_t *item, const struct scan_record *sr,
+             size_t index, int64_t reported_hour, bool ints_as_real, struct stack_record *rec,
              char error[static STACK_ERROR_MAX])
 {
 	struct reason why = {0};
@@ -1319,7 +1434,7 @@ parse_record(struct pool *pool, json_t *item, const struct scan_record *sr, size
 		           time_format_rfc3339(rec->usage_start, a));
 	}
 	record_quantity(pool, props, sr, rec, &why);
-	r = record_instance_data(pool, props, rec, &why);
+	r = record_instance_data(pool, memo, props, rec, &why);
 	if (r < 0) {
 		free(why.text);
 		stack_set_error(error, "record %zu: out of memory", index + 1);
@@ -1486,6 +1601,7 @@ reason_add(struct reason *r, const char *format, ...)
 	va_start(ap, format);
 	part = xvasprintf(format, ap);
 	va_end(ap);
+	r->n++;
 	if (!r->text) {
 		r->text = TAKE_PTR(part);
 		return;

@@ -135,6 +135,105 @@ test_stack_usage_page_parse_outgrows_blocks(void **state)
 	stack_usage_page_free(page);
 }
 
+/* Two strings of a record equal, both absent or both present. */
+static void
+assert_same_string(const char *what, size_t i, const char *a, const char *b)
+{
+	if (!a || !b) {
+		if (a != b)
+			fail_msg("record %zu: %s: %s against %s", i + 1, what, a ? a : "NULL",
+			         b ? b : "NULL");
+		return;
+	}
+	if (strcmp(a, b) != 0)
+		fail_msg("record %zu: %s: \"%s\" against \"%s\"", i + 1, what, a, b);
+}
+
+/*
+ * A page whose records repeat instanceData strings (good ones, ones with a problem, ones that
+ * differ only in their text, one first met in a record quarantined for something else): every
+ * record reads exactly as the same record alone in a page, reason included.
+ */
+static void
+test_stack_usage_page_parse_repeated_instance_data(void **state)
+{
+#define INST_B                                                                               \
+	"{\"Microsoft.Resources\":{\"resourceUri\":\"/subscriptions/c79389af/disk\\u00e9\"," \
+	"\"location\":\"local\",\"tags\":{\"z\":1,\"a\":\"x\\ny\"},\"additionalInfo\":"      \
+	"{\"b\":[true,null],\"a\":{}}},\"a\":0}"
+#define INST_BAD_RES "{\"Microsoft.Resources\":\"vm1\"}"
+#define INST_BAD_URI "{\"Microsoft.Resources\":{\"resourceUri\":7,\"location\":\"local\"}}"
+#define INST_A_SPACED                                                                   \
+	"{ \"Microsoft.Resources\" : {\"resourceUri\":\"/subscriptions/c79389af/vm1\"," \
+	"\"location\":\"local\",\"tags\":null,\"additionalInfo\":null}}"
+	static const char *const instances[] = {
+	        INSTANCE,     INST_B,       INST_B,       INSTANCE,      INST_BAD_RES,
+	        INST_BAD_RES, INST_BAD_URI, INST_BAD_URI, INST_A_SPACED, INSTANCE,
+	        "[1]",        "[1]",        INST_B,
+	};
+	struct fields f[ARRAY_SIZE(instances)];
+	_cleanup_free_ char *text = strdup("{\"value\":[");
+	struct stack_usage_page *page;
+	char error[STACK_ERROR_MAX];
+
+	(void)state;
+	assert_non_null(text);
+	for (size_t i = 0; i < ARRAY_SIZE(instances); i++) {
+		_cleanup_free_ char *rec = NULL;
+		char *more;
+
+		f[i] = good;
+		f[i].instance = instances[i];
+		if (i == 1) /* quarantined for its meter, its instanceData met here first */
+			f[i].meter = "\"not-a-guid\"";
+		if (i == 9) /* another meter: another key */
+			f[i].meter = "\"0ab6eb84-500b-4a09-a8ca-7358f8bbaea5\"";
+		rec = record_of(&f[i]);
+		assert_true(asprintf(&more, "%s%s%s", text, i ? "," : "", rec) > 0);
+		free(text);
+		text = more;
+	}
+	{
+		char *more;
+
+		assert_true(asprintf(&more, "%s]}", text) > 0);
+		free(text);
+		text = more;
+	}
+	assert_int_equal(parse_text(200, text, &page, error), 0);
+	assert_int_equal(page->n_records, ARRAY_SIZE(instances));
+	assert_int_equal(page->n_quarantined, 7);
+	for (size_t i = 0; i < page->n_records; i++) {
+		const struct stack_record *r = &page->records[i];
+		struct stack_usage_page *alone = parse_one(&f[i]);
+		const struct stack_record *a = &alone->records[0];
+
+		assert_same_string("instance_data", i, r->instance_data, a->instance_data);
+		assert_same_string("resource_uri", i, r->resource_uri, a->resource_uri);
+		assert_same_string("location", i, r->location, a->location);
+		assert_same_string("tags", i, r->tags, a->tags);
+		assert_same_string("additional_info", i, r->additional_info, a->additional_info);
+		assert_same_string("key", i, r->key, a->key);
+		/* "record N: ..." against "record 1: ..." */
+		assert_same_string("reason", i, r->reason ? strchr(r->reason, ':') : NULL,
+		                   a->reason ? strchr(a->reason, ':') : NULL);
+		stack_usage_page_free(alone);
+	}
+	assert_string_equal(page->records[2].tags, "{\"z\":1,\"a\":\"x\\ny\"}");
+	assert_string_equal(page->records[2].resource_uri, "/subscriptions/c79389af/disk\xc3\xa9");
+	assert_string_equal(page->records[8].instance_data, page->records[0].instance_data);
+	assert_string_equal(page->records[12].instance_data, page->records[2].instance_data);
+	assert_non_null(page->records[12].key);
+	assert_non_null(strstr(page->records[5].reason, "Microsoft.Resources: not an object"));
+	assert_non_null(strstr(page->records[7].reason, "resourceUri: not a string"));
+	assert_non_null(strstr(page->records[11].reason, "not a JSON object"));
+	stack_usage_page_free(page);
+#undef INST_B
+#undef INST_BAD_RES
+#undef INST_BAD_URI
+#undef INST_A_SPACED
+}
+
 /* Page 1: three valid records with every field as received, and its nextLink verbatim. */
 static void
 test_stack_usage_page_parse_page1(void **state)
@@ -1788,6 +1887,7 @@ main(void)
 	        cmocka_unit_test(test_stack_usage_page_parse_nul_in_string),
 	        cmocka_unit_test(test_stack_usage_page_parse_reason_lists_all),
 	        cmocka_unit_test(test_stack_record_key_fields),
+	        cmocka_unit_test(test_stack_usage_page_parse_repeated_instance_data),
 	        cmocka_unit_test(test_stack_record_key_times_vary),
 	        cmocka_unit_test(test_stack_arm_error_parse_shapes),
 	        cmocka_unit_test(test_stack_subscriptions_parse_testdata),
