@@ -45,7 +45,6 @@
 #include <time.h>
 
 #include <event2/event.h>
-#include <sqlite3.h>
 #include <systemd/sd-daemon.h>
 
 #include "auth.h"
@@ -171,11 +170,6 @@ main(int argc, char **argv)
 	mallopt(M_MMAP_THRESHOLD, 256 * 1024);
 	/* jansson's allocator is process-wide: set it before any thread uses jansson */
 	jsonarena_install();
-	/*
-	 * SQLite keeps statistics of its memory (nothing here reads them) under a process-wide
-	 * mutex taken at every allocation and free: off, before any connection is opened.
-	 */
-	(void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
 	r = parse_options(argc, argv, &opts);
 	if (r <= 0)
 		return r < 0 ? DAEMON_EXIT_USAGE : EXIT_SUCCESS;

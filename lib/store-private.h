@@ -266,6 +266,7 @@ int store_fail_msg(struct store *s, int r, const char *format, ...) _printf_(3, 
  * (off the loop) are finalized (_cleanup_finalize_). */
 int store_stmt(struct store *s, enum stmt_id id, sqlite3_stmt **ret);
 int store_prepare(struct store *s, const char *sql, sqlite3_stmt **ret);
+void store_sqlite_configure(void); /* store-sql.c: before the first connection */
 void store_stmt_resetp(sqlite3_stmt **st);
 void store_stmt_finalizep(sqlite3_stmt **st);
 #define _cleanup_stmt_     _cleanup_(store_stmt_resetp)
