@@ -495,9 +495,14 @@ next_link(const char *authority, const char *tok)
 	        authority, tok);
 }
 
-#define STAMP                 "adminmanagement.local.azurestack.external"
-#define EMPTY_PAGE            "{\"value\":[]}"
-#define ARM_ERROR(c)          "{\"error\":{\"code\":\"" c "\",\"message\":\"the stamp says " c "\"}}"
+#define STAMP        "adminmanagement.local.azurestack.external"
+#define EMPTY_PAGE   "{\"value\":[]}"
+#define ARM_ERROR(c) "{\"error\":{\"code\":\"" c "\",\"message\":\"the stamp says " c "\"}}"
+/*
+ * r was asked for at least usec after t0. t0 is read before the answer that starts the wait, never
+ * after it: on a slow machine the collector arms its timer well before the test could read the
+ * clock. The 5 ms cover libevent's coarse monotonic clock (one tick is 4 ms here).
+ */
 #define AT_LEAST(r, t0, usec) assert_true((r)->at + 5 * USEC_PER_MSEC >= (t0) + (usec))
 
 /* An hour is not asked for before H + 1h + settle, and at once after. */
@@ -627,8 +632,8 @@ test_collector_throttle_and_backoff(void **state)
 	r = wait_req(t, true);
 	subs = wait_req(t, false);
 	url = xstrdup(r->url);
-	answer(r, 429, ARM_ERROR("TooManyRequests"), "1");
 	t0 = now_monotonic_usec();
+	answer(r, 429, ARM_ERROR("TooManyRequests"), "1");
 	answer(subs, 500, ARM_ERROR("InternalServerError"), NULL);
 
 	r = wait_req(t, true);
@@ -670,15 +675,15 @@ test_collector_not_ready(void **state)
 	start(t);
 	answer_subscriptions(t);
 	r = wait_req(t, true);
-	answer(r, 202, ARM_ERROR("ProcessingNotComplete"), NULL);
 	t0 = now_monotonic_usec();
+	answer(r, 202, ARM_ERROR("ProcessingNotComplete"), NULL);
 	r = wait_req(t, true);
 	AT_LEAST(r, t0, POLL);
 	assert_true(url_is_first_page(r->url));
 	assert_int_equal(schedule_pass(t, H0, "", &link), 0);
 	assert_null(link);
-	answer(r, 200, "{}", NULL);
 	t0 = now_monotonic_usec();
+	answer(r, 200, "{}", NULL);
 	r = wait_req(t, true);
 	AT_LEAST(r, t0, POLL);
 	assert_int_equal(metric(t, METRICS_COLLECT_PAGES_TOTAL, "not_ready"), 2);
@@ -702,8 +707,8 @@ test_collector_future(void **state)
 	answer_subscriptions(t);
 	r = wait_req(t, true);
 	for (int i = 0; i < 3; i++) {
-		answer(r, 400, ARM_ERROR("RequestEndTimeIsInFuture"), NULL);
 		t0 = now_monotonic_usec();
+		answer(r, 400, ARM_ERROR("RequestEndTimeIsInFuture"), NULL);
 		r = wait_req(t, true);
 		AT_LEAST(r, t0, POLL);
 		assert_int_equal(url_hour(r->url), H0);
@@ -742,8 +747,8 @@ test_collector_refused_next_link(void **state)
 	answer(r, 200, p1b, NULL);
 	r = wait_req(t, true);
 	assert_string_equal(r->url, n2);
-	answer(r, 404, ARM_ERROR("ExpiredContinuationToken"), NULL);
 	t0 = now_monotonic_usec();
+	answer(r, 404, ARM_ERROR("ExpiredContinuationToken"), NULL);
 	collector_get_status(t->c, &st);
 	assert_int_equal(st.consecutive_failures, 1);
 	r = wait_req(t, true);
@@ -797,8 +802,8 @@ test_collector_next_link_loop(void **state)
 	answer(wait_req(t, true), 200, p1, NULL);
 	r = wait_req(t, true);
 	assert_string_equal(r->url, n1);
-	answer(r, 200, p2, NULL);
 	t0 = now_monotonic_usec();
+	answer(r, 200, p2, NULL);
 	assert_int_equal(count_state(t, STORE_PENDING), 2); /* the looping page is not stored */
 	assert_int_equal(metric(t, METRICS_COLLECT_PAGES_TOTAL, "error"), 1);
 	r = wait_req(t, true);
@@ -826,8 +831,9 @@ test_collector_next_link_authority(void **state)
 	fake_now = H0 + HOUR + 60;
 	start(t);
 	answer_subscriptions(t);
-	answer(wait_req(t, true), 200, p1, NULL);
+	r = wait_req(t, true);
 	t0 = now_monotonic_usec();
+	answer(r, 200, p1, NULL);
 	r = wait_req(t, true);
 	AT_LEAST(r, t0, POLL);
 	assert_true(url_is_first_page(r->url));
@@ -858,8 +864,8 @@ test_collector_token_refused(void **state)
 	assert_string_equal(t->fake.refused_token, "token-1");
 	r = wait_req(t, true);
 	assert_string_equal(r->url, url);
-	answer(r, 401, ARM_ERROR("ExpiredAuthenticationToken"), NULL);
 	t0 = now_monotonic_usec();
+	answer(r, 401, ARM_ERROR("ExpiredAuthenticationToken"), NULL);
 	assert_int_equal(t->fake.token_refused, 2);
 	r = wait_req(t, true);
 	AT_LEAST(r, t0, POLL);
@@ -1003,8 +1009,8 @@ test_collector_store_full(void **state)
 	r = wait_req(t, true);
 	url = xstrdup(r->url);
 	assert_int_equal(store_set_size_limit(t->store, 1), 0); /* no room to grow */
-	answer(r, 200, big, NULL);
 	t0 = now_monotonic_usec();
+	answer(r, 200, big, NULL);
 	assert_int_equal(metric(t, METRICS_STORE_FULL_TOTAL, NULL), 1);
 	assert_int_equal(count_state(t, STORE_PENDING), 0);
 	collector_get_status(t->c, &st);
