@@ -278,8 +278,12 @@ def recent_hours(count):
 def start_sim(workdir, records, hours):
     """azs-sim with records spread over hours (rounded up to whole hours of equal size)."""
     per_hour = max(1, math.ceil(records / hours))
+    # As many resources as the simulator makes (1,000 per user subscription), so that a resource
+    # reports a few meters an hour, as on a real stamp: a page then repeats an instanceData a few
+    # times, not hundreds, and the daemon's per-page reuse of a parsed instanceData gains only
+    # what it would gain there.
     sc = azsim.scenario(hours=recent_hours(hours), recordsPerHour=per_hour, pageSize=1000,
-                        tokenLifetime=3600)
+                        tokenLifetime=3600, resourcesPerSubscription=1000)
     return azsim.Sim(sc, workdir=os.path.join(workdir, "sim"), timeout=60)
 
 
