@@ -13,8 +13,9 @@
  * stops listening, answers those still waiting (503) and runs on until every answer it queued is
  * written out (evhttp calls on_sent), at most HEALTH_DRAIN_MSEC; then, the thread ended, the loop
  * frees evhttp, which closes the connections. The heartbeat is one atomic number, written by the
- * loop's timer and read by the thread. The thread logs nothing (the log's state is the loop's):
- * when its event loop fails it leaves the error for the loop to log.
+ * loop's timer and read by the thread. The thread logs nothing, though log.c would take its
+ * entries: when its event loop fails it leaves the error for the loop to log, with the rest of
+ * what the loop knows of the health server.
  */
 #define LOG_MODULE "health"
 
