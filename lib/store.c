@@ -493,7 +493,8 @@ struct store_checkpointer {
 	                           not start the WAL over (a reader holds it) */
 	bool drop_cache;        /* under lock: after this round, give back the file's cache */
 	unsigned failures;      /* the thread's: rounds failed in a row */
-	bool failures_logged;   /* the thread's: a line said so */
+	unsigned failed_since;  /* the thread's: rounds failed since the warning that began it */
+	bool failures_logged;   /* the thread's: a warning said so, no notice yet */
 	uint64_t failed_logged; /* the thread's: monotonic usec of the last failure logged; 0 */
 };
 
@@ -528,11 +529,11 @@ checkpointer_drop_cache(int fd)
  * Log how a round ended (rc: SQLite's; sync_error: -errno of the file's fdatasync()). Busy is no
  * failure: the loop was checkpointing itself, and copies what is left. Any other error (a full
  * disk, an I/O error) leaves the copying to the loop, whose checkpoints meet it too, and the WAL
- * grows: the operator must hear of it. A failed round is logged when no failure was in the last
+ * grows: the operator must hear of it. A failed round is logged when no warning was in the last
  * minute (the first one, then at most one line a minute, whether the rounds fail in a row or
- * now and then), and a round that succeeds after failures that were logged says so once. The
- * thread logs itself (log.c takes entries from any thread), so that a failure is seen when it
- * happens, not at the loop's next commit.
+ * now and then), and the first round that succeeds a minute or more after the last warning says
+ * so once. The thread logs itself (log.c takes entries from any thread), so that a failure is
+ * seen when it happens, not at the loop's next commit.
  */
 static void
 checkpointer_report(struct store_checkpointer *c, int rc, int sync_error)
@@ -542,16 +543,24 @@ checkpointer_report(struct store_checkpointer *c, int rc, int sync_error)
 
 	if ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED)
 		return;
+	now = now_monotonic_usec();
 	if (rc == SQLITE_OK && sync_error == 0) {
-		if (c->failures_logged)
-			log_notice("checkpoints of %s succeed again, after %u failed", path,
-			           c->failures);
 		c->failures = 0;
-		c->failures_logged = false;
+		/*
+		 * The notice waits until a minute after the last warning: a failure after it is
+		 * then logged at once, and a disk that fails now and then gives at most a warning
+		 * and a notice a minute, the journal's last word always the true one.
+		 */
+		if (c->failures_logged && now - c->failed_logged >= CHECKPOINT_LOG_EVERY_USEC) {
+			log_notice("checkpoints of %s succeed again, after %u failed", path,
+			           c->failed_since);
+			c->failures_logged = false;
+			c->failed_since = 0;
+		}
 		return;
 	}
 	c->failures++;
-	now = now_monotonic_usec();
+	c->failed_since++;
 	if (c->failed_logged != 0 && now - c->failed_logged < CHECKPOINT_LOG_EVERY_USEC)
 		return;
 	c->failed_logged = now;

@@ -6,8 +6,9 @@
  * journal seam collects what the thread logs, and the clock seam's monotonic clock stands still
  * unless the test moves it. Asserted: the first failed round is logged at once, from the thread,
  * as a warning with ERRNO and the file's name; the rounds failing after it within the minute log
- * nothing more; a round failing a minute after the last line logs one again; the first round that
- * succeeds again logs one notice. The test commits to make the thread run (each commit past the
+ * nothing more; a round failing a minute after the last line logs one again; rounds that succeed
+ * within a minute of the last warning log nothing, the first one after it one notice; a failure
+ * after the notice is logged at once. The test commits to make the thread run (each commit past the
  * mark asks for a round) until the thread's write fails, then waits for the entry; the waits end
  * in a failure after a generous limit.
  */
@@ -48,6 +49,7 @@ static struct {
 	pthread_t test_thread;
 	bool fault;             /* fail every write into the database file */
 	unsigned thread_failed; /* writes of another thread (the checkpointer's) failed */
+	unsigned thread_wrote;  /* writes of another thread that went through */
 	char **entries;         /* "PRIORITY=n|ERRNO=n|AZS_MODULE=m|MESSAGE=..." */
 	size_t n_entries;
 } seen = {
@@ -122,6 +124,8 @@ f_write(sqlite3_file *f, const void *buf, int n, sqlite3_int64 off)
 			pthread_mutex_unlock(&seen.lock);
 			return SQLITE_IOERR_WRITE;
 		}
+		if (!pthread_equal(pthread_self(), seen.test_thread))
+			seen.thread_wrote++;
 		pthread_mutex_unlock(&seen.lock);
 	}
 	return ff->real->pMethods->xWrite(ff->real, buf, n, off);
@@ -407,6 +411,14 @@ commit_until_failed(struct store *s, int64_t *hour, unsigned target)
 		commit(s, hour, i);
 }
 
+/* Commit until the thread's writes went through target times in all. */
+static void
+commit_until_wrote(struct store *s, int64_t *hour, unsigned target)
+{
+	for (unsigned i = 0; seen_count(&seen.thread_wrote) < target; i++)
+		commit(s, hour, i);
+}
+
 /* Commit until n entries hold needle. */
 static void
 commit_until_entries(struct store *s, int64_t *hour, const char *needle, size_t n)
@@ -445,27 +457,42 @@ test_checkpoint_failure_logged_once_and_recovery(_unused_ void **state)
 	commit_until_failed(s, &hour, failed + 1);
 	wait_for_entries("failed (", 2);
 
-	/* the disk is well again: the next round says so */
+	/*
+	 * the disk is well again, but the last warning is less than a minute old: rounds succeed
+	 * (64 writes of the thread span several of them, each reported before the next begins)
+	 * and say nothing yet, so that a failure right after a notice could not go unlogged
+	 */
 	set_fault(false);
+	commit_until_wrote(s, &hour, seen_count(&seen.thread_wrote) + 64);
+	assert_int_equal(entries_with("succeed again"), 0);
+	/* a minute after the last warning, the next good round says so */
+	atomic_fetch_add(&fake_monotonic, 60 * USEC_PER_SEC);
 	commit_until_entries(s, &hour, "succeed again", 1);
+	/* and a failure after that notice is logged at once */
+	set_fault(true);
+	failed = seen_count(&seen.thread_failed);
+	commit_until_failed(s, &hour, failed + 1);
+	wait_for_entries("failed (", 3);
+	set_fault(false);
 
 	/* what the thread logged: entries are written in the order of its rounds, so the notice
 	 * being there means every failed round before it was reported */
 	pthread_mutex_lock(&seen.lock);
 	for (size_t i = 0; i < seen.n_entries; i++)
 		print_message("entry: %s\n", seen.entries[i]);
-	assert_int_equal(entries_with_locked("failed ("), 2);
+	assert_int_equal(entries_with_locked("failed ("), 3);
 	assert_int_equal(entries_with_locked("succeed again"), 1);
 	snprintf(
 	        expect, sizeof(expect),
 	        "PRIORITY=%d|ERRNO=%d|AZS_MODULE=store|MESSAGE=checkpoint of %s failed (1 in a row)",
 	        LOG_WARNING, EIO, path);
-	assert_int_equal(entries_with_locked(expect), 1);
-	assert_int_equal(entries_with_locked("disk I/O error"), 2);
+	assert_int_equal(entries_with_locked(expect),
+	                 2); /* the first, and the one after the notice */
+	assert_int_equal(entries_with_locked("disk I/O error"), 3);
 	snprintf(expect, sizeof(expect), "PRIORITY=%d|AZS_MODULE=store|MESSAGE=checkpoints of %s",
 	         LOG_NOTICE, path);
 	assert_int_equal(entries_with_locked(expect), 1);
-	assert_int_equal(entries_with_locked("(1 in a row)"), 1);
+	assert_int_equal(entries_with_locked("(1 in a row)"), 2);
 	pthread_mutex_unlock(&seen.lock);
 
 	store_free(s);
