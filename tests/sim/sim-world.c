@@ -148,7 +148,8 @@ static int load_tenants(struct sim_world *w, json_t *sc, uint64_t *rng, char **r
 static int load_clients(struct sim_world *w, json_t *sc, char **ret_error);
 static int load_meters(struct sim_world *w, json_t *sc, char **ret_error);
 static void make_resources(struct sim_world *w, unsigned per_sub);
-static void make_instance(struct sim_instance *in, const char *uri, const struct member *tags,
+static const char *intern(struct sim_world *w, char *text, size_t *ret_len);
+static void make_instance(struct sim_world *w, struct sim_instance *in, const struct member *tags,
                           size_t n_tags, const struct member *info, size_t n_info, bool ascii,
                           unsigned cores);
 static char *object_text(const struct member *m, size_t n, bool sorted, bool ascii);
@@ -376,15 +377,11 @@ world_free(struct sim_world *w)
 	for (size_t i = 0; i < SIM_HOUR_CACHE; i++) {
 		free(w->cache[i].recs);
 	}
-	for (size_t i = 0; i < w->n_res; i++) {
+	for (size_t i = 0; i < w->n_res; i++)
 		free(w->res[i].uri);
-		for (size_t v = 0; v < SIM_VARIANTS; v++) {
-			free(w->res[i].inst[v].escaped);
-			free(w->res[i].inst[v].canonical);
-			free(w->res[i].inst[v].tags);
-			free(w->res[i].inst[v].info);
-		}
-	}
+	for (size_t i = 0; i < w->n_texts; i++)
+		free(w->texts[i]);
+	free(w->texts);
 	for (size_t i = 0; i < w->n_meters; i++) {
 		free(w->meters[i]);
 		free(w->meter_keys[i]);
@@ -555,9 +552,10 @@ world_format_record(const struct sim_world *w, const struct sim_record *rec, sim
 	world_format_time(rec->usage_start + 3600, false, te);
 	ql = world_quantity_text(quantity, rec->decimals, q);
 	/* the literal text below is under 400 bytes */
-	if (evbuffer_reserve_space(
-	            out, (ev_ssize_t)(400 + pl + 4 * sl + 3 * ml + 2 * 32 + ql + in->escaped_len),
-	            &v, 1) < 1)
+	if (evbuffer_reserve_space(out,
+	                           (ev_ssize_t)(400 + pl + 4 * sl + 3 * ml + 2 * 32 + ql +
+	                                        w->esc_head_len + res->uri_len + in->esc_tail_len),
+	                           &v, 1) < 1)
 		abort();
 	p = v.iov_base;
 	p = put_lit(p, "{\"id\":\"/subscriptions/");
@@ -578,7 +576,9 @@ world_format_record(const struct sim_world *w, const struct sim_record *rec, sim
 	p = put_lit(p, "\",\"usageEndTime\":\"");
 	p = put_text(p, te, strlen(te));
 	p = put_lit(p, "\",\"instanceData\":\"");
-	p = put_text(p, in->escaped, in->escaped_len);
+	p = put_text(p, w->esc_head, w->esc_head_len);
+	p = put_text(p, res->uri, res->uri_len);
+	p = put_text(p, in->esc_tail, in->esc_tail_len);
 	p = put_lit(p, "\",\"quantity\":");
 	p = put_text(p, q, ql);
 	p = put_lit(p, ",\"meterId\":\"");
@@ -610,7 +610,7 @@ world_record_key(const struct sim_world *w, int64_t hour, const struct sim_recor
 	world_format_time(rec->usage_start, true, ts);
 	world_format_time(rec->usage_start + 3600, true, te);
 	if (3 * (TIME_RFC3339_LEN + 1) + SIM_GUID_LEN + 1 + ml + 1 + TIME_RFC3339_LEN +
-	            in->canonical_len >
+	            in->can_head_len + res->uri_len + in->can_tail_len >
 	    sizeof(buf))
 		abort();
 	/* hour, subscription, meter, start, end, instanceData: joined by \n (the fields are known)
@@ -630,8 +630,12 @@ world_record_key(const struct sim_world *w, int64_t hour, const struct sim_recor
 	memcpy(buf + n, te, TIME_RFC3339_LEN);
 	n += TIME_RFC3339_LEN;
 	buf[n++] = '\n';
-	memcpy(buf + n, in->canonical, in->canonical_len);
-	n += in->canonical_len;
+	memcpy(buf + n, in->can_head, in->can_head_len);
+	n += in->can_head_len;
+	memcpy(buf + n, res->uri, res->uri_len);
+	n += res->uri_len;
+	memcpy(buf + n, in->can_tail, in->can_tail_len);
+	n += in->can_tail_len;
 	hash_sha256_hex(buf, n, out);
 }
 
@@ -983,6 +987,10 @@ make_resources(struct sim_world *w, unsigned per_sub)
 			        "/subscriptions/%s/resourceGroups/rg%u/providers/%s/%s%02u",
 			        w->subs[s].id, k / 4 + 1, resource_kinds[kind][0],
 			        resource_kinds[kind][1], k + 1);
+			r->uri_len = strlen(r->uri);
+			for (const char *c = r->uri; *c; c++) /* it sits in JSON as it is */
+				if (*c == '"' || *c == '\\' || (unsigned char)*c < 0x20)
+					abort();
 			if (w->n_res % 3 == 1) {
 				tags = costcenter; /* its first member alone; all of it as variant 1
 				                    */
@@ -995,15 +1003,13 @@ make_resources(struct sim_world *w, unsigned per_sub)
 				tags1 = owner;
 				n_tags1 = 2;
 			}
-			make_instance(&r->inst[0], r->uri, tags, n_tags, vm ? vm_d2 : NULL,
-			              vm ? 2 : 0, false, vm ? 2 : 1);
+			make_instance(w, &r->inst[0], tags, n_tags, vm ? vm_d2 : NULL, vm ? 2 : 0,
+			              false, vm ? 2 : 1);
 			if (vm)
-				make_instance(&r->inst[1], r->uri, tags, n_tags, vm_d4, 2, false,
-				              8);
+				make_instance(w, &r->inst[1], tags, n_tags, vm_d4, 2, false, 8);
 			else
-				make_instance(&r->inst[1], r->uri, tags1, n_tags1, NULL, 0, false,
-				              1);
-			make_instance(&r->inst[2], r->uri, other, 2, vm ? vm_d2 : NULL, vm ? 2 : 0,
+				make_instance(w, &r->inst[1], tags1, n_tags1, NULL, 0, false, 1);
+			make_instance(w, &r->inst[2], other, 2, vm ? vm_d2 : NULL, vm ? 2 : 0,
 			              ascii, vm ? 2 : 1);
 			r->meter_offset = (unsigned)((w->n_res * 7 + 3) % w->n_kind_meters[kind]);
 			w->n_res++;
@@ -1015,43 +1021,57 @@ make_resources(struct sim_world *w, unsigned per_sub)
  * Make one instanceData: as the usage API serves it (members in its order, inside a JSON string;
  * with ascii, non-ASCII characters of the tags escaped as \uXXXX) and in the canonical form of
  * the record key (section 4: members sorted by name, no white space, non-ASCII as UTF-8, what
- * jansson's json_dumps with JSON_COMPACT | JSON_SORT_KEYS writes).
+ * jansson's json_dumps with JSON_COMPACT | JSON_SORT_KEYS writes). Both are kept as the pieces
+ * around the resource's URI (struct sim_instance), shared through the world's texts: the URI
+ * needs no escaping (make_resources checks), so escaping the served text piece by piece is
+ * escaping it whole.
  */
 static void
-make_instance(struct sim_instance *in, const char *uri, const struct member *tags, size_t n_tags,
-              const struct member *info, size_t n_info, bool ascii, unsigned cores)
+make_instance(struct sim_world *w, struct sim_instance *in, const struct member *tags,
+              size_t n_tags, const struct member *info, size_t n_info, bool ascii, unsigned cores)
 {
 	_cleanup_free_ char *served_tags = object_text(tags, n_tags, false, ascii);
 	_cleanup_free_ char *sorted_tags = object_text(tags, n_tags, true, false);
 	_cleanup_free_ char *sorted_info = object_text(info, n_info, true, false);
-	_cleanup_free_ char *doc = NULL;
-	struct evbuffer *b = evbuffer_new();
+	_cleanup_free_ char *tail = NULL;
 
-	if (!b)
-		abort();
-	in->tags = object_text(tags, n_tags, false, false);
-	in->info = object_text(info, n_info, false, false);
+	in->tags = intern(w, object_text(tags, n_tags, false, false), NULL);
+	in->info = intern(w, object_text(info, n_info, false, false), NULL);
 	in->cores = cores;
-	evbuffer_add_printf(b, "{\"Microsoft.Resources\":{\"resourceUri\":");
-	string_text(b, uri, false);
-	evbuffer_add_printf(b, ",\"location\":\"local\",\"tags\":%s,\"additionalInfo\":%s}}",
-	                    served_tags, in->info);
-	evbuffer_add(b, "", 1);
-	doc = xstrdup((const char *)evbuffer_pullup(b, -1));
-	evbuffer_drain(b, evbuffer_get_length(b));
-	in->escaped = escape_json(doc);
-	in->escaped_len = strlen(in->escaped);
-	evbuffer_add_printf(b,
-	                    "{\"Microsoft.Resources\":{\"additionalInfo\":%s,"
-	                    "\"location\":\"local\",\"resourceUri\":",
-	                    sorted_info);
-	string_text(b, uri, false);
-	evbuffer_add_printf(b, ",\"tags\":%s}}", sorted_tags);
-	in->canonical_len = evbuffer_get_length(b);
-	in->canonical = xmalloc(in->canonical_len + 1);
-	evbuffer_remove(b, in->canonical, in->canonical_len);
-	in->canonical[in->canonical_len] = '\0';
-	evbuffer_free(b);
+	if (!w->esc_head)
+		w->esc_head = intern(w, escape_json("{\"Microsoft.Resources\":{\"resourceUri\":\""),
+		                     &w->esc_head_len);
+	tail = xasprintf("\",\"location\":\"local\",\"tags\":%s,\"additionalInfo\":%s}}",
+	                 served_tags, in->info);
+	in->esc_tail = intern(w, escape_json(tail), &in->esc_tail_len);
+	in->can_head = intern(w,
+	                      xasprintf("{\"Microsoft.Resources\":{\"additionalInfo\":%s,"
+	                                "\"location\":\"local\",\"resourceUri\":\"",
+	                                sorted_info),
+	                      &in->can_head_len);
+	in->can_tail = intern(w, xasprintf("\",\"tags\":%s}}", sorted_tags), &in->can_tail_len);
+}
+
+/*
+ * One text of the world's instanceData pieces (taking text, which it frees when the same text
+ * is there already); *ret_len: its length, unless ret_len is NULL. There are a few dozen.
+ */
+static const char *
+intern(struct sim_world *w, char *text, size_t *ret_len)
+{
+	size_t i = 0;
+
+	while (i < w->n_texts && !streq(w->texts[i], text))
+		i++;
+	if (i < w->n_texts) {
+		free(text);
+	} else {
+		w->texts = xreallocarray(w->texts, w->n_texts + 1, sizeof(*w->texts));
+		w->texts[w->n_texts++] = text;
+	}
+	if (ret_len)
+		*ret_len = strlen(w->texts[i]);
+	return w->texts[i];
 }
 
 /* A JSON object of string members ("null" for none), in order or sorted by name (bytewise). */

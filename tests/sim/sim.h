@@ -124,21 +124,31 @@ struct sim_usersub {
 	char display[64];
 };
 
-/* One form of a resource's instanceData (a split aggregate differs in tags or additionalInfo). */
+/*
+ * One form of a resource's instanceData (a split aggregate differs in tags or additionalInfo).
+ * Both of its texts hold the resource's URI once, verbatim: as served (escaped to sit inside a
+ * JSON string) it is esc_head, the URI, esc_tail; in the key's form (members sorted, no white
+ * space, UTF-8: section 4) can_head, the URI, can_tail. The pieces are shared by every
+ * resource (struct sim_world's texts), so that the bytes a page or a key copies besides the URI
+ * stay in the cache however many resources the world has.
+ */
 struct sim_instance {
-	char *escaped; /* instanceData as served, already escaped to sit inside a JSON string */
-	size_t escaped_len;
-	char *canonical; /* the key's form: members sorted, no white space, UTF-8 (section 4) */
-	size_t canonical_len;
-	char *tags; /* JSON text of instanceData's tags ("null" or an object) */
-	char *info; /* JSON text of additionalInfo */
+	const char *esc_tail;
+	size_t esc_tail_len;
+	const char *can_head;
+	size_t can_head_len;
+	const char *can_tail;
+	size_t can_tail_len;
+	const char *tags; /* JSON text of instanceData's tags ("null" or an object) */
+	const char *info; /* JSON text of additionalInfo */
 	unsigned cores;
 };
 
 struct sim_resource {
 	size_t usersub;
 	unsigned kind; /* index of resource_kinds (sim-world.c) */
-	char *uri;
+	char *uri;     /* no quote, backslash or control character: it sits in JSON as it is */
+	size_t uri_len;
 	struct sim_instance inst[SIM_VARIANTS];
 	unsigned meter_offset;
 };
@@ -192,6 +202,10 @@ struct sim_world {
 	size_t n_subs;
 	struct sim_resource *res;
 	size_t n_res;
+	char **texts; /* the distinct pieces of the resources' instanceData (struct sim_instance) */
+	size_t n_texts;
+	const char *esc_head; /* the served instanceData's text before the URI */
+	size_t esc_head_len;
 	char **meters;
 	char **meter_keys;              /* lower case without dashes, as in the record key */
 	uint8_t *meter_models;          /* how each meter's quantities look (sim-world.c) */
