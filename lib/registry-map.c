@@ -37,17 +37,43 @@
 static int charge(struct registry *r, const char *subscription_id, int64_t collected_at,
                   bool for_claim, struct store_charge *ret, struct sub_entry **ret_entry);
 
+/* Forget registry_map()'s last charge. */
+void
+registry_map_forget(struct registry *r)
+{
+	r->last_subscription[0] = '\0';
+	r->last_charge = (struct store_charge){0};
+}
+
 /* The store's map callback. */
 int
 registry_map(void *userdata, const struct store_record *rec, struct store_charge *ret)
 {
 	struct registry *r = userdata;
+	struct sub_entry *e = NULL;
+	size_t len;
+	int err;
 
 	if (!r || !rec || !ret || !rec->subscription_id)
 		return -EINVAL;
 	if (!r->loaded || registry_is_stale(r))
 		return -ESTALE;
-	return charge(r, rec->subscription_id, rec->collected_at, true, ret, NULL);
+	if (r->last_subscription[0] && streq(r->last_subscription, rec->subscription_id)) {
+		*ret = r->last_charge;
+		return 0;
+	}
+	err = charge(r, rec->subscription_id, rec->collected_at, true, ret, &e);
+	if (err < 0)
+		return err;
+	/* only a known tenant's charge: one of an unknown subscription depends on collected_at */
+	len = strlen(rec->subscription_id);
+	if (e->tenant && len > 0 && len < sizeof(r->last_subscription)) {
+		memcpy(r->last_subscription, rec->subscription_id, len + 1);
+		r->last_charge = *ret;
+	} else {
+		registry_map_forget(r);
+	}
+	return 0;
 }
 
 /* What a record of a subscription would be charged to now. */

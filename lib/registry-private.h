@@ -98,6 +98,15 @@ struct registry {
 
 	struct table noticed; /* tenants whose default charge was logged */
 
+	/*
+	 * registry_map()'s last charge of a subscription with a tenant: the records of a claim
+	 * mostly share one. Such a charge depends on the tables above and the registration only,
+	 * and a repeat has no side effect (the default charge's notice is logged the first time);
+	 * registry_map_forget() empties it wherever they change.
+	 */
+	char last_subscription[64]; /* "": none */
+	struct store_charge last_charge;
+
 	struct op op;
 	struct event *retry_timer;
 	struct event *refresh_timer;
@@ -107,6 +116,8 @@ struct registry {
 	char *failure;     /* what the last logged failure said; NULL: none */
 	bool stale_logged; /* the cache was logged as stale and has not been fresh since */
 };
+/* registry-map.c: forget registry_map()'s last charge (the tables or registration change). */
+void registry_map_forget(struct registry *r);
 /* registry.c: arm the refresh timer. */
 void registry_schedule_refresh(struct registry *r, uint64_t delay_usec);
 /* Log the change to stale and back. */

@@ -333,6 +333,7 @@ registry_sync(struct registry *r)
 		log_debug_errno(e, "reading the tenant cache's time: %s", store_errmsg(r->o.store));
 	} else if (t != r->subs_refreshed_at) {
 		/* the tenant cache was refreshed: meet every subscription again */
+		registry_map_forget(r);
 		registry_table_clear(&r->subs);
 		r->subs_refreshed_at = t;
 		if (r->holding_unknown) {
@@ -479,6 +480,7 @@ registry_apply(struct registry *r, const char *id, const char *default_subscript
 	size_t ambiguous = 0;
 	struct table kept = {0};
 
+	registry_map_forget(r); /* the charges of the registration before */
 	if (r->id != id) {
 		free(r->id);
 		r->id = xstrdup(id);

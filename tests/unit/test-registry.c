@@ -1090,6 +1090,68 @@ test_registry_stale_and_age_on_the_clock(void **state)
 	registry_stop(e->reg);
 }
 
+/* A mapping of a record of a subscription collected at T0. */
+static struct store_charge
+map_sub(struct env *e, const char *sub)
+{
+	struct store_charge c = {0};
+
+	assert_int_equal(registry_map(e->reg,
+	                              &(struct store_record){.subscription_id = (char *)sub,
+	                                                     .collected_at = T0},
+	                              &c),
+	                 0);
+	assert_non_null(c.reason);
+	return c;
+}
+
+static void
+test_registry_map_repeated_and_after_a_change(void **state)
+{
+	struct env *e = *state;
+	struct store_charge c;
+
+	seed_world(e);
+	make_registry(e, false);
+	assert_int_equal(registry_start(e->reg), 0);
+
+	/* the same subscription twice in a row (the second from the last charge) */
+	for (int i = 0; i < 2; i++) {
+		c = map_sub(e, SUB_B1);
+		assert_string_equal(c.charged_subscription, SUB_DEFAULT);
+		assert_string_equal(c.reason, "default");
+		assert_string_equal(c.tenant_id, TENANT_B);
+		assert_false(c.hold);
+	}
+	assert_int_equal(log_count(e, "tenant " TENANT_B " has usage"), 1);
+	c = map_sub(e, SUB_A1);
+	assert_string_equal(c.charged_subscription, CUSTOMER_A);
+	assert_string_equal(c.reason, "registered");
+	c = map_sub(e, SUB_B1);
+	assert_string_equal(c.reason, "default");
+	/* a subscription not in the tenant cache is never answered from the last charge */
+	for (int i = 0; i < 2; i++) {
+		c = map_sub(e, SUB_NEW);
+		assert_true(c.hold);
+		assert_string_equal(c.reason, "unknown-subscription");
+	}
+	c = map_sub(e, SUB_B1);
+	assert_string_equal(c.reason, "default");
+
+	/* the registration changes: tenant B registered, A no longer */
+	seed_registration(
+	        e, T0 - 200, NULL,
+	        &(struct store_customer_subscription){(char *)CUSTOMER_B, (char *)TENANT_B}, 1);
+	registry_sync(e->reg);
+	c = map_sub(e, SUB_B1);
+	assert_string_equal(c.charged_subscription, CUSTOMER_B);
+	assert_string_equal(c.reason, "registered");
+	c = map_sub(e, SUB_A1);
+	assert_string_equal(c.charged_subscription, SUB_DEFAULT);
+	assert_string_equal(c.reason, "default");
+	registry_stop(e->reg);
+}
+
 static void
 test_registry_never_fetched_and_foreign_cache(void **state)
 {
@@ -1567,6 +1629,8 @@ main(void)
 	                test_registry_map_first_default_noticed_once_per_tenant, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_registry_stale_and_age_on_the_clock, setup,
 	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_registry_map_repeated_and_after_a_change,
+	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_registry_never_fetched_and_foreign_cache,
 	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_registry_lookup_rows, setup, teardown),
