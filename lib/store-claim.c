@@ -249,12 +249,15 @@ record_pack(struct store_record *r, const unsigned char *key, size_t key_size)
 	r->error_code = pack(&p, fields[11], sizes[11]);
 }
 
-/* A record of a claim statement's row, its strings borrowed from the row. */
+/*
+ * A record of a claim statement's row, its strings borrowed from the row. A fresh record
+ * (STMT_FRESH) has no charge and no attempts yet: those columns are not read.
+ */
 static struct claim_item
-claim_row(sqlite3_stmt *st)
+claim_row(sqlite3_stmt *st, bool fresh)
 {
 #define COL_TEXT(st, i) ((char *)sqlite3_column_text(st, i))
-	return (struct claim_item){
+	struct claim_item it = {
 	        .rec =
 	                {
 	                        .id = sqlite3_column_int64(st, CC_ID),
@@ -270,17 +273,21 @@ claim_row(sqlite3_stmt *st)
 	                        .tags = COL_TEXT(st, CC_TAGS),
 	                        .additional_info = COL_TEXT(st, CC_ADDITIONAL_INFO),
 	                        .collected_at = sqlite3_column_int64(st, CC_COLLECTED_AT),
-	                        .tenant_id = COL_TEXT(st, CC_TENANT_ID),
-	                        .charged_subscription = COL_TEXT(st, CC_CHARGED_SUBSCRIPTION),
-	                        .charge_reason = COL_TEXT(st, CC_CHARGE_REASON),
-	                        .registration = COL_TEXT(st, CC_REGISTRATION),
-	                        .attempts = (unsigned)sqlite3_column_int64(st, CC_ATTEMPTS),
 	                        .adjustment_of = sqlite3_column_int(st, CC_KIND) == KIND_ADJUSTMENT
 	                                                 ? store_col_int64_or0(st, CC_OF)
 	                                                 : 0,
 	                },
 	        .size = sqlite3_column_int64(st, CC_EVENT_SIZE),
 	};
+
+	if (!fresh) {
+		it.rec.tenant_id = COL_TEXT(st, CC_TENANT_ID);
+		it.rec.charged_subscription = COL_TEXT(st, CC_CHARGED_SUBSCRIPTION);
+		it.rec.charge_reason = COL_TEXT(st, CC_CHARGE_REASON);
+		it.rec.registration = COL_TEXT(st, CC_REGISTRATION);
+		it.rec.attempts = (unsigned)sqlite3_column_int64(st, CC_ATTEMPTS);
+	}
+	return it;
 #undef COL_TEXT
 }
 
@@ -290,9 +297,9 @@ claim_row(sqlite3_stmt *st)
  */
 static int
 claim_add(struct store *s, const struct store_claim *claim, struct claim_set *set, sqlite3_stmt *st,
-          struct claim_item **ret)
+          bool fresh, struct claim_item **ret)
 {
-	struct claim_item it = claim_row(st);
+	struct claim_item it = claim_row(st, fresh);
 	struct store_charge charge = {0};
 	int r;
 
@@ -380,7 +387,7 @@ claim_existing(struct store *s, int64_t batch, struct claim_set *set, struct sto
 		while ((r = store_step_row(s, st)) > 0) {
 			struct claim_item *it = NULL;
 
-			r = claim_add(s, NULL, set, st, &it);
+			r = claim_add(s, NULL, set, st, false, &it);
 			if (r < 0)
 				return r;
 			it->rec.attempts = ret->attempts;
@@ -405,7 +412,7 @@ claim_existing(struct store *s, int64_t batch, struct claim_set *set, struct sto
 		sqlite3_bind_int64(st, 1, batch);
 		sqlite3_bind_int(st, 2, STORE_PENDING);
 		while ((r = store_step_row(s, st)) > 0) {
-			r = claim_add(s, NULL, set, st, NULL);
+			r = claim_add(s, NULL, set, st, false, NULL);
 			if (r < 0)
 				return r;
 		}
@@ -448,7 +455,7 @@ claim_loose(struct store *s, const struct store_claim *claim, struct claim_set *
 
 			if (!claim_fits(claim, set, sqlite3_column_int64(st, CC_EVENT_SIZE)))
 				break;
-			r = claim_add(s, claim, set, st, &it);
+			r = claim_add(s, claim, set, st, false, &it);
 			if (r < 0)
 				return r;
 			if (it->hold)
@@ -715,7 +722,7 @@ claim_fresh(struct store *s, const struct store_claim *claim, struct claim_set *
 			}
 			if (!claim_fits(claim, set, sqlite3_column_int64(st, CC_EVENT_SIZE)))
 				break;
-			r = claim_add(s, claim, set, st, &it);
+			r = claim_add(s, claim, set, st, true, &it);
 			if (r < 0)
 				return r;
 			head = id;
